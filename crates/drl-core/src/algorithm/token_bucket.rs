@@ -1,0 +1,98 @@
+//! Token bucket as GCRA (generic cell rate algorithm): one timestamp per key.
+//!
+//! Tokens refill at N/T (one every e = ⌈T/N⌉), up to `burst` (default N). The state is the
+//! theoretical arrival time `tat`: the moment the bucket would be full again. A request of `h`
+//! hits is admitted if `max(tat, now) + h·e − now ≤ burst·e`.
+//!
+//! Its bound: at most burst + ⌊T/e⌋ ≤ burst + N admissions in any closed interval of length T, so
+//! it guarantees P only when burst + rate·T ≤ N; with the default burst = N that is 2N. Use it to
+//! smooth traffic, and `sliding_window` where P matters.
+
+use super::{LimitState, demand};
+use crate::algorithm::Algorithm;
+use crate::decision::Decision;
+use crate::policy::Policy;
+
+/// One key's theoretical arrival time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    tat: u64,
+}
+
+/// The burst of a token-bucket policy (N when not set).
+pub fn burst(policy: &Policy) -> u32 {
+    match policy.algorithm() {
+        Algorithm::TokenBucket { burst: Some(b) } => b,
+        _ => policy.requests(),
+    }
+}
+
+impl LimitState for TokenBucket {
+    fn fresh(_policy: &Policy) -> Self {
+        Self::default()
+    }
+
+    fn check(&mut self, policy: &Policy, now: u64, hits: u32) -> Decision {
+        let e = policy.emission_ns();
+        let burst = u64::from(burst(policy));
+        let capacity = burst * e;
+        let want = demand(hits);
+        let start = self.tat.max(now);
+        let after = start.saturating_add(want * e);
+        let allowed = want <= burst && after - now <= capacity;
+        if allowed && hits > 0 {
+            self.tat = after;
+        }
+        let full_at = self.tat.max(now);
+        let remaining = capacity.saturating_sub(full_at - now) / e;
+        let retry_after = if want > burst {
+            policy.window_ns()
+        } else {
+            (after - now).saturating_sub(capacity)
+        };
+        Decision::new(
+            allowed,
+            policy.requests(),
+            remaining.min(u64::from(u32::MAX)) as u32,
+            full_at - now,
+            retry_after,
+        )
+    }
+
+    fn idle_at(&self) -> u64 {
+        self.tat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn bursts_then_refills_at_the_rate() {
+        // 10 per 10 s: one token per second, burst 3.
+        let p = Policy::per(
+            10,
+            Duration::from_secs(10),
+            Algorithm::TokenBucket { burst: Some(3) },
+        )
+        .unwrap();
+        let mut s = TokenBucket::fresh(&p);
+        let t = 100 * SEC;
+        for left in [2, 1, 0] {
+            let d = s.check(&p, t, 1);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, left);
+        }
+        let d = s.check(&p, t, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        assert_eq!(d.reset_after, Duration::from_secs(3));
+        assert!(s.check(&p, t + SEC, 1).allowed);
+        assert!(!s.check(&p, t + SEC, 2).allowed);
+        assert!(!s.check(&p, t + SEC, 4).allowed);
+    }
+}

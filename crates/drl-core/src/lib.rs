@@ -1,0 +1,33 @@
+//! `drl-core`: everything a rate-limit decision needs, and nothing that talks to a network.
+//!
+//! - [`algorithm`]: the limit algorithms as pure functions of (state, now, limit, hits).
+//! - [`policy`]: validated limits ("N requests per window T") and the algorithm that enforces them.
+//! - [`rules`]: default, per-user, per-endpoint and per-pair rules; the most specific one wins.
+//! - [`key`]: the injective identity of a counter and its keyed 128-bit fingerprint.
+//! - [`clock`]: the time source, injectable so tests never sleep.
+//! - [`store`]: the [`Store`] trait and the lock-free [`MemoryStore`].
+//! - [`limiter`]: the [`Limiter`] handle that ties them together:
+//!   `limiter.check_and_increment("alice", "/api/search")`.
+//!
+//! The guarantee of the default algorithm (DESIGN.md §2): no interval of length T ever holds more
+//! than N admitted requests for one key, under any concurrency.
+
+pub mod algorithm;
+pub mod clock;
+pub mod decision;
+pub mod error;
+pub mod key;
+pub mod limiter;
+pub mod policy;
+pub mod rules;
+pub mod store;
+
+pub use algorithm::Algorithm;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decision::Decision;
+pub use error::{CheckError, PolicyError, RuleError};
+pub use key::{CounterKey, RuleLevel};
+pub use limiter::{Limiter, LimiterBuilder};
+pub use policy::{Limit, Policy, parse_duration};
+pub use rules::{Rule, Rules};
+pub use store::{MemoryStore, Store, StoreError, StoreRequest};

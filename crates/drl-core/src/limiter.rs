@@ -1,0 +1,357 @@
+//! The [`Limiter`]: rules + clock + store behind one cheap, cloneable handle.
+//!
+//! ```
+//! use drl_core::{Limiter, Rules};
+//!
+//! let limiter = Limiter::new(Rules::builtin()); // 100 per minute per (user, endpoint)
+//! assert!(limiter.check_and_increment("alice", "/api/search"));
+//! ```
+//!
+//! Clones share one store and one rule set (an `Arc` inside), so every copy enforces the same
+//! budget: the mistake of a limiter whose copies each get their own budget cannot happen here.
+//! Rules can be replaced at run time ([`Limiter::set_rules`]); checks in flight finish under the
+//! rules they started with.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::CheckError;
+use crate::key::{CounterKey, validate_id};
+use crate::rules::Rules;
+use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
+
+/// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
+pub const NATIVE_DOMAIN: &str = "drl";
+
+/// How often the background sweeper reclaims idle keys by default.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A check that could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LimiterError {
+    /// The request itself is invalid; nothing was counted.
+    #[error(transparent)]
+    Invalid(#[from] CheckError),
+    /// The store failed; whether anything was counted is unknown.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A rate limiter. Cheap to clone; all clones share state.
+#[derive(Debug)]
+pub struct Limiter<S = MemoryStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Limiter<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<S> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    rules: ArcSwap<Rules>,
+    domain: Box<str>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Inner<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("store", &self.store)
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Limiter`] with a chosen clock, domain, sweep interval or store.
+#[derive(Debug)]
+pub struct LimiterBuilder {
+    rules: Rules,
+    clock: Option<Arc<dyn Clock>>,
+    domain: Box<str>,
+    sweep_interval: Option<Duration>,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+impl LimiterBuilder {
+    /// Uses `clock` instead of the system clock (e.g. a [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Namespaces the counters (default [`NATIVE_DOMAIN`]).
+    pub fn domain(mut self, domain: &str) -> Self {
+        self.domain = domain.into();
+        self
+    }
+
+    /// How often a background thread reclaims idle keys of the memory store; `None` for no
+    /// thread (call [`Limiter::sweep`] yourself). Default [`DEFAULT_SWEEP_INTERVAL`].
+    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// A limiter on the in-memory store, with its sweeper thread unless disabled.
+    pub fn build(self) -> Limiter<MemoryStore> {
+        let interval = self.sweep_interval;
+        let limiter = self.build_with_store(MemoryStore::new());
+        if let Some(interval) = interval {
+            spawn_sweeper(Arc::downgrade(&limiter.inner), interval);
+        }
+        limiter
+    }
+
+    /// A limiter on any store (no sweeper: stores with their own expiry need none).
+    pub fn build_with_store<S: Store>(self, store: S) -> Limiter<S> {
+        Limiter {
+            inner: Arc::new(Inner {
+                store,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+                rules: ArcSwap::from_pointee(self.rules),
+                domain: self.domain,
+            }),
+        }
+    }
+}
+
+/// Sweeps every `interval` until the last handle of the limiter is dropped.
+fn spawn_sweeper(limiter: Weak<Inner<MemoryStore>>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("drl-sweeper".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(inner) = limiter.upgrade() else {
+                    return;
+                };
+                inner.store.sweep(inner.clock.now_ns());
+            }
+        });
+    // Without a thread the store still works; idle keys wait for an explicit sweep.
+    if let Err(e) = spawned {
+        eprintln!("drl: could not start the sweeper thread: {e}");
+    }
+}
+
+impl Limiter<MemoryStore> {
+    /// A limiter on the in-memory store with the system clock and a background sweeper.
+    pub fn new(rules: Rules) -> Self {
+        Self::builder(rules).build()
+    }
+
+    /// Checks the limit of `(user_id, endpoint)` and, if under it, counts one request and
+    /// answers `true`; otherwise `false`. Invalid input (empty, or over 1 KiB) answers `false`.
+    #[inline]
+    pub fn check_and_increment(&self, user_id: &str, endpoint: &str) -> bool {
+        self.check(user_id, endpoint, 1)
+            .is_ok_and(|decision| decision.allowed)
+    }
+
+    /// Checks `hits` requests at once (all or nothing; 0 only reads) and returns the full
+    /// decision.
+    #[inline]
+    pub fn check(&self, user_id: &str, endpoint: &str, hits: u32) -> Result<Decision, CheckError> {
+        validate_id("user_id", user_id)?;
+        validate_id("endpoint", endpoint)?;
+        let rules = self.inner.rules.load();
+        let (level, policy) = rules.lookup(user_id, endpoint);
+        let request = StoreRequest {
+            key: CounterKey {
+                domain: &self.inner.domain,
+                level,
+                user_id,
+                endpoint,
+            },
+            policy,
+            hits,
+            now_ns: self.inner.clock.now_ns(),
+        };
+        Ok(self.inner.store.check_now(&request))
+    }
+
+    /// Reclaims idle keys now; returns how many were removed.
+    pub fn sweep(&self) -> usize {
+        self.inner.store.sweep(self.inner.clock.now_ns())
+    }
+}
+
+impl Limiter<MemoryStore> {
+    /// A builder starting from `rules`.
+    pub fn builder(rules: Rules) -> LimiterBuilder {
+        LimiterBuilder {
+            rules,
+            clock: None,
+            domain: NATIVE_DOMAIN.into(),
+            sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
+        }
+    }
+}
+
+impl<S: Store> Limiter<S> {
+    /// The check on any store, networked ones included.
+    pub async fn check_async(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u32,
+    ) -> Result<Decision, LimiterError> {
+        validate_id("user_id", user_id)?;
+        validate_id("endpoint", endpoint)?;
+        let rules = self.inner.rules.load_full();
+        let (level, policy) = rules.lookup(user_id, endpoint);
+        let request = StoreRequest {
+            key: CounterKey {
+                domain: &self.inner.domain,
+                level,
+                user_id,
+                endpoint,
+            },
+            policy,
+            hits,
+            now_ns: self.inner.clock.now_ns(),
+        };
+        Ok(self.inner.store.check(request).await?)
+    }
+
+    /// `check_and_increment` on any store: `true` only if admitted; errors answer `false`.
+    pub async fn check_and_increment_async(&self, user_id: &str, endpoint: &str) -> bool {
+        self.check_async(user_id, endpoint, 1)
+            .await
+            .is_ok_and(|d| d.allowed)
+    }
+
+    /// Replaces the rules atomically. Counters whose rule level is unchanged carry on under
+    /// the new limits.
+    pub fn set_rules(&self, rules: Rules) {
+        self.inner.rules.store(Arc::new(rules));
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.inner.rules.load_full()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The clock's current reading.
+    pub fn now_ns(&self) -> u64 {
+        self.inner.clock.now_ns()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::clock::ManualClock;
+    use crate::policy::Policy;
+    use crate::rules::Rule;
+
+    fn limiter(clock: &ManualClock) -> Limiter {
+        let default = Policy::per(2, Duration::from_secs(60), Algorithm::default()).unwrap();
+        Limiter::builder(Rules::only_default(default))
+            .clock(clock.clone())
+            .sweep_interval(None)
+            .build()
+    }
+
+    #[test]
+    fn check_and_increment_counts_per_pair() {
+        let clock = ManualClock::new(0);
+        let l = limiter(&clock);
+        assert!(l.check_and_increment("alice", "/a"));
+        assert!(l.check_and_increment("alice", "/a"));
+        assert!(!l.check_and_increment("alice", "/a"));
+        assert!(l.check_and_increment("alice", "/b"));
+        assert!(l.check_and_increment("bob", "/a"));
+        clock.advance(Duration::from_secs(62));
+        assert!(l.check_and_increment("alice", "/a"));
+    }
+
+    #[test]
+    fn clones_share_one_budget() {
+        let clock = ManualClock::new(0);
+        let a = limiter(&clock);
+        let b = a.clone();
+        assert!(a.check_and_increment("u", "/e"));
+        assert!(b.check_and_increment("u", "/e"));
+        assert!(!a.check_and_increment("u", "/e"));
+    }
+
+    #[test]
+    fn invalid_input_is_an_error_and_counts_nothing() {
+        let clock = ManualClock::new(0);
+        let l = limiter(&clock);
+        assert_eq!(
+            l.check("", "/a", 1),
+            Err(CheckError::Empty { field: "user_id" })
+        );
+        assert!(l.check("u", &"e".repeat(2000), 1).is_err());
+        assert!(!l.check_and_increment("", "/a"));
+        assert!(l.store().is_empty());
+    }
+
+    #[test]
+    fn rules_change_at_run_time() {
+        let clock = ManualClock::new(0);
+        let l = limiter(&clock);
+        assert!(l.check_and_increment("u", "/e"));
+        assert!(l.check_and_increment("u", "/e"));
+        assert!(!l.check_and_increment("u", "/e"));
+        let five = Policy::per(5, Duration::from_secs(60), Algorithm::default()).unwrap();
+        l.set_rules(Rules::only_default(five.clone()));
+        // Same rule level: the counter carries over under the new limit.
+        assert_eq!(l.check("u", "/e", 0).unwrap().remaining, 3);
+        l.set_rules(
+            Rules::new(
+                five,
+                [Rule {
+                    user_id: Some("u".into()),
+                    endpoint: None,
+                    policy: Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap(),
+                }],
+            )
+            .unwrap(),
+        );
+        let d = l.check("u", "/e", 1).unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.limit, 1);
+    }
+
+    #[test]
+    fn the_background_sweeper_reclaims_idle_keys() {
+        let clock = ManualClock::new(0);
+        let l = Limiter::builder(Rules::builtin())
+            .clock(clock.clone())
+            .sweep_interval(Some(Duration::from_millis(1)))
+            .build();
+        assert!(l.check_and_increment("u", "/e"));
+        assert_eq!(l.store().len(), 1);
+        clock.advance(Duration::from_secs(62));
+        // Wait for the sweeper thread itself, bounded; no fixed sleep decides the outcome.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !l.store().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(l.store().is_empty());
+    }
+}

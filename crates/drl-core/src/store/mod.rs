@@ -1,0 +1,53 @@
+//! Where counters live. A [`Store`] runs one algorithm step atomically for one key; the
+//! [`MemoryStore`] does it in process, the Redis store (crate `drl-redis`) in a Lua script.
+//!
+//! The trait is async so a networked store fits it; the memory store answers with a ready future,
+//! and offers the same step synchronously for embedded use.
+
+pub mod memory;
+
+use std::future::Future;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::decision::Decision;
+use crate::key::CounterKey;
+use crate::policy::Policy;
+
+pub use memory::MemoryStore;
+
+/// One check as a store sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreRequest<'a> {
+    /// The counter's identity.
+    pub key: CounterKey<'a>,
+    /// The limit and algorithm in force for it.
+    pub policy: &'a Policy,
+    /// Hits to admit (all or nothing); 0 reads.
+    pub hits: u32,
+    /// The caller's clock reading. Stores with a clock of their own (Redis `TIME`) ignore it.
+    pub now_ns: u64,
+}
+
+/// A store that could not answer. The caller applies its `on_error` policy.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store did not answer within the timeout.
+    #[error("store timed out after {0:?}")]
+    Timeout(Duration),
+    /// The store is unreachable or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Runs an algorithm step atomically for one key: concurrent checks of one key are serialised,
+/// checks of different keys proceed in parallel.
+pub trait Store: Send + Sync + 'static {
+    /// Decides and, when admitted, counts `request.hits` for `request.key`.
+    fn check<'a>(
+        &'a self,
+        request: StoreRequest<'a>,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a;
+}
