@@ -187,12 +187,12 @@ pub fn parse_duration(input: &str) -> Result<Duration, PolicyError> {
 /// Formats a duration in the largest exact unit (`90s` → `90s`, `3600s` → `1h`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms == 0 || ms % 1_000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1_000) {
         return format!("{}ms", ms);
     }
     let s = ms / 1_000;
     for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if s % secs == 0 {
+        if s.is_multiple_of(secs) {
             return format!("{}{}", s / secs, unit);
         }
     }

@@ -1,0 +1,1 @@
+//! The `drl` node (skeleton; filled in by the server work).

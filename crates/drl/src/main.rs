@@ -1,0 +1,2 @@
+//! `drl` (skeleton; filled in by the server work).
+fn main() {}
