@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test of the workspace.
+# Installs what is missing first, so it passes on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "toolchain"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+# rust-toolchain.toml pins the version and the rustfmt/clippy components.
+rustup show active-toolchain >/dev/null 2>&1 || true
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    rustup component add "$component"
+  fi
+done
+cargo --version
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test"
+# Unit, integration and doc tests of every crate (benches are compiled by clippy above, and run
+# by scripts/bench-core.sh, not here: speed goals live in benchmarks, not in timed tests).
+cargo test --workspace --locked
