@@ -35,10 +35,11 @@ impl LimitState for TokenBucket {
     fn check(&mut self, policy: &Policy, now: u64, hits: u32) -> Decision {
         let e = policy.emission_ns();
         let burst = u64::from(burst(policy));
-        let capacity = burst * e;
+        // Saturating: a burst of 10⁶ at one token per 366 days exceeds u64 nanoseconds.
+        let capacity = burst.saturating_mul(e);
         let want = demand(hits);
         let start = self.tat.max(now);
-        let after = start.saturating_add(want * e);
+        let after = start.saturating_add(want.saturating_mul(e));
         let allowed = want <= burst && after - now <= capacity;
         if allowed && hits > 0 {
             self.tat = after;
