@@ -181,51 +181,53 @@ fn check_ring<S: Slot>(
     let g = policy.bucket_ns();
     let window = policy.window_ns();
     let limit = u64::from(policy.requests());
-    let slots = ring.len() as u64;
+    let slots = ring.len();
 
     // Time never runs backwards for a key: a thread that read the clock earlier but took the
     // lock later is treated as arriving at the newest bucket's start.
     let now = now_ns.max(*newest * g);
     let current = now / g;
+    // The ring position of bucket `current`; positions of older buckets count down from it, so
+    // the loops below step through positions instead of dividing per bucket.
+    let here = (current % slots as u64) as usize;
     if current > *newest {
-        let stale = (current - *newest).min(slots);
-        for b in (current - stale + 1)..=current {
-            ring[(b % slots) as usize] = S::put(0);
+        let stale = (current - *newest).min(slots as u64) as usize;
+        for age in 0..stale {
+            ring[back(here, age, slots)] = S::put(0);
         }
         *newest = current;
     }
 
-    // Buckets overlapping [now − T, now]; at most `slots` of them by construction.
-    let oldest = now.saturating_sub(window) / g;
-    let slot = |b: u64| (b % slots) as usize;
-    let mut used: u64 = (oldest..=current).map(|b| ring[slot(b)].get()).sum();
+    // Buckets overlapping [now − T, now]: `span` of them, at most `slots` by construction.
+    let span = (current - now.saturating_sub(window) / g) as usize + 1;
+    let mut used = sum_back(ring, here, span);
 
     let want = demand(hits);
     let allowed = used + want <= limit;
     if allowed && hits > 0 {
-        let s = slot(current);
-        ring[s] = S::put(ring[s].get() + u64::from(hits));
+        ring[here] = S::put(ring[here].get() + u64::from(hits));
         used += u64::from(hits);
         *idle_at = (current + 1) * g + window;
     }
 
-    // A bucket b stops counting once now − T ≥ (b + 1)·g.
-    let leaves_at = |b: u64| ((b + 1) * g + window).saturating_sub(now);
-    let reset_after = (oldest..=current)
-        .rev()
-        .find(|&b| ring[slot(b)].get() > 0)
+    // The bucket `age` buckets before the current one stops counting once
+    // now − T ≥ (current − age + 1)·g.
+    let leaves_at = |age: usize| ((current - age as u64 + 1) * g + window).saturating_sub(now);
+    let reset_after = (0..span)
+        .find(|&age| ring[back(here, age, slots)].get() > 0)
         .map_or(0, leaves_at);
     let retry_after = if allowed {
         0
     } else if want > limit {
         window
     } else {
+        // Free buckets from the oldest on until enough hits have left the window.
         let mut must_free = used + want - limit;
         let mut retry = reset_after;
-        for b in oldest..=current {
-            let c = ring[slot(b)].get();
+        for age in (0..span).rev() {
+            let c = ring[back(here, age, slots)].get();
             if c >= must_free {
-                retry = leaves_at(b);
+                retry = leaves_at(age);
                 break;
             }
             must_free -= c;
@@ -239,6 +241,27 @@ fn check_ring<S: Slot>(
         reset_after,
         retry_after,
     )
+}
+
+/// The ring position `age` buckets before position `here`.
+#[inline]
+fn back(here: usize, age: usize, slots: usize) -> usize {
+    if age <= here {
+        here - age
+    } else {
+        here + slots - age
+    }
+}
+
+/// Sum of the `span` buckets ending at position `here`: at most two contiguous slices.
+#[inline]
+fn sum_back<S: Slot>(ring: &[S], here: usize, span: usize) -> u64 {
+    let sum = |part: &[S]| part.iter().map(|c| c.get()).sum::<u64>();
+    if span <= here + 1 {
+        sum(&ring[here + 1 - span..=here])
+    } else {
+        sum(&ring[..=here]) + sum(&ring[ring.len() - (span - here - 1)..])
+    }
 }
 
 #[cfg(test)]
