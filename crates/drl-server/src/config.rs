@@ -1,0 +1,847 @@
+//! The YAML configuration of a node (DESIGN.md §4), loaded and validated once, up front.
+//!
+//! ```yaml
+//! store:
+//!   kind: memory
+//! default:
+//!   limit: 100
+//!   window: 1m
+//!   algorithm: sliding_window
+//! rules:
+//!   - endpoint: /api/search
+//!     limit: 20
+//!     window: 1s
+//! ```
+//!
+//! Every problem is reported as a [`Diagnostic`] at the line and column of the offending value,
+//! and all of them are reported at once, so `drl config validate` can list a whole file's mistakes
+//! in one run. Parsing happens in two steps: serde-saphyr turns the text into `Raw*` structs whose
+//! leaves are [`Spanned`] (it reports syntax, type and unknown-field errors itself, with their
+//! location), then a `Validator` turns those into a [`drl_core::Rules`], checking every value
+//! through the core's own constructors so the ranges live in one place.
+//!
+//! Numbers and durations are read as text and parsed here: that gives errors such as
+//! "limit must be a whole number" instead of the deserializer's "invalid u64".
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use drl_core::policy::{MIN_LIMIT, MIN_WINDOW};
+use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
+use serde::Deserialize;
+use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
+use thiserror::Error;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where counters live.
+    pub store: StoreConfig,
+    /// The default limit and the per-user, per-endpoint and per-pair rules.
+    pub rules: Rules,
+}
+
+/// The store a node keeps its counters in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// The in-process lock-free store: one node, nothing to run beside it.
+    #[default]
+    Memory,
+}
+
+/// One problem in a config file, at the position of the value that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file (or source name) as the caller named it.
+    pub file: String,
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column, in characters.
+    pub column: u64,
+    /// What is wrong, with control characters escaped so it is safe to print.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// A config that could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config; one diagnostic per problem, in file order.
+    #[error("{}", DisplayLines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The located problems (empty for a read error).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Read { .. } => &[],
+            Self::Invalid(diagnostics) => diagnostics,
+        }
+    }
+}
+
+/// Displays diagnostics one per line.
+struct DisplayLines<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for DisplayLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::from_yaml_bytes(&name, &bytes)
+    }
+
+    /// Validates a config given as text; `source_name` names it in diagnostics.
+    pub fn from_yaml(source_name: &str, yaml: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_bytes(source_name, yaml.as_bytes())
+    }
+
+    fn from_yaml_bytes(source_name: &str, yaml: &[u8]) -> Result<Self, ConfigError> {
+        // No snippets: diagnostics are one line each, `file:line:column: message`.
+        let options = serde_saphyr::options! { with_snippet: false };
+        let raw: RawConfig =
+            serde_saphyr::from_slice_with_options(yaml, options).map_err(|e| {
+                let e = e.without_snippet();
+                let location = e.location().unwrap_or(Location::UNKNOWN);
+                let message = UserMessageFormatter.format_message(e);
+                ConfigError::Invalid(vec![diagnostic(source_name, location, &message)])
+            })?;
+        let mut validator = Validator {
+            file: source_name,
+            diagnostics: Vec::new(),
+        };
+        let config = validator.config(raw);
+        match config {
+            Some(config) if validator.diagnostics.is_empty() => Ok(config),
+            _ => {
+                let mut diagnostics = validator.diagnostics;
+                diagnostics.sort_by_key(|d| (d.line, d.column));
+                Err(ConfigError::Invalid(diagnostics))
+            }
+        }
+    }
+}
+
+fn diagnostic(file: &str, at: Location, message: &str) -> Diagnostic {
+    // An unknown location (line 0) only comes from the deserializer; point at the file's start.
+    Diagnostic {
+        file: file.to_owned(),
+        line: at.line().max(1),
+        column: at.column().max(1),
+        message: escape_control(message),
+    }
+}
+
+/// Messages can quote the file (keys, values); keep terminal control characters out of them.
+fn escape_control(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// --- The file as written ------------------------------------------------------------------
+
+/// A scalar kept as its text, with where it was written.
+type Text = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<RawStore>,
+    default: Option<RawPolicy>,
+    rules: Option<Vec<Spanned<RawRule>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<Text>,
+    /// Settings of the Redis store. Checked for shape so typos are caught, but only used with
+    /// `kind: redis` (not available yet).
+    redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    urls: Option<Vec<Text>>,
+    #[expect(dead_code, reason = "type-checked only, until the Redis store exists")]
+    cluster: Option<bool>,
+    consistency: Option<Text>,
+    on_error: Option<Text>,
+    timeout: Option<Text>,
+}
+
+/// `default:` — a policy without selectors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    limit: Text,
+    window: Text,
+    algorithm: Option<Text>,
+    precision: Option<Text>,
+    burst: Option<Text>,
+}
+
+/// One entry of `rules:`. Fields repeat those of [`RawPolicy`]: `#[serde(flatten)]` would lose
+/// their locations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    /// Absent: matches every user. Distinguished from an explicit null (`user_id:` with no
+    /// value), which is an error rather than a silent "every user".
+    #[serde(default = "absent")]
+    user_id: Spanned<Option<String>>,
+    #[serde(default = "absent")]
+    endpoint: Spanned<Option<String>>,
+    limit: Text,
+    window: Text,
+    algorithm: Option<Text>,
+    precision: Option<Text>,
+    burst: Option<Text>,
+}
+
+fn absent() -> Spanned<Option<String>> {
+    Spanned::new(None, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// The policy fields shared by `default:` and rules.
+struct PolicyFields<'a> {
+    limit: &'a Text,
+    window: &'a Text,
+    algorithm: Option<&'a Text>,
+    precision: Option<&'a Text>,
+    burst: Option<&'a Text>,
+}
+
+impl RawPolicy {
+    fn fields(&self) -> PolicyFields<'_> {
+        PolicyFields {
+            limit: &self.limit,
+            window: &self.window,
+            algorithm: self.algorithm.as_ref(),
+            precision: self.precision.as_ref(),
+            burst: self.burst.as_ref(),
+        }
+    }
+}
+
+impl RawRule {
+    fn fields(&self) -> PolicyFields<'_> {
+        PolicyFields {
+            limit: &self.limit,
+            window: &self.window,
+            algorithm: self.algorithm.as_ref(),
+            precision: self.precision.as_ref(),
+            burst: self.burst.as_ref(),
+        }
+    }
+}
+
+// --- Validation ---------------------------------------------------------------------------
+
+/// Turns the raw file into a config, collecting every problem instead of stopping at the first.
+struct Validator<'f> {
+    file: &'f str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, at: Location, message: impl fmt::Display) {
+        let d = diagnostic(self.file, at, &message.to_string());
+        self.diagnostics.push(d);
+    }
+
+    /// `None` when something is wrong (and then at least one diagnostic was recorded).
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let store = match &raw.store {
+            Some(store) => self.store(store),
+            None => Some(StoreConfig::Memory),
+        };
+        let default = match &raw.default {
+            Some(default) => self.policy(&default.fields()),
+            None => Some(Rules::builtin().default_policy().clone()),
+        };
+        let rules = self.rules(raw.rules.as_deref().unwrap_or_default());
+        let (store, default, rules) = (store?, default?, rules?);
+        match Rules::new(default, rules) {
+            Ok(rules) => Some(Config { store, rules }),
+            Err(e) => {
+                // Unreachable in practice: `rules` already checked identifiers and duplicates.
+                self.error(Location::UNKNOWN, e);
+                None
+            }
+        }
+    }
+
+    fn store(&mut self, store: &RawStore) -> Option<StoreConfig> {
+        if let Some(redis) = &store.redis {
+            self.redis(redis);
+        }
+        match &store.kind {
+            None => Some(StoreConfig::Memory),
+            Some(kind) => match kind.value.as_str() {
+                "memory" => Some(StoreConfig::Memory),
+                "redis" => {
+                    self.error(
+                        kind.referenced,
+                        "the Redis store is not available yet; use `kind: memory`",
+                    );
+                    None
+                }
+                other => {
+                    self.error(
+                        kind.referenced,
+                        format_args!("unknown store kind {other:?}: expected memory or redis"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn redis(&mut self, redis: &RawRedis) {
+        for url in redis.urls.iter().flatten() {
+            if !(url.value.starts_with("redis://") || url.value.starts_with("rediss://")) {
+                self.error(
+                    url.referenced,
+                    format_args!(
+                        "invalid Redis URL {:?}: expected redis://host:port or rediss://host:port",
+                        url.value
+                    ),
+                );
+            }
+        }
+        self.one_of(redis.consistency.as_ref(), "consistency", &["strict", "fast"]);
+        self.one_of(redis.on_error.as_ref(), "on_error", &["deny", "allow", "local"]);
+        if let Some(timeout) = &redis.timeout
+            && let Err(e) = drl_core::parse_duration(&timeout.value)
+        {
+            self.error(timeout.referenced, e);
+        }
+    }
+
+    fn one_of(&mut self, value: Option<&Text>, field: &str, accepted: &[&str]) {
+        if let Some(value) = value
+            && !accepted.contains(&value.value.as_str())
+        {
+            self.error(
+                value.referenced,
+                format_args!(
+                    "unknown {field} {:?}: expected one of {}",
+                    value.value,
+                    accepted.join(", ")
+                ),
+            );
+        }
+    }
+
+    fn rules(&mut self, raw: &[Spanned<RawRule>]) -> Option<Vec<Rule>> {
+        let mut rules = Vec::with_capacity(raw.len());
+        // Selector → line of the rule that first used it.
+        let mut seen: HashMap<(Option<&str>, Option<&str>), u64> = HashMap::new();
+        let mut ok = true;
+        for raw_rule in raw {
+            let user_id = self.selector(&raw_rule.value.user_id, "user_id");
+            let endpoint = self.selector(&raw_rule.value.endpoint, "endpoint");
+            let policy = self.policy(&raw_rule.value.fields());
+            let (Some(user_id), Some(endpoint), Some(policy)) = (user_id, endpoint, policy) else {
+                ok = false;
+                continue;
+            };
+            let rule = Rule {
+                user_id: user_id.map(str::to_owned),
+                endpoint: endpoint.map(str::to_owned),
+                policy,
+            };
+            let at = raw_rule.referenced;
+            if user_id.is_none() && endpoint.is_none() {
+                self.error(
+                    at,
+                    "a rule needs a user_id, an endpoint or both; \
+                     set the limit for everything else under `default:`",
+                );
+                ok = false;
+            } else if let Some(first) = seen.insert((user_id, endpoint), at.line()) {
+                self.error(
+                    at,
+                    format_args!(
+                        "duplicate rule for {}: the rule at line {first} has the same selector",
+                        rule.selector()
+                    ),
+                );
+                ok = false;
+            }
+            rules.push(rule);
+        }
+        ok.then_some(rules)
+    }
+
+    /// A rule's `user_id` or `endpoint`: `Some(None)` when absent, `None` when invalid.
+    fn selector<'r>(
+        &mut self,
+        value: &'r Spanned<Option<String>>,
+        field: &'static str,
+    ) -> Option<Option<&'r str>> {
+        let at = value.referenced;
+        match &value.value {
+            None if at == Location::UNKNOWN => Some(None),
+            None => {
+                self.error(
+                    at,
+                    format_args!("{field} has no value; remove the key to match every {field}"),
+                );
+                None
+            }
+            Some(id) => match validate_id(field, id) {
+                Ok(()) => Some(Some(id)),
+                Err(e) => {
+                    self.error(at, e);
+                    None
+                }
+            },
+        }
+    }
+
+    /// A validated policy, each problem reported at its own value.
+    fn policy(&mut self, raw: &PolicyFields<'_>) -> Option<Policy> {
+        let requests = self.whole_number(raw.limit, "limit").and_then(|n| {
+            // Checked against a window known to be valid, so the error is about the limit.
+            match Limit::new(n, MIN_WINDOW) {
+                Ok(_) => Some(n),
+                Err(e) => {
+                    self.error(raw.limit.referenced, e);
+                    None
+                }
+            }
+        });
+        let window = self.window(raw.window);
+        let algorithm = self.algorithm(raw);
+        let limit = match Limit::new(requests?, window?) {
+            Ok(limit) => limit,
+            Err(e) => {
+                // Both halves were checked above; kept for safety, reported at the limit.
+                self.error(raw.limit.referenced, e);
+                return None;
+            }
+        };
+        match Policy::new(limit, algorithm?) {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                self.error(raw.limit.referenced, e);
+                None
+            }
+        }
+    }
+
+    fn window(&mut self, window: &Text) -> Option<Duration> {
+        let checked = drl_core::parse_duration(&window.value).and_then(|d| {
+            // Checked against a limit known to be valid, so the error is about the window.
+            Limit::new(u64::from(MIN_LIMIT), d).map(|_| d)
+        });
+        match checked {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(window.referenced, e);
+                None
+            }
+        }
+    }
+
+    fn algorithm(&mut self, raw: &PolicyFields<'_>) -> Option<Algorithm> {
+        let mut algorithm = match raw.algorithm {
+            None => Algorithm::default(),
+            Some(name) => match Algorithm::from_name(&name.value) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.error(name.referenced, e);
+                    return None;
+                }
+            },
+        };
+        type Setter = fn(Algorithm, u64) -> Result<Algorithm, PolicyError>;
+        let settings: [(&str, Option<&Text>, Setter); 2] = [
+            ("precision", raw.precision, Algorithm::with_precision),
+            ("burst", raw.burst, Algorithm::with_burst),
+        ];
+        let mut ok = true;
+        for (field, value, apply) in settings {
+            let Some(value) = value else { continue };
+            match self.whole_number(value, field).map(|n| apply(algorithm, n)) {
+                Some(Ok(a)) => algorithm = a,
+                Some(Err(e)) => {
+                    self.error(value.referenced, e);
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(algorithm)
+    }
+
+    /// A non-negative integer written in decimal.
+    fn whole_number(&mut self, value: &Text, field: &str) -> Option<u64> {
+        let text = value.value.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            self.error(
+                value.referenced,
+                format_args!("{field} must be a whole number, not {:?}", value.value),
+            );
+            return None;
+        }
+        match text.parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(value.referenced, format_args!("{field} {text} is too large"));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drl_core::RuleLevel;
+
+    use super::*;
+
+    /// The errors of `yaml` as (line, column, message).
+    fn errors(yaml: &str) -> Vec<(u64, u64, String)> {
+        match Config::from_yaml("test.yaml", yaml) {
+            Ok(_) => panic!("expected errors in:\n{yaml}"),
+            Err(e) => e
+                .diagnostics()
+                .iter()
+                .map(|d| (d.line, d.column, d.message.clone()))
+                .collect(),
+        }
+    }
+
+    /// The only error of `yaml`, checked to be at `line`:`column`; returns its message.
+    #[track_caller]
+    fn error_at(yaml: &str, line: u64, column: u64) -> String {
+        let errors = errors(yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (l, c, message) = errors.into_iter().next().unwrap();
+        assert_eq!((l, c), (line, column), "{message}");
+        message
+    }
+
+    const DESIGN_EXAMPLE: &str = "\
+store:
+  kind: memory                 # memory | redis
+  redis:
+    urls: [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]
+    cluster: true
+    consistency: strict
+    on_error: deny
+    timeout: 50ms
+default:
+  limit: 100
+  window: 1m
+  algorithm: sliding_window
+rules:
+  - endpoint: /api/search
+    limit: 20
+    window: 1s
+  - user_id: alice
+    limit: 1000
+    window: 1h
+  - user_id: alice
+    endpoint: /api/upload
+    limit: 5
+    window: 1d
+";
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let config = Config::from_yaml("drl.yaml", DESIGN_EXAMPLE).unwrap();
+        assert_eq!(config.store, StoreConfig::Memory);
+        let rules = &config.rules;
+        let n = |u, e| {
+            let (level, p) = rules.lookup(u, e);
+            (level, p.requests(), p.window_ns() / 1_000_000_000)
+        };
+        assert_eq!(n("alice", "/api/upload"), (RuleLevel::Pair, 5, 86_400));
+        assert_eq!(n("alice", "/api/search"), (RuleLevel::User, 1000, 3_600));
+        assert_eq!(n("bob", "/api/search"), (RuleLevel::Endpoint, 20, 1));
+        assert_eq!(n("bob", "/x"), (RuleLevel::Default, 100, 60));
+    }
+
+    #[test]
+    fn without_default_the_builtin_applies() {
+        for yaml in ["", "# nothing\n", "rules:\n", "store:\n  kind: memory\n"] {
+            let config = Config::from_yaml("x.yaml", yaml).unwrap();
+            assert_eq!(config.rules.default_policy(), Rules::builtin().default_policy());
+        }
+    }
+
+    #[test]
+    fn algorithms_and_their_settings_are_read() {
+        let config = Config::from_yaml(
+            "x.yaml",
+            "default:\n  limit: 10\n  window: 90\n  algorithm: gcra\n  burst: 3\nrules:\n  \
+             - endpoint: /a\n    limit: 5\n    window: 1h30m\n    precision: 10\n",
+        )
+        .unwrap();
+        let default = config.rules.default_policy();
+        assert_eq!(
+            default.algorithm(),
+            Algorithm::TokenBucket { burst: Some(3) }
+        );
+        assert_eq!(default.window_ns(), 90 * 1_000_000_000);
+        let (_, search) = config.rules.lookup("u", "/a");
+        assert_eq!(
+            search.algorithm(),
+            Algorithm::SlidingWindow { precision: 10 }
+        );
+        assert_eq!(search.window_ns(), 5_400 * 1_000_000_000);
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let message = error_at("default:\n  limit: 5\n  window: 1m\n   bad: [\n", 4, 7);
+        assert!(message.contains("mapping values are not allowed"), "{message}");
+        error_at("default:\n  limit: \"5\n", 2, 10);
+    }
+
+    #[test]
+    fn type_errors_are_located() {
+        error_at("rules: {}\n", 1, 8);
+        error_at("default: 5\n", 1, 10);
+        let message = error_at("default:\n  limit: [1]\n  window: 1m\n", 2, 10);
+        assert!(message.contains("expected"), "{message}");
+    }
+
+    #[test]
+    fn unknown_fields_are_located() {
+        let message = error_at("defaults:\n  limit: 1\n", 1, 1);
+        assert!(message.contains("unknown field `defaults`"), "{message}");
+        let message = error_at(
+            "rules:\n  - endpoint: /a\n    limit: 1\n    windw: 1s\n",
+            4,
+            5,
+        );
+        assert!(message.contains("unknown field `windw`"), "{message}");
+        // `default:` takes no selectors.
+        let message = error_at("default:\n  user_id: a\n  limit: 1\n  window: 1s\n", 2, 3);
+        assert!(message.contains("unknown field `user_id`"), "{message}");
+        error_at("store:\n  kind: memory\n  redis:\n    url: x\n", 4, 5);
+    }
+
+    #[test]
+    fn missing_fields_are_located() {
+        // Reported where the mapping ends, which is still inside the rule.
+        let message = error_at("rules:\n  - endpoint: /a\n    limit: 1\n", 3, 5);
+        assert!(message.contains("missing field `window`"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_limits_are_located() {
+        let message = error_at("default:\n  limit: 0\n  window: 1m\n", 2, 10);
+        assert_eq!(
+            message,
+            "limit 0 is out of range: it must be from 1 to 1000000 requests"
+        );
+        error_at("default:\n  limit: 1000001\n  window: 1m\n", 2, 10);
+        let message = error_at(
+            "default:\n  limit: 99999999999999999999999\n  window: 1m\n",
+            2,
+            10,
+        );
+        assert_eq!(message, "limit 99999999999999999999999 is too large");
+        let message = error_at("default:\n  limit: -5\n  window: 1m\n", 2, 10);
+        assert_eq!(message, "limit must be a whole number, not \"-5\"");
+        error_at("default:\n  limit: 2.5\n  window: 1m\n", 2, 10);
+    }
+
+    #[test]
+    fn out_of_range_and_invalid_windows_are_located() {
+        let message = error_at("default:\n  limit: 1\n  window: 500ms\n", 3, 11);
+        assert_eq!(
+            message,
+            "window 500ms is out of range: it must be from 1s to 366d"
+        );
+        error_at("default:\n  limit: 1\n  window: 367d\n", 3, 11);
+        error_at("default:\n  limit: 1\n  window: 0\n", 3, 11);
+        let message = error_at("rules:\n  - user_id: a\n    limit: 1\n    window: 1 fortnight\n", 4, 13);
+        assert!(message.starts_with("invalid duration \"1 fortnight\""), "{message}");
+    }
+
+    #[test]
+    fn unknown_algorithms_and_bad_settings_are_located() {
+        let message = error_at(
+            "default:\n  limit: 1\n  window: 1s\n  algorithm: leaky_bucket\n",
+            4,
+            14,
+        );
+        assert!(message.starts_with("unknown algorithm \"leaky_bucket\""), "{message}");
+        let message = error_at(
+            "default:\n  limit: 1\n  window: 1s\n  algorithm: fixed_window\n  precision: 10\n",
+            5,
+            14,
+        );
+        assert_eq!(message, "precision does not apply to algorithm fixed_window");
+        // Without an algorithm, the default sliding window takes no burst.
+        error_at("default:\n  limit: 1\n  window: 1s\n  burst: 2\n", 4, 10);
+        error_at("default:\n  limit: 1\n  window: 1s\n  precision: 0\n", 4, 14);
+        error_at(
+            "default:\n  limit: 1\n  window: 1s\n  algorithm: token_bucket\n  burst: x\n",
+            5,
+            10,
+        );
+    }
+
+    #[test]
+    fn duplicate_rules_are_located_at_the_second() {
+        let message = error_at(
+            "rules:\n  - user_id: a\n    limit: 1\n    window: 1s\n  \
+             - user_id: a\n    limit: 2\n    window: 1s\n",
+            5,
+            5,
+        );
+        assert_eq!(
+            message,
+            "duplicate rule for user_id=\"a\": the rule at line 2 has the same selector"
+        );
+        // Same user, different endpoints: not duplicates.
+        Config::from_yaml(
+            "x.yaml",
+            "rules:\n  - {user_id: a, endpoint: /x, limit: 1, window: 1s}\n  \
+             - {user_id: a, endpoint: /y, limit: 1, window: 1s}\n  \
+             - {endpoint: /x, limit: 1, window: 1s}\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_are_located() {
+        let message = error_at("default:\n  limit: 1\n  limit: 2\n  window: 1s\n", 3, 3);
+        assert!(message.contains("duplicate"), "{message}");
+    }
+
+    #[test]
+    fn bad_selectors_are_located() {
+        let message = error_at(
+            "rules:\n  - user_id: ''\n    limit: 1\n    window: 1s\n",
+            2,
+            14,
+        );
+        assert_eq!(message, "user_id must not be empty");
+        let long = "e".repeat(1025);
+        let message = error_at(
+            &format!("rules:\n  - endpoint: {long}\n    limit: 1\n    window: 1s\n"),
+            2,
+            15,
+        );
+        assert_eq!(message, "endpoint is 1025 bytes long; the maximum is 1024 bytes");
+        // `user_id:` without a value would silently match every user.
+        let message = error_at(
+            "rules:\n  - user_id:\n    endpoint: /a\n    limit: 1\n    window: 1s\n",
+            2,
+            12,
+        );
+        assert!(message.starts_with("user_id has no value"), "{message}");
+        let message = error_at("rules:\n  - limit: 1\n    window: 1s\n", 2, 5);
+        assert!(message.starts_with("a rule needs a user_id"), "{message}");
+    }
+
+    #[test]
+    fn store_kinds_other_than_memory_are_refused() {
+        let message = error_at("store:\n  kind: redis\n", 2, 9);
+        assert_eq!(
+            message,
+            "the Redis store is not available yet; use `kind: memory`"
+        );
+        let message = error_at("store:\n  kind: etcd\n", 2, 9);
+        assert_eq!(message, "unknown store kind \"etcd\": expected memory or redis");
+        error_at(
+            "store:\n  kind: memory\n  redis:\n    consistency: eventual\n",
+            4,
+            18,
+        );
+        error_at("store:\n  redis:\n    urls: [\"http://x\"]\n", 3, 12);
+        error_at("store:\n  redis:\n    timeout: soon\n", 3, 14);
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let errors = errors(
+            "rules:\n  - user_id: ''\n    limit: 0\n    window: 1x\n  \
+             - endpoint: /a\n    limit: 1\n    window: 1s\n    algorithm: nope\n\
+             default:\n  limit: 1\n  window: 0s\n",
+        );
+        let at: Vec<_> = errors.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(at, [(2, 14), (3, 12), (4, 13), (8, 16), (11, 11)], "{errors:?}");
+    }
+
+    #[test]
+    fn diagnostics_name_the_file_and_escape_control_characters() {
+        let e = Config::from_yaml("conf/drl.yaml", "rules:\n  - \"a\\u0007b\": 1\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("conf/drl.yaml:2:5: "), "{text}");
+        assert!(!text.contains('\u{7}'), "{text}");
+    }
+
+    #[test]
+    fn files_are_read_and_named() {
+        let dir = std::env::temp_dir().join(format!("drl-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, "default:\n  limit: 0\n  window: 1s\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2:10: limit 0 is out of range: it must be from 1 to 1000000 requests",
+                path.display()
+            )
+        );
+        let missing = dir.join("missing.yaml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.diagnostics().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
