@@ -13,10 +13,14 @@ use crate::algorithm::Algorithm;
 use crate::decision::Decision;
 use crate::policy::Policy;
 
-/// One key's theoretical arrival time.
+/// One key's theoretical arrival time, in nanoseconds.
+///
+/// `u128`, because a valid policy can hold more credit than `u64` nanoseconds span (a burst of
+/// 10⁶ at one token per 366 days is 3.2·10²² ns): in `u128` every step of the check is exact,
+/// where saturating `u64` arithmetic pinned `tat` at `u64::MAX` and then admitted everything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenBucket {
-    tat: u64,
+    tat: u128,
 }
 
 /// The burst of a token-bucket policy (N when not set).
@@ -33,13 +37,13 @@ impl LimitState for TokenBucket {
     }
 
     fn check(&mut self, policy: &Policy, now: u64, hits: u32) -> Decision {
-        let e = policy.emission_ns();
+        let e = u128::from(policy.emission_ns());
         let burst = u64::from(burst(policy));
-        // Saturating: a burst of 10⁶ at one token per 366 days exceeds u64 nanoseconds.
-        let capacity = burst.saturating_mul(e);
+        let capacity = u128::from(burst) * e;
         let want = demand(hits);
+        let now = u128::from(now);
         let start = self.tat.max(now);
-        let after = start.saturating_add(want.saturating_mul(e));
+        let after = start + u128::from(want) * e;
         let allowed = want <= burst && after - now <= capacity;
         if allowed && hits > 0 {
             self.tat = after;
@@ -49,20 +53,25 @@ impl LimitState for TokenBucket {
         let retry_after = if want > burst {
             policy.window_ns()
         } else {
-            (after - now).saturating_sub(capacity)
+            saturate((after - now).saturating_sub(capacity))
         };
         Decision::new(
             allowed,
             policy.requests(),
-            remaining.min(u64::from(u32::MAX)) as u32,
-            full_at - now,
+            remaining.min(u128::from(u32::MAX)) as u32,
+            saturate(full_at - now),
             retry_after,
         )
     }
 
     fn idle_at(&self) -> u64 {
-        self.tat
+        saturate(self.tat)
     }
+}
+
+/// Nanoseconds as `u64`, saturating: beyond 584 years is as good as never.
+fn saturate(ns: u128) -> u64 {
+    u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
