@@ -45,7 +45,6 @@ pub struct Config {
 
 /// The store a node keeps its counters in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
 pub enum StoreConfig {
     /// The in-process lock-free store: one node, nothing to run beside it.
     #[default]
@@ -134,13 +133,12 @@ impl Config {
     fn from_yaml_bytes(source_name: &str, yaml: &[u8]) -> Result<Self, ConfigError> {
         // No snippets: diagnostics are one line each, `file:line:column: message`.
         let options = serde_saphyr::options! { with_snippet: false };
-        let raw: RawConfig =
-            serde_saphyr::from_slice_with_options(yaml, options).map_err(|e| {
-                let e = e.without_snippet();
-                let location = e.location().unwrap_or(Location::UNKNOWN);
-                let message = UserMessageFormatter.format_message(e);
-                ConfigError::Invalid(vec![diagnostic(source_name, location, &message)])
-            })?;
+        let raw: RawConfig = serde_saphyr::from_slice_with_options(yaml, options).map_err(|e| {
+            let e = e.without_snippet();
+            let location = e.location().unwrap_or(Location::UNKNOWN);
+            let message = UserMessageFormatter.format_message(e);
+            ConfigError::Invalid(vec![diagnostic(source_name, location, &message)])
+        })?;
         let mut validator = Validator {
             file: source_name,
             diagnostics: Vec::new(),
@@ -353,8 +351,16 @@ impl Validator<'_> {
                 );
             }
         }
-        self.one_of(redis.consistency.as_ref(), "consistency", &["strict", "fast"]);
-        self.one_of(redis.on_error.as_ref(), "on_error", &["deny", "allow", "local"]);
+        self.one_of(
+            redis.consistency.as_ref(),
+            "consistency",
+            &["strict", "fast"],
+        );
+        self.one_of(
+            redis.on_error.as_ref(),
+            "on_error",
+            &["deny", "allow", "local"],
+        );
         if let Some(timeout) = &redis.timeout
             && let Err(e) = drl_core::parse_duration(&timeout.value)
         {
@@ -533,7 +539,10 @@ impl Validator<'_> {
         match text.parse() {
             Ok(n) => Some(n),
             Err(_) => {
-                self.error(value.referenced, format_args!("{field} {text} is too large"));
+                self.error(
+                    value.referenced,
+                    format_args!("{field} {text} is too large"),
+                );
                 None
             }
         }
@@ -613,7 +622,10 @@ rules:
     fn without_default_the_builtin_applies() {
         for yaml in ["", "# nothing\n", "rules:\n", "store:\n  kind: memory\n"] {
             let config = Config::from_yaml("x.yaml", yaml).unwrap();
-            assert_eq!(config.rules.default_policy(), Rules::builtin().default_policy());
+            assert_eq!(
+                config.rules.default_policy(),
+                Rules::builtin().default_policy()
+            );
         }
     }
 
@@ -642,7 +654,10 @@ rules:
     #[test]
     fn syntax_errors_are_located() {
         let message = error_at("default:\n  limit: 5\n  window: 1m\n   bad: [\n", 4, 7);
-        assert!(message.contains("mapping values are not allowed"), "{message}");
+        assert!(
+            message.contains("mapping values are not allowed"),
+            "{message}"
+        );
         error_at("default:\n  limit: \"5\n", 2, 10);
     }
 
@@ -705,8 +720,15 @@ rules:
         );
         error_at("default:\n  limit: 1\n  window: 367d\n", 3, 11);
         error_at("default:\n  limit: 1\n  window: 0\n", 3, 11);
-        let message = error_at("rules:\n  - user_id: a\n    limit: 1\n    window: 1 fortnight\n", 4, 13);
-        assert!(message.starts_with("invalid duration \"1 fortnight\""), "{message}");
+        let message = error_at(
+            "rules:\n  - user_id: a\n    limit: 1\n    window: 1 fortnight\n",
+            4,
+            13,
+        );
+        assert!(
+            message.starts_with("invalid duration \"1 fortnight\""),
+            "{message}"
+        );
     }
 
     #[test]
@@ -716,16 +738,26 @@ rules:
             4,
             14,
         );
-        assert!(message.starts_with("unknown algorithm \"leaky_bucket\""), "{message}");
+        assert!(
+            message.starts_with("unknown algorithm \"leaky_bucket\""),
+            "{message}"
+        );
         let message = error_at(
             "default:\n  limit: 1\n  window: 1s\n  algorithm: fixed_window\n  precision: 10\n",
             5,
             14,
         );
-        assert_eq!(message, "precision does not apply to algorithm fixed_window");
+        assert_eq!(
+            message,
+            "precision does not apply to algorithm fixed_window"
+        );
         // Without an algorithm, the default sliding window takes no burst.
         error_at("default:\n  limit: 1\n  window: 1s\n  burst: 2\n", 4, 10);
-        error_at("default:\n  limit: 1\n  window: 1s\n  precision: 0\n", 4, 14);
+        error_at(
+            "default:\n  limit: 1\n  window: 1s\n  precision: 0\n",
+            4,
+            14,
+        );
         error_at(
             "default:\n  limit: 1\n  window: 1s\n  algorithm: token_bucket\n  burst: x\n",
             5,
@@ -775,7 +807,10 @@ rules:
             2,
             15,
         );
-        assert_eq!(message, "endpoint is 1025 bytes long; the maximum is 1024 bytes");
+        assert_eq!(
+            message,
+            "endpoint is 1025 bytes long; the maximum is 1024 bytes"
+        );
         // `user_id:` without a value would silently match every user.
         let message = error_at(
             "rules:\n  - user_id:\n    endpoint: /a\n    limit: 1\n    window: 1s\n",
@@ -795,7 +830,10 @@ rules:
             "the Redis store is not available yet; use `kind: memory`"
         );
         let message = error_at("store:\n  kind: etcd\n", 2, 9);
-        assert_eq!(message, "unknown store kind \"etcd\": expected memory or redis");
+        assert_eq!(
+            message,
+            "unknown store kind \"etcd\": expected memory or redis"
+        );
         error_at(
             "store:\n  kind: memory\n  redis:\n    consistency: eventual\n",
             4,
@@ -813,7 +851,11 @@ rules:
              default:\n  limit: 1\n  window: 0s\n",
         );
         let at: Vec<_> = errors.iter().map(|(l, c, _)| (*l, *c)).collect();
-        assert_eq!(at, [(2, 14), (3, 12), (4, 13), (8, 16), (11, 11)], "{errors:?}");
+        assert_eq!(
+            at,
+            [(2, 14), (3, 12), (4, 13), (8, 16), (11, 11)],
+            "{errors:?}"
+        );
     }
 
     #[test]

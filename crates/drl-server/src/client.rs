@@ -1,0 +1,276 @@
+//! A minimal HTTP/1 client for `POST /v1/check`, and [`run_check`]: the whole `drl check`
+//! command, kept here so it is tested against a live server.
+//!
+//! One connection per check, plain `http://` only: it is a command-line tool and a test aid,
+//! not a load generator.
+
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::api::{CheckRequest, CheckResponse, ErrorResponse};
+
+/// The server `drl check` asks when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// How long a check may take, connection included, before the client gives up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response body the client reads.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// `drl check` exit code: the request was allowed.
+pub const EXIT_ALLOWED: u8 = 0;
+/// `drl check` exit code: the request was denied.
+pub const EXIT_DENIED: u8 = 1;
+/// `drl check` exit code: no decision (bad arguments, unreachable server, rejected request).
+pub const EXIT_ERROR: u8 = 2;
+
+/// A check that got no decision.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server URL is not usable.
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The request could not be encoded (cannot happen with string ids; kept total).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// No TCP connection.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP error: {0}")]
+    Http(#[from] hyper::Error),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server refused the request (e.g. 400 for an empty user_id).
+    #[error("the server refused the request ({status}): {message}")]
+    Refused { status: StatusCode, message: String },
+    /// The server answered something that is not a check response.
+    #[error("unexpected answer from the server ({status}): {reason}")]
+    BadResponse { status: StatusCode, reason: String },
+}
+
+/// A client of one `drl` node.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The `Host` header.
+    authority: String,
+    /// The check URL's path: the server URL's path (if any) + `/v1/check`.
+    check_path: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of the node at `server`, e.g. `http://127.0.0.1:8080`.
+    pub fn new(server: &str) -> Result<Self, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: server.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = server
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => return Err(invalid("only http:// is supported")),
+            None => return Err(invalid("expected a URL such as http://127.0.0.1:8080")),
+        }
+        let authority = uri.authority().ok_or_else(|| invalid("it has no host"))?;
+        if uri.query().is_some() {
+            return Err(invalid("it must not have a query"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self {
+            addr: format!("{}:{port}", authority.host()),
+            authority: authority.as_str().to_owned(),
+            check_path: format!("{}/v1/check", uri.path().trim_end_matches('/')),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Gives up on a check after `timeout` instead of [`DEFAULT_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Asks whether `user_id` may call `endpoint` `hits` times now (and counts them if so).
+    pub async fn check(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u64,
+    ) -> Result<CheckResponse, ClientError> {
+        let request = CheckRequest {
+            user_id: user_id.to_owned(),
+            endpoint: endpoint.to_owned(),
+            hits,
+        };
+        tokio::time::timeout(self.timeout, self.exchange(&request))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+
+    async fn exchange(&self, request: &CheckRequest) -> Result<CheckResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let http_request = Request::builder()
+            .method(Method::POST)
+            .uri(self.check_path.as_str())
+            .header(HOST, self.authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::InvalidUrl {
+                url: self.check_path.clone(),
+                reason: e.to_string(),
+            })?;
+
+        let stream =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // Drives the connection; ends when the sender is dropped after the response.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection to the drl server ended: {e}");
+            }
+        });
+        let response = sender.send_request(http_request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ClientError::BadResponse {
+                status,
+                reason: format!("cannot read the body: {e}"),
+            })?
+            .to_bytes();
+        decode(status, &body)
+    }
+}
+
+/// A check response from its status and body.
+fn decode(status: StatusCode, body: &[u8]) -> Result<CheckResponse, ClientError> {
+    let bad = |reason: String| ClientError::BadResponse { status, reason };
+    match status {
+        StatusCode::OK | StatusCode::TOO_MANY_REQUESTS => {
+            let decision: CheckResponse = serde_json::from_slice(body)
+                .map_err(|e| bad(format!("not a check response: {e}")))?;
+            if decision.allowed != (status == StatusCode::OK) {
+                return Err(bad(format!(
+                    "the body says allowed={} but the status says otherwise",
+                    decision.allowed
+                )));
+            }
+            Ok(decision)
+        }
+        _ => {
+            let message = serde_json::from_slice::<ErrorResponse>(body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+            Err(ClientError::Refused { status, message })
+        }
+    }
+}
+
+/// The `drl check` command: asks `server`, prints the decision to `out` (or the error to
+/// `err`) and returns the exit code: [`EXIT_ALLOWED`], [`EXIT_DENIED`] or [`EXIT_ERROR`].
+pub async fn run_check(
+    server: &str,
+    user_id: &str,
+    endpoint: &str,
+    hits: u64,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let result = match Client::new(server) {
+        Ok(client) => client.check(user_id, endpoint, hits).await,
+        Err(e) => Err(e),
+    };
+    // A failed write to stdout/stderr cannot be reported anywhere better; the exit code stands.
+    match result {
+        Ok(d) => {
+            let verdict = if d.allowed { "allowed" } else { "denied" };
+            let _ = writeln!(
+                out,
+                "{verdict} limit={} remaining={} reset_after_ms={} retry_after_ms={}",
+                d.limit, d.remaining, d.reset_after_ms, d.retry_after_ms
+            );
+            if d.allowed { EXIT_ALLOWED } else { EXIT_DENIED }
+        }
+        Err(e) => {
+            let _ = writeln!(err, "drl check: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_are_parsed() {
+        let c = Client::new("http://127.0.0.1:8080").unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8080");
+        assert_eq!(c.check_path, "/v1/check");
+        let c = Client::new("http://example.com/drl/").unwrap();
+        assert_eq!(c.addr, "example.com:80");
+        assert_eq!(c.authority, "example.com");
+        assert_eq!(c.check_path, "/drl/v1/check");
+        let c = Client::new("http://[::1]:9000").unwrap();
+        assert_eq!(c.addr, "[::1]:9000");
+        for bad in [
+            "https://x",
+            "127.0.0.1:8080",
+            "",
+            "http://x/?q=1",
+            "ht tp://x",
+        ] {
+            assert!(
+                matches!(Client::new(bad), Err(ClientError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_are_decoded_by_status() {
+        let allowed = br#"{"allowed":true,"limit":5,"remaining":4,"reset_after_ms":10,"retry_after_ms":0,"new":1}"#;
+        assert!(decode(StatusCode::OK, allowed).unwrap().allowed);
+        assert!(matches!(
+            decode(StatusCode::TOO_MANY_REQUESTS, allowed),
+            Err(ClientError::BadResponse { .. })
+        ));
+        let e = decode(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"user_id must not be empty"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the server refused the request (400 Bad Request): user_id must not be empty"
+        );
+        assert!(matches!(
+            decode(StatusCode::OK, b"not json"),
+            Err(ClientError::BadResponse { .. })
+        ));
+    }
+}

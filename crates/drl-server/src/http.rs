@@ -1,0 +1,200 @@
+//! The HTTP API (DESIGN.md §3) as an axum [`Router`] over a [`Limiter`].
+//!
+//! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
+//!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
+//! - `GET /healthz` → 200 `ok`.
+//! - Anything else: 404 or 405, also with a JSON error.
+//!
+//! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
+//! one place ([`ApiError::status`]). A request that fails validation is rejected before the
+//! limiter sees it, so nothing is counted.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use drl_core::limiter::LimiterError;
+use drl_core::{CheckError, Limiter, Store, StoreError};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use thiserror::Error;
+
+use crate::api::{CheckRequest, CheckResponse, ErrorResponse, MAX_HITS};
+
+/// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The routes of a node answering with `limiter`.
+pub fn router<S: Store>(limiter: Limiter<S>) -> Router {
+    Router::new()
+        .route("/v1/check", post(check::<S>))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(limiter)
+}
+
+/// A request the API cannot answer normally.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The body is not declared as JSON.
+    #[error("unsupported content type {0}: send the body as application/json")]
+    ContentType(String),
+    /// The body is above [`MAX_BODY_BYTES`].
+    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    BodyTooLarge,
+    /// The body could not be read from the connection.
+    #[error("cannot read the request body: {0}")]
+    BodyUnreadable(String),
+    /// A JSON array where the check object should be.
+    #[error("invalid request body: expected a JSON object, not an array")]
+    NotAnObject,
+    /// Not JSON, or not the shape of a check request.
+    #[error("invalid request body: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `hits` outside `0..=MAX_HITS`.
+    #[error("hits {0} is out of range: it must be from 0 to {MAX_HITS}")]
+    HitsOutOfRange(u64),
+    /// An identifier the limiter refuses (empty, or above 1 KiB).
+    #[error(transparent)]
+    Invalid(#[from] CheckError),
+    /// The store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists, for another method.
+    #[error("method {0} is not allowed on {1}")]
+    MethodNotAllowed(Method, String),
+}
+
+impl From<LimiterError> for ApiError {
+    fn from(e: LimiterError) -> Self {
+        match e {
+            LimiterError::Invalid(e) => e.into(),
+            LimiterError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of each error: the one place where errors become statuses.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::ContentType(_)
+            | Self::BodyTooLarge
+            | Self::BodyUnreadable(_)
+            | Self::NotAnObject
+            | Self::Json(_)
+            | Self::HitsOutOfRange(_)
+            | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!("check failed: {self}");
+        }
+        let body = ErrorResponse {
+            error: self.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn check<S: Store>(
+    State(limiter): State<Limiter<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = read_body(body).await?;
+    // serde would also read a struct from an array (`["alice", "/api"]`); only objects are valid.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::NotAnObject);
+    }
+    let request: CheckRequest = serde_json::from_slice(&body)?;
+    let hits = u32::try_from(request.hits)
+        .ok()
+        .filter(|&hits| hits <= MAX_HITS)
+        .ok_or(ApiError::HitsOutOfRange(request.hits))?;
+    let decision = limiter
+        .check_async(&request.user_id, &request.endpoint, hits)
+        .await?;
+    Ok(decision_response(decision.into()))
+}
+
+/// Accepts `application/json`, with or without parameters such as `charset`.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Err(ApiError::ContentType("(none)".to_owned()));
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    match essence {
+        Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(ApiError::ContentType(format!(
+            "{:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ))),
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+    }
+}
+
+/// 200 or 429 with the decision as JSON and as `RateLimit-*` / `Retry-After` headers.
+fn decision_response(decision: CheckResponse) -> Response {
+    let status = if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let mut response = (status, Json(decision)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(RATELIMIT_LIMIT, decision.limit.into());
+    headers.insert(RATELIMIT_REMAINING, decision.remaining.into());
+    headers.insert(RATELIMIT_RESET, whole_seconds(decision.reset_after_ms));
+    if !decision.allowed {
+        headers.insert(RETRY_AFTER, whole_seconds(decision.retry_after_ms));
+    }
+    response
+}
+
+/// Milliseconds as whole seconds, rounded up so a client that waits that long is never early.
+fn whole_seconds(ms: u64) -> HeaderValue {
+    ms.div_ceil(1_000).into()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(method, uri.path().to_owned())
+}
