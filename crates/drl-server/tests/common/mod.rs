@@ -1,0 +1,154 @@
+//! A node on a real loopback socket (port 0), with a manual clock, and a raw HTTP/1.1 client
+//! that can send anything, malformed requests included.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // Test code; each binary uses a part.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drl_core::{Limiter, ManualClock, Rules};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything a test waits for; reached only when something is broken.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running node.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// Shares its store with the server's limiter, to inspect counters directly.
+    pub limiter: Limiter,
+    /// The server's clock; time moves only when a test advances it.
+    pub clock: ManualClock,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Serves `rules` on a fresh loopback port.
+    pub async fn start(rules: Rules) -> Self {
+        let clock = ManualClock::new(0);
+        let limiter = Limiter::builder(rules)
+            .clock(clock.clone())
+            .sweep_interval(None)
+            .build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(drl_server::serve(listener, limiter.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            limiter,
+            clock,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts the server down gracefully and waits for it, boundedly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
+        result.expect("server stops").unwrap().unwrap();
+    }
+
+    /// `POST /v1/check` with a JSON body.
+    pub async fn check(&self, body: &str) -> RawResponse {
+        self.post("/v1/check", "application/json", body.as_bytes())
+            .await
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: &[u8]) -> RawResponse {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.send(&request).await
+    }
+
+    pub async fn get(&self, path: &str) -> RawResponse {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            self.addr
+        );
+        self.send(request.as_bytes()).await
+    }
+
+    /// Sends `request` as is and reads the response until the server closes.
+    pub async fn send(&self, request: &[u8]) -> RawResponse {
+        let exchange = async {
+            let mut stream = TcpStream::connect(self.addr).await.unwrap();
+            stream.write_all(request).await.unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            response
+        };
+        let response = tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .expect("server answers");
+        RawResponse::parse(&response)
+    }
+}
+
+/// A parsed HTTP/1.1 response (bodies with content-length only, which is what the server sends).
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    fn parse(raw: &[u8]) -> Self {
+        let text = String::from_utf8(raw.to_vec()).expect("UTF-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("complete response");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("JSON body")
+    }
+
+    /// The `error` of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .expect("an error message")
+            .to_owned()
+    }
+}
