@@ -1,2 +1,136 @@
-//! `drl` (skeleton; filled in by the server work).
-fn main() {}
+//! `drl`: parses the command line, sets up logging and hands over to `drl-server`, which holds
+//! all the behaviour (and its tests).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use drl_core::{Limiter, Rules};
+use drl_server::client::{self, DEFAULT_SERVER};
+use drl_server::{Config, StoreConfig};
+use tracing_subscriber::EnvFilter;
+
+/// A rate-limit decision service: may user U call endpoint E now?
+#[derive(Debug, Parser)]
+#[command(name = "drl", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        /// Config file (YAML); without one: in-memory store, 100 requests/minute per user and
+        /// endpoint.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address of the HTTP API.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+    },
+    /// Ask a running node; exit code 0 allowed, 1 denied, 2 error.
+    Check {
+        /// The node's URL.
+        #[arg(long, value_name = "URL", default_value = DEFAULT_SERVER)]
+        server: String,
+        user_id: String,
+        endpoint: String,
+        /// Requests to check (and count) at once, all or nothing; 0 only reads.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        hits: u64,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file; print every error as file:line:column; exit 0 valid, 1 invalid.
+    Validate { file: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's default), which `check` also uses for "no decision".
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve { config, http_addr } => match serve(config.as_deref(), http_addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("drl serve: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check {
+            server,
+            user_id,
+            endpoint,
+            hits,
+        } => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let code =
+                client::run_check(&server, &user_id, &endpoint, hits, &mut out, &mut err).await;
+            ExitCode::from(code)
+        }
+        Command::Config(ConfigCommand::Validate { file }) => validate(&file),
+    }
+}
+
+/// Logs go to stderr (stdout is for `check`'s answer); `RUST_LOG` overrides the `info` level.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn serve(config: Option<&Path>, http_addr: SocketAddr) -> anyhow::Result<()> {
+    let rules = match config {
+        Some(path) => {
+            let config = Config::load(path)?;
+            match config.store {
+                StoreConfig::Memory => {}
+            }
+            tracing::info!(
+                "config {} loaded: {} rules",
+                path.display(),
+                config.rules.rules().len()
+            );
+            config.rules
+        }
+        None => Rules::builtin(),
+    };
+    let limiter = Limiter::new(rules);
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    drl_server::serve(listener, limiter, drl_server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            let rules = config.rules.rules().len();
+            println!("{}: valid ({rules} rules)", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One `file:line:column: message` line per problem.
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
