@@ -2,7 +2,6 @@
 //! all the behaviour (and its tests).
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,9 +28,9 @@ enum Command {
         /// endpoint.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Address of the HTTP API.
+        /// Address of the HTTP API (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
+        http_addr: String,
     },
     /// Ask a running node; exit code 0 allowed, 1 denied, 2 error.
     Check {
@@ -61,7 +60,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Serve { config, http_addr } => match serve(config.as_deref(), http_addr).await {
+        Command::Serve { config, http_addr } => match serve(config.as_deref(), &http_addr).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("drl serve: {e:#}");
@@ -93,7 +92,7 @@ fn init_tracing() {
         .init();
 }
 
-async fn serve(config: Option<&Path>, http_addr: SocketAddr) -> anyhow::Result<()> {
+async fn serve(config: Option<&Path>, http_addr: &str) -> anyhow::Result<()> {
     let rules = match config {
         Some(path) => {
             let config = Config::load(path)?;
