@@ -85,9 +85,10 @@ impl Store for MemoryStore {
 #[derive(Debug)]
 struct Table<S> {
     map: papaya::HashMap<u128, Cell<S>, FingerprintHash>,
-    /// `now` of the latest sweep. A check that finds its cell swept uses at least this time for
-    /// the fresh cell, so a clock reading taken before the sweep cannot see state the sweep
-    /// already judged expired.
+    /// `now` of the latest sweep. Every check uses at least this time: a sweep judges a cell
+    /// expired only from its own `now` on, so a clock reading taken before the sweep must not
+    /// count into a fresh cell as if the swept admissions had never been. (The sweep's time is
+    /// never later than the real time of a check that runs after it.)
     swept_at: AtomicU64,
 }
 
@@ -142,6 +143,9 @@ impl<S: LimitState> Table<S> {
                 None if hits == 0 => return S::fresh(policy).check(policy, now, 0),
                 None => map.get_or_insert_with(id, || Cell::new(S::fresh(policy))),
             };
+            // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
+            // this key, whether we find the key missing, re-created, or retired under us.
+            now = now.max(self.swept_at.load(Ordering::Acquire));
             let mut guard = cell.lock();
             if !guard.retired {
                 return guard.state.check(policy, now, hits);
@@ -149,7 +153,6 @@ impl<S: LimitState> Table<S> {
             drop(guard);
             // Swept under us: make sure it is gone, then start again from a fresh cell.
             let _ = map.remove_if(&id, |_, v| std::ptr::eq(v, cell));
-            now = now.max(self.swept_at.load(Ordering::Acquire));
         }
     }
 
