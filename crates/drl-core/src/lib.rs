@@ -27,7 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::Decision;
 pub use error::{CheckError, PolicyError, RuleError};
 pub use key::{CounterKey, RuleLevel};
-pub use limiter::{Limiter, LimiterBuilder};
+pub use limiter::{Limiter, LimiterBuilder, LimiterError};
 pub use policy::{Limit, Policy, parse_duration};
 pub use rules::{Rule, Rules};
 pub use store::{MemoryStore, Store, StoreError, StoreRequest};
