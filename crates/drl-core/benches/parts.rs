@@ -1,0 +1,238 @@
+//! Where the time of one `check_and_increment` goes: each step of the check on its own, with
+//! governor's counterpart where it has one. Diagnostic companion of `benches/limiter.rs`; run
+//! with `cargo bench -p drl-core --bench parts`.
+//!
+//! The steps, in the order a check takes them: validate the ids, load the rules (`ArcSwap`),
+//! look up the rule, read the clock, fingerprint the key (SipHash-1-3, 128 bits), find the cell
+//! (papaya), lock it, run the algorithm step. The map steps are measured on 100 000 keys in a
+//! shuffled order, like the 100k scenario of the main bench.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{Criterion, criterion_group, criterion_main};
+use drl_core::algorithm::{LimitState, SlidingWindow, TokenBucket};
+use drl_core::key::{CounterKey, Fingerprinter, RuleLevel, validate_id};
+use drl_core::{Algorithm, Clock, MemoryStore, Policy, Rules, StoreRequest, SystemClock};
+
+const SEC: u64 = 1_000_000_000;
+const KEYS: usize = 100_000;
+
+fn policy(algorithm: Algorithm) -> Policy {
+    // The limit of `benches/limiter.rs`: 10 000 per minute.
+    Policy::per(10_000, Duration::from_secs(60), algorithm).expect("a valid policy")
+}
+
+/// A deterministic shuffle of `0..n` (splitmix64 + Fisher–Yates).
+fn permutation(n: usize, mut seed: u64) -> Vec<usize> {
+    let mut next = || {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+fn per_call(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parts");
+    let (user, endpoint) = ("user-12345", "/api/endpoint-7");
+    let composite = format!("{user}\0{endpoint}");
+
+    g.bench_function("validate_ids", |b| {
+        b.iter(|| {
+            validate_id("user_id", black_box(user)).is_ok()
+                && validate_id("endpoint", black_box(endpoint)).is_ok()
+        })
+    });
+
+    let rules = ArcSwap::from_pointee(Rules::only_default(policy(Algorithm::default())));
+    g.bench_function("rules_load_and_lookup", |b| {
+        b.iter(|| {
+            let rules = rules.load();
+            rules.lookup(black_box(user), black_box(endpoint)).0
+        })
+    });
+
+    let clock = SystemClock::new();
+    g.bench_function("clock/drl_system_clock", |b| b.iter(|| clock.now_ns()));
+    let quanta = governor::clock::DefaultClock::default();
+    g.bench_function("clock/governor_quanta", |b| {
+        b.iter(|| governor::clock::Clock::now(&quanta))
+    });
+
+    let fingerprints = Fingerprinter::new();
+    let key = CounterKey {
+        domain: "drl",
+        level: RuleLevel::Default,
+        user_id: user,
+        endpoint,
+    };
+    g.bench_function("hash/drl_fingerprint_siphash13_128", |b| {
+        b.iter(|| fingerprints.fingerprint(black_box(&key)))
+    });
+    let std_hash = RandomState::new();
+    g.bench_function("hash/governor_string_siphash13_64", |b| {
+        b.iter(|| std_hash.hash_one(black_box(&composite)))
+    });
+
+    let mutex = Mutex::new(0u64);
+    g.bench_function("mutex_lock_unlock", |b| {
+        b.iter(|| {
+            let mut guard = mutex.lock().unwrap_or_else(|p| p.into_inner());
+            *guard += 1;
+        })
+    });
+
+    // The algorithm step alone. Admit path: one hit every 10 ms (6 000 a minute, under the
+    // limit), so the ring turns as it does under steady traffic. Deny path: the key filled up
+    // at once and stays full, so the retry time is found past the empty buckets.
+    let sliding = policy(Algorithm::default());
+    let mut state = SlidingWindow::fresh(&sliding);
+    let mut now = SEC;
+    g.bench_function("step/sliding_window_admit", |b| {
+        b.iter(|| {
+            now += 10_000_000;
+            state.check(&sliding, now, 1).allowed
+        })
+    });
+    let mut full = SlidingWindow::fresh(&sliding);
+    assert!(full.check(&sliding, SEC, 10_000).allowed);
+    g.bench_function("step/sliding_window_deny", |b| {
+        b.iter(|| full.check(&sliding, black_box(SEC + SEC / 2), 1).allowed)
+    });
+    let gcra = policy(Algorithm::TokenBucket { burst: None });
+    let mut bucket = TokenBucket::fresh(&gcra);
+    let mut now = SEC;
+    g.bench_function("step/token_bucket_admit", |b| {
+        b.iter(|| {
+            now += 10_000_000;
+            bucket.check(&gcra, now, 1).allowed
+        })
+    });
+    g.finish();
+}
+
+/// The map steps on 100 000 keys, visited in a shuffled order.
+fn on_100k_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parts_100k_keys");
+    let users: Vec<String> = permutation(KEYS, 1)
+        .into_iter()
+        .map(|i| format!("user-{i}"))
+        .collect();
+    let endpoint = "/api/endpoint-7";
+    let sliding = policy(Algorithm::default());
+    let request = |user: &'static str, now_ns| StoreRequest {
+        key: CounterKey {
+            domain: "drl",
+            level: RuleLevel::Default,
+            user_id: user,
+            endpoint,
+        },
+        policy: &sliding,
+        hits: 1,
+        now_ns,
+    };
+    // Leaked so requests can borrow them for the whole bench; the process ends right after.
+    let users: &'static [String] = users.leak();
+
+    let store = MemoryStore::new();
+    for i in permutation(KEYS, 2) {
+        store.check_now(&request(&users[i], SEC));
+    }
+    let mut at = 0;
+    let mut now = SEC;
+    let mut check_all = |b: &mut criterion::Bencher<'_>| {
+        b.iter_custom(|iters| {
+            now += 1_000_000;
+            let begin = Instant::now();
+            for _ in 0..iters {
+                black_box(store.check_now(&request(&users[at], now)));
+                at = if at + 1 == KEYS { 0 } else { at + 1 };
+            }
+            begin.elapsed()
+        })
+    };
+    // Straight after the inserts, papaya's last table resizes are still pending: inserts made
+    // through `get_or_insert_with` never help a resize along, so lookups walk the chain of
+    // tables, each to its probe limit. A sweep (`retain`) completes them.
+    g.bench_function("memory_store_check_now/before_first_sweep", &mut check_all);
+    assert_eq!(store.sweep(SEC), 0);
+    g.bench_function("memory_store_check_now/after_sweep", &mut check_all);
+
+    // The same lookups straight on a papaya map of 128-bit keys to a value the size of a cell,
+    // with the store's fold-the-fingerprint hasher, filled and swept the same way: the map's
+    // share of the check.
+    let fingerprints = Fingerprinter::new();
+    let ids: Vec<u128> = users
+        .iter()
+        .map(|u| fingerprints.fingerprint(&request(u, 0).key))
+        .collect();
+    let map = papaya::HashMap::with_hasher(Fold);
+    for i in permutation(KEYS, 2) {
+        map.pin()
+            .get_or_insert_with(ids[i], || Mutex::new([0u64; 22]));
+    }
+    map.pin().retain(|_, _| true);
+    let mut at = 0;
+    g.bench_function("papaya_get_and_lock", |b| {
+        b.iter_custom(|iters| {
+            let begin = Instant::now();
+            for _ in 0..iters {
+                let map = map.pin();
+                if let Some(cell) = map.get(&ids[at]) {
+                    let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+                    guard[0] += 1;
+                }
+                at = if at + 1 == KEYS { 0 } else { at + 1 };
+            }
+            begin.elapsed()
+        })
+    });
+    g.finish();
+}
+
+/// The memory store's map hasher: the key is already a uniform keyed hash, so fold it.
+#[derive(Debug, Clone, Copy)]
+struct Fold;
+
+impl BuildHasher for Fold {
+    type Hasher = FoldHasher;
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = per_call, on_100k_keys
+}
+criterion_main!(benches);
