@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Turns the output of scripts/bench-core.sh into the bench-core section of docs/benchmarks.md.
+
+Two modes:
+
+  bench-core-report.py --criterion DIR --since FILE --machine FILE --admitted LOG --memory MD
+      prints the section (Markdown) built from criterion's estimates newer than FILE, the machine
+      description, the admitted shares printed by the limiter bench and the memory table;
+
+  bench-core-report.py --splice SECTION DOCS
+      replaces the section between the bench-core markers of DOCS (creating the file, or
+      appending the section, when they are missing).
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+BEGIN = "<!-- bench-core:begin (written by scripts/bench-core.sh; edits here are overwritten) -->"
+END = "<!-- bench-core:end -->"
+
+KEY_SETS = [("hot_key", "1 hot key"), ("100k_keys", "100 000 keys"), ("1M_keys", "1 000 000 keys")]
+THREADS = [("1_thread", 1), ("2_threads", 2)]
+# The speed goal covers these key sets; 1M keys is measured, without a goal.
+GOAL_KEY_SETS = {"hot_key", "100k_keys"}
+MEMORY_GOAL_BYTES = 256
+
+PARTS = [
+    ("parts/validate_ids", "validate user_id and endpoint"),
+    ("parts/rules_load_and_lookup", "load the rules (`ArcSwap`) and look up the rule"),
+    ("parts/clock/drl_system_clock", "clock: drl `SystemClock` (`Instant::elapsed`)"),
+    ("parts/clock/governor_quanta", "clock: governor's default (quanta, TSC)"),
+    ("parts/hash/drl_fingerprint_siphash13_128",
+     "key hash: drl fingerprint (SipHash-1-3, 128 bit, length-prefixed identity)"),
+    ("parts/hash/governor_string_siphash13_64",
+     "key hash: governor's map (std `RandomState`, SipHash-1-3, 64 bit, composite string)"),
+    ("parts/mutex_lock_unlock", "uncontended `Mutex` lock + unlock"),
+    ("parts/step/sliding_window_admit", "algorithm step: sliding window, admit"),
+    ("parts/step/sliding_window_deny", "algorithm step: sliding window, deny (key full)"),
+    ("parts/step/token_bucket_admit", "algorithm step: token bucket (GCRA, as governor), admit"),
+    ("parts_100k_keys/memory_store_check_now/before_first_sweep",
+     "100k keys: `MemoryStore::check_now` right after the inserts"),
+    ("parts_100k_keys/memory_store_check_now/after_sweep",
+     "100k keys: `MemoryStore::check_now` after one sweep"),
+    ("parts_100k_keys/papaya_get_and_lock", "100k keys: papaya `get` + cell lock alone"),
+]
+
+
+def load_estimates(root, since):
+    """full_id -> (ns, low, high) for every benchmark criterion wrote after `since`."""
+    stamp = os.path.getmtime(since)
+    found = {}
+    for dirpath, _dirs, files in os.walk(root):
+        if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
+            continue
+        estimates_path = os.path.join(dirpath, "estimates.json")
+        if os.path.getmtime(estimates_path) < stamp:
+            continue
+        with open(os.path.join(dirpath, "benchmark.json")) as f:
+            bench = json.load(f)
+        with open(estimates_path) as f:
+            est = json.load(f)
+        # Criterion reports the slope of the linear fit when it has one, the mean otherwise.
+        e = est.get("slope") or est["mean"]
+        ci = e["confidence_interval"]
+        found[bench["full_id"]] = (e["point_estimate"], ci["lower_bound"], ci["upper_bound"])
+    return found
+
+
+def load_admitted(log):
+    shares = {}
+    with open(log) as f:
+        for line in f:
+            m = re.match(r"admitted: (\S+) (\d+) of (\d+)", line)
+            if m and int(m.group(3)) > 0:
+                shares[m.group(1)] = 100.0 * int(m.group(2)) / int(m.group(3))
+    return shares
+
+
+def load_env(path):
+    env = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            env[key] = value
+    return env
+
+
+def fmt_ns(ns):
+    return f"{ns / 1000:.2f} µs" if ns >= 10_000 else f"{ns:.0f} ns" if ns >= 100 else f"{ns:.1f} ns"
+
+
+def fmt_rate(ns):
+    per_s = 1e9 / ns
+    return f"{per_s / 1e6:.2f} M/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f} k/s"
+
+
+def speed_table(est, admitted):
+    rows = [
+        "| key set | threads | drl sliding_window | drl decisions/s | governor keyed | governor decisions/s "
+        "| drl ÷ governor (throughput) | admitted drl / governor | goal ≥ 1.0× |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    verdicts = []
+    for key_set, label in KEY_SETS:
+        for threads_id, threads in THREADS:
+            drl_id = f"check_and_increment/{key_set}/drl_sliding_window/{threads_id}"
+            gov_id = f"check_and_increment/{key_set}/governor_keyed/{threads_id}"
+            if drl_id not in est or gov_id not in est:
+                continue
+            drl, gov = est[drl_id][0], est[gov_id][0]
+            ratio = gov / drl
+            if key_set in GOAL_KEY_SETS:
+                goal = "met" if ratio >= 1.0 else "**missed**"
+                verdicts.append((f"{label}, {threads} thread{'s' if threads > 1 else ''}", ratio))
+            else:
+                goal = "(no goal)"
+            shares = "/".join(
+                f"{admitted[i]:.1f}%" if i in admitted else "?" for i in (drl_id, gov_id)
+            )
+            rows.append(
+                f"| {label} | {threads} | {fmt_ns(drl)} | {fmt_rate(drl)} | {fmt_ns(gov)} "
+                f"| {fmt_rate(gov)} | {ratio:.2f}× | {shares} | {goal} |"
+            )
+    return rows, verdicts
+
+
+def parts_table(est):
+    rows = ["| step | time (95% CI) |", "|---|--:|"]
+    for full_id, label in PARTS:
+        if full_id in est:
+            ns, lo, hi = est[full_id]
+            rows.append(f"| {label} | {fmt_ns(ns)} ({fmt_ns(lo)} – {fmt_ns(hi)}) |")
+    return rows
+
+
+def memory_verdict(memory_md):
+    """Bytes per key of the default sliding window (the larger of its two columns)."""
+    for line in memory_md.splitlines():
+        if line.startswith("| drl sliding_window, precision 60, N = 100 "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            return max(float(cells[1]), float(cells[2]))
+    return None
+
+
+def section(args):
+    env = load_env(args.machine)
+    est = load_estimates(args.criterion, args.since)
+    admitted = load_admitted(args.admitted)
+    with open(args.memory) as f:
+        memory_md = f.read().strip()
+
+    speed, verdicts = speed_table(est, admitted)
+    bytes_per_key = memory_verdict(memory_md)
+    out = [BEGIN, "", "## Core: `check_and_increment` and memory per key", ""]
+    out += [
+        f"*{env.get('mode', '')}, {env.get('date', '')}, commit {env.get('commit', '?')}.*",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {env.get('cpu', '?')} |",
+        f"| cores | {env.get('cores', '?')} |",
+        f"| memory | {env.get('memory', '?')} |",
+        f"| kernel | {env.get('kernel', '?')} |",
+        f"| virtualization | {env.get('virtualization', '?')} |",
+        f"| compiler | {env.get('rustc', '?')} |",
+        f"| load average (1, 5, 15 min) | {env.get('load_start', '?')} at the start, "
+        f"{env.get('load_end', '?')} at the end |",
+        "",
+    ]
+    if env.get("note"):
+        out += [f"**Note:** {env['note']}", ""]
+    out += [
+        "### Speed",
+        "",
+        "Reproduce: `scripts/bench-core.sh` (criterion bench `crates/drl-core/benches/limiter.rs`). "
+        "Both limiters enforce 10 000 per minute per key: drl `sliding_window` at the default "
+        "precision (60 buckets, guarantees P), governor's keyed GCRA (`RateLimiter::keyed`, "
+        "`DashMap`, quanta clock). Keys are visited in a shuffled order, every key inserted "
+        "beforehand; on 100k and 1M keys every check is admitted, on the hot key both admit "
+        "their 10 000 and deny the rest. Time is per decision; with 2 threads it is wall "
+        "time per decision of both threads together, so decisions/s is the aggregate. drl is "
+        "measured after one sweep of its store, as its background sweeper runs in a deployment.",
+        "",
+    ]
+    out += speed
+    if verdicts:
+        missed = [f"{name} ({ratio:.2f}×)" for name, ratio in verdicts if ratio < 1.0]
+        out += [
+            "",
+            "Goal (drl ≥ 1.0× governor's throughput on one hot key and on 100 000 keys, 1 and 2 "
+            "threads): "
+            + ("**met** in every case." if not missed else "**missed** for " + ", ".join(missed) + "."),
+        ]
+    out += ["", "### Where the time of one check goes", "",
+            "Criterion bench `crates/drl-core/benches/parts.rs`: each step of a check on its own.", ""]
+    out += parts_table(est)
+    out += ["", "### Memory per active key and the sweep", "",
+            "`cargo run --release -p drl-core --example memory -- --keys "
+            f"{env.get('memory_keys', '?')}`: RSS growth divided by the number of keys, each "
+            "limiter in a fresh process (map, state, allocator overhead and, for governor, the "
+            "key string it keeps).", ""]
+    out += [memory_md, ""]
+    if bytes_per_key is not None:
+        verdict = "met" if bytes_per_key <= MEMORY_GOAL_BYTES else "**missed**"
+        out += [f"Goal (≤ {MEMORY_GOAL_BYTES} bytes per active key at the default precision, map "
+                f"overhead included): {verdict} ({bytes_per_key:.0f} bytes).", ""]
+    out += [END]
+    return "\n".join(out) + "\n"
+
+
+def splice(section_path, docs_path):
+    with open(section_path) as f:
+        new = f.read().strip("\n")
+    if os.path.exists(docs_path):
+        with open(docs_path) as f:
+            docs = f.read()
+    else:
+        docs = ("# Benchmarks\n\nMeasured figures, each with the machine it ran on. Speed goals "
+                "live here, not in timed tests.\n")
+    begin_line = BEGIN.split(" (")[0]
+    start = docs.find(begin_line)
+    end = docs.find(END)
+    if start != -1 and end != -1 and end > start:
+        docs = docs[:start] + new + docs[end + len(END):]
+    else:
+        docs = docs.rstrip("\n") + "\n\n" + new + "\n"
+    with open(docs_path, "w") as f:
+        f.write(docs)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--criterion")
+    p.add_argument("--since")
+    p.add_argument("--machine")
+    p.add_argument("--admitted")
+    p.add_argument("--memory")
+    p.add_argument("--splice", nargs=2, metavar=("SECTION", "DOCS"))
+    args = p.parse_args()
+    if args.splice:
+        splice(*args.splice)
+        return 0
+    missing = [n for n in ("criterion", "since", "machine", "admitted", "memory") if not getattr(args, n)]
+    if missing:
+        p.error("missing " + ", ".join("--" + n for n in missing))
+    sys.stdout.write(section(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
