@@ -29,4 +29,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 # Unit, integration and doc tests of every crate (benches are compiled by clippy above, and run
 # by scripts/bench-core.sh, not here: speed goals live in benchmarks, not in timed tests).
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+
+# One closing line for the whole run (cargo prints one per test binary, the last often "0 passed"
+# for a crate without doc tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "\nall tests: %d passed, %d failed\n", p, f }' "$log"
