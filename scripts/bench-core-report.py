@@ -92,6 +92,12 @@ def fmt_ns(ns):
     return f"{ns / 1000:.2f} µs" if ns >= 10_000 else f"{ns:.0f} ns" if ns >= 100 else f"{ns:.1f} ns"
 
 
+def fmt_share(percent):
+    if percent is None:
+        return "?"
+    return f"{percent:.1f}%" if percent >= 1 else f"{percent:.3f}%"
+
+
 def fmt_rate(ns):
     per_s = 1e9 / ns
     return f"{per_s / 1e6:.2f} M/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f} k/s"
@@ -117,9 +123,7 @@ def speed_table(est, admitted):
                 verdicts.append((f"{label}, {threads} thread{'s' if threads > 1 else ''}", ratio))
             else:
                 goal = "(no goal)"
-            shares = "/".join(
-                f"{admitted[i]:.1f}%" if i in admitted else "?" for i in (drl_id, gov_id)
-            )
+            shares = " / ".join(fmt_share(admitted.get(i)) for i in (drl_id, gov_id))
             rows.append(
                 f"| {label} | {threads} | {fmt_ns(drl)} | {fmt_rate(drl)} | {fmt_ns(gov)} "
                 f"| {fmt_rate(gov)} | {ratio:.2f}× | {shares} | {goal} |"
@@ -192,7 +196,7 @@ def section(args):
             "",
             "Goal (drl ≥ 1.0× governor's throughput on one hot key and on 100 000 keys, 1 and 2 "
             "threads): "
-            + ("**met** in every case." if not missed else "**missed** for " + ", ".join(missed) + "."),
+            + ("**met** in every case." if not missed else "**missed** for " + "; ".join(missed) + "."),
         ]
     out += ["", "### Where the time of one check goes", "",
             "Criterion bench `crates/drl-core/benches/parts.rs`: each step of a check on its own.", ""]
