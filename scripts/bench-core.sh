@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --docs) docs=1 ;;
     --no-docs) docs=0 ;;
     --note) note="${2:?--note takes a text}"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
