@@ -140,6 +140,7 @@ fn on_100k_keys(c: &mut Criterion) {
         policy: &sliding,
         hits: 1,
         now_ns,
+        rules_epoch: 0,
     };
     // Leaked so requests can borrow them for the whole bench; the process ends right after.
     let users: &'static [String] = users.leak();

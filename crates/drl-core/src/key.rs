@@ -127,7 +127,20 @@ impl Fingerprinter {
     #[inline]
     pub fn fingerprint(&self, key: &CounterKey<'_>) -> u128 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        key.write_to(|bytes| h.write(bytes));
+        // One `write` of the whole encoding is about twice as fast as seven small ones; keys
+        // too long for the stack buffer (rare: ids up to 1 KiB) stream in pieces instead.
+        let mut buf = [0u8; 256];
+        let mut len = 0;
+        let fits = 14 + key.domain.len() + key.user_id.len() + key.endpoint.len() <= buf.len();
+        if fits {
+            key.write_to(|bytes| {
+                buf[len..len + bytes.len()].copy_from_slice(bytes);
+                len += bytes.len();
+            });
+            h.write(&buf[..len]);
+        } else {
+            key.write_to(|bytes| h.write(bytes));
+        }
         h.finish128().as_u128()
     }
 }
@@ -153,6 +166,18 @@ mod tests {
         let f = Fingerprinter::with_key(1, 2);
         assert_ne!(f.fingerprint(&a), f.fingerprint(&b));
         assert_ne!(key("", "ab").encode(), key("a", "b").encode());
+    }
+
+    #[test]
+    fn long_keys_hash_like_their_encoding() {
+        let f = Fingerprinter::with_key(3, 4);
+        let long = "u".repeat(900);
+        for user in ["alice", long.as_str()] {
+            let k = key(user, "/e");
+            let mut h = SipHasher13::new_with_keys(3, 4);
+            h.write(&k.encode());
+            assert_eq!(f.fingerprint(&k), h.finish128().as_u128());
+        }
     }
 
     #[test]

@@ -167,21 +167,9 @@ impl Limiter<MemoryStore> {
     /// decision.
     #[inline]
     pub fn check(&self, user_id: &str, endpoint: &str, hits: u32) -> Result<Decision, CheckError> {
-        validate_id("user_id", user_id)?;
-        validate_id("endpoint", endpoint)?;
+        let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load();
-        let (level, policy) = rules.lookup(user_id, endpoint);
-        let request = StoreRequest {
-            key: CounterKey {
-                domain: &self.inner.domain,
-                level,
-                user_id,
-                endpoint,
-            },
-            policy,
-            hits,
-            now_ns: self.inner.clock.now_ns(),
-        };
+        let request = self.request(&rules, rules_epoch, user_id, endpoint, hits)?;
         Ok(self.inner.store.check_now(&request))
     }
 
@@ -211,11 +199,26 @@ impl<S: Store> Limiter<S> {
         endpoint: &str,
         hits: u32,
     ) -> Result<Decision, LimiterError> {
+        let rules_epoch = self.inner.store.rules_epoch();
+        let rules = self.inner.rules.load_full();
+        let request = self.request(&rules, rules_epoch, user_id, endpoint, hits)?;
+        Ok(self.inner.store.check(request).await?)
+    }
+
+    /// Validates the input and resolves the rule: everything before the store.
+    #[inline]
+    fn request<'a>(
+        &'a self,
+        rules: &'a Rules,
+        rules_epoch: u64,
+        user_id: &'a str,
+        endpoint: &'a str,
+        hits: u32,
+    ) -> Result<StoreRequest<'a>, CheckError> {
         validate_id("user_id", user_id)?;
         validate_id("endpoint", endpoint)?;
-        let rules = self.inner.rules.load_full();
         let (level, policy) = rules.lookup(user_id, endpoint);
-        let request = StoreRequest {
+        Ok(StoreRequest {
             key: CounterKey {
                 domain: &self.inner.domain,
                 level,
@@ -225,8 +228,8 @@ impl<S: Store> Limiter<S> {
             policy,
             hits,
             now_ns: self.inner.clock.now_ns(),
-        };
-        Ok(self.inner.store.check(request).await?)
+            rules_epoch,
+        })
     }
 
     /// `check_and_increment` on any store: `true` only if admitted; errors answer `false`.
@@ -240,6 +243,7 @@ impl<S: Store> Limiter<S> {
     /// the new limits.
     pub fn set_rules(&self, rules: Rules) {
         self.inner.rules.store(Arc::new(rules));
+        self.inner.store.rules_changed();
     }
 
     /// The rules in force.

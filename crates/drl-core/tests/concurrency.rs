@@ -457,6 +457,7 @@ fn a_reading_from_before_a_sweep_counts_as_the_sweeps_time() {
                 policy: &policy,
                 hits: 3,
                 now_ns,
+                rules_epoch: 0,
             };
             store.check_now(&request).allowed
         };

@@ -5,8 +5,7 @@
 //! shorter than T. Its own bound: at most N per aligned window, so at most 2N in any interval of
 //! length T.
 
-use super::{LimitState, demand};
-use crate::decision::Decision;
+use super::{LimitState, Step, demand};
 use crate::policy::Policy;
 
 /// One key's counter for the window that starts at `start`.
@@ -22,7 +21,7 @@ impl LimitState for FixedWindow {
         Self::default()
     }
 
-    fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
         let window = policy.window_ns();
         let limit = u64::from(policy.requests());
         // Time never runs backwards for a key; a window that has ended restarts aligned.
@@ -47,13 +46,15 @@ impl LimitState for FixedWindow {
         } else {
             self.start + window - now
         };
-        Decision::new(
+        Step::new(
             allowed,
-            policy.requests(),
-            limit.saturating_sub(self.count) as u32,
+            policy,
+            limit.saturating_sub(self.count),
+            now,
             reset_after,
             retry_after,
         )
+        .never_if(want > limit)
     }
 
     fn idle_at(&self) -> u64 {

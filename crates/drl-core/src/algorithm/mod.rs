@@ -133,14 +133,61 @@ impl Algorithm {
     }
 }
 
+/// One algorithm step: the decision, and the absolute time behind its `retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub decision: Decision,
+    /// When denied: the exact time (ns) from which the same request could be admitted if nothing
+    /// else is admitted first (`u64::MAX` if never). Stores use it to answer repeated denials
+    /// without taking the key's lock. Meaningless when allowed.
+    pub retry_at_ns: u64,
+}
+
+impl Step {
+    /// Builds a step from times relative to the effective `now`, rounding the decision's
+    /// durations up to whole milliseconds.
+    pub(crate) fn new(
+        allowed: bool,
+        policy: &Policy,
+        remaining: u64,
+        now: u64,
+        reset_after_ns: u64,
+        retry_after_ns: u64,
+    ) -> Self {
+        Self {
+            decision: Decision::new(
+                allowed,
+                policy.requests(),
+                remaining.min(u64::from(u32::MAX)) as u32,
+                reset_after_ns,
+                retry_after_ns,
+            ),
+            retry_at_ns: now.saturating_add(retry_after_ns),
+        }
+    }
+
+    /// Marks a request that can never be admitted (more hits than the limit holds).
+    pub(crate) fn never_if(mut self, never: bool) -> Self {
+        if never {
+            self.retry_at_ns = u64::MAX;
+        }
+        self
+    }
+}
+
 /// The per-key state of one algorithm.
 pub trait LimitState: Send + Sized + 'static {
     /// The state of a key with no admissions.
     fn fresh(policy: &Policy) -> Self;
 
     /// Decides whether `hits` may be admitted at `now_ns` under `policy` and, if so (and
-    /// `hits > 0`), counts them. All or nothing.
-    fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision;
+    /// `hits > 0`), counts them. All or nothing. Denials and reads change nothing.
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step;
+
+    /// [`LimitState::step`], returning only the decision.
+    fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision {
+        self.step(policy, now_ns, hits).decision
+    }
 
     /// The time from which this state is indistinguishable from [`LimitState::fresh`]: every
     /// admission has aged out. The memory store reclaims the key after it.

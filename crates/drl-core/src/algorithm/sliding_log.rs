@@ -8,8 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::{LimitState, demand};
-use crate::decision::Decision;
+use super::{LimitState, Step, demand};
 use crate::policy::Policy;
 
 /// One key's log: admitted timestamps, oldest first, all within the last window.
@@ -25,7 +24,7 @@ impl LimitState for SlidingLog {
         Self::default()
     }
 
-    fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
         let window = policy.window_ns();
         let limit = u64::from(policy.requests());
         // Time never runs backwards for a key.
@@ -60,13 +59,15 @@ impl LimitState for SlidingLog {
             let must_free = (used + want - limit) as usize;
             leaves_at(self.admitted[must_free - 1])
         };
-        Decision::new(
+        Step::new(
             allowed,
-            policy.requests(),
-            limit.saturating_sub(used) as u32,
+            policy,
+            limit.saturating_sub(used),
+            now,
             reset_after,
             retry_after,
         )
+        .never_if(want > limit)
     }
 
     fn idle_at(&self) -> u64 {

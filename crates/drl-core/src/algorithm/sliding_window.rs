@@ -12,12 +12,13 @@
 //! than an exact log would count it. On steady over-limit traffic the admitted rate converges to
 //! N per (T + g), i.e. N · precision / (precision + 1) per window: 98.4% of N at the default 60.
 //!
-//! The counts live in a ring of `⌈T/g⌉ + 1` slots, bucket `b` in slot `b mod slots`. Rings up to
-//! [`INLINE_SLOTS`] slots of `u16` counts (every default-precision policy with N ≤ 65 535) are
-//! stored inline, so a key is one allocation; larger ones use a boxed `u32` ring.
+//! The counts live in a ring of `⌈T/g⌉ + 1` slots, bucket `b` in slot `b mod slots`, with a running
+//! total, so a check is O(1): it touches the state's header, the current slot and at most one
+//! other (the ring may hold one bucket more than the window overlaps when g does not divide T).
+//! Rings up to [`INLINE_SLOTS`] slots of `u16` counts (every default-precision policy with
+//! N ≤ 65 535) are stored inline, so a key is one allocation; larger ones use a boxed `u32` ring.
 
-use super::{LimitState, demand};
-use crate::decision::Decision;
+use super::{LimitState, Step, demand};
 use crate::policy::Policy;
 
 /// Slots stored inline: the default precision (60) needs 61.
@@ -31,15 +32,23 @@ pub struct SlidingWindow {
     bucket_ns: u64,
     /// Index (`time / bucket_ns`) of the newest bucket in the ring; time never goes back past it.
     newest: u64,
-    /// When every counted admission has aged out.
+    /// When every counted admission has aged out: when the newest admission's bucket leaves.
     idle_at: u64,
     counts: Counts,
 }
 
+/// The ring and its running total (the sum of every slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Counts {
-    Inline { len: u8, ring: [u16; INLINE_SLOTS] },
-    Boxed(Box<[u32]>),
+    Inline {
+        len: u8,
+        total: u16,
+        ring: [u16; INLINE_SLOTS],
+    },
+    Boxed {
+        total: u32,
+        ring: Box<[u32]>,
+    },
 }
 
 impl Counts {
@@ -48,10 +57,14 @@ impl Counts {
         if slots <= INLINE_SLOTS && policy.requests() <= u32::from(u16::MAX) {
             Counts::Inline {
                 len: slots as u8,
+                total: 0,
                 ring: [0; INLINE_SLOTS],
             }
         } else {
-            Counts::Boxed(vec![0; slots].into_boxed_slice())
+            Counts::Boxed {
+                total: 0,
+                ring: vec![0; slots].into_boxed_slice(),
+            }
         }
     }
 
@@ -61,22 +74,19 @@ impl Counts {
                 usize::from(*len) == policy.slots() as usize
                     && policy.requests() <= u32::from(u16::MAX)
             }
-            Counts::Boxed(ring) => ring.len() == policy.slots() as usize,
+            Counts::Boxed { ring, .. } => ring.len() == policy.slots() as usize,
         }
     }
 
     fn total(&self) -> u64 {
         match self {
-            Counts::Inline { len, ring } => ring[..usize::from(*len)]
-                .iter()
-                .map(|&c| u64::from(c))
-                .sum(),
-            Counts::Boxed(ring) => ring.iter().map(|&c| u64::from(c)).sum(),
+            Counts::Inline { total, .. } => u64::from(*total),
+            Counts::Boxed { total, .. } => u64::from(*total),
         }
     }
 }
 
-/// A ring slot: `u16` inline, `u32` boxed. Counts never exceed N, which picks the width.
+/// A count cell: `u16` inline, `u32` boxed. Counts never exceed N, which picks the width.
 trait Slot: Copy {
     fn get(self) -> u64;
     fn put(value: u64) -> Self;
@@ -111,26 +121,26 @@ impl SlidingWindow {
     /// change can only under-admit, never over-admit.
     fn regroup(&mut self, policy: &Policy, now_ns: u64) {
         let held = self.counts.total();
-        let mut fresh = Self::fresh(policy);
         let g = policy.bucket_ns();
-        fresh.newest = now_ns / g;
+        let newest = (now_ns / g).max(self.newest * self.bucket_ns / g);
+        let mut fresh = Self::fresh(policy);
+        fresh.newest = newest;
         if held > 0 {
-            let slot = (fresh.newest % u64::from(policy.slots())) as usize;
-            match &mut fresh.counts {
-                Counts::Inline { ring, .. } if held <= u64::from(u16::MAX) => {
-                    ring[slot] = held as u16
-                }
-                counts => {
-                    let mut ring = vec![0u32; policy.slots() as usize];
-                    ring[slot] = u32::put(held);
-                    *counts = Counts::Boxed(ring.into_boxed_slice());
-                }
+            let slot = (newest % u64::from(policy.slots())) as usize;
+            if let Counts::Inline { total, ring, .. } = &mut fresh.counts
+                && held <= u64::from(u16::MAX)
+            {
+                ring[slot] = held as u16;
+                *total = held as u16;
+            } else {
+                let mut ring = vec![0u32; policy.slots() as usize];
+                ring[slot] = u32::put(held);
+                fresh.counts = Counts::Boxed {
+                    total: u32::put(held),
+                    ring: ring.into_boxed_slice(),
+                };
             }
-            fresh.idle_at = self.idle_at.max(
-                (fresh.newest + 1)
-                    .saturating_mul(g)
-                    .saturating_add(policy.window_ns()),
-            );
+            fresh.idle_at = (newest + 1) * g + policy.window_ns();
         }
         *self = fresh;
     }
@@ -146,22 +156,24 @@ impl LimitState for SlidingWindow {
         }
     }
 
-    fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
         if self.bucket_ns != policy.bucket_ns() || !self.counts.fits(policy) {
             self.regroup(policy, now_ns);
         }
-        let newest = &mut self.newest;
-        let idle_at = &mut self.idle_at;
+        let header = Header {
+            newest: &mut self.newest,
+            idle_at: &mut self.idle_at,
+        };
         match &mut self.counts {
-            Counts::Inline { len, ring } => check_ring(
+            Counts::Inline { len, total, ring } => step_ring(
                 &mut ring[..usize::from(*len)],
-                newest,
-                idle_at,
+                total,
+                header,
                 policy,
                 now_ns,
                 hits,
             ),
-            Counts::Boxed(ring) => check_ring(ring, newest, idle_at, policy, now_ns, hits),
+            Counts::Boxed { total, ring } => step_ring(ring, total, header, policy, now_ns, hits),
         }
     }
 
@@ -170,52 +182,74 @@ impl LimitState for SlidingWindow {
     }
 }
 
-fn check_ring<S: Slot>(
+struct Header<'a> {
+    newest: &'a mut u64,
+    idle_at: &'a mut u64,
+}
+
+fn step_ring<S: Slot>(
     ring: &mut [S],
-    newest: &mut u64,
-    idle_at: &mut u64,
+    total: &mut S,
+    header: Header<'_>,
     policy: &Policy,
     now_ns: u64,
     hits: u32,
-) -> Decision {
+) -> Step {
     let g = policy.bucket_ns();
     let window = policy.window_ns();
     let limit = u64::from(policy.requests());
     let slots = ring.len();
+    let Header { newest, idle_at } = header;
 
     // Time never runs backwards for a key: a thread that read the clock earlier but took the
     // lock later is treated as arriving at the newest bucket's start.
     let now = now_ns.max(*newest * g);
     let current = now / g;
-    // The ring position of bucket `current`; positions of older buckets count down from it, so
-    // the loops below step through positions instead of dividing per bucket.
+    // The ring position of bucket `current`; older buckets' positions count down from it.
     let here = (current % slots as u64) as usize;
+    let mut sum = total.get();
     if current > *newest {
-        let stale = (current - *newest).min(slots as u64) as usize;
-        for age in 0..stale {
-            ring[back(here, age, slots)] = S::put(0);
+        if sum > 0 {
+            let stale = (current - *newest).min(slots as u64) as usize;
+            for age in 0..stale {
+                let slot = &mut ring[back(here, age, slots)];
+                sum -= slot.get();
+                *slot = S::put(0);
+            }
         }
         *newest = current;
     }
 
-    // Buckets overlapping [now − T, now]: `span` of them, at most `slots` by construction.
+    // Buckets overlapping [now − T, now]: `span` of them, at most `slots` by construction. The
+    // ring may hold older ones (one when g does not divide T; more only in the first window
+    // after the clock's origin), which do not count.
     let span = (current - now.saturating_sub(window) / g) as usize + 1;
-    let mut used = sum_back(ring, here, span);
+    let mut used = sum;
+    if sum > 0 {
+        for age in span..slots {
+            used -= ring[back(here, age, slots)].get();
+        }
+    }
 
     let want = demand(hits);
     let allowed = used + want <= limit;
     if allowed && hits > 0 {
-        ring[here] = S::put(ring[here].get() + u64::from(hits));
-        used += u64::from(hits);
+        let h = u64::from(hits);
+        ring[here] = S::put(ring[here].get() + h);
+        sum += h;
+        used += h;
         *idle_at = (current + 1) * g + window;
     }
+    *total = S::put(sum);
 
     // The bucket `age` buckets before the current one stops counting once
-    // now − T ≥ (current − age + 1)·g.
+    // now − T ≥ (current − age + 1)·g; the newest admission's bucket is the last to leave.
     let leaves_at = |age: usize| ((current - age as u64 + 1) * g + window).saturating_sub(now);
-    let reset_after = (0..span)
-        .find(|&age| ring[back(here, age, slots)].get() > 0)
-        .map_or(0, leaves_at);
+    let reset_after = if used > 0 {
+        idle_at.saturating_sub(now)
+    } else {
+        0
+    };
     let retry_after = if allowed {
         0
     } else if want > limit {
@@ -234,13 +268,15 @@ fn check_ring<S: Slot>(
         }
         retry
     };
-    Decision::new(
+    Step::new(
         allowed,
-        policy.requests(),
-        limit.saturating_sub(used) as u32,
+        policy,
+        limit.saturating_sub(used),
+        now,
         reset_after,
         retry_after,
     )
+    .never_if(want > limit)
 }
 
 /// The ring position `age` buckets before position `here`.
@@ -250,17 +286,6 @@ fn back(here: usize, age: usize, slots: usize) -> usize {
         here - age
     } else {
         here + slots - age
-    }
-}
-
-/// Sum of the `span` buckets ending at position `here`: at most two contiguous slices.
-#[inline]
-fn sum_back<S: Slot>(ring: &[S], here: usize, span: usize) -> u64 {
-    let sum = |part: &[S]| part.iter().map(|c| c.get()).sum::<u64>();
-    if span <= here + 1 {
-        sum(&ring[here + 1 - span..=here])
-    } else {
-        sum(&ring[..=here]) + sum(&ring[ring.len() - (span - here - 1)..])
     }
 }
 
@@ -340,7 +365,7 @@ mod tests {
     fn large_limits_use_a_wide_ring() {
         let p = policy(100_000, 60, 60);
         let mut s = SlidingWindow::fresh(&p);
-        assert!(matches!(s.counts, Counts::Boxed(_)));
+        assert!(matches!(s.counts, Counts::Boxed { .. }));
         assert!(s.check(&p, SEC, 70_000).allowed);
         assert_eq!(s.check(&p, SEC, 0).remaining, 30_000);
     }

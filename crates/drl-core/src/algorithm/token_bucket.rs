@@ -8,9 +8,8 @@
 //! it guarantees P only when burst + rate·T ≤ N; with the default burst = N that is 2N. Use it to
 //! smooth traffic, and `sliding_window` where P matters.
 
-use super::{LimitState, demand};
+use super::{LimitState, Step, demand};
 use crate::algorithm::Algorithm;
-use crate::decision::Decision;
 use crate::policy::Policy;
 
 /// One key's theoretical arrival time, in nanoseconds.
@@ -36,12 +35,12 @@ impl LimitState for TokenBucket {
         Self::default()
     }
 
-    fn check(&mut self, policy: &Policy, now: u64, hits: u32) -> Decision {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
         let e = u128::from(policy.emission_ns());
         let burst = u64::from(burst(policy));
         let capacity = u128::from(burst) * e;
         let want = demand(hits);
-        let now = u128::from(now);
+        let now = u128::from(now_ns);
         let start = self.tat.max(now);
         let after = start + u128::from(want) * e;
         let allowed = want <= burst && after - now <= capacity;
@@ -55,13 +54,15 @@ impl LimitState for TokenBucket {
         } else {
             saturate((after - now).saturating_sub(capacity))
         };
-        Decision::new(
+        Step::new(
             allowed,
-            policy.requests(),
-            remaining.min(u128::from(u32::MAX)) as u32,
+            policy,
+            saturate(remaining),
+            now_ns,
             saturate(full_at - now),
             retry_after,
         )
+        .never_if(want > burst)
     }
 
     fn idle_at(&self) -> u64 {

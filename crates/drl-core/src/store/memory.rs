@@ -28,6 +28,8 @@ use crate::store::{Store, StoreError, StoreRequest};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     fingerprints: Fingerprinter,
+    /// Bumped by every rules change; see [`Store::rules_epoch`].
+    rules_epoch: AtomicU64,
     windows: Table<SlidingWindow>,
     logs: Table<SlidingLog>,
     fixed: Table<FixedWindow>,
@@ -44,12 +46,12 @@ impl MemoryStore {
     #[inline]
     pub fn check_now(&self, request: &StoreRequest<'_>) -> Decision {
         let id = self.fingerprints.fingerprint(&request.key);
-        let (policy, now, hits) = (request.policy, request.now_ns, request.hits);
-        match policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => self.windows.check(id, policy, now, hits),
-            Algorithm::SlidingLog => self.logs.check(id, policy, now, hits),
-            Algorithm::FixedWindow => self.fixed.check(id, policy, now, hits),
-            Algorithm::TokenBucket { .. } => self.buckets.check(id, policy, now, hits),
+        let epoch = &self.rules_epoch;
+        match request.policy.algorithm() {
+            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, epoch),
+            Algorithm::SlidingLog => self.logs.check(id, request, epoch),
+            Algorithm::FixedWindow => self.fixed.check(id, request, epoch),
+            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, epoch),
         }
     }
 
@@ -79,6 +81,18 @@ impl Store for MemoryStore {
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
         std::future::ready(Ok(self.check_now(&request)))
     }
+
+    fn rules_epoch(&self) -> u64 {
+        self.rules_epoch.load(Ordering::SeqCst)
+    }
+
+    fn rules_changed(&self) {
+        self.rules_epoch.fetch_add(1, Ordering::SeqCst);
+        self.windows.forget_denials();
+        self.logs.forget_denials();
+        self.fixed.forget_denials();
+        self.buckets.forget_denials();
+    }
 }
 
 /// One algorithm's keys.
@@ -101,58 +115,96 @@ impl<S> Default for Table<S> {
     }
 }
 
+/// `denied_until` of a cell the sweep has removed.
+const RETIRED: u64 = u64::MAX;
+
+/// One key: its algorithm state behind a mutex, and two atomics read without the lock.
 #[derive(Debug)]
 struct Cell<S> {
-    inner: Mutex<CellState<S>>,
-}
-
-#[derive(Debug)]
-struct CellState<S> {
-    state: S,
-    /// Set by the sweep just before it removes the cell; a check that finds it set looks the
-    /// key up again instead of counting into a cell no longer in the map.
-    retired: bool,
+    /// While `now < denied_until`, not even one hit can be admitted (nothing can change that but
+    /// a rules change, which clears it): such checks are answered without the lock. Written
+    /// under the lock when a check of at most one hit is denied; 0 when no denial is cached;
+    /// [`RETIRED`] once the sweep has judged the cell idle and removed it.
+    denied_until: AtomicU64,
+    /// The state's [`LimitState::idle_at`], published after every admission: the sweep reads it
+    /// without locking, and a cached denial's `reset_after` is derived from it.
+    idle_at: AtomicU64,
+    state: Mutex<S>,
 }
 
 impl<S> Cell<S> {
     fn new(state: S) -> Self {
         Self {
-            inner: Mutex::new(CellState {
-                state,
-                retired: false,
-            }),
+            denied_until: AtomicU64::new(0),
+            idle_at: AtomicU64::new(0),
+            state: Mutex::new(state),
         }
     }
 
     /// The state is plain data and no code under the lock can leave it half-updated; a panic
     /// elsewhere while holding it must not wedge the key.
-    fn lock(&self) -> MutexGuard<'_, CellState<S>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl<S: LimitState> Table<S> {
     #[inline]
-    fn check(&self, id: u128, policy: &crate::Policy, now_ns: u64, hits: u32) -> Decision {
+    fn check(&self, id: u128, request: &StoreRequest<'_>, epoch: &AtomicU64) -> Decision {
+        let (policy, hits) = (request.policy, request.hits);
         let map = self.map.pin();
-        let mut now = now_ns;
+        let mut now = request.now_ns;
         loop {
             let cell = match map.get(&id) {
                 Some(cell) => cell,
                 // A read of a key never seen needs no cell.
                 None if hits == 0 => return S::fresh(policy).check(policy, now, 0),
-                None => map.get_or_insert_with(id, || Cell::new(S::fresh(policy))),
+                // `try_insert`, unlike `get_or_insert_with`, helps finish a pending resize of
+                // the table; without that, lookups walk a chain of old tables until a sweep.
+                None => match map.try_insert(id, Cell::new(S::fresh(policy))) {
+                    Ok(cell) => cell,
+                    Err(occupied) => occupied.current,
+                },
             };
+
+            // Repeated denials (a client hammering a full key) cost two atomic loads.
+            let denied_until = cell.denied_until.load(Ordering::Acquire);
+            if hits <= 1 && now < denied_until && denied_until != RETIRED {
+                let idle_at = cell.idle_at.load(Ordering::Relaxed);
+                return Decision::new(
+                    false,
+                    policy.requests(),
+                    0,
+                    idle_at.saturating_sub(now),
+                    denied_until - now,
+                );
+            }
+
             // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
             // this key, whether we find the key missing, re-created, or retired under us.
             now = now.max(self.swept_at.load(Ordering::Acquire));
-            let mut guard = cell.lock();
-            if !guard.retired {
-                return guard.state.check(policy, now, hits);
+            let mut state = cell.lock();
+            if cell.denied_until.load(Ordering::Relaxed) == RETIRED {
+                drop(state);
+                // Swept under us: make sure it is gone, then start again from a fresh cell.
+                let _ = map.remove_if(&id, |_, v| std::ptr::eq(v, cell));
+                continue;
             }
-            drop(guard);
-            // Swept under us: make sure it is gone, then start again from a fresh cell.
-            let _ = map.remove_if(&id, |_, v| std::ptr::eq(v, cell));
+            let step = state.step(policy, now, hits);
+            if step.decision.allowed {
+                if hits > 0 {
+                    cell.idle_at.store(state.idle_at(), Ordering::Relaxed);
+                }
+            } else if hits <= 1 {
+                cell.denied_until.store(step.retry_at_ns, Ordering::SeqCst);
+                // Decided under rules that have since been replaced: the new ones may admit.
+                // (`rules_changed` clears every cell after bumping the epoch, so a denial
+                // published before this load is cleared by it, and one after is cleared here.)
+                if epoch.load(Ordering::SeqCst) != request.rules_epoch {
+                    cell.denied_until.store(0, Ordering::SeqCst);
+                }
+            }
+            return step.decision;
         }
     }
 
@@ -161,20 +213,35 @@ impl<S: LimitState> Table<S> {
         let map = self.map.pin();
         let before = map.len();
         map.retain(|_, cell| {
-            let mut guard = match cell.inner.try_lock() {
+            // Most cells are active: skip them without touching their lock.
+            if cell.idle_at.load(Ordering::Relaxed) > now_ns {
+                return true;
+            }
+            let state = match cell.state.try_lock() {
                 Ok(guard) => guard,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 // In use right now, so not idle.
                 Err(TryLockError::WouldBlock) => return true,
             };
-            if guard.state.idle_at() <= now_ns {
-                guard.retired = true;
+            if state.idle_at() <= now_ns {
+                cell.denied_until.store(RETIRED, Ordering::Release);
                 false
             } else {
                 true
             }
         });
         before.saturating_sub(map.len())
+    }
+
+    /// Drops every cached denial (the rules changed; the new ones may admit).
+    fn forget_denials(&self) {
+        for (_, cell) in self.map.pin().iter() {
+            let _ = cell
+                .denied_until
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                    (d != RETIRED && d != 0).then_some(0)
+                });
+        }
     }
 }
 
@@ -212,6 +279,7 @@ mod tests {
     use super::*;
     use crate::key::{CounterKey, RuleLevel};
     use crate::policy::Policy;
+    use crate::store::Store;
     use std::time::Duration;
 
     const SEC: u64 = 1_000_000_000;
@@ -227,6 +295,7 @@ mod tests {
             policy,
             hits,
             now_ns,
+            rules_epoch: 0,
         }
     }
 
@@ -271,6 +340,76 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert!(!store.check_now(&request(&p, "new", 12 * SEC, 1)).allowed);
         assert!(store.check_now(&request(&p, "old", 12 * SEC, 1)).allowed);
+    }
+
+    #[test]
+    fn cached_denials_answer_exactly_like_the_state() {
+        // Odd geometry (7 s, 60 buckets of 116 666 667 ns) so retry times fall between
+        // milliseconds; the lock-free answer must match the algorithm's to the nanosecond.
+        for algorithm in [
+            Algorithm::default(),
+            Algorithm::SlidingLog,
+            Algorithm::FixedWindow,
+            Algorithm::TokenBucket { burst: Some(2) },
+        ] {
+            let p = Policy::per(3, Duration::from_secs(7), algorithm).unwrap();
+            let store = MemoryStore::new();
+            let mut model = <SlidingWindow as LimitState>::fresh(&p);
+            let mut log = SlidingLog::fresh(&p);
+            let mut fixed = FixedWindow::fresh(&p);
+            let mut bucket = TokenBucket::fresh(&p);
+            let mut t = 3 * SEC + 12_345;
+            for i in 0..400u64 {
+                let hits = [1, 1, 0, 2][(i % 4) as usize];
+                let got = store.check_now(&request(&p, "k", t, hits));
+                let want = match algorithm {
+                    Algorithm::SlidingWindow { .. } => model.step(&p, t, hits),
+                    Algorithm::SlidingLog => log.step(&p, t, hits),
+                    Algorithm::FixedWindow => fixed.step(&p, t, hits),
+                    Algorithm::TokenBucket { .. } => bucket.step(&p, t, hits),
+                };
+                assert_eq!(got, want.decision, "{algorithm:?} step {i} at {t}");
+                // After a denial, probe the edge of the cached window: one nanosecond before
+                // the retry time, or exactly at it.
+                t = if !want.decision.allowed && hits <= 1 && i % 3 != 0 {
+                    want.retry_at_ns - (i % 2)
+                } else {
+                    t + 37_000_001 * (i % 5)
+                };
+            }
+        }
+    }
+
+    #[test]
+    fn a_rules_change_forgets_cached_denials() {
+        let clock = crate::ManualClock::new(SEC);
+        let one = Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap();
+        let limiter = crate::Limiter::builder(crate::Rules::only_default(one))
+            .clock(clock)
+            .sweep_interval(None)
+            .build();
+        assert!(limiter.check_and_increment("u", "/e"));
+        assert!(!limiter.check_and_increment("u", "/e"));
+        assert!(!limiter.check_and_increment("u", "/e"));
+        let five = Policy::per(5, Duration::from_secs(60), Algorithm::default()).unwrap();
+        limiter.set_rules(crate::Rules::only_default(five));
+        let d = limiter.check("u", "/e", 1).unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.remaining, 3);
+    }
+
+    #[test]
+    fn a_denial_decided_under_replaced_rules_is_not_cached() {
+        let store = MemoryStore::new();
+        let one = Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap();
+        assert!(store.check_now(&request(&one, "u", SEC, 1)).allowed);
+        // The limiter read epoch 0, then the rules changed before its check reached the store.
+        store.rules_changed();
+        assert!(!store.check_now(&request(&one, "u", SEC, 1)).allowed);
+        let five = Policy::per(5, Duration::from_secs(60), Algorithm::default()).unwrap();
+        let mut fresh = request(&five, "u", SEC, 1);
+        fresh.rules_epoch = store.rules_epoch();
+        assert!(store.check_now(&fresh).allowed);
     }
 
     #[test]

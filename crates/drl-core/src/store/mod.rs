@@ -28,6 +28,8 @@ pub struct StoreRequest<'a> {
     pub hits: u32,
     /// The caller's clock reading. Stores with a clock of their own (Redis `TIME`) ignore it.
     pub now_ns: u64,
+    /// [`Store::rules_epoch`] as read *before* the rules that chose `policy` were loaded.
+    pub rules_epoch: u64,
 }
 
 /// A store that could not answer. The caller applies its `on_error` policy.
@@ -50,4 +52,15 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         request: StoreRequest<'a>,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a;
+
+    /// A counter of rule changes, for stores that cache decisions (a denial cached under old
+    /// rules must not outlive them). The limiter reads it before loading the rules and passes
+    /// it along in [`StoreRequest::rules_epoch`]. Stores without a cache keep the default.
+    fn rules_epoch(&self) -> u64 {
+        0
+    }
+
+    /// Called after the limiter swapped in new rules: drop whatever was cached under the old
+    /// ones and bump [`Store::rules_epoch`].
+    fn rules_changed(&self) {}
 }
