@@ -6,13 +6,20 @@
 //! - **Each key** has its own small mutex around its state: checks of one key are serialised and
 //!   exact, checks of different keys never contend. The critical section is a few dozen
 //!   instructions and touches only the key's own cache lines.
+//! - **Repeated denials skip the lock, and the map.** When a check of at most one hit is denied,
+//!   the algorithm also tells the exact time before which not even one hit can be admitted. The
+//!   cell publishes it in an atomic, and the checking thread remembers it in a small per-thread
+//!   memo; until then the same key is answered from either without locking (a client hammering
+//!   a full key costs a hash and a thread-local read). Both are tied to the rules epoch, so a
+//!   rules change voids them (see [`MemoryStore::rules_changed`](Store::rules_changed)).
 //! - **Reclamation** is a sweep, run by the [`Limiter`](crate::Limiter)'s background thread (or by
 //!   hand): a cell whose every admission has aged out ([`LimitState::idle_at`]) is
 //!   indistinguishable from a fresh one and is removed, so memory follows the active key set. A
 //!   check that raced with the sweep and finds its cell retired looks the key up again.
 //! - Each algorithm has its own table, so a cell is exactly as large as its state (a
-//!   default-precision sliding window is one allocation of under 200 bytes).
+//!   default-precision sliding window is one allocation of about 200 bytes).
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
@@ -25,15 +32,41 @@ use crate::key::Fingerprinter;
 use crate::store::{Store, StoreError, StoreRequest};
 
 /// The lock-free in-memory store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
+    /// Distinguishes stores in the per-thread denial memo.
+    id: u64,
     fingerprints: Fingerprinter,
-    /// Bumped by every rules change; see [`Store::rules_epoch`].
-    rules_epoch: AtomicU64,
+    epochs: Epochs,
     windows: Table<SlidingWindow>,
     logs: Table<SlidingLog>,
     fixed: Table<FixedWindow>,
     buckets: Table<TokenBucket>,
+}
+
+/// Rules epochs: `current` is bumped when a rules change starts, `settled` catches up once every
+/// cached denial of the old rules is gone.
+#[derive(Debug, Default)]
+struct Epochs {
+    current: AtomicU64,
+    settled: AtomicU64,
+}
+
+/// Store ids: unique per process, never reused.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            fingerprints: Fingerprinter::new(),
+            epochs: Epochs::default(),
+            windows: Table::default(),
+            logs: Table::default(),
+            fixed: Table::default(),
+            buckets: Table::default(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -46,13 +79,21 @@ impl MemoryStore {
     #[inline]
     pub fn check_now(&self, request: &StoreRequest<'_>) -> Decision {
         let id = self.fingerprints.fingerprint(&request.key);
-        let epoch = &self.rules_epoch;
-        match request.policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, epoch),
-            Algorithm::SlidingLog => self.logs.check(id, request, epoch),
-            Algorithm::FixedWindow => self.fixed.check(id, request, epoch),
-            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, epoch),
+        if request.hits <= 1
+            && let Some(decision) = memo_lookup(self.id, id, request)
+        {
+            return decision;
         }
+        let (decision, denial) = match request.policy.algorithm() {
+            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs),
+            Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs),
+            Algorithm::FixedWindow => self.fixed.check(id, request, &self.epochs),
+            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs),
+        };
+        if let Some(denial) = denial {
+            memo_insert(self.id, id, request.rules_epoch, denial);
+        }
+        decision
     }
 
     /// Removes every key whose admissions have all aged out by `now_ns`; returns how many.
@@ -83,26 +124,107 @@ impl Store for MemoryStore {
     }
 
     fn rules_epoch(&self) -> u64 {
-        self.rules_epoch.load(Ordering::SeqCst)
+        self.epochs.current.load(Ordering::SeqCst)
     }
 
+    /// Voids every cached denial. The epoch is bumped first, so a check still deciding under the
+    /// old rules (it read the old epoch) does not publish its denial: it compares epochs under
+    /// the cell's lock, and the clearing walk takes each cell's lock too, so either the walk
+    /// clears what it published or it sees the new epoch. Cells answer from their cached denial
+    /// only once `settled` has caught up, i.e. after the walk; the per-thread memo only answers
+    /// requests of the epoch its entry was made under.
     fn rules_changed(&self) {
-        self.rules_epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = self.epochs.current.fetch_add(1, Ordering::SeqCst) + 1;
         self.windows.forget_denials();
         self.logs.forget_denials();
         self.fixed.forget_denials();
         self.buckets.forget_denials();
+        self.epochs.settled.fetch_max(epoch, Ordering::SeqCst);
     }
+}
+
+/// A denial that may be answered without the key's lock until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Denial {
+    /// Before this time not even one hit can be admitted (absent a rules change).
+    until: u64,
+    /// The key's [`LimitState::idle_at`], for the answer's `reset_after`.
+    idle_at: u64,
+}
+
+impl Denial {
+    /// The decision for a check of at most one hit at `now` (< `until`): exactly what the
+    /// algorithm would answer, since a denial changes no state.
+    fn decision(&self, limit: u32, now: u64) -> Decision {
+        Decision::new(
+            false,
+            limit,
+            0,
+            self.idle_at.saturating_sub(now),
+            self.until - now,
+        )
+    }
+}
+
+/// Slots of the per-thread denial memo (direct-mapped by fingerprint).
+const MEMO_SLOTS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct MemoEntry {
+    store: u64,
+    key: u128,
+    epoch: u64,
+    denial: Denial,
+}
+
+thread_local! {
+    /// Keys this thread saw denied, so a client hammering one key is answered without touching
+    /// the shared map at all. 64 × 48 bytes per thread.
+    static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> = const { RefCell::new([None; MEMO_SLOTS]) };
+}
+
+#[inline]
+fn memo_slot(key: u128) -> usize {
+    (key as usize) % MEMO_SLOTS
+}
+
+#[inline]
+fn memo_lookup(store: u64, key: u128, request: &StoreRequest<'_>) -> Option<Decision> {
+    MEMO.with(|memo| {
+        let memo = memo.try_borrow().ok()?;
+        let entry = memo[memo_slot(key)]?;
+        (entry.store == store
+            && entry.key == key
+            && entry.epoch == request.rules_epoch
+            && request.now_ns < entry.denial.until)
+            .then(|| {
+                entry
+                    .denial
+                    .decision(request.policy.requests(), request.now_ns)
+            })
+    })
+}
+
+fn memo_insert(store: u64, key: u128, epoch: u64, denial: Denial) {
+    MEMO.with(|memo| {
+        if let Ok(mut memo) = memo.try_borrow_mut() {
+            memo[memo_slot(key)] = Some(MemoEntry {
+                store,
+                key,
+                epoch,
+                denial,
+            });
+        }
+    });
 }
 
 /// One algorithm's keys.
 #[derive(Debug)]
 struct Table<S> {
     map: papaya::HashMap<u128, Cell<S>, FingerprintHash>,
-    /// `now` of the latest sweep. Every check uses at least this time: a sweep judges a cell
-    /// expired only from its own `now` on, so a clock reading taken before the sweep must not
-    /// count into a fresh cell as if the swept admissions had never been. (The sweep's time is
-    /// never later than the real time of a check that runs after it.)
+    /// `now` of the latest sweep. A check that finds its cell swept uses at least this time for
+    /// the fresh cell, so a clock reading taken before the sweep cannot see state the sweep
+    /// already judged expired.
     swept_at: AtomicU64,
 }
 
@@ -149,8 +271,14 @@ impl<S> Cell<S> {
 }
 
 impl<S: LimitState> Table<S> {
+    /// The check, and the denial it may be remembered by.
     #[inline]
-    fn check(&self, id: u128, request: &StoreRequest<'_>, epoch: &AtomicU64) -> Decision {
+    fn check(
+        &self,
+        id: u128,
+        request: &StoreRequest<'_>,
+        epochs: &Epochs,
+    ) -> (Decision, Option<Denial>) {
         let (policy, hits) = (request.policy, request.hits);
         let map = self.map.pin();
         let mut now = request.now_ns;
@@ -158,7 +286,7 @@ impl<S: LimitState> Table<S> {
             let cell = match map.get(&id) {
                 Some(cell) => cell,
                 // A read of a key never seen needs no cell.
-                None if hits == 0 => return S::fresh(policy).check(policy, now, 0),
+                None if hits == 0 => return (S::fresh(policy).check(policy, now, 0), None),
                 // `try_insert`, unlike `get_or_insert_with`, helps finish a pending resize of
                 // the table; without that, lookups walk a chain of old tables until a sweep.
                 None => match map.try_insert(id, Cell::new(S::fresh(policy))) {
@@ -167,17 +295,17 @@ impl<S: LimitState> Table<S> {
                 },
             };
 
-            // Repeated denials (a client hammering a full key) cost two atomic loads.
-            let denied_until = cell.denied_until.load(Ordering::Acquire);
-            if hits <= 1 && now < denied_until && denied_until != RETIRED {
-                let idle_at = cell.idle_at.load(Ordering::Relaxed);
-                return Decision::new(
-                    false,
-                    policy.requests(),
-                    0,
-                    idle_at.saturating_sub(now),
-                    denied_until - now,
-                );
+            let until = cell.denied_until.load(Ordering::Acquire);
+            if hits <= 1
+                && now < until
+                && until != RETIRED
+                && epochs.settled.load(Ordering::SeqCst) == request.rules_epoch
+            {
+                let denial = Denial {
+                    until,
+                    idle_at: cell.idle_at.load(Ordering::Relaxed),
+                };
+                return (denial.decision(policy.requests(), now), Some(denial));
             }
 
             // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
@@ -191,20 +319,20 @@ impl<S: LimitState> Table<S> {
                 continue;
             }
             let step = state.step(policy, now, hits);
+            let mut denial = None;
             if step.decision.allowed {
                 if hits > 0 {
                     cell.idle_at.store(state.idle_at(), Ordering::Relaxed);
                 }
-            } else if hits <= 1 {
-                cell.denied_until.store(step.retry_at_ns, Ordering::SeqCst);
-                // Decided under rules that have since been replaced: the new ones may admit.
-                // (`rules_changed` clears every cell after bumping the epoch, so a denial
-                // published before this load is cleared by it, and one after is cleared here.)
-                if epoch.load(Ordering::SeqCst) != request.rules_epoch {
-                    cell.denied_until.store(0, Ordering::SeqCst);
-                }
+            } else if hits <= 1 && epochs.current.load(Ordering::SeqCst) == request.rules_epoch {
+                // Published only if decided under the current rules (see `rules_changed`).
+                cell.denied_until.store(step.retry_at_ns, Ordering::Release);
+                denial = Some(Denial {
+                    until: step.retry_at_ns,
+                    idle_at: state.idle_at(),
+                });
             }
-            return step.decision;
+            return (step.decision, denial);
         }
     }
 
@@ -233,9 +361,10 @@ impl<S: LimitState> Table<S> {
         before.saturating_sub(map.len())
     }
 
-    /// Drops every cached denial (the rules changed; the new ones may admit).
+    /// Drops every cached denial, each under its cell's lock (see `rules_changed`).
     fn forget_denials(&self) {
         for (_, cell) in self.map.pin().iter() {
+            let _state = cell.lock();
             let _ = cell
                 .denied_until
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
