@@ -73,6 +73,8 @@ pub struct Policy {
     step_ns: u64,
     /// Sliding window: ring slots (buckets that can overlap one window). Zero otherwise.
     slots: u32,
+    /// Sliding window: T mod bucket width. Zero otherwise.
+    rem_ns: u64,
 }
 
 impl Policy {
@@ -90,11 +92,13 @@ impl Policy {
             Algorithm::TokenBucket { .. } => (window_ns.div_ceil(u64::from(limit.requests)), 0),
             Algorithm::SlidingLog | Algorithm::FixedWindow => (0, 0),
         };
+        let rem_ns = if slots > 0 { window_ns % step_ns } else { 0 };
         Ok(Self {
             limit,
             algorithm,
             step_ns,
             slots,
+            rem_ns,
         })
     }
 
@@ -131,6 +135,11 @@ impl Policy {
     /// Sliding window: the number of ring slots.
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Sliding window: T modulo the bucket width (zero when buckets divide the window evenly).
+    pub fn window_rem_ns(&self) -> u64 {
+        self.rem_ns
     }
 
     /// Token bucket: nanoseconds per token (T/N rounded up).

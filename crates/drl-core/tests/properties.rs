@@ -34,7 +34,12 @@ const SEC: u64 = 1_000_000_000;
 /// Arrival times stay below 2⁶² ns (146 years), far from any `u64` edge.
 const TIME_CAP: u64 = 1 << 62;
 
+/// `cases` by default; `PROPTEST_CASES=N` runs N instead (for a deeper run by hand).
 fn config(cases: u32, file: &'static str) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),

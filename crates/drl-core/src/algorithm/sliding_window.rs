@@ -42,10 +42,14 @@ pub struct SlidingWindow {
 enum Counts {
     Inline {
         len: u8,
+        /// Ring position of the newest bucket (`newest mod len`), kept so that a check within
+        /// the newest bucket needs no division.
+        head: u16,
         total: u16,
         ring: [u16; INLINE_SLOTS],
     },
     Boxed {
+        head: u32,
         total: u32,
         ring: Box<[u32]>,
     },
@@ -57,11 +61,13 @@ impl Counts {
         if slots <= INLINE_SLOTS && policy.requests() <= u32::from(u16::MAX) {
             Counts::Inline {
                 len: slots as u8,
+                head: 0,
                 total: 0,
                 ring: [0; INLINE_SLOTS],
             }
         } else {
             Counts::Boxed {
+                head: 0,
                 total: 0,
                 ring: vec![0; slots].into_boxed_slice(),
             }
@@ -125,8 +131,12 @@ impl SlidingWindow {
         let newest = (now_ns / g).max(self.newest * self.bucket_ns / g);
         let mut fresh = Self::fresh(policy);
         fresh.newest = newest;
+        let slot = (newest % u64::from(policy.slots())) as usize;
+        match &mut fresh.counts {
+            Counts::Inline { head, .. } => *head = slot as u16,
+            Counts::Boxed { head, .. } => *head = slot as u32,
+        }
         if held > 0 {
-            let slot = (newest % u64::from(policy.slots())) as usize;
             if let Counts::Inline { total, ring, .. } = &mut fresh.counts
                 && held <= u64::from(u16::MAX)
             {
@@ -136,6 +146,7 @@ impl SlidingWindow {
                 let mut ring = vec![0u32; policy.slots() as usize];
                 ring[slot] = u32::put(held);
                 fresh.counts = Counts::Boxed {
+                    head: slot as u32,
                     total: u32::put(held),
                     ring: ring.into_boxed_slice(),
                 };
@@ -165,15 +176,22 @@ impl LimitState for SlidingWindow {
             idle_at: &mut self.idle_at,
         };
         match &mut self.counts {
-            Counts::Inline { len, total, ring } => step_ring(
-                &mut ring[..usize::from(*len)],
+            Counts::Inline {
+                len,
+                head,
                 total,
+                ring,
+            } => step_ring(
+                &mut ring[..usize::from(*len)],
+                (head, total),
                 header,
                 policy,
                 now_ns,
                 hits,
             ),
-            Counts::Boxed { total, ring } => step_ring(ring, total, header, policy, now_ns, hits),
+            Counts::Boxed { head, total, ring } => {
+                step_ring(ring, (head, total), header, policy, now_ns, hits)
+            }
         }
     }
 
@@ -189,7 +207,7 @@ struct Header<'a> {
 
 fn step_ring<S: Slot>(
     ring: &mut [S],
-    total: &mut S,
+    (head, total): (&mut S, &mut S),
     header: Header<'_>,
     policy: &Policy,
     now_ns: u64,
@@ -203,10 +221,23 @@ fn step_ring<S: Slot>(
 
     // Time never runs backwards for a key: a thread that read the clock earlier but took the
     // lock later is treated as arriving at the newest bucket's start.
-    let now = now_ns.max(*newest * g);
-    let current = now / g;
-    // The ring position of bucket `current`; older buckets' positions count down from it.
-    let here = (current % slots as u64) as usize;
+    let newest_start = *newest * g;
+    let now = now_ns.max(newest_start);
+    // Bucket index and ring position of `now`, dividing only when the bucket has changed.
+    let (current, here) = if now - newest_start < g {
+        (*newest, head.get() as usize)
+    } else {
+        let current = now / g;
+        let ahead = current - *newest;
+        let here = if ahead < slots as u64 {
+            let here = head.get() as usize + ahead as usize;
+            if here >= slots { here - slots } else { here }
+        } else {
+            (current % slots as u64) as usize
+        };
+        (current, here)
+    };
+    *head = S::put(here as u64);
     let mut sum = total.get();
     if current > *newest {
         if sum > 0 {
@@ -222,8 +253,15 @@ fn step_ring<S: Slot>(
 
     // Buckets overlapping [now − T, now]: `span` of them, at most `slots` by construction. The
     // ring may hold older ones (one when g does not divide T; more only in the first window
-    // after the clock's origin), which do not count.
-    let span = (current - now.saturating_sub(window) / g) as usize + 1;
+    // after the clock's origin), which do not count. With T = q·g + r and `now` at offset o
+    // in its bucket, (now − T)/g = current − q − [o < r], so no division is needed.
+    let span = if now >= window {
+        let offset = now - current * g;
+        let rem = policy.window_rem_ns();
+        slots - usize::from(rem > 0) + usize::from(offset < rem)
+    } else {
+        current as usize + 1
+    };
     let mut used = sum;
     if sum > 0 {
         for age in span..slots {
