@@ -184,8 +184,11 @@ impl Limiter<MemoryStore> {
     /// answers `true`; otherwise `false`. Invalid input (empty, or over 1 KiB) answers `false`.
     #[inline]
     pub fn check_and_increment(&self, user_id: &str, endpoint: &str) -> bool {
-        self.check(user_id, endpoint, 1)
-            .is_ok_and(|decision| decision.allowed)
+        let rules_epoch = self.inner.store.rules_epoch();
+        self.with_rules(|rules| {
+            self.request(rules, rules_epoch, user_id, endpoint, 1)
+                .is_ok_and(|request| self.inner.store.admit_now(&request))
+        })
     }
 
     /// Checks `hits` requests at once (all or nothing; 0 only reads) and returns the full

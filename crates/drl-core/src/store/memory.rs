@@ -78,13 +78,31 @@ impl MemoryStore {
     /// Checks and counts synchronously: the embedded fast path.
     #[inline]
     pub fn check_now(&self, request: &StoreRequest<'_>) -> Decision {
+        match self.answer(request) {
+            Answer::Decided(decision) => decision,
+            Answer::Denied(denial) => denial.decision(request.policy.requests(), request.now_ns),
+        }
+    }
+
+    /// [`MemoryStore::check_now`] reduced to "admitted?": a cached denial answers without
+    /// computing retry and reset times (the `check_and_increment` path).
+    #[inline]
+    pub fn admit_now(&self, request: &StoreRequest<'_>) -> bool {
+        match self.answer(request) {
+            Answer::Decided(decision) => decision.allowed,
+            Answer::Denied(_) => false,
+        }
+    }
+
+    #[inline]
+    fn answer(&self, request: &StoreRequest<'_>) -> Answer {
         let id = self.fingerprints.fingerprint(&request.key);
         if request.hits <= 1
-            && let Some(decision) = memo_lookup(self.id, id, request)
+            && let Some(denial) = memo_lookup(self.id, id, request)
         {
-            return decision;
+            return Answer::Denied(denial);
         }
-        let (decision, denial) = match request.policy.algorithm() {
+        let (answer, denial) = match request.policy.algorithm() {
             Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs),
             Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs),
             Algorithm::FixedWindow => self.fixed.check(id, request, &self.epochs),
@@ -93,7 +111,7 @@ impl MemoryStore {
         if let Some(denial) = denial {
             memo_insert(self.id, id, request.rules_epoch, denial);
         }
-        decision
+        answer
     }
 
     /// Removes every key whose admissions have all aged out by `now_ns`; returns how many.
@@ -143,6 +161,14 @@ impl Store for MemoryStore {
     }
 }
 
+/// A check's outcome: decided by the algorithm, or a cached denial (its decision derived only if
+/// the caller wants one).
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Decided(Decision),
+    Denied(Denial),
+}
+
 /// A denial that may be answered without the key's lock until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Denial {
@@ -189,7 +215,7 @@ fn memo_slot(key: u128) -> usize {
 }
 
 #[inline]
-fn memo_lookup(store: u64, key: u128, request: &StoreRequest<'_>) -> Option<Decision> {
+fn memo_lookup(store: u64, key: u128, request: &StoreRequest<'_>) -> Option<Denial> {
     MEMO.with(|memo| {
         let memo = memo.try_borrow().ok()?;
         let entry = memo[memo_slot(key)]?;
@@ -197,11 +223,7 @@ fn memo_lookup(store: u64, key: u128, request: &StoreRequest<'_>) -> Option<Deci
             && entry.key == key
             && entry.epoch == request.rules_epoch
             && request.now_ns < entry.denial.until)
-            .then(|| {
-                entry
-                    .denial
-                    .decision(request.policy.requests(), request.now_ns)
-            })
+            .then_some(entry.denial)
     })
 }
 
@@ -278,7 +300,7 @@ impl<S: LimitState> Table<S> {
         id: u128,
         request: &StoreRequest<'_>,
         epochs: &Epochs,
-    ) -> (Decision, Option<Denial>) {
+    ) -> (Answer, Option<Denial>) {
         let (policy, hits) = (request.policy, request.hits);
         let map = self.map.pin();
         let mut now = request.now_ns;
@@ -286,7 +308,10 @@ impl<S: LimitState> Table<S> {
             let cell = match map.get(&id) {
                 Some(cell) => cell,
                 // A read of a key never seen needs no cell.
-                None if hits == 0 => return (S::fresh(policy).check(policy, now, 0), None),
+                None if hits == 0 => {
+                    let decision = S::fresh(policy).check(policy, now, 0);
+                    return (Answer::Decided(decision), None);
+                }
                 // `try_insert`, unlike `get_or_insert_with`, helps finish a pending resize of
                 // the table; without that, lookups walk a chain of old tables until a sweep.
                 None => match map.try_insert(id, Cell::new(S::fresh(policy))) {
@@ -305,7 +330,7 @@ impl<S: LimitState> Table<S> {
                     until,
                     idle_at: cell.idle_at.load(Ordering::Relaxed),
                 };
-                return (denial.decision(policy.requests(), now), Some(denial));
+                return (Answer::Denied(denial), Some(denial));
             }
 
             // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
@@ -332,7 +357,7 @@ impl<S: LimitState> Table<S> {
                     idle_at: state.idle_at(),
                 });
             }
-            return (step.decision, denial);
+            return (Answer::Decided(step.decision), denial);
         }
     }
 
