@@ -7,7 +7,7 @@
 //! (papaya), lock it, run the algorithm step. The map steps are measured on 100 000 keys in a
 //! shuffled order, like the 100k scenario of the main bench.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use drl_core::algorithm::{LimitState, SlidingWindow, TokenBucket};
 use drl_core::key::{CounterKey, Fingerprinter, RuleLevel, validate_id};
+use drl_core::store::memory::FingerprintHash;
 use drl_core::{Algorithm, Clock, MemoryStore, Policy, Rules, StoreRequest, SystemClock};
 
 const SEC: u64 = 1_000_000_000;
@@ -177,7 +178,7 @@ fn on_100k_keys(c: &mut Criterion) {
         .iter()
         .map(|u| fingerprints.fingerprint(&request(u, 0).key))
         .collect();
-    let map = papaya::HashMap::with_hasher(Fold);
+    let map = papaya::HashMap::with_hasher(FingerprintHash);
     for i in permutation(KEYS, 2) {
         map.pin()
             .get_or_insert_with(ids[i], || Mutex::new([0u64; 22]));
@@ -199,33 +200,6 @@ fn on_100k_keys(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-/// The memory store's map hasher: the key is already a uniform keyed hash, so fold it.
-#[derive(Debug, Clone, Copy)]
-struct Fold;
-
-impl BuildHasher for Fold {
-    type Hasher = FoldHasher;
-    fn build_hasher(&self) -> FoldHasher {
-        FoldHasher(0)
-    }
-}
-
-struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
 }
 
 criterion_group! {

@@ -90,6 +90,15 @@ fn plan(seed: u64, window: u64, count: usize, hits: &[u32], attempts: &[usize]) 
         .collect()
 }
 
+/// [`hammer`] on one key: admitted hits per round.
+fn hammer_one_key(limiter: &Limiter, clock: &ManualClock, rounds: &[Round]) -> Vec<u64> {
+    let keys = [("hot".to_owned(), "/api".to_owned())];
+    hammer(limiter, clock, &keys, rounds)
+        .into_iter()
+        .map(|per_key| per_key[0])
+        .collect()
+}
+
 /// Runs `rounds` with [`THREADS`] threads on `keys`; returns the hits admitted per round and
 /// key.
 fn hammer(
@@ -203,11 +212,7 @@ fn one_hot_key_counts_exactly_for_every_algorithm() {
         let policy = Policy::per(50, Duration::from_nanos(window), algorithm).unwrap();
         let clock = ManualClock::new(0);
         let limiter = limiter(Rules::only_default(policy.clone()), &clock);
-        let keys = [("hot".to_owned(), "/api".to_owned())];
-        let admitted: Vec<u64> = hammer(&limiter, &clock, &keys, &rounds)
-            .into_iter()
-            .map(|per_key| per_key[0])
-            .collect();
+        let admitted = hammer_one_key(&limiter, &clock, &rounds);
         assert_eq!(admitted, replay(&policy, &rounds), "{algorithm:?}");
         assert!(admitted.iter().any(|&a| a > 0), "{algorithm:?}");
     }
@@ -221,11 +226,7 @@ fn sliding_log_admits_exactly_what_a_sequential_log_admits() {
     let policy = Policy::per(100, Duration::from_nanos(window), Algorithm::SlidingLog).unwrap();
     let clock = ManualClock::new(0);
     let limiter = limiter(Rules::only_default(policy.clone()), &clock);
-    let keys = [("hot".to_owned(), "/api".to_owned())];
-    let admitted: Vec<u64> = hammer(&limiter, &clock, &keys, &rounds)
-        .into_iter()
-        .map(|per_key| per_key[0])
-        .collect();
+    let admitted = hammer_one_key(&limiter, &clock, &rounds);
     let expected = replay(&policy, &rounds);
     assert_eq!(admitted, expected);
     // The exact log refills by exactly what left the window: check the replay itself against
@@ -249,11 +250,7 @@ fn fixed_window_admits_min_of_n_and_attempts_per_window() {
     let policy = Policy::per(n, Duration::from_nanos(window), Algorithm::FixedWindow).unwrap();
     let clock = ManualClock::new(0);
     let limiter = limiter(Rules::only_default(policy.clone()), &clock);
-    let keys = [("hot".to_owned(), "/api".to_owned())];
-    let admitted: Vec<u64> = hammer(&limiter, &clock, &keys, &rounds)
-        .into_iter()
-        .map(|per_key| per_key[0])
-        .collect();
+    let admitted = hammer_one_key(&limiter, &clock, &rounds);
     assert_eq!(admitted, replay(&policy, &rounds));
     // Per aligned window [kT, (k + 1)T): exactly min(N, attempts).
     let mut windows = std::collections::BTreeMap::<u64, (u64, u64)>::new();

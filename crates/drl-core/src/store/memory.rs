@@ -401,7 +401,7 @@ impl<S: LimitState> Table<S> {
 
 /// Map keys are already uniform keyed hashes: fold them instead of hashing them again.
 #[derive(Debug, Clone, Copy, Default)]
-struct FingerprintHash;
+pub struct FingerprintHash;
 
 impl BuildHasher for FingerprintHash {
     type Hasher = FingerprintHasher;
@@ -410,8 +410,9 @@ impl BuildHasher for FingerprintHash {
     }
 }
 
+/// The hasher of [`FingerprintHash`].
 #[derive(Debug)]
-struct FingerprintHasher(u64);
+pub struct FingerprintHasher(u64);
 
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
