@@ -180,6 +180,16 @@ impl Limiter<MemoryStore> {
         Self::builder(rules).build()
     }
 
+    /// A builder starting from `rules` (for another store: [`LimiterBuilder::build_with_store`]).
+    pub fn builder(rules: Rules) -> LimiterBuilder {
+        LimiterBuilder {
+            rules,
+            clock: None,
+            domain: NATIVE_DOMAIN.into(),
+            sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
+        }
+    }
+
     /// Checks the limit of `(user_id, endpoint)` and, if under it, counts one request and
     /// answers `true`; otherwise `false`. Invalid input (empty, or over 1 KiB) answers `false`.
     #[inline]
@@ -233,18 +243,6 @@ impl Limiter<MemoryStore> {
     /// Reclaims idle keys now; returns how many were removed.
     pub fn sweep(&self) -> usize {
         self.inner.store.sweep(self.inner.clock.now_ns())
-    }
-}
-
-impl Limiter<MemoryStore> {
-    /// A builder starting from `rules`.
-    pub fn builder(rules: Rules) -> LimiterBuilder {
-        LimiterBuilder {
-            rules,
-            clock: None,
-            domain: NATIVE_DOMAIN.into(),
-            sweep_interval: Some(DEFAULT_SWEEP_INTERVAL),
-        }
     }
 }
 
