@@ -23,7 +23,7 @@ use thiserror::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
-use crate::key::{CounterKey, validate_id};
+use crate::key::{CounterKey, RuleLevel, validate_id};
 use crate::rules::Rules;
 use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
 
@@ -303,6 +303,14 @@ impl<S: Store> Limiter<S> {
         self.inner.rules.store(Arc::new(rules));
         self.inner.rules_generation.fetch_add(1, Ordering::SeqCst);
         self.inner.store.rules_changed();
+    }
+
+    /// The level of the rule that applies to `(user_id, endpoint)` under the rules in force:
+    /// what a metric can label a decision with. A guard, not an `Arc` clone: no shared
+    /// reference count is written.
+    #[inline]
+    pub fn rule_level(&self, user_id: &str, endpoint: &str) -> RuleLevel {
+        self.inner.rules.load().lookup(user_id, endpoint).0
     }
 
     /// The rules in force.

@@ -3,17 +3,22 @@
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `GET /healthz` → 200 `ok`.
+//! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use drl_core::limiter::LimiterError;
@@ -22,6 +27,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
 use crate::api::{CheckRequest, CheckResponse, ErrorResponse, MAX_HITS};
+use crate::metrics::{self, Metrics};
 
 /// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -30,14 +36,63 @@ const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// The routes of a node answering with `limiter`.
-pub fn router<S: Store>(limiter: Limiter<S>) -> Router {
+/// What the routes share: the limiter and the metrics (each behind its own `Arc`, so a clone
+/// per request is two reference-count increments).
+#[derive(Debug)]
+pub struct AppState<S = drl_core::MemoryStore> {
+    pub limiter: Limiter<S>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<S: Store> AppState<S> {
+    /// A node answering with `limiter`, counting into `metrics`.
+    pub fn new(limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
+        Self { limiter, metrics }
+    }
+}
+
+impl<S: Store> From<Limiter<S>> for AppState<S> {
+    /// A node with fresh metrics, the config version at 1.
+    fn from(limiter: Limiter<S>) -> Self {
+        let metrics = Metrics::new();
+        metrics.set_config_version(1);
+        Self::new(limiter, Arc::new(metrics))
+    }
+}
+
+/// The routes of a node.
+pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
+    let state = state.into();
     Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(limiter)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            count_in_flight,
+        ))
+        .with_state(state)
+}
+
+/// Keeps the in-flight gauge up to date around every request, fallbacks included.
+async fn count_in_flight(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let _in_flight = metrics.request_started();
+    next.run(request).await
 }
 
 /// A request the API cannot answer normally.
@@ -116,7 +171,7 @@ impl IntoResponse for ApiError {
 }
 
 async fn check<S: Store>(
-    State(limiter): State<Limiter<S>>,
+    State(state): State<AppState<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -131,9 +186,27 @@ async fn check<S: Store>(
         .ok()
         .filter(|&hits| hits <= MAX_HITS)
         .ok_or(ApiError::HitsOutOfRange(request.hits))?;
-    let decision = limiter
+    let started = Instant::now();
+    let decision = match state
+        .limiter
         .check_async(&request.user_id, &request.endpoint, hits)
-        .await?;
+        .await
+    {
+        Ok(decision) => decision,
+        Err(e) => {
+            if matches!(e, LimiterError::Store(_)) {
+                state.metrics.store_error();
+            }
+            return Err(e.into());
+        }
+    };
+    let took = started.elapsed();
+    // A second rule lookup (a few ns) rather than a wider core API; under a concurrent reload
+    // it may name the new rule's level, which a metric can live with.
+    let level = state
+        .limiter
+        .rule_level(&request.user_id, &request.endpoint);
+    state.metrics.decision(decision.allowed, level, took);
     Ok(decision_response(decision.into()))
 }
 
@@ -189,6 +262,17 @@ fn whole_seconds(ms: u64) -> HeaderValue {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {

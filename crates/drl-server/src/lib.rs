@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: the YAML config of DESIGN.md §4, validated once with line/column diagnostics.
 //! - [`api`]: the JSON wire types, shared by the server and the client.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`]: `POST /v1/check`, `GET /healthz`.
+//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter): `POST /v1/check`, `GET /healthz`,
+//!   `GET /metrics`.
+//! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`client`]: a small HTTP client for `POST /v1/check`, and the `drl check` command.
 //!
 //! The library owns the server: [`serve`] takes a bound listener and a shutdown future, so the
@@ -13,22 +15,26 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod metrics;
 
 use std::future::Future;
 
-use drl_core::{Limiter, Store};
+use drl_core::Store;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
+pub use http::AppState;
+pub use metrics::Metrics;
 
-/// Serves the HTTP API of `limiter` on `listener` until `shutdown` completes, then stops
-/// accepting connections and returns once the requests in flight are answered.
+/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with its metrics) on
+/// `listener` until `shutdown` completes, then stops accepting connections and returns once the
+/// requests in flight are answered.
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    limiter: Limiter<S>,
+    node: impl Into<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(limiter))
+    axum::serve(listener, http::router(node))
         .with_graceful_shutdown(shutdown)
         .await
 }
