@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use drl_core::Decision;
+use drl_core::policy::format_duration;
+use drl_core::{Algorithm, Decision, Policy, Rules};
 use serde::{Deserialize, Serialize};
 
 /// Largest `hits` of one check.
@@ -58,8 +59,114 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ErrorResponse {
     /// What was wrong with the request, in words.
     pub error: String,
+    /// For a refused config: every problem, with its position in the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<DiagnosticView>,
+}
+
+/// One problem of a config file (a [`crate::Diagnostic`] as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnosticView {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl From<&crate::Diagnostic> for DiagnosticView {
+    fn from(d: &crate::Diagnostic) -> Self {
+        Self {
+            file: d.file.clone(),
+            line: d.line,
+            column: d.column,
+            message: d.message.clone(),
+        }
+    }
+}
+
+/// `GET /v1/config`: the config in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// 1 at start, +1 per successful reload.
+    pub version: u64,
+    /// The file it was loaded from; `null` for the built-in default.
+    pub source: Option<String>,
+    pub default: PolicyView,
+    /// The rules as written, in file order.
+    pub rules: Vec<RuleView>,
+}
+
+/// One rule of [`ConfigView`]: its selectors (absent: any) and its policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(flatten)]
+    pub policy: PolicyView,
+}
+
+/// A policy as the config file writes it: `limit` per `window` (e.g. `"1m"`), `algorithm`, and
+/// the algorithm's setting when it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub limit: u32,
+    pub window: String,
+    pub algorithm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        let algorithm = p.algorithm();
+        let (precision, burst) = match algorithm {
+            Algorithm::SlidingWindow { precision } => (Some(precision), None),
+            Algorithm::TokenBucket { burst } => (None, burst),
+            Algorithm::SlidingLog | Algorithm::FixedWindow => (None, None),
+        };
+        Self {
+            limit: p.requests(),
+            window: format_duration(p.limit().window()),
+            algorithm: algorithm.name().to_owned(),
+            precision,
+            burst,
+        }
+    }
+}
+
+impl ConfigView {
+    /// The view of `rules`, at `version`, loaded from `source`.
+    pub fn new(rules: &Rules, version: u64, source: Option<&std::path::Path>) -> Self {
+        Self {
+            version,
+            source: source.map(|p| p.display().to_string()),
+            default: rules.default_policy().into(),
+            rules: rules
+                .rules()
+                .iter()
+                .map(|r| RuleView {
+                    user_id: r.user_id.clone(),
+                    endpoint: r.endpoint.clone(),
+                    policy: (&r.policy).into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `POST /v1/config/reload` on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    /// The version now in force.
+    pub version: u64,
+    /// How many rules it has.
+    pub rules: usize,
 }

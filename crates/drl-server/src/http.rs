@@ -4,6 +4,14 @@
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
+//! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens;
+//!   the memory store is always reachable).
+//! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`]); without a token configured
+//!   these answer 404, as if they did not exist:
+//!   - `GET /v1/config` → the config in force and its version ([`ConfigView`]);
+//!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`]): 200 with the new
+//!     version, 422 with the diagnostics when the file is refused (the old config stays), 409
+//!     when the node was started without a config file.
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
@@ -16,7 +24,9 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -26,8 +36,13 @@ use drl_core::{CheckError, Limiter, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
-use crate::api::{CheckRequest, CheckResponse, ErrorResponse, MAX_HITS};
+use crate::api::{
+    CheckRequest, CheckResponse, ConfigView, DiagnosticView, ErrorResponse, MAX_HITS,
+    ReloadResponse,
+};
+use crate::config::ConfigError;
 use crate::metrics::{self, Metrics};
+use crate::reload::Reloader;
 
 /// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,12 +51,16 @@ const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// What the routes share: the limiter and the metrics (each behind its own `Arc`, so a clone
-/// per request is two reference-count increments).
+/// What the routes share: the limiter, the metrics, and for the admin routes the reloader and
+/// the admin token. Cheap to clone (reference counts), as axum does per request.
 #[derive(Debug)]
 pub struct AppState<S = drl_core::MemoryStore> {
     pub limiter: Limiter<S>,
     pub metrics: Arc<Metrics>,
+    /// Set when the node was started from a config file, which can then be reloaded.
+    pub reloader: Option<Arc<Reloader<S>>>,
+    /// Set to enable the admin routes.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -49,14 +68,38 @@ impl<S> Clone for AppState<S> {
         Self {
             limiter: self.limiter.clone(),
             metrics: Arc::clone(&self.metrics),
+            reloader: self.reloader.clone(),
+            admin_token: self.admin_token.clone(),
         }
     }
 }
 
 impl<S: Store> AppState<S> {
-    /// A node answering with `limiter`, counting into `metrics`.
+    /// A node answering with `limiter`, counting into `metrics`; no reloader, no admin routes.
     pub fn new(limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
-        Self { limiter, metrics }
+        Self {
+            limiter,
+            metrics,
+            reloader: None,
+            admin_token: None,
+        }
+    }
+
+    /// Reloads through `reloader` (which should hold the same limiter and metrics).
+    pub fn with_reloader(mut self, reloader: Arc<Reloader<S>>) -> Self {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// Enables the admin routes behind `token`.
+    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// The version of the config in force (1 when it cannot be reloaded).
+    fn config_version(&self) -> u64 {
+        self.reloader.as_ref().map_or(1, |r| r.version())
     }
 }
 
@@ -69,13 +112,56 @@ impl<S: Store> From<Limiter<S>> for AppState<S> {
     }
 }
 
+/// The secret of the admin routes. Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl AdminToken {
+    /// Name of the environment variable `drl serve` reads the token from.
+    pub const ENV: &str = "DRL_ADMIN_TOKEN";
+
+    /// A token; `None` for an empty one (which would let an empty `Bearer` through).
+    pub fn new(token: &str) -> Option<Self> {
+        (!token.is_empty()).then(|| Self(token.as_bytes().into()))
+    }
+
+    /// Whether `presented` is the token, in time independent of where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        constant_time_eq(&self.0, presented)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Compares two byte strings in time that depends only on the longer one's length, not on
+/// their contents: every byte is visited and differences are folded together, no early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len().max(b.len());
+    // Folding the length difference in makes unequal lengths unequal without returning early.
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..len {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    // Keep the optimiser from turning the fold back into a short-circuiting comparison.
+    std::hint::black_box(diff) == 0
+}
+
 /// The routes of a node.
 pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
     let state = state.into();
     Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text::<S>))
+        .route("/v1/config", get(show_config::<S>))
+        .route("/v1/config/reload", post(reload_config::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -128,6 +214,17 @@ pub enum ApiError {
     /// The route exists, for another method.
     #[error("method {0} is not allowed on {1}")]
     MethodNotAllowed(Method, String),
+    /// An admin route without the right bearer token. Says nothing about what was wrong.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// A reload asked of a node started without a config file.
+    #[error(
+        "this node runs on the built-in default config: there is no file to reload (start it with --config FILE)"
+    )]
+    NoConfigFile,
+    /// The config file was refused; the previous config stays in force.
+    #[error("config refused; the previous config stays in force: {0}")]
+    ConfigRefused(ConfigError),
 }
 
 impl From<LimiterError> for ApiError {
@@ -153,6 +250,10 @@ impl ApiError {
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NoConfigFile => StatusCode::CONFLICT,
+            Self::ConfigRefused(ConfigError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ConfigRefused(ConfigError::Read { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -161,12 +262,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::warn!("check failed: {self}");
+            tracing::warn!("request failed: {self}");
         }
+        let diagnostics = match &self {
+            Self::ConfigRefused(e) => e.diagnostics().iter().map(DiagnosticView::from).collect(),
+            _ => Vec::new(),
+        };
         let body = ErrorResponse {
             error: self.to_string(),
+            diagnostics,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -262,6 +374,66 @@ fn whole_seconds(ms: u64) -> HeaderValue {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn readyz() -> &'static str {
+    // The state exists only once a config is loaded, and the memory store cannot be unreachable.
+    "ready"
+}
+
+/// Lets an admin request through, or answers 404 (admin disabled) or 401.
+fn authorize<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError::NotFound(uri.path().to_owned()));
+    };
+    let presented = headers
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|value| {
+            let (scheme, credentials) = value.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then_some(credentials.trim_ascii())
+        });
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+async fn show_config<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<ConfigView>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    // Version first: under a concurrent reload the answer may show the new rules with the
+    // previous version, never a version ahead of its rules.
+    let version = state.config_version();
+    let rules = state.limiter.rules();
+    let source = state.reloader.as_ref().map(|r| r.path());
+    Ok(Json(ConfigView::new(&rules, version, source)))
+}
+
+async fn reload_config<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<ReloadResponse>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    let reloader = state.reloader.as_ref().ok_or(ApiError::NoConfigFile)?;
+    let version = reloader
+        .reload_async()
+        .await
+        .map_err(ApiError::ConfigRefused)?;
+    Ok(Json(ReloadResponse {
+        version,
+        rules: state.limiter.rules().rules().len(),
+    }))
 }
 
 async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {

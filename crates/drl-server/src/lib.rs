@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod reload;
 
 use std::future::Future;
 

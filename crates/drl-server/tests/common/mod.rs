@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use drl_core::{Limiter, ManualClock, Rules};
+use drl_server::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -29,15 +30,21 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `rules` on a fresh loopback port.
     pub async fn start(rules: Rules) -> Self {
+        Self::start_with(rules, AppState::from).await
+    }
+
+    /// Serves `rules` on a fresh loopback port, with the state `node` makes of the limiter.
+    pub async fn start_with(rules: Rules, node: impl FnOnce(Limiter) -> AppState) -> Self {
         let clock = ManualClock::new(0);
         let limiter = Limiter::builder(rules)
             .clock(clock.clone())
             .sweep_interval(None)
             .build();
+        let state = node(limiter.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::serve(listener, limiter.clone(), async {
+        let task = tokio::spawn(drl_server::serve(listener, state, async {
             let _ = stopped.await;
         }));
         Self {
@@ -76,6 +83,29 @@ impl TestServer {
             body.len()
         )
         .into_bytes();
+        request.extend_from_slice(body);
+        self.send(&request).await
+    }
+
+    /// A request with extra header lines (`"name: value"`) and an optional body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &[u8],
+    ) -> RawResponse {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.addr,
+            body.len()
+        );
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let mut request = request.into_bytes();
         request.extend_from_slice(body);
         self.send(&request).await
     }

@@ -1,0 +1,251 @@
+//! Hot reload of the config file (DESIGN.md §4): on a change of the file, on `SIGHUP`, and on
+//! `POST /v1/config/reload`, all through one [`Reloader::reload`].
+//!
+//! A reload parses and validates the whole file first; only a valid config reaches
+//! [`Limiter::set_rules`], an atomic swap, so checks in flight finish under the rules they
+//! started with and none is dropped. A file that fails validation changes nothing: the old
+//! config stays in force, the diagnostics are logged, and the failure is counted in the
+//! `drl_config_reloads_total{result="error"}` metric.
+//!
+//! The file watcher watches the file's *directory*, not the file: editors and config managers
+//! replace a file by writing a new one and renaming it over the old, which a watch on the old
+//! inode would miss. Bursts of events (an editor's write, rename and chmod) are debounced into
+//! one reload.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use drl_core::{Limiter, Store};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError, StoreConfig};
+use crate::metrics::Metrics;
+
+/// How long the file must stay quiet after a change before it is reloaded.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reloads one config file into one limiter.
+#[derive(Debug)]
+pub struct Reloader<S> {
+    path: PathBuf,
+    limiter: Limiter<S>,
+    metrics: Arc<Metrics>,
+    /// The version in force; the lock also serialises reloads, so versions follow the order in
+    /// which rules were swapped in.
+    version: Mutex<u64>,
+}
+
+impl<S: Store> Reloader<S> {
+    /// A reloader for `limiter`, whose rules were loaded from `path`: that config is version 1.
+    pub fn new(path: impl Into<PathBuf>, limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
+        metrics.set_config_version(1);
+        Self {
+            path: path.into(),
+            limiter,
+            metrics,
+            version: Mutex::new(1),
+        }
+    }
+
+    /// The config file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The version of the config in force: 1 at start, +1 per successful reload.
+    pub fn version(&self) -> u64 {
+        *self.version.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads and validates the file, then swaps its rules in; returns the new version. On
+    /// error nothing changes. Blocking (file I/O and parsing): from async code, use
+    /// [`Reloader::reload_async`].
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let mut version = self.version.lock().unwrap_or_else(PoisonError::into_inner);
+        match Config::load(&self.path) {
+            Ok(config) => {
+                // The only store there is; a change of store will need a restart.
+                let StoreConfig::Memory = config.store;
+                let rules = config.rules.rules().len();
+                self.limiter.set_rules(config.rules);
+                *version += 1;
+                self.metrics.reload_succeeded(*version);
+                tracing::info!(
+                    "config {} reloaded: version {}, {rules} rules",
+                    self.path.display(),
+                    *version
+                );
+                Ok(*version)
+            }
+            Err(e) => {
+                self.metrics.reload_failed();
+                tracing::error!(
+                    "config {} refused; version {} stays in force:\n{e}",
+                    self.path.display(),
+                    *version
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Reloader::reload`] on the blocking pool, off the async workers.
+    pub async fn reload_async(self: &Arc<Self>) -> Result<u64, ConfigError> {
+        let this = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || this.reload()).await {
+            Ok(result) => result,
+            Err(e) => Err(ConfigError::Read {
+                path: self.path.display().to_string(),
+                source: std::io::Error::other(format!("the reload task failed: {e}")),
+            }),
+        }
+    }
+}
+
+/// A running reload trigger; stops when dropped.
+#[derive(Debug)]
+pub struct Trigger {
+    task: JoinHandle<()>,
+    /// Kept alive for as long as the trigger: dropping it stops the file watch.
+    _watcher: Option<RecommendedWatcher>,
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reloads whenever the config file is created, written or renamed into place, once it has
+/// been quiet for [`DEBOUNCE`]. Must be called within a Tokio runtime.
+pub fn watch_file<S: Store>(reloader: Arc<Reloader<S>>) -> notify::Result<Trigger> {
+    let path = reloader.path();
+    let file_name: OsString = path
+        .file_name()
+        .ok_or_else(|| notify::Error::generic(&format!("{} does not name a file", path.display())))?
+        .to_owned();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    // One pending signal is enough: the task reloads the file as it is when it gets there.
+    let (changed, mut changes) = mpsc::channel::<()>(1);
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if concerns(&event, &file_name) => {
+                let _ = changed.try_send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("config file watch: {e}"),
+        })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            // Wait for the burst to end.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
+            }
+            tracing::info!(
+                "config file {} changed; reloading",
+                reloader.path().display()
+            );
+            let _ = reloader.reload_async().await;
+        }
+    });
+    Ok(Trigger {
+        task,
+        _watcher: Some(watcher),
+    })
+}
+
+/// Whether `event` may have changed the file named `file_name`. Reads are not changes (the
+/// reload itself reads the file); a removal is followed by a create when the file is replaced.
+fn concerns(event: &notify::Event, file_name: &OsString) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other
+    ) && event
+        .paths
+        .iter()
+        .any(|p| p.file_name() == Some(file_name.as_os_str()))
+}
+
+/// Reloads on every `SIGHUP`. Must be called within a Tokio runtime.
+#[cfg(unix)]
+pub fn reload_on_sighup<S: Store>(reloader: Arc<Reloader<S>>) -> std::io::Result<Trigger> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let task = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the config");
+            let _ = reloader.reload_async().await;
+        }
+    });
+    Ok(Trigger {
+        task,
+        _watcher: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn write(dir: &Path, contents: &str) -> PathBuf {
+        let path = dir.join("drl.yaml");
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("drl-reload-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_valid_file_is_swapped_in_and_an_invalid_one_changes_nothing() {
+        let dir = temp_dir("unit");
+        let path = write(&dir, "default:\n  limit: 5\n  window: 1m\n");
+        let limiter = Limiter::new(Config::load(&path).unwrap().rules);
+        let metrics = Arc::new(Metrics::new());
+        let reloader = Reloader::new(&path, limiter.clone(), Arc::clone(&metrics));
+        assert_eq!(reloader.version(), 1);
+
+        write(&dir, "default:\n  limit: 7\n  window: 1m\n");
+        assert_eq!(reloader.reload().unwrap(), 2);
+        assert_eq!(limiter.check("u", "/e", 0).unwrap().limit, 7);
+
+        write(&dir, "default:\n  limit: 0\n  window: 1m\n");
+        let e = reloader.reload().unwrap_err();
+        assert_eq!(e.diagnostics().len(), 1, "{e}");
+        assert_eq!(reloader.version(), 2);
+        assert_eq!(limiter.check("u", "/e", 0).unwrap().limit, 7);
+        let text = metrics.encode();
+        assert!(text.contains("drl_config_reloads_total{result=\"error\"} 1\n"));
+        assert!(text.contains("drl_config_reloads_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("drl_config_version 2\n"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_changes_to_the_file_itself_count() {
+        let name = OsString::from("drl.yaml");
+        let event = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
+        let create = EventKind::Create(notify::event::CreateKind::File);
+        let read = EventKind::Access(notify::event::AccessKind::Read);
+        assert!(concerns(&event(create, "/etc/drl/drl.yaml"), &name));
+        assert!(!concerns(&event(create, "/etc/drl/other.yaml"), &name));
+        assert!(!concerns(&event(read, "/etc/drl/drl.yaml"), &name));
+    }
+}

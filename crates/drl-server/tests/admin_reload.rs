@@ -1,0 +1,290 @@
+//! Hot reload and the admin routes over a real socket: a changed file, `POST
+//! /v1/config/reload` and `GET /v1/config`, each seen in the next decisions; a refused file
+//! changes nothing; the bearer token guards the admin routes, which do not exist without one.
+
+#![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{DEADLINE, RawResponse, TestServer};
+use drl_core::Rules;
+use drl_server::api::CheckResponse;
+use drl_server::http::{AdminToken, constant_time_eq};
+use drl_server::reload::{self, Reloader};
+use drl_server::{AppState, Config, Metrics};
+
+const TOKEN: &str = "s3cret-token";
+const AUTH: &str = "authorization: Bearer s3cret-token";
+
+fn config(limit: u32) -> String {
+    format!(
+        "default:\n  limit: {limit}\n  window: 1m\nrules:\n  - user_id: alice\n    limit: 1000\n    window: 1h\n    algorithm: token_bucket\n"
+    )
+}
+
+/// A fresh directory holding `drl.yaml`.
+fn config_file(test: &str, contents: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("drl-reload-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("drl.yaml");
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Replaces the file the way editors do: write a sibling, rename it over.
+fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Node {
+    server: TestServer,
+    reloader: Arc<Reloader<drl_core::MemoryStore>>,
+    metrics: Arc<Metrics>,
+}
+
+async fn start(path: &Path, token: Option<&str>) -> Node {
+    let rules = Config::load(path).unwrap().rules;
+    let metrics = Arc::new(Metrics::new());
+    let mut reloader = None;
+    let server = TestServer::start_with(rules, |limiter| {
+        let r = Arc::new(Reloader::new(path, limiter.clone(), Arc::clone(&metrics)));
+        reloader = Some(Arc::clone(&r));
+        AppState::new(limiter, Arc::clone(&metrics))
+            .with_reloader(r)
+            .with_admin_token(token.and_then(AdminToken::new))
+    })
+    .await;
+    Node {
+        server,
+        reloader: reloader.unwrap(),
+        metrics,
+    }
+}
+
+async fn limit_of(server: &TestServer, user: &str) -> u32 {
+    let body = format!(r#"{{"user_id": "{user}", "endpoint": "/e", "hits": 0}}"#);
+    let response = server.check(&body).await;
+    serde_json::from_str::<CheckResponse>(&response.body)
+        .unwrap()
+        .limit
+}
+
+/// Polls until the next decision for `user` has limit `want` (bounded by [`DEADLINE`]).
+async fn wait_for_limit(server: &TestServer, user: &str, want: u32) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = limit_of(server, user).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "limit stayed {got}, expected {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn reload(server: &TestServer, headers: &[&str]) -> RawResponse {
+    server
+        .request("POST", "/v1/config/reload", headers, b"")
+        .await
+}
+
+#[tokio::test]
+async fn the_admin_route_reloads_and_get_config_shows_the_new_version() {
+    let path = config_file("admin", &config(5));
+    let node = start(&path, Some(TOKEN)).await;
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+
+    std::fs::write(&path, config(8)).unwrap();
+    let response = reload(&node.server, &[AUTH]).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["version"], 2);
+    assert_eq!(response.json()["rules"], 1);
+    // The very next decision uses the new limit.
+    assert_eq!(limit_of(&node.server, "bob").await, 8);
+
+    let shown = node.server.request("GET", "/v1/config", &[AUTH], b"").await;
+    assert_eq!(shown.status, 200, "{shown:?}");
+    let view = shown.json();
+    assert_eq!(view["version"], 2);
+    assert_eq!(view["source"], path.display().to_string());
+    assert_eq!(
+        view["default"],
+        serde_json::json!({"limit": 8, "window": "1m", "algorithm": "sliding_window", "precision": 60})
+    );
+    assert_eq!(
+        view["rules"],
+        serde_json::json!([{"user_id": "alice", "limit": 1000, "window": "1h", "algorithm": "token_bucket"}])
+    );
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_file_changes_nothing_and_is_reported() {
+    let path = config_file("refused", &config(5));
+    let node = start(&path, Some(TOKEN)).await;
+    std::fs::write(&path, "default:\n  limit: 0\n  window: 1m\n").unwrap();
+    let response = reload(&node.server, &[AUTH]).await;
+    assert_eq!(response.status, 422, "{response:?}");
+    let body = response.json();
+    assert!(
+        body["error"].as_str().unwrap().contains("config refused"),
+        "{body}"
+    );
+    let diagnostic = &body["diagnostics"][0];
+    assert_eq!(diagnostic["file"], path.display().to_string());
+    assert_eq!(
+        (&diagnostic["line"], &diagnostic["column"]),
+        (&2.into(), &10.into())
+    );
+    assert!(
+        diagnostic["message"].as_str().unwrap().contains("limit 0"),
+        "{body}"
+    );
+
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+    assert_eq!(node.reloader.version(), 1);
+    let metrics = node.server.get("/metrics").await.body;
+    assert!(
+        metrics.contains("drl_config_reloads_total{result=\"error\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drl_config_reloads_total{result=\"ok\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("drl_config_version 1\n"), "{metrics}");
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_change_is_picked_up_by_the_watcher() {
+    let path = config_file("watch", &config(5));
+    let node = start(&path, None).await;
+    let _watch = reload::watch_file(Arc::clone(&node.reloader)).unwrap();
+
+    std::fs::write(&path, config(6)).unwrap();
+    wait_for_limit(&node.server, "bob", 6).await;
+    // Replaced by rename, as editors do.
+    replace(&path, &config(7));
+    wait_for_limit(&node.server, "bob", 7).await;
+
+    // A refused file is counted and leaves the limit alone; a later good one goes in.
+    std::fs::write(&path, "default: [").unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !node
+        .metrics
+        .encode()
+        .contains("drl_config_reloads_total{result=\"error\"} 1\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refused file was not reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(limit_of(&node.server, "bob").await, 7);
+    replace(&path, &config(9));
+    wait_for_limit(&node.server, "bob", 9).await;
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_bearer_token() {
+    let path = config_file("auth", &config(5));
+    let node = start(&path, Some(TOKEN)).await;
+    for headers in [
+        &[][..],
+        &["authorization: Bearer wrong"][..],
+        &["authorization: Bearer s3cret-token-and-more"][..],
+        &["authorization: Basic s3cret-token"][..],
+        &["authorization: s3cret-token"][..],
+    ] {
+        for (method, route) in [("GET", "/v1/config"), ("POST", "/v1/config/reload")] {
+            let response = node.server.request(method, route, headers, b"").await;
+            assert_eq!(
+                response.status, 401,
+                "{method} {route} {headers:?}: {response:?}"
+            );
+            assert_eq!(response.error(), "unauthorized");
+            assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+            assert!(!response.body.contains(TOKEN));
+        }
+    }
+    // The scheme is case-insensitive.
+    let response = node
+        .server
+        .request(
+            "GET",
+            "/v1/config",
+            &["authorization: bearer s3cret-token"],
+            b"",
+        )
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    // Nothing was reloaded by the refused attempts.
+    assert_eq!(node.reloader.version(), 1);
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_admin_routes_do_not_exist() {
+    let path = config_file("disabled", &config(5));
+    let node = start(&path, None).await;
+    for (method, route) in [("GET", "/v1/config"), ("POST", "/v1/config/reload")] {
+        let response = node.server.request(method, route, &[AUTH], b"").await;
+        assert_eq!(response.status, 404, "{method} {route}: {response:?}");
+    }
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_without_a_config_file_cannot_reload() {
+    let server = TestServer::start_with(Rules::builtin(), |limiter| {
+        AppState::from(limiter).with_admin_token(AdminToken::new(TOKEN))
+    })
+    .await;
+    let response = reload(&server, &[AUTH]).await;
+    assert_eq!(response.status, 409, "{response:?}");
+    assert!(response.error().contains("--config"), "{response:?}");
+    let shown = server
+        .request("GET", "/v1/config", &[AUTH], b"")
+        .await
+        .json();
+    assert_eq!(shown["version"], 1);
+    assert_eq!(shown["source"], serde_json::Value::Null);
+    assert_eq!(shown["default"]["limit"], 100);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_answers_once_the_config_is_loaded() {
+    let server = TestServer::start(Rules::builtin()).await;
+    let response = server.get("/readyz").await;
+    assert_eq!((response.status, response.body.as_str()), (200, "ready"));
+    server.stop().await;
+}
+
+#[test]
+fn token_comparison_is_exact() {
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(constant_time_eq(b"", b""));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"ab"));
+    assert!(!constant_time_eq(b"ab", b"abc"));
+    assert!(!constant_time_eq(b"abc\0", b"abc"));
+    assert!(AdminToken::new("").is_none());
+    assert_eq!(
+        format!("{:?}", AdminToken::new(TOKEN).unwrap()),
+        "AdminToken(..)"
+    );
+}
