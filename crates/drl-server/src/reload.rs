@@ -195,6 +195,23 @@ pub fn reload_on_sighup<S: Store>(reloader: Arc<Reloader<S>>) -> std::io::Result
     })
 }
 
+/// For a node without a config file: logs and ignores `SIGHUP`, whose default action would
+/// otherwise kill the process. Must be called within a Tokio runtime.
+#[cfg(unix)]
+pub fn ignore_sighup() -> std::io::Result<Trigger> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let task = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP received, but there is no config file to reload (no --config)");
+        }
+    });
+    Ok(Trigger {
+        task,
+        _watcher: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -4,12 +4,15 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drl_core::{Limiter, Rules};
 use drl_server::client::{self, DEFAULT_SERVER};
-use drl_server::{Config, StoreConfig};
+use drl_server::http::AdminToken;
+use drl_server::reload::{self, Reloader};
+use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
 /// A rate-limit decision service: may user U call endpoint E now?
@@ -22,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a node.
+    /// Run a node. The config file is reloaded when it changes, on SIGHUP, and on
+    /// `POST /v1/config/reload` (admin routes need DRL_ADMIN_TOKEN set).
     Serve {
         /// Config file (YAML); without one: in-memory store, 100 requests/minute per user and
         /// endpoint.
@@ -31,6 +35,9 @@ enum Command {
         /// Address of the HTTP API (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_addr: String,
+        /// Log lines as text or as one JSON object per line.
+        #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Ask a running node; exit code 0 allowed, 1 denied, 2 error.
     Check {
@@ -48,6 +55,12 @@ enum Command {
     Config(ConfigCommand),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check a config file; print every error as file:line:column; exit 0 valid, 1 invalid.
@@ -58,9 +71,15 @@ enum ConfigCommand {
 async fn main() -> ExitCode {
     // Usage errors exit 2 (clap's default), which `check` also uses for "no decision".
     let cli = Cli::parse();
-    init_tracing();
+    let log_format = match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    init_tracing(log_format);
     match cli.command {
-        Command::Serve { config, http_addr } => match serve(config.as_deref(), &http_addr).await {
+        Command::Serve {
+            config, http_addr, ..
+        } => match serve(config.as_deref(), &http_addr).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("drl serve: {e:#}");
@@ -83,13 +102,15 @@ async fn main() -> ExitCode {
 }
 
 /// Logs go to stderr (stdout is for `check`'s answer); `RUST_LOG` overrides the `info` level.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 async fn serve(config: Option<&Path>, http_addr: &str) -> anyhow::Result<()> {
@@ -109,12 +130,39 @@ async fn serve(config: Option<&Path>, http_addr: &str) -> anyhow::Result<()> {
         None => Rules::builtin(),
     };
     let limiter = Limiter::new(rules);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_config_version(1);
+    let admin_token = std::env::var(AdminToken::ENV)
+        .ok()
+        .and_then(|t| AdminToken::new(&t));
+    if admin_token.is_none() {
+        tracing::info!("{} is not set: admin routes disabled", AdminToken::ENV);
+    }
+    let mut node =
+        AppState::new(limiter.clone(), Arc::clone(&metrics)).with_admin_token(admin_token);
+    // Reload triggers run until they are dropped, after the server has stopped.
+    let mut triggers = Vec::new();
+    if let Some(path) = config {
+        let reloader = Arc::new(Reloader::new(path, limiter, metrics));
+        triggers.push(
+            reload::watch_file(Arc::clone(&reloader)).context("cannot watch the config file")?,
+        );
+        #[cfg(unix)]
+        triggers.push(
+            reload::reload_on_sighup(Arc::clone(&reloader)).context("cannot listen for SIGHUP")?,
+        );
+        node = node.with_reloader(reloader);
+    } else {
+        #[cfg(unix)]
+        triggers.push(reload::ignore_sighup().context("cannot listen for SIGHUP")?);
+    }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {http_addr}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
-    drl_server::serve(listener, limiter, drl_server::shutdown_signal()).await?;
+    drl_server::serve(listener, node, drl_server::shutdown_signal()).await?;
+    drop(triggers);
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The built `drl` binary end to end: `serve` on a free port, `check` against it, `config
-//! validate`, and a graceful stop on SIGTERM.
+//! validate`, a graceful stop on SIGTERM, reloads (file change, SIGHUP, admin route with the
+//! token from the environment) and JSON logs.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
@@ -30,15 +31,25 @@ fn drl(args: &[&str]) -> Output {
 struct Node {
     child: Option<Child>,
     url: String,
+    /// Its log lines, as they come.
+    logs: mpsc::Receiver<String>,
 }
 
 impl Node {
     /// Starts `drl serve` on port 0 and reads the address it logs.
     fn start(config: &PathBuf) -> Self {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// [`Node::start`] with more arguments and environment variables.
+    fn start_with(config: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(DRL)
             .args(["serve", "--http-addr", "127.0.0.1:0", "--config"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("DRL_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -58,14 +69,40 @@ impl Node {
             let line = received
                 .recv_timeout(left)
                 .expect("drl serve logs its address");
-            if let Some((_, addr)) = line.split_once("listening on ") {
-                break addr.trim().to_owned();
+            // The address ends the text line, or the JSON string it is in.
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                break rest
+                    .split(|c: char| c == '"' || c.is_whitespace())
+                    .next()
+                    .unwrap()
+                    .to_owned();
             }
         };
         Self {
             child: Some(child),
             url,
+            logs: received,
         }
+    }
+
+    /// Waits (bounded) for a log line containing `text`, and returns it.
+    fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("drl serve never logged {text:?}"),
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success());
     }
 
     fn check(&self, user_id: &str, endpoint: &str) -> (Option<i32>, String) {
@@ -186,4 +223,113 @@ fn config_validate_reports_every_error_with_its_position() {
 
     let missing = drl(&["config", "validate", "/nonexistent/drl.yaml"]);
     assert_eq!(missing.status.code(), Some(1));
+}
+
+/// `POST /v1/config/reload` with an `Authorization` header; the status code.
+fn reload_status(url: &str, authorization: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "POST /v1/config/reload HTTP/1.1\r\nhost: {addr}\r\nauthorization: {authorization}\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_config() {
+    // The node is given a symlink whose target lives in another directory: the file watcher
+    // watches the link's directory, so changing the target does not wake it, and only SIGHUP
+    // can make the node see the change.
+    let link = write_file("sighup-link.yaml", "");
+    let target = link.with_file_name("sighup-target").join("limits.yaml");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, "default:\n  limit: 3\n  window: 1h\n").unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let node = Node::start(&link);
+    let (_, out) = node.check("alice", "/a");
+    assert!(out.starts_with("allowed limit=3 "), "{out}");
+
+    std::fs::write(&target, "default:\n  limit: 5\n  window: 1h\n").unwrap();
+    node.signal("-HUP");
+    node.wait_for_log("reloaded: version 2");
+    let (_, out) = node.check("alice", "/a");
+    assert!(out.starts_with("allowed limit=5 remaining=3 "), "{out}");
+
+    // A refused file changes nothing, and the node keeps running.
+    std::fs::write(&target, "default:\n  limit: many\n  window: 1h\n").unwrap();
+    node.signal("-HUP");
+    node.wait_for_log("refused; version 2 stays in force");
+    let (_, out) = node.check("alice", "/a");
+    assert!(out.starts_with("allowed limit=5 remaining=2 "), "{out}");
+
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_without_a_config_file_is_ignored() {
+    let mut child = Command::new(DRL)
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let node = Node {
+        child: Some(child),
+        url: String::new(),
+        logs: {
+            let (lines, received) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = lines.send(line);
+                }
+            });
+            received
+        },
+    };
+    node.wait_for_log("listening on");
+    node.signal("-HUP");
+    node.wait_for_log("no config file to reload");
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
+    let config = write_file("watched.yaml", "default:\n  limit: 3\n  window: 1h\n");
+    let node = Node::start_with(
+        &config,
+        &["--log-format", "json"],
+        &[("DRL_ADMIN_TOKEN", "t0ken")],
+    );
+    std::fs::write(&config, "default:\n  limit: 4\n  window: 1h\n").unwrap();
+    let line = node.wait_for_log("reloaded: version 2");
+    // JSON logs: one object per line.
+    assert!(
+        line.starts_with('{') && line.contains("\"level\":\"INFO\""),
+        "{line}"
+    );
+    let (_, out) = node.check("alice", "/a");
+    assert!(out.starts_with("allowed limit=4 "), "{out}");
+
+    // The admin route answers with the token from DRL_ADMIN_TOKEN, and only with it.
+    let status = |auth: &str| reload_status(&node.url, auth);
+    assert_eq!(status("Bearer t0ken"), 200);
+    node.wait_for_log("reloaded: version 3");
+    assert_eq!(status("Bearer wrong"), 401);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
 }
