@@ -288,3 +288,38 @@ fn token_comparison_is_exact() {
         "AdminToken(..)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_running_during_reloads_all_get_a_decision() {
+    let path = config_file("load", &config(1_000_000));
+    let node = Arc::new(start(&path, Some(TOKEN)).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (node, stop) = (Arc::clone(&node), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let body = format!(r#"{{"user_id": "u{i}", "endpoint": "/e"}}"#);
+                let mut answered = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = node.server.check(&body).await;
+                    assert!([200, 429].contains(&response.status), "{response:?}");
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    for version in 2..=11 {
+        std::fs::write(&path, config(1_000_000 - version)).unwrap();
+        let response = reload(&node.server, &[AUTH]).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.json()["version"], version);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        assert!(client.await.unwrap() > 0);
+    }
+    assert_eq!(limit_of(&node.server, "bob").await, 1_000_000 - 11);
+    let node = Arc::into_inner(node).unwrap();
+    node.server.stop().await;
+}
