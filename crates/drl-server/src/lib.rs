@@ -3,9 +3,12 @@
 //!
 //! - [`config`]: the YAML config of DESIGN.md §4, validated once with line/column diagnostics.
 //! - [`api`]: the JSON wire types, shared by the server and the client.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter): `POST /v1/check`, `GET /healthz`,
-//!   `GET /metrics`.
+//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
+//!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
+//!   `GET /v1/config` and `POST /v1/config/reload`.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
+//! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
+//!   for by the admin route.
 //! - [`client`]: a small HTTP client for `POST /v1/check`, and the `drl check` command.
 //!
 //! The library owns the server: [`serve`] takes a bound listener and a shutdown future, so the
@@ -27,8 +30,8 @@ pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
 pub use http::AppState;
 pub use metrics::Metrics;
 
-/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with its metrics) on
-/// `listener` until `shutdown` completes, then stops accepting connections and returns once the
+/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with
+/// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
 /// requests in flight are answered.
 pub async fn serve<S: Store>(
     listener: TcpListener,

@@ -7,13 +7,21 @@
 //!
 //! The eight decision counters are created up front and kept by value: the hot path increments
 //! an atomic, without the family's lock and hash.
+//!
+//! The node's own metrics are named `drl_*`; beside them, on Linux, the standard `process_*`
+//! metrics (CPU time, resident memory, open file descriptors, start time), read from `/proc` at
+//! each scrape.
 
 use std::time::Duration;
 
 use drl_core::RuleLevel;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -58,7 +66,9 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric at zero (config version 0 until one is loaded).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix(PREFIX);
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix(PREFIX);
 
         let decisions_family = Family::<Labels, Counter>::default();
         let decisions = [false, true].map(|allowed| {
@@ -114,7 +124,7 @@ impl Metrics {
         );
 
         Self {
-            registry,
+            registry: root,
             decisions,
             check_duration,
             in_flight,
@@ -184,6 +194,100 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The standard `process_*` metrics of the running process, read at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Elsewhere than Linux, or if /proc is unreadable: no process metrics, not an error.
+        let Some(stats) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent, in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size, in bytes",
+                stats.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                stats.open_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                stats.start_time_seconds,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `/proc` says about this process.
+#[derive(Debug, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    open_fds: f64,
+    start_time_seconds: f64,
+}
+
+/// Clock ticks per second of `/proc/*/stat` times: `USER_HZ`, 100 on every Linux platform
+/// (fixed by the kernel ABI, whatever the kernel's own tick rate).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        Self::parse(&stat, &status, &boot, open_fds)
+    }
+
+    /// From the text of `/proc/self/stat`, `/proc/self/status` and `/proc/stat`.
+    fn parse(stat: &str, status: &str, boot: &str, open_fds: usize) -> Option<Self> {
+        // The command name (field 2) is in parentheses and may hold spaces: count fields from
+        // the last ')'. Field 3 (state) is then the first.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+        let (utime, stime, start_ticks) = (field(14)?, field(15)?, field(22)?);
+        let resident_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        let boot_time: f64 = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Self {
+            cpu_seconds: (utime + stime) / USER_HZ,
+            resident_bytes: resident_kib * 1024.0,
+            open_fds: open_fds as f64,
+            start_time_seconds: boot_time + start_ticks / USER_HZ,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +314,38 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn process_stats_are_read_from_proc_text() {
+        let stat = "4242 (drl (serve) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
+                    250 50 0 0 20 0 8 0 12345 100000000 2560 18446744073709551615";
+        let status = "Name:\tdrl\nVmPeak:\t  20000 kB\nVmRSS:\t   10240 kB\nThreads:\t8\n";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 10\n";
+        assert_eq!(
+            ProcessStats::parse(stat, status, boot, 12),
+            Some(ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 10_485_760.0,
+                open_fds: 12.0,
+                start_time_seconds: 1_700_000_123.45,
+            })
+        );
+        assert_eq!(ProcessStats::parse("garbage", status, boot, 1), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exposed_on_linux() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(&format!("\n{name}")), "{name}: {text}");
+        }
     }
 
     #[test]
