@@ -203,6 +203,14 @@ async fn the_exposition_parses() {
             "drl_config_reloads:counter",
             "drl_config_version:gauge",
             "drl_store_errors:counter",
+            #[cfg(target_os = "linux")]
+            "process_cpu_seconds:counter",
+            #[cfg(target_os = "linux")]
+            "process_resident_memory_bytes:gauge",
+            #[cfg(target_os = "linux")]
+            "process_open_fds:gauge",
+            #[cfg(target_os = "linux")]
+            "process_start_time_seconds:gauge",
         ] {
             assert!(
                 families.split(' ').any(|f| f == family),
