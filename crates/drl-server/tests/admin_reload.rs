@@ -179,7 +179,7 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
     wait_for_limit(&node.server, "bob", 7).await;
 
     // A refused file is counted and leaves the limit alone; a later good one goes in.
-    std::fs::write(&path, "default: [").unwrap();
+    replace(&path, "default: [");
     let deadline = Instant::now() + DEADLINE;
     while !node
         .metrics

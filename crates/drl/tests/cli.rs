@@ -321,7 +321,11 @@ fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
         &["--log-format", "json"],
         &[("DRL_ADMIN_TOKEN", "t0ken")],
     );
-    std::fs::write(&config, "default:\n  limit: 4\n  window: 1h\n").unwrap();
+    // Written aside and renamed over, as editors do: the watcher never sees a half-written
+    // file, so the next version is exactly this one.
+    let staged = config.with_extension("yaml.new");
+    std::fs::write(&staged, "default:\n  limit: 4\n  window: 1h\n").unwrap();
+    std::fs::rename(&staged, &config).unwrap();
     let line = node.wait_for_log("reloaded: version 2");
     // JSON logs: one object per line.
     assert!(
