@@ -20,6 +20,12 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
+# The /metrics exposition is also checked with the real Prometheus parser from Python.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  python3 -m pip install --quiet prometheus_client \
+    || echo "warning: could not install prometheus_client; the metrics test uses its own line check only" >&2
+fi
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
