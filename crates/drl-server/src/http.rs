@@ -32,7 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use drl_core::limiter::LimiterError;
-use drl_core::{CheckError, Limiter, Store, StoreError};
+use drl_core::{CheckError, Decision, Limiter, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
@@ -95,6 +95,32 @@ impl<S: Store> AppState<S> {
     pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
         self.admin_token = token;
         self
+    }
+
+    /// One check through the limiter, counted in the metrics: what every API (HTTP, gRPC)
+    /// calls to decide.
+    pub async fn decide(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u32,
+    ) -> Result<Decision, LimiterError> {
+        let started = Instant::now();
+        let decision = self
+            .limiter
+            .check_async(user_id, endpoint, hits)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, LimiterError::Store(_)) {
+                    self.metrics.store_error();
+                }
+            })?;
+        let took = started.elapsed();
+        // A second rule lookup (a few ns) rather than a wider core API; under a concurrent reload
+        // it may name the new rule's level, which a metric can live with.
+        let level = self.limiter.rule_level(user_id, endpoint);
+        self.metrics.decision(decision.allowed, level, took);
+        Ok(decision)
     }
 
     /// The version of the config in force (1 when it cannot be reloaded).
@@ -298,27 +324,9 @@ async fn check<S: Store>(
         .ok()
         .filter(|&hits| hits <= MAX_HITS)
         .ok_or(ApiError::HitsOutOfRange(request.hits))?;
-    let started = Instant::now();
-    let decision = match state
-        .limiter
-        .check_async(&request.user_id, &request.endpoint, hits)
-        .await
-    {
-        Ok(decision) => decision,
-        Err(e) => {
-            if matches!(e, LimiterError::Store(_)) {
-                state.metrics.store_error();
-            }
-            return Err(e.into());
-        }
-    };
-    let took = started.elapsed();
-    // A second rule lookup (a few ns) rather than a wider core API; under a concurrent reload
-    // it may name the new rule's level, which a metric can live with.
-    let level = state
-        .limiter
-        .rule_level(&request.user_id, &request.endpoint);
-    state.metrics.decision(decision.allowed, level, took);
+    let decision = state
+        .decide(&request.user_id, &request.endpoint, hits)
+        .await?;
     Ok(decision_response(decision.into()))
 }
 

@@ -6,17 +6,21 @@
 //! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
 //!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
 //!   `GET /v1/config` and `POST /v1/config/reload`.
+//! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
+//!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`client`]: a small HTTP client for `POST /v1/check`, and the `drl check` command.
 //!
-//! The library owns the server: [`serve`] takes a bound listener and a shutdown future, so the
-//! binary only parses arguments and tests bind port 0 and talk to real sockets.
+//! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
+//! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
+//! port 0 and talk to real sockets.
 
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod reload;
@@ -41,6 +45,49 @@ pub async fn serve<S: Store>(
     axum::serve(listener, http::router(node))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Serves the HTTP API on `http` and the gRPC API on `grpc`, for one node, until `shutdown`
+/// completes; then both stop accepting and drain their requests in flight. If either server
+/// fails, the other is stopped too, and the error is returned (the HTTP one if both failed).
+pub async fn serve_all<S: Store>(
+    http: TcpListener,
+    grpc: TcpListener,
+    node: impl Into<AppState<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let node = node.into();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Completes once `stop` says so (or is gone).
+    let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|&stop| stop).await;
+    };
+    let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
+    let grpc_server = grpc::serve(grpc, node, stop_signal(stopped));
+    let trigger = async {
+        let mut stopped = stop.subscribe();
+        tokio::select! {
+            () = shutdown => {}
+            _ = stopped.wait_for(|&stop| stop) => {}
+        }
+        stop.send_replace(true);
+    };
+    let ((), http, grpc) = tokio::join!(
+        trigger,
+        stop_after(http_server, &stop),
+        stop_after(grpc_server, &stop)
+    );
+    http.and(grpc)
+}
+
+/// Runs `server`, then tells the other servers of [`serve_all`] to stop.
+async fn stop_after(
+    server: impl Future<Output = std::io::Result<()>>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let result = server.await;
+    stop.send_replace(true);
+    result
 }
 
 /// Completes on Ctrl-C or, on Unix, `SIGTERM`: the signals that should stop a node gracefully.
