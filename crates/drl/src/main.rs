@@ -35,6 +35,10 @@ enum Command {
         /// Address of the HTTP API (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_addr: String,
+        /// Address of the gRPC API: drl.v1.RateLimiter, Envoy's RateLimitService and
+        /// grpc.health.v1.Health (host:port; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+        grpc_addr: String,
         /// Log lines as text or as one JSON object per line.
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -78,8 +82,11 @@ async fn main() -> ExitCode {
     init_tracing(log_format);
     match cli.command {
         Command::Serve {
-            config, http_addr, ..
-        } => match serve(config.as_deref(), &http_addr).await {
+            config,
+            http_addr,
+            grpc_addr,
+            ..
+        } => match serve(config.as_deref(), &http_addr, &grpc_addr).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("drl serve: {e:#}");
@@ -113,7 +120,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn serve(config: Option<&Path>, http_addr: &str) -> anyhow::Result<()> {
+async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyhow::Result<()> {
     let rules = match config {
         Some(path) => {
             let config = Config::load(path)?;
@@ -159,9 +166,14 @@ async fn serve(config: Option<&Path>, http_addr: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {http_addr}"))?;
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {grpc_addr}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
-    drl_server::serve(listener, node, drl_server::shutdown_signal()).await?;
+    let grpc = grpc_listener.local_addr()?;
+    tracing::info!("gRPC listening on {grpc}");
+    drl_server::serve_all(listener, grpc_listener, node, drl_server::shutdown_signal()).await?;
     drop(triggers);
     tracing::info!("stopped");
     Ok(())

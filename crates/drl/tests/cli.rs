@@ -44,7 +44,14 @@ impl Node {
     /// [`Node::start`] with more arguments and environment variables.
     fn start_with(config: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(DRL)
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--config"])
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
             .arg(config)
             .args(args)
             .env("RUST_LOG", "info")
@@ -173,6 +180,104 @@ fn serve_and_check_end_to_end() {
     }
 }
 
+/// The gRPC address a node logged: `gRPC listening on ADDR`.
+fn grpc_url(node: &Node) -> String {
+    let line = node.wait_for_log("gRPC listening on ");
+    let (_, rest) = line.split_once("gRPC listening on ").unwrap();
+    let addr = rest
+        .split(|c: char| c == '"' || c.is_whitespace())
+        .next()
+        .unwrap();
+    format!("http://{addr}")
+}
+
+#[test]
+fn serve_answers_grpc_beside_http_with_one_budget() {
+    use drl_proto::drl::v1::rate_limiter_client::RateLimiterClient;
+    use drl_proto::drl::v1::{Check, CheckRequest, check_result::Outcome};
+    use drl_proto::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor::Entry,
+    };
+    use drl_proto::envoy::service::ratelimit::v3::RateLimitRequest;
+    use drl_proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use drl_proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let config = write_file("grpc.yaml", "default:\n  limit: 3\n  window: 1h\n");
+    let node = Node::start(&config);
+    let url = grpc_url(&node);
+    // A worker thread keeps the client's connection answering (HTTP/2 pings, GOAWAY) after
+    // `block_on`, as a live client would while the node shuts down gracefully.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _open_connection = runtime.block_on(async {
+        let endpoint = tonic::transport::Channel::from_shared(url).unwrap();
+        let connect = endpoint.connect();
+        let channel = tokio::time::timeout(DEADLINE, connect)
+            .await
+            .expect("connects in time")
+            .unwrap();
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status(), ServingStatus::Serving);
+
+        let checks = vec![Check {
+            user_id: "alice".into(),
+            endpoint: "/a".into(),
+            hits: None,
+        }];
+        let results = RateLimiterClient::new(channel.clone())
+            .check(CheckRequest { checks })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let Some(Outcome::Decision(decision)) = &results[0].outcome else {
+            panic!("a decision: {results:?}");
+        };
+        assert!(decision.allowed);
+        assert_eq!((decision.limit, decision.remaining), (3, 2));
+
+        let entry = |key: &str, value: &str| Entry {
+            key: key.into(),
+            value: value.into(),
+        };
+        let request = RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![entry("user_id", "alice"), entry("endpoint", "/a")],
+                ..Default::default()
+            }],
+            hits_addend: 1,
+        };
+        let response = RateLimitServiceClient::new(channel.clone())
+            .should_rate_limit(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.overall_code(), Code::Ok);
+        assert_eq!(response.statuses[0].limit_remaining, 1);
+        channel
+    });
+    // HTTP sees the budget the gRPC calls spent.
+    let (code, out) = node.check("alice", "/a");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("allowed limit=3 remaining=0 "), "{out}");
+
+    #[cfg(unix)]
+    {
+        let status = node.terminate();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 #[test]
 fn check_without_a_server_exits_2() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -285,7 +390,13 @@ fn sighup_reloads_the_config() {
 #[test]
 fn sighup_without_a_config_file_is_ignored() {
     let mut child = Command::new(DRL)
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
