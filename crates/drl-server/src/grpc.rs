@@ -5,7 +5,8 @@
 //!   others are decided as usual.
 //! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, for now only for
 //!   descriptors made of exactly the entries `user_id` and `endpoint` (in any order), each checked
-//!   as that pair. Other descriptor shapes are refused until the rule engine lands.
+//!   as that pair. Other descriptor shapes are refused until the rule engine lands; the domain
+//!   must not be empty but does not select rules yet (the rule engine will).
 //! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
 //!
 //! Every failure of a call is a [`GrpcError`], turned into a gRPC status in one place
@@ -14,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
@@ -282,6 +283,7 @@ impl<S: Store> GrpcApi<S> {
         }
         let mut probes = Vec::with_capacity(checks.len());
         for check in checks {
+            let started = Instant::now();
             let probe = node
                 .limiter
                 .check_async(check.user_id, check.endpoint, 0)
@@ -297,10 +299,10 @@ impl<S: Store> GrpcApi<S> {
             } else {
                 u64::from(probe.remaining) >= needed
             };
-            probes.push((probe, passes));
+            probes.push((probe, passes, started.elapsed()));
         }
 
-        let decisions = if probes.iter().all(|&(_, passes)| passes) {
+        let decisions = if probes.iter().all(|&(_, passes, _)| passes) {
             let mut counted = Vec::with_capacity(checks.len());
             for check in checks {
                 let decision = node
@@ -315,9 +317,9 @@ impl<S: Store> GrpcApi<S> {
             probes
                 .into_iter()
                 .zip(checks)
-                .map(|((probe, passes), check)| {
+                .map(|((probe, passes, took), check)| {
                     let level = node.limiter.rule_level(check.user_id, check.endpoint);
-                    node.metrics.decision(false, level, Duration::ZERO);
+                    node.metrics.decision(false, level, took);
                     Decision {
                         allowed: passes,
                         ..probe

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::DEADLINE;
@@ -15,8 +16,8 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
-use drl_server::AppState;
 use drl_server::grpc::MAX_BATCH;
+use drl_server::{AppState, Metrics};
 use native::check_error::Code as ItemCode;
 use native::check_result::Outcome;
 use native::rate_limiter_client::RateLimiterClient;
@@ -44,6 +45,11 @@ struct GrpcServer {
 
 impl GrpcServer {
     async fn start(rules: Rules) -> Self {
+        Self::start_with_metrics(rules, Arc::new(Metrics::new())).await
+    }
+
+    /// Serves `rules`, counting into `metrics`.
+    async fn start_with_metrics(rules: Rules, metrics: Arc<Metrics>) -> Self {
         let limiter = Limiter::builder(rules)
             .clock(ManualClock::new(0))
             .sweep_interval(None)
@@ -53,7 +59,7 @@ impl GrpcServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(drl_server::grpc::serve(
             listener,
-            AppState::from(limiter.clone()),
+            AppState::new(limiter.clone(), metrics),
             async {
                 let _ = stopped.await;
             },
@@ -421,5 +427,35 @@ async fn health_reports_serving() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_decisions_are_counted_in_the_metrics() {
+    let metrics = Arc::new(Metrics::new());
+    let server = GrpcServer::start_with_metrics(per_minute(1), Arc::clone(&metrics)).await;
+    let mut native = server.native().await;
+    let checks = vec![item("alice", "/a", None), item("alice", "/a", None)];
+    check_batch(&mut native, checks).await.unwrap();
+    let mut envoy = server.envoy().await;
+    let both = vec![pair("bob", "/a"), pair("alice", "/a")];
+    let response = should_rate_limit(&mut envoy, envoy_request(both, 0))
+        .await
+        .unwrap();
+    assert_eq!(response.overall_code(), EnvoyCode::OverLimit);
+    let text = metrics.encode();
+    // Native: one allowed, one denied. Envoy: a denied request counts each descriptor denied.
+    for (series, value) in [
+        (
+            "drl_decisions_total{result=\"allowed\",rule=\"default\"}",
+            1,
+        ),
+        ("drl_decisions_total{result=\"denied\",rule=\"default\"}", 3),
+    ] {
+        assert!(
+            text.lines().any(|line| line == format!("{series} {value}")),
+            "{series} {value} in:\n{text}"
+        );
+    }
     server.stop().await;
 }
