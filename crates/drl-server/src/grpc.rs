@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::MAX_HITS;
+use crate::api::{CheckResponse, MAX_HITS};
 use crate::http::AppState;
 
 pub use drl_proto::MAX_BATCH;
@@ -190,18 +190,22 @@ impl<S: Store> RateLimiter for GrpcApi<S> {
     }
 }
 
+/// The native decision: the same fields as the HTTP body, from the one conversion in `api`.
 fn native_decision(d: Decision) -> native::Decision {
+    let CheckResponse {
+        allowed,
+        limit,
+        remaining,
+        reset_after_ms,
+        retry_after_ms,
+    } = d.into();
     native::Decision {
-        allowed: d.allowed,
-        limit: d.limit,
-        remaining: d.remaining,
-        reset_after_ms: millis(d.reset_after),
-        retry_after_ms: millis(d.retry_after),
+        allowed,
+        limit,
+        remaining,
+        reset_after_ms,
+        retry_after_ms,
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One descriptor of an Envoy request, as the pair it checks.
