@@ -254,10 +254,22 @@ impl<S: Store> Limiter<S> {
         endpoint: &str,
         hits: u32,
     ) -> Result<Decision, LimiterError> {
+        Ok(self.check_async_ruled(user_id, endpoint, hits).await?.1)
+    }
+
+    /// [`Limiter::check_async`] with the level of the rule that decided it (what a metric can
+    /// label a decision with), from the same rule lookup.
+    pub async fn check_async_ruled(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u32,
+    ) -> Result<(RuleLevel, Decision), LimiterError> {
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
         let request = self.request(&rules, rules_epoch, user_id, endpoint, hits)?;
-        Ok(self.inner.store.check(request).await?)
+        let level = request.key.level;
+        Ok((level, self.inner.store.check(request).await?))
     }
 
     /// Validates the input and resolves the rule: everything before the store.
@@ -303,14 +315,6 @@ impl<S: Store> Limiter<S> {
         self.inner.rules.store(Arc::new(rules));
         self.inner.rules_generation.fetch_add(1, Ordering::SeqCst);
         self.inner.store.rules_changed();
-    }
-
-    /// The level of the rule that applies to `(user_id, endpoint)` under the rules in force:
-    /// what a metric can label a decision with. A guard, not an `Arc` clone: no shared
-    /// reference count is written.
-    #[inline]
-    pub fn rule_level(&self, user_id: &str, endpoint: &str) -> RuleLevel {
-        self.inner.rules.load().lookup(user_id, endpoint).0
     }
 
     /// The rules in force.

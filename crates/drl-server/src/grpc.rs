@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
@@ -287,26 +287,17 @@ impl<S: Store> GrpcApi<S> {
         }
         let mut probes = Vec::with_capacity(checks.len());
         for check in checks {
-            let started = Instant::now();
-            let probe = node
-                .limiter
-                .check_async(check.user_id, check.endpoint, 0)
-                .await
-                .inspect_err(|e| {
-                    if matches!(e, LimiterError::Store(_)) {
-                        node.metrics.store_error();
-                    }
-                })?;
+            let probe = node.check(check.user_id, check.endpoint, 0).await?;
             let needed = wanted[&(check.user_id, check.endpoint)];
             let passes = if needed == 0 {
-                probe.allowed
+                probe.decision.allowed
             } else {
-                u64::from(probe.remaining) >= needed
+                u64::from(probe.decision.remaining) >= needed
             };
-            probes.push((probe, passes, started.elapsed()));
+            probes.push((probe, passes));
         }
 
-        let decisions = if probes.iter().all(|&(_, passes, _)| passes) {
+        let decisions = if probes.iter().all(|&(_, passes)| passes) {
             let mut counted = Vec::with_capacity(checks.len());
             for check in checks {
                 let decision = node
@@ -320,13 +311,11 @@ impl<S: Store> GrpcApi<S> {
             // metrics as denied, since the request was.
             probes
                 .into_iter()
-                .zip(checks)
-                .map(|((probe, passes, took), check)| {
-                    let level = node.limiter.rule_level(check.user_id, check.endpoint);
-                    node.metrics.decision(false, level, took);
+                .map(|(probe, passes)| {
+                    node.metrics.decision(false, probe.level, probe.took);
                     Decision {
                         allowed: passes,
-                        ..probe
+                        ..probe.decision
                     }
                 })
                 .collect()

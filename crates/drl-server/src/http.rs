@@ -19,7 +19,7 @@
 //! limiter sees it, so nothing is counted.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -32,7 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use drl_core::limiter::LimiterError;
-use drl_core::{CheckError, Decision, Limiter, Store, StoreError};
+use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
@@ -105,28 +105,49 @@ impl<S: Store> AppState<S> {
         endpoint: &str,
         hits: u32,
     ) -> Result<Decision, LimiterError> {
+        let checked = self.check(user_id, endpoint, hits).await?;
+        self.metrics
+            .decision(checked.decision.allowed, checked.level, checked.took);
+        Ok(checked.decision)
+    }
+
+    /// The limiter's check with its rule level and duration, store failures counted, the
+    /// decision not yet: for callers that decide what to record (a probe with `hits = 0`).
+    pub async fn check(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u32,
+    ) -> Result<Checked, LimiterError> {
         let started = Instant::now();
-        let decision = self
+        let (level, decision) = self
             .limiter
-            .check_async(user_id, endpoint, hits)
+            .check_async_ruled(user_id, endpoint, hits)
             .await
             .inspect_err(|e| {
                 if matches!(e, LimiterError::Store(_)) {
                     self.metrics.store_error();
                 }
             })?;
-        let took = started.elapsed();
-        // A second rule lookup (a few ns) rather than a wider core API; under a concurrent reload
-        // it may name the new rule's level, which a metric can live with.
-        let level = self.limiter.rule_level(user_id, endpoint);
-        self.metrics.decision(decision.allowed, level, took);
-        Ok(decision)
+        Ok(Checked {
+            level,
+            decision,
+            took: started.elapsed(),
+        })
     }
 
     /// The version of the config in force (1 when it cannot be reloaded).
     fn config_version(&self) -> u64 {
         self.reloader.as_ref().map_or(1, |r| r.version())
     }
+}
+
+/// A decision with the level of the rule that made it and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub level: RuleLevel,
+    pub decision: Decision,
+    pub took: Duration,
 }
 
 impl<S: Store> From<Limiter<S>> for AppState<S> {
