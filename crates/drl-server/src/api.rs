@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 /// Largest `hits` of one check.
 pub const MAX_HITS: u32 = 1_000_000;
 
+/// A `hits` (or Envoy `hits_addend`) outside `0..=MAX_HITS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("hits {0} is out of range: it must be from 0 to {MAX_HITS}")]
+pub struct HitsOutOfRange(pub u64);
+
+/// `hits` as the limiter takes it: the one range check of every API.
+pub fn checked_hits(hits: u64) -> Result<u32, HitsOutOfRange> {
+    u32::try_from(hits)
+        .ok()
+        .filter(|&hits| hits <= MAX_HITS)
+        .ok_or(HitsOutOfRange(hits))
+}
+
 /// `POST /v1/check` request body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

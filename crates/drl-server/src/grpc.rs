@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::{CheckResponse, MAX_HITS};
+use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::http::AppState;
 
 pub use drl_proto::MAX_BATCH;
@@ -80,9 +80,9 @@ pub enum GrpcError {
          expected exactly the entries \"{USER_ID_KEY}\" and \"{ENDPOINT_KEY}\""
     )]
     UnsupportedDescriptor { index: usize },
-    /// `hits` (or `hits_addend`) above [`MAX_HITS`].
-    #[error("hits {0} is out of range: it must be from 0 to {MAX_HITS}")]
-    HitsOutOfRange(u64),
+    /// `hits` (or `hits_addend`) above [`MAX_HITS`](crate::api::MAX_HITS).
+    #[error(transparent)]
+    HitsOutOfRange(#[from] HitsOutOfRange),
     /// An identifier the limiter refuses (empty, or above 1 KiB).
     #[error(transparent)]
     Invalid(#[from] CheckError),
@@ -152,10 +152,7 @@ impl<S> Clone for GrpcApi<S> {
 
 /// `hits` as the limiter takes it, or the range error.
 fn hits(hits: u64) -> Result<u32, GrpcError> {
-    u32::try_from(hits)
-        .ok()
-        .filter(|&hits| hits <= MAX_HITS)
-        .ok_or(GrpcError::HitsOutOfRange(hits))
+    Ok(checked_hits(hits)?)
 }
 
 #[tonic::async_trait]

@@ -37,8 +37,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
 use crate::api::{
-    CheckRequest, CheckResponse, ConfigView, DiagnosticView, ErrorResponse, MAX_HITS,
-    ReloadResponse,
+    CheckRequest, CheckResponse, ConfigView, DiagnosticView, ErrorResponse, HitsOutOfRange,
+    ReloadResponse, checked_hits,
 };
 use crate::config::ConfigError;
 use crate::metrics::{self, Metrics};
@@ -247,8 +247,8 @@ pub enum ApiError {
     #[error("invalid request body: {0}")]
     Json(#[from] serde_json::Error),
     /// `hits` outside `0..=MAX_HITS`.
-    #[error("hits {0} is out of range: it must be from 0 to {MAX_HITS}")]
-    HitsOutOfRange(u64),
+    #[error(transparent)]
+    HitsOutOfRange(#[from] HitsOutOfRange),
     /// An identifier the limiter refuses (empty, or above 1 KiB).
     #[error(transparent)]
     Invalid(#[from] CheckError),
@@ -341,10 +341,7 @@ async fn check<S: Store>(
         return Err(ApiError::NotAnObject);
     }
     let request: CheckRequest = serde_json::from_slice(&body)?;
-    let hits = u32::try_from(request.hits)
-        .ok()
-        .filter(|&hits| hits <= MAX_HITS)
-        .ok_or(ApiError::HitsOutOfRange(request.hits))?;
+    let hits = checked_hits(request.hits)?;
     let decision = state
         .decide(&request.user_id, &request.endpoint, hits)
         .await?;
