@@ -28,6 +28,14 @@ pub struct Limit {
 impl Limit {
     /// Validates N and T.
     pub fn new(requests: u64, window: Duration) -> Result<Self, PolicyError> {
+        Ok(Self {
+            requests: Self::check_requests(requests)?,
+            window: Self::check_window(window)?,
+        })
+    }
+
+    /// Validates N alone (for a config loader that reports each value where it stands).
+    pub fn check_requests(requests: u64) -> Result<u32, PolicyError> {
         if !(u64::from(MIN_LIMIT)..=u64::from(MAX_LIMIT)).contains(&requests) {
             return Err(PolicyError::LimitOutOfRange {
                 value: requests,
@@ -35,6 +43,11 @@ impl Limit {
                 max: MAX_LIMIT,
             });
         }
+        Ok(requests as u32)
+    }
+
+    /// Validates T alone.
+    pub fn check_window(window: Duration) -> Result<Duration, PolicyError> {
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&window) {
             return Err(PolicyError::WindowOutOfRange {
                 value: format_duration(window),
@@ -42,10 +55,7 @@ impl Limit {
                 max: "366d",
             });
         }
-        Ok(Self {
-            requests: requests as u32,
-            window,
-        })
+        Ok(window)
     }
 
     /// N.

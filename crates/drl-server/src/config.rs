@@ -28,7 +28,6 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use drl_core::policy::{MIN_LIMIT, MIN_WINDOW};
 use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
@@ -452,16 +451,15 @@ impl Validator<'_> {
 
     /// A validated policy, each problem reported at its own value.
     fn policy(&mut self, raw: &PolicyFields<'_>) -> Option<Policy> {
-        let requests = self.whole_number(raw.limit, "limit").and_then(|n| {
-            // Checked against a window known to be valid, so the error is about the limit.
-            match Limit::new(n, MIN_WINDOW) {
-                Ok(_) => Some(n),
-                Err(e) => {
-                    self.error(raw.limit.referenced, e);
-                    None
-                }
-            }
-        });
+        let requests =
+            self.whole_number(raw.limit, "limit")
+                .and_then(|n| match Limit::check_requests(n) {
+                    Ok(_) => Some(n),
+                    Err(e) => {
+                        self.error(raw.limit.referenced, e);
+                        None
+                    }
+                });
         let window = self.window(raw.window);
         let algorithm = self.algorithm(raw);
         let limit = match Limit::new(requests?, window?) {
@@ -482,10 +480,7 @@ impl Validator<'_> {
     }
 
     fn window(&mut self, window: &Text) -> Option<Duration> {
-        let checked = drl_core::parse_duration(&window.value).and_then(|d| {
-            // Checked against a limit known to be valid, so the error is about the window.
-            Limit::new(u64::from(MIN_LIMIT), d).map(|_| d)
-        });
+        let checked = drl_core::parse_duration(&window.value).and_then(Limit::check_window);
         match checked {
             Ok(d) => Some(d),
             Err(e) => {
