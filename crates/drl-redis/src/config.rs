@@ -1,0 +1,85 @@
+//! The store's settings: `store.redis` of the config file (DESIGN.md §4).
+
+use std::time::Duration;
+
+/// How an admission is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Answer "allowed" only after `WAIT 1` on the key's master confirms that a replica holds
+    /// the admission; a shortfall or an error answers denied. Bounds what a failover can forget.
+    #[default]
+    Strict,
+    /// Answer as soon as the master has run the script (replication stays asynchronous).
+    Fast,
+}
+
+impl Consistency {
+    /// The config name's value: `strict` or `fast`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "strict" => Some(Self::Strict),
+            "fast" => Some(Self::Fast),
+            _ => None,
+        }
+    }
+}
+
+/// What a check answers while the store fails (error or timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Deny (fail closed).
+    #[default]
+    Deny,
+    /// Allow (fail open): admissions are not counted anywhere.
+    Allow,
+    /// Decide with an in-memory store of this node, with the same rules, until Redis answers
+    /// again. Each node then enforces the limits on its own share of the traffic.
+    Local,
+}
+
+impl OnError {
+    /// The config value: `deny`, `allow` or `local`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "deny" => Some(Self::Deny),
+            "allow" => Some(Self::Allow),
+            "local" => Some(Self::Local),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of a [`RedisStore`](crate::RedisStore).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port` URLs: the one instance, or seed nodes of a cluster.
+    pub urls: Vec<String>,
+    /// Redis Cluster (true) or a single instance (false).
+    pub cluster: bool,
+    pub consistency: Consistency,
+    pub on_error: OnError,
+    /// Bound on connecting and on every check's round trip (WAIT included); past it the check is
+    /// answered by `on_error`.
+    pub timeout: Duration,
+    /// Most denials held in the local deny cache.
+    pub deny_cache_capacity: usize,
+}
+
+/// Default store timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default deny-cache capacity.
+pub const DEFAULT_DENY_CACHE: usize = 65_536;
+
+impl RedisConfig {
+    /// Defaults for everything but the URLs: a single instance, strict, deny, 50 ms.
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            cluster: false,
+            consistency: Consistency::default(),
+            on_error: OnError::default(),
+            timeout: DEFAULT_TIMEOUT,
+            deny_cache_capacity: DEFAULT_DENY_CACHE,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Connections: one multiplexed connection to a single Redis, or redis-rs's cluster connection
+//! (one multiplexed connection per node, slot routing, MOVED/ASK and reconnection handled). Both
+//! are made lazily and remade after a failure, and every step is bounded by the store timeout:
+//! redis-rs's defaults (no response timeout, 1.28 s minimum retry wait for clusters) are
+//! replaced, and connecting is wrapped in a timeout as well (redis-rs#1953).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, Value};
+use tokio::sync::Mutex;
+
+use crate::error::ConfigError;
+
+/// A connected handle, cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl Conn {
+    /// One command, routed by its first key in a cluster.
+    pub(crate) async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// A pipeline sent to the master of `slot` (a single Redis ignores the slot). Errors of
+    /// single commands come back as [`Value::ServerError`].
+    pub(crate) async fn pipeline_on(
+        &mut self,
+        pipe: Pipeline,
+        slot: u16,
+        count: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Conn::Single(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                c.route_pipeline(pipe, 0, count, route).await
+            }
+        }
+    }
+}
+
+enum Target {
+    Single(Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// Makes and keeps the connection.
+pub(crate) struct Connector {
+    target: Target,
+    timeout: Duration,
+    current: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub(crate) fn new(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        if urls.is_empty() {
+            return Err(ConfigError::NoUrls);
+        }
+        if timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        let bad = |url: &String, e: RedisError| ConfigError::BadUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let target = if cluster {
+            for url in urls {
+                Client::open(url.as_str()).map_err(|e| bad(url, e))?;
+            }
+            let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(3)
+                .min_retry_wait(5)
+                .max_retry_wait(50)
+                .build()
+                .map_err(|e| bad(&urls[0], e))?;
+            Target::Cluster(Box::new(client))
+        } else {
+            if urls.len() > 1 {
+                return Err(ConfigError::TooManyUrls(urls.len()));
+            }
+            Target::Single(Client::open(urls[0].as_str()).map_err(|e| bad(&urls[0], e))?)
+        };
+        Ok(Self {
+            target,
+            timeout,
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The connection, connecting first if there is none (bounded by the timeout).
+    pub(crate) async fn get(&self) -> Result<Conn, RedisError> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            return Ok(conn.clone());
+        }
+        let timed_out = || RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let conn = match &self.target {
+            Target::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                let connect = client.get_multiplexed_async_connection_with_config(&config);
+                Conn::Single(
+                    tokio::time::timeout(self.timeout, connect)
+                        .await
+                        .map_err(|_| timed_out())??,
+                )
+            }
+            Target::Cluster(client) => Conn::Cluster(
+                tokio::time::timeout(self.timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| timed_out())??,
+            ),
+        };
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops a single instance's connection after an error that may have broken it, so the next
+    /// check reconnects. (The cluster connection repairs itself.)
+    pub(crate) async fn reset_after(&self, error: &RedisError) {
+        if matches!(self.target, Target::Single(_))
+            && (error.is_io_error() || error.is_connection_dropped() || error.is_timeout())
+        {
+            *self.current.lock().await = None;
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `drl-redis`: the Redis store. Any number of stateless `drl` nodes share one Redis or a Redis
+//! Cluster, which shards the counters over masters, replicates them and fails over.
+//!
+//! - [`scripts`]: one atomic Lua script per algorithm, on the Redis server clock.
+//! - [`keys`]: injective key names whose hash tag is a hash of the identity (DESIGN.md §5).
+//! - [`RedisStore`]: the [`drl_core::Store`]: timeouts, `consistency: strict` (WAIT, batched),
+//!   `on_error: deny | allow | local`, and the local deny cache.
+//! - [`RedisConfig`]: `store.redis` of the config.
+
+pub mod config;
+mod conn;
+mod deny_cache;
+pub mod error;
+pub mod keys;
+mod scripts;
+mod store;
+
+pub use config::{Consistency, OnError, RedisConfig};
+pub use error::ConfigError;
+pub use store::{RedisStats, RedisStore};

@@ -1,0 +1,65 @@
+-- Shared by every drl script (prepended to each). Redis Lua numbers are doubles: exact for
+-- integers below 2^53 ns (104 days), so absolute times (about 2^61 ns since the epoch) are kept
+-- as a pair (s, n) of whole seconds and nanoseconds, and arithmetic is done on differences
+-- measured from the current second `S0`, which are small.
+--
+-- Every script: KEYS[1] the counter; ARGV[1] '' (read the server clock, production) or a
+-- decimal time in ns (test vectors only); ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; then the
+-- algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never}.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+
+local E9 = 1000000000
+
+-- The time of this check as (s, n): the server clock unless a test time is given.
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then
+    local len = #arg
+    if len <= 9 then return 0, tonumber(arg) end
+    return tonumber(string.sub(arg, 1, len - 9)), tonumber(string.sub(arg, len - 8))
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]), tonumber(t[2]) * 1000
+end
+
+-- floor((s*1e9 + n) / m) and the remainder, exactly for m < 2^49 ns (6.5 days) by long
+-- division over the nine decimal digits of n; beyond, m must be whole seconds (every configured
+-- window is), and the remainder is exact below 2^53 ns.
+local function divmod(s, n, m)
+  if m >= 562949953421312 and m % E9 == 0 then
+    local ms = m / E9
+    local rs = math.fmod(s, ms)
+    return (s - rs) / ms, rs * E9 + n
+  end
+  local r = math.fmod(s, m)
+  local q = (s - r) / m
+  local p = 100000000
+  local d = n
+  for _ = 1, 9 do
+    local digit = math.floor(d / p)
+    d = d - digit * p
+    p = p / 10
+    r = r * 10 + digit
+    local k = math.floor(r / m)
+    local rest = r - k * m
+    if rest < 0 then k = k - 1; rest = rest + m elseif rest >= m then k = k + 1; rest = rest - m end
+    q = q * 10 + k
+    r = rest
+  end
+  return q, r
+end
+
+-- Sets the key to vanish `ns` from now (rounded up to ms, plus 1 ms), or deletes it at once.
+local function expire_in(key, ns)
+  if ns <= 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('PEXPIRE', key, math.ceil(ns / 1000000) + 1)
+  end
+end
+
+local function reply(allowed, remaining, reset_ns, retry_ns, never)
+  if remaining < 0 then remaining = 0 end
+  if reset_ns < 0 then reset_ns = 0 end
+  if retry_ns < 0 then retry_ns = 0 end
+  return {allowed and 1 or 0, remaining, reset_ns, retry_ns, never and 1 or 0}
+end

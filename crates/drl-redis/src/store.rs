@@ -1,0 +1,479 @@
+//! [`RedisStore`]: the [`Store`] over a single Redis or a Redis Cluster.
+//!
+//! A check goes: local deny cache → (slot marked failing? → `on_error`) → the algorithm's script
+//! on the key's master, bounded by the timeout → in strict mode, `WAIT 1` on that master's
+//! connection, batched → decision. Any error or timeout answers with the `on_error` policy and
+//! marks the key's slot as failing for a short back-off, during which checks of that slot are
+//! answered by the policy at once; the first check after the back-off tries the store again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
+use redis::{Cmd, RedisError, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Consistency, OnError, RedisConfig};
+use crate::conn::{Conn, Connector};
+use crate::deny_cache::DenyCache;
+use crate::error::ConfigError;
+use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
+use crate::scripts::{Reply, Scripts, parse_reply};
+
+/// How long a failing slot is answered by `on_error` before the store is tried again.
+const BACK_OFF: Duration = Duration::from_millis(100);
+/// Most script calls in one strict batch (one pipeline and one WAIT per slot in it).
+const MAX_BATCH: usize = 1_024;
+/// `retry_after` of a denial given because the store failed.
+const ERROR_RETRY: Duration = Duration::from_secs(1);
+
+/// Counters for the server's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Checks the store failed to answer (error or timeout).
+    pub errors: u64,
+    /// Checks answered by the `on_error` policy (after an error, or while a slot backs off).
+    pub fallbacks: u64,
+    /// Checks answered from the local deny cache.
+    pub deny_cache_hits: u64,
+    /// Strict admissions turned into denials because `WAIT` found no replica in time.
+    pub wait_shortfalls: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    errors: AtomicU64,
+    fallbacks: AtomicU64,
+    deny_cache_hits: AtomicU64,
+    wait_shortfalls: AtomicU64,
+}
+
+/// The Redis store. Cheap to share (`Arc` inside); all state that matters is in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connector: Connector,
+    scripts: Scripts,
+    consistency: Consistency,
+    on_error: OnError,
+    timeout: Duration,
+    cluster: bool,
+    deny_cache: DenyCache,
+    /// Per slot: local time (ns since `started`) until which the slot is answered by `on_error`.
+    failing: Box<[AtomicU64]>,
+    /// The fallback for `on_error: local`.
+    local: MemoryStore,
+    counters: Counters,
+    started: Instant,
+    strict: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+/// Why a check got no decision from Redis.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Redis(RedisError),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Reply(String),
+}
+
+impl RedisStore {
+    /// A store for `config`. Connects lazily: the first check connects (bounded by the
+    /// timeout), so a node starts even while Redis is down and answers by `on_error` meanwhile.
+    pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
+        let connector = Connector::new(&config.urls, config.cluster, config.timeout)?;
+        let slots = if config.cluster {
+            usize::from(SLOTS)
+        } else {
+            1
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                connector,
+                scripts: Scripts::new(),
+                consistency: config.consistency,
+                on_error: config.on_error,
+                timeout: config.timeout,
+                cluster: config.cluster,
+                deny_cache: DenyCache::new(config.deny_cache_capacity),
+                failing: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+                local: MemoryStore::new(),
+                counters: Counters::default(),
+                started: Instant::now(),
+                strict: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// The counters since the store was made.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        RedisStats {
+            errors: c.errors.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            deny_cache_hits: c.deny_cache_hits.load(Ordering::Relaxed),
+            wait_shortfalls: c.wait_shortfalls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Connects and loads the scripts now (a readiness probe; checks do both lazily).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let work = async {
+            let mut conn = inner.connector.get().await?;
+            for script in inner.scripts.all() {
+                match &mut conn {
+                    Conn::Single(c) => script.load_async(c).await?,
+                    Conn::Cluster(c) => script.load_async(c).await?,
+                };
+            }
+            Ok::<(), RedisError>(())
+        };
+        match tokio::time::timeout(inner.timeout, work).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(inner.timeout)),
+        }
+    }
+
+    /// Runs the script for the counter whose [`CounterKey::encode`](drl_core::CounterKey::encode)
+    /// is `identity` at a fixed time instead of the server clock, with no cache, no WAIT and no
+    /// fallback. **For the shared test vectors only**: production checks read `TIME`.
+    #[doc(hidden)]
+    pub async fn check_at_test_time(
+        &self,
+        identity: &[u8],
+        policy: &Policy,
+        hits: u32,
+        now_ns: u64,
+    ) -> Result<Decision, StoreError> {
+        let key = key_for(identity, identity, policy.algorithm());
+        let cmd = self
+            .inner
+            .scripts
+            .call(&key.name, policy, hits, Some(now_ns));
+        let unavailable = |e: RedisError| StoreError::Unavailable(e.to_string());
+        let mut conn = self.inner.connector.get().await.map_err(unavailable)?;
+        let value = self
+            .inner
+            .eval(&mut conn, &cmd)
+            .await
+            .map_err(unavailable)?;
+        parse_reply(&value, policy.requests())
+            .map(|r| r.decision)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn decide(&self, request: StoreRequest<'_>) -> Decision {
+        let inner = &self.inner;
+        let key = redis_key(&request.key, request.policy.algorithm());
+        let limit = request.policy.requests();
+        let slot = if inner.cluster {
+            usize::from(key.slot)
+        } else {
+            0
+        };
+        if request.hits <= 1
+            && let Some(denial) =
+                inner
+                    .deny_cache
+                    .lookup(&key.name, request.rules_epoch, inner.now(), limit)
+        {
+            inner
+                .counters
+                .deny_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return denial;
+        }
+        if inner.now() < inner.failing[slot].load(Ordering::Relaxed) {
+            return inner.fallback(&request);
+        }
+        let outcome = match tokio::time::timeout(inner.timeout, self.run(&key, &request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout),
+        };
+        match outcome {
+            Ok(reply) => {
+                if !reply.decision.allowed && request.hits <= 1 && !reply.never {
+                    inner.deny_cache.insert(
+                        &key.name,
+                        request.rules_epoch,
+                        inner.now(),
+                        &reply.decision,
+                    );
+                }
+                reply.decision
+            }
+            Err(failure) => {
+                inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %failure, "redis store check failed");
+                if let Failure::Redis(e) = &failure {
+                    inner.connector.reset_after(e).await;
+                }
+                let until = inner.now() + BACK_OFF.as_nanos() as u64;
+                inner.failing[slot].fetch_max(until, Ordering::Relaxed);
+                inner.fallback(&request)
+            }
+        }
+    }
+
+    async fn run(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Result<Reply, Failure> {
+        let inner = &self.inner;
+        let cmd = inner.script_cmd(key, request);
+        let limit = request.policy.requests();
+        match inner.consistency {
+            Consistency::Fast => {
+                let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
+                let value = inner.eval(&mut conn, &cmd).await.map_err(Failure::Redis)?;
+                parse_reply(&value, limit).map_err(|e| Failure::Reply(e.0))
+            }
+            Consistency::Strict => {
+                let (tx, rx) = oneshot::channel();
+                let job = Job {
+                    slot: if inner.cluster { key.slot } else { 0 },
+                    cmd,
+                    reply: tx,
+                };
+                self.strict_sender()
+                    .send(job)
+                    .map_err(|_| Failure::Reply("strict batcher stopped".into()))?;
+                let (value, replicated) = rx
+                    .await
+                    .map_err(|_| Failure::Reply("strict batch dropped".into()))??;
+                let mut reply = parse_reply(&value, limit).map_err(|e| Failure::Reply(e.0))?;
+                if reply.decision.allowed && !replicated {
+                    // Counted on the master but not confirmed on a replica: a failover could
+                    // forget it, so it is not admitted (the count stays: a safe over-count).
+                    inner
+                        .counters
+                        .wait_shortfalls
+                        .fetch_add(1, Ordering::Relaxed);
+                    reply.decision.allowed = false;
+                    reply.decision.remaining = 0;
+                    reply.decision.retry_after = inner.timeout;
+                    reply.never = true; // not a denial to cache
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// The strict batcher's queue, started on first use (inside the runtime).
+    fn strict_sender(&self) -> &mpsc::UnboundedSender<Job> {
+        self.inner.strict.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(strict_batcher(Arc::downgrade(&self.inner), rx));
+            tx
+        })
+    }
+}
+
+impl Inner {
+    /// Local monotonic time in ns since the store was made.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn script_cmd(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Cmd {
+        self.scripts
+            .call(&key.name, request.policy, request.hits, None)
+    }
+
+    /// EVALSHA, loading the script and retrying once on NOSCRIPT.
+    async fn eval(&self, conn: &mut Conn, cmd: &Cmd) -> Result<Value, RedisError> {
+        match conn.query(cmd).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts(conn).await?;
+                conn.query(cmd).await
+            }
+            other => other,
+        }
+    }
+
+    /// SCRIPT LOAD of every script (to every node of a cluster).
+    async fn load_scripts(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        for script in self.scripts.all() {
+            match conn {
+                Conn::Single(c) => script.load_async(c).await?,
+                Conn::Cluster(c) => script.load_async(c).await?,
+            };
+        }
+        Ok(())
+    }
+
+    /// The `on_error` answer.
+    fn fallback(&self, request: &StoreRequest<'_>) -> Decision {
+        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let limit = request.policy.requests();
+        match self.on_error {
+            OnError::Deny => Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_after: ERROR_RETRY,
+                retry_after: ERROR_RETRY,
+            },
+            OnError::Allow => Decision {
+                allowed: true,
+                limit,
+                remaining: limit.saturating_sub(request.hits),
+                reset_after: Duration::ZERO,
+                retry_after: Duration::ZERO,
+            },
+            OnError::Local => self.local.check_now(request),
+        }
+    }
+}
+
+/// One strict script call waiting for its batch.
+struct Job {
+    slot: u16,
+    cmd: Cmd,
+    /// The script's reply and whether `WAIT` confirmed a replica.
+    reply: oneshot::Sender<Result<(Value, bool), Failure>>,
+}
+
+/// Group commit: takes every queued strict call, sends per slot one pipeline `EVALSHA…; WAIT 1
+/// t` pinned to the slot's master (WAIT covers every earlier write on that connection), and
+/// answers the batch when its WAITs return. Calls that arrive meanwhile form the next batch, so
+/// under load one WAIT covers many admissions.
+async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(job) = rx.try_recv()
+        {
+            batch.push(job);
+        }
+        let Some(inner) = store.upgrade() else { return };
+        let mut groups: std::collections::HashMap<u16, Vec<Job>> = Default::default();
+        for job in batch {
+            groups.entry(job.slot).or_default().push(job);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (slot, jobs) in groups {
+            let inner = Arc::clone(&inner);
+            tasks.spawn(async move { run_group(&inner, slot, jobs).await });
+        }
+        drop(inner);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn run_group(inner: &Inner, slot: u16, jobs: Vec<Job>) {
+    let work = async {
+        let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
+        let mut values = send_with_wait(inner, &mut conn, slot, &jobs).await?;
+        // A promoted or restarted master has an empty script cache: load and rerun those calls
+        // (a NOSCRIPT call ran nothing, so rerunning cannot count twice).
+        let missing: Vec<usize> = (0..jobs.len())
+            .filter(|&i| is_noscript(&values.0[i]))
+            .collect();
+        if !missing.is_empty() {
+            inner
+                .load_scripts(&mut conn)
+                .await
+                .map_err(Failure::Redis)?;
+            let again: Vec<&Job> = missing.iter().map(|&i| &jobs[i]).collect();
+            let rerun = send_with_wait(inner, &mut conn, slot, &again).await?;
+            for (k, &i) in missing.iter().enumerate() {
+                values.0[i] = rerun.0[k].clone();
+            }
+            values.1 &= rerun.1;
+        }
+        Ok::<_, Failure>(values)
+    };
+    match tokio::time::timeout(inner.timeout, work).await {
+        Ok(Ok((values, replicated))) => {
+            for (job, value) in jobs.into_iter().zip(values) {
+                let answer = match value {
+                    Value::ServerError(e) => Err(Failure::Reply(format!("{e:?}"))),
+                    value => Ok((value, replicated)),
+                };
+                let _ = job.reply.send(answer);
+            }
+        }
+        Ok(Err(failure)) => {
+            let message = failure.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(Failure::Reply(message.clone())));
+            }
+        }
+        Err(_) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(Failure::Timeout));
+            }
+        }
+    }
+}
+
+trait AsJob {
+    fn cmd(&self) -> &Cmd;
+}
+impl AsJob for Job {
+    fn cmd(&self) -> &Cmd {
+        &self.cmd
+    }
+}
+impl AsJob for &Job {
+    fn cmd(&self) -> &Cmd {
+        &self.cmd
+    }
+}
+
+/// One pipeline of the jobs' scripts and a trailing `WAIT 1 t`: the scripts' replies, and
+/// whether a replica acknowledged them.
+async fn send_with_wait<J: AsJob>(
+    inner: &Inner,
+    conn: &mut Conn,
+    slot: u16,
+    jobs: &[J],
+) -> Result<(Vec<Value>, bool), Failure> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for job in jobs {
+        pipe.add_command(job.cmd().clone());
+    }
+    // WAIT gets most of the budget; its own timeout keeps it from outliving the check.
+    let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
+    pipe.cmd("WAIT").arg(1).arg(wait_ms);
+    let mut values = conn
+        .pipeline_on(pipe, slot, jobs.len() + 1)
+        .await
+        .map_err(Failure::Redis)?;
+    let replicated = matches!(values.pop(), Some(Value::Int(n)) if n >= 1);
+    if values.len() != jobs.len() {
+        return Err(Failure::Reply(format!(
+            "{} replies for {} calls",
+            values.len(),
+            jobs.len()
+        )));
+    }
+    Ok((values, replicated))
+}
+
+fn is_noscript(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+impl Store for RedisStore {
+    async fn check(&self, request: StoreRequest<'_>) -> Result<Decision, StoreError> {
+        Ok(self.decide(request).await)
+    }
+
+    fn rules_epoch(&self) -> u64 {
+        self.inner.deny_cache.epoch()
+    }
+
+    fn rules_changed(&self) {
+        self.inner.deny_cache.clear();
+        self.inner.local.rules_changed();
+    }
+}
