@@ -26,6 +26,17 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import prometheus_client'
     || echo "warning: could not install prometheus_client; the metrics test uses its own line check only" >&2
 fi
 
+# The Redis store's tests start real redis-server processes (single instances and clusters).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+  else
+    echo "redis-server and redis-cli are needed for the drl-redis tests; install them" >&2
+    exit 1
+  fi
+fi
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
