@@ -211,15 +211,7 @@ async fn repeated_denials_are_answered_from_the_deny_cache() {
                 .allowed
         );
     }
-    let calls = |r: &Redis| -> u64 {
-        r.cli(&["INFO", "commandstats"])
-            .lines()
-            .find(|l| l.starts_with("cmdstat_evalsha:"))
-            .and_then(|l| l.split("calls=").nth(1))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let calls = |r: &Redis| support::command_calls(r, "evalsha");
     let before = calls(&redis);
     for _ in 0..50 {
         let d = node.check_async("abuser", "/e", 1).await.expect("check");

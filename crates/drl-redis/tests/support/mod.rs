@@ -278,3 +278,16 @@ pub fn worst_window(mut admissions: Vec<(Instant, Instant)>, window: Duration) -
     }
     worst
 }
+
+/// How many times `command` ran on `redis` (INFO commandstats).
+pub fn command_calls(redis: &Redis, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
