@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, Value};
 use tokio::sync::Mutex;
 
@@ -37,6 +37,20 @@ impl Conn {
         match self {
             Conn::Single(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// PING the master of `slot` (the one instance, in single mode).
+    pub(crate) async fn ping(&mut self, slot: u16) -> Result<(), RedisError> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Single(c) => ping.query_async::<()>(c).await,
+            Conn::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                c.route_command(ping, RoutingInfo::SingleNode(route))
+                    .await
+                    .map(drop)
+            }
         }
     }
 

@@ -17,4 +17,4 @@ mod store;
 
 pub use config::{Consistency, OnError, RedisConfig};
 pub use error::ConfigError;
-pub use store::{RedisStats, RedisStore};
+pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore};

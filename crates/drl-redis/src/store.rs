@@ -3,11 +3,14 @@
 //! A check goes: local deny cache → (slot marked failing? → `on_error`) → the algorithm's script
 //! on the key's master, bounded by the timeout → in strict mode, `WAIT 1` on that master's
 //! connection, batched → decision. Any error or timeout answers with the `on_error` policy and
-//! marks the key's slot as failing for a short back-off, during which checks of that slot are
-//! answered by the policy at once; the first check after the back-off tries the store again.
+//! marks the key's slot as failing: checks of that slot are then answered by the policy at once,
+//! with no round trip, while a background prober PINGs the slot's master every
+//! [`PROBE_EVERY`] and clears the mark when it answers. As a safety net a mark also lapses after
+//! [`MAX_DOWN`], so a check tries the store itself even if probing cannot get through.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
@@ -21,8 +24,12 @@ use crate::error::ConfigError;
 use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
 use crate::scripts::{Reply, Scripts, parse_reply};
 
-/// How long a failing slot is answered by `on_error` before the store is tried again.
-const BACK_OFF: Duration = Duration::from_millis(100);
+/// How often the background prober tries the masters of failing slots.
+pub const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Longest a slot is answered by `on_error` without a check trying the store itself.
+pub const MAX_DOWN: Duration = Duration::from_secs(1);
+/// Most failing slots probed per round (a dead master fails many; the hot ones come first).
+const PROBES_PER_ROUND: usize = 64;
 /// Most script calls in one strict batch (one pipeline and one WAIT per slot in it).
 const MAX_BATCH: usize = 1_024;
 /// `retry_after` of a denial given because the store failed.
@@ -64,8 +71,13 @@ struct Inner {
     timeout: Duration,
     cluster: bool,
     deny_cache: DenyCache,
-    /// Per slot: local time (ns since `started`) until which the slot is answered by `on_error`.
+    /// Per slot: 0 when healthy, else the local time (ns since `started`, at least 1) at which
+    /// the slot was last seen failing.
     failing: Box<[AtomicU64]>,
+    /// Failing slots, for the prober.
+    down: Mutex<HashSet<u16>>,
+    /// A prober task is running.
+    probing: AtomicBool,
     /// The fallback for `on_error: local`.
     local: MemoryStore,
     counters: Counters,
@@ -104,6 +116,8 @@ impl RedisStore {
                 cluster: config.cluster,
                 deny_cache: DenyCache::new(config.deny_cache_capacity),
                 failing: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+                down: Mutex::new(HashSet::new()),
+                probing: AtomicBool::new(false),
                 local: MemoryStore::new(),
                 counters: Counters::default(),
                 started: Instant::now(),
@@ -192,7 +206,8 @@ impl RedisStore {
                 .fetch_add(1, Ordering::Relaxed);
             return denial;
         }
-        if inner.now() < inner.failing[slot].load(Ordering::Relaxed) {
+        let since = inner.failing[slot].load(Ordering::Relaxed);
+        if since != 0 && inner.now().saturating_sub(since) < MAX_DOWN.as_nanos() as u64 {
             return inner.fallback(&request);
         }
         let outcome = match tokio::time::timeout(inner.timeout, self.run(&key, &request)).await {
@@ -217,8 +232,7 @@ impl RedisStore {
                 if let Failure::Redis(e) = &failure {
                     inner.connector.reset_after(e).await;
                 }
-                let until = inner.now() + BACK_OFF.as_nanos() as u64;
-                inner.failing[slot].fetch_max(until, Ordering::Relaxed);
+                self.mark_failing(slot);
                 inner.fallback(&request)
             }
         }
@@ -262,6 +276,16 @@ impl RedisStore {
                 }
                 Ok(reply)
             }
+        }
+    }
+
+    /// Marks `slot` as failing and makes sure a prober is running.
+    fn mark_failing(&self, slot: usize) {
+        let inner = &self.inner;
+        inner.failing[slot].store(inner.now().max(1), Ordering::Relaxed);
+        lock(&inner.down).insert(slot as u16);
+        if !inner.probing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(prober(Arc::downgrade(&self.inner)));
         }
     }
 
@@ -328,6 +352,45 @@ impl Inner {
                 retry_after: Duration::ZERO,
             },
             OnError::Local => self.local.check_now(request),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Retries failing slots in the background: PINGs each one's master (the one instance, in
+/// single mode) every [`PROBE_EVERY`], bounded by the timeout, and clears the slots that answer.
+/// Stops when no slot is failing, or when the store is dropped.
+async fn prober(store: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(inner) = store.upgrade() else { return };
+        let slots: Vec<u16> = lock(&inner.down)
+            .iter()
+            .copied()
+            .take(PROBES_PER_ROUND)
+            .collect();
+        if slots.is_empty() {
+            inner.probing.store(false, Ordering::SeqCst);
+            // A slot marked in between found `probing` still set; take the job back.
+            if lock(&inner.down).is_empty() || inner.probing.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        }
+        for slot in slots {
+            let ping = async {
+                let mut conn = inner.connector.get().await?;
+                conn.ping(slot).await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(inner.timeout, ping).await {
+                inner.failing[usize::from(slot)].store(0, Ordering::Relaxed);
+                lock(&inner.down).remove(&slot);
+            }
         }
     }
 }
