@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use drl_core::algorithm::{LimitState, SlidingWindow, TokenBucket};
-use drl_core::key::{CounterKey, Fingerprinter, RuleLevel, validate_id};
+use drl_core::key::{CounterKey, Fingerprinter, validate_id};
 use drl_core::store::memory::FingerprintHash;
 use drl_core::{Algorithm, Clock, MemoryStore, Policy, Rules, StoreRequest, SystemClock};
 
@@ -59,7 +59,10 @@ fn per_call(c: &mut Criterion) {
     g.bench_function("rules_load_and_lookup", |b| {
         b.iter(|| {
             let rules = rules.load();
-            rules.lookup(black_box(user), black_box(endpoint)).0
+            rules
+                .lookup(black_box(user), black_box(endpoint))
+                .id()
+                .len()
         })
     });
 
@@ -71,11 +74,13 @@ fn per_call(c: &mut Criterion) {
     });
 
     let fingerprints = Fingerprinter::new();
+    let values = [user, endpoint];
+    let builtin = Rules::builtin();
     let key = CounterKey {
         domain: "drl",
-        level: RuleLevel::Default,
-        user_id: user,
-        endpoint,
+        rule: builtin.lookup(user, endpoint).id(),
+        limit: 0,
+        values: &values,
     };
     g.bench_function("hash/drl_fingerprint_siphash13_128", |b| {
         b.iter(|| fingerprints.fingerprint(black_box(&key)))
@@ -134,9 +139,9 @@ fn on_100k_keys(c: &mut Criterion) {
     let request = |user: &'static str, now_ns| StoreRequest {
         key: CounterKey {
             domain: "drl",
-            level: RuleLevel::Default,
-            user_id: user,
-            endpoint,
+            rule: b"default",
+            limit: 0,
+            values: Box::leak(Box::new([user, endpoint])),
         },
         policy: &sliding,
         hits: 1,

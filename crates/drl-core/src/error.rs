@@ -46,6 +46,22 @@ pub enum RuleError {
     /// Two rules with the same selector.
     #[error("duplicate rule for {selector}")]
     Duplicate { selector: String },
+    /// A rule with no limit, or more than a rule may have.
+    #[error("rule {selector}: {count} limits; a rule has from 1 to {max}")]
+    LimitCount {
+        selector: String,
+        count: usize,
+        max: usize,
+    },
+    /// A descriptor domain without a name.
+    #[error("a descriptor domain needs a non-empty name")]
+    EmptyDomain,
+    /// A descriptor domain defined twice, or named like the native domain.
+    #[error("domain {domain:?} is defined twice (or is the built-in domain of the native API)")]
+    DuplicateDomain { domain: String },
+    /// A descriptor rule that makes no sense as given.
+    #[error("rule {selector}: {reason}")]
+    Invalid { selector: String, reason: String },
     /// A rule's user_id or endpoint fails the identifier checks.
     #[error("rule {selector}: {source}")]
     Identifier {
@@ -66,6 +82,22 @@ pub enum CheckError {
     TooLong {
         field: &'static str,
         len: usize,
+        max: usize,
+    },
+    /// A domain with no rules configured.
+    #[error("unknown domain {domain:?}")]
+    UnknownDomain { domain: String },
+    /// A request with no descriptors.
+    #[error("the request has no descriptors")]
+    NoDescriptors,
+    /// A descriptor with no entries.
+    #[error("descriptor {index} has no entries")]
+    EmptyDescriptor { index: usize },
+    /// More descriptors, or entries in one, than allowed.
+    #[error("{what}: {count}; the maximum is {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
         max: usize,
     },
 }

@@ -1,10 +1,20 @@
-//! The identity of a counter (DESIGN.md §5): (domain, rule level, user_id, endpoint).
+//! The identity of a counter (DESIGN.md §5): (domain, rule, limit, values).
 //!
-//! Identities are encoded **injectively**: every field is written as its byte length followed by
-//! its bytes, so no choice of characters (`:`, `{`, newlines, empty strings, unicode) can make two
+//! - `domain`: the built-in domain of the native API, or the Envoy request's `domain`;
+//! - `rule`: the identity of the rule that matched (its path in the rule tree, see
+//!   [`Rules`](crate::Rules)), so a counter survives a change of its rule's limit but not the
+//!   appearance of a more specific rule;
+//! - `limit`: which of the rule's limits (a rule may have several, e.g. 10/s and 10 000/day);
+//! - `values`: the request's values at each level of the rule (user_id and endpoint for the native
+//!   API), or the wildcard pattern at a level whose counter is shared.
+//!
+//! Identities are encoded **injectively**: every variable-length field is written after its byte
+//! length, so no choice of characters (`:`, `{`, newlines, empty strings, unicode) can make two
 //! different identities encode alike. Stores use the encoding, or a keyed fingerprint of it:
 //!
-//! - [`CounterKey::encode`] gives the canonical bytes (the Redis store builds key names from them);
+//! - [`CounterKey::encode`] gives the canonical bytes (the Redis store builds key names from them),
+//!   and [`CounterKey::group`] the same without the limit index: every limit of one descriptor
+//!   shares it, so a store can keep them together (one Redis slot, one atomic script);
 //! - [`Fingerprinter`] hashes the same bytes with SipHash-1-3 under a per-process random 128-bit
 //!   key into a 128-bit map key for the memory store. Without the key an attacker cannot aim for
 //!   collisions; by chance, two of 10⁹ live keys collide with probability about 10⁻²¹. And a
@@ -14,71 +24,68 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::error::CheckError;
 
-/// Largest user_id or endpoint, in bytes.
+/// Largest user_id, endpoint or descriptor value, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
-/// How specific the rule that set a counter's limit is. Part of the counter's identity, so a
-/// counter survives a change of its rule's limit but not the appearance of a more specific rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RuleLevel {
-    /// The default rule.
-    Default = 0,
-    /// A rule for one endpoint, any user.
-    Endpoint = 1,
-    /// A rule for one user, any endpoint.
-    User = 2,
-    /// A rule for one (user, endpoint) pair.
-    Pair = 3,
-}
-
-impl RuleLevel {
-    /// Name used in keys, logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::Endpoint => "endpoint",
-            Self::User => "user",
-            Self::Pair => "pair",
-        }
-    }
-}
+/// Version byte of a counter's encoding.
+const KEY_VERSION: u64 = 2;
+/// Version byte of a group's encoding (distinct, so a group never encodes like a counter).
+const GROUP_VERSION: u64 = 3;
 
 /// The identity of one counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CounterKey<'a> {
     /// Namespace: the built-in domain for the native API, the Envoy `domain` otherwise.
     pub domain: &'a str,
-    /// The level of the rule in force.
-    pub level: RuleLevel,
-    pub user_id: &'a str,
-    pub endpoint: &'a str,
+    /// The matched rule's identity ([`Target::id`](crate::rules::Target::id)).
+    pub rule: &'a [u8],
+    /// Which of the rule's limits this counter enforces.
+    pub limit: u16,
+    /// The request's value at each level of the rule.
+    pub values: &'a [&'a str],
 }
 
 impl CounterKey<'_> {
-    /// The canonical injective encoding: a 16-byte header (version 1, the level, two zero bytes,
-    /// then the byte lengths of domain, user_id and endpoint as little-endian `u32`s) followed by
-    /// the three fields' bytes. The lengths fix where each field ends, so no two identities
-    /// share an encoding.
+    /// The canonical injective encoding: a 16-byte header (version 2, the limit index, the
+    /// number of values, the byte lengths of domain and rule, all little-endian), the domain
+    /// and rule bytes, then each value as a little-endian `u32` length and its bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let (head, tail) = self.header();
-        let mut out =
-            Vec::with_capacity(16 + self.domain.len() + self.user_id.len() + self.endpoint.len());
+        self.encode_as(KEY_VERSION, self.limit)
+    }
+
+    /// The encoding of the counter's group: every limit of one rule and one set of values (the
+    /// limit index left out). Injective over (domain, rule, values), and never equal to a
+    /// counter's encoding.
+    pub fn group(&self) -> Vec<u8> {
+        self.encode_as(GROUP_VERSION, 0)
+    }
+
+    fn encode_as(&self, version: u64, limit: u16) -> Vec<u8> {
+        let (head, tail) = self.header(version, limit);
+        let values: usize = self.values.iter().map(|v| 4 + v.len()).sum();
+        let mut out = Vec::with_capacity(16 + self.domain.len() + self.rule.len() + values);
         out.extend_from_slice(&head.to_le_bytes());
         out.extend_from_slice(&tail.to_le_bytes());
-        for field in [self.domain, self.user_id, self.endpoint] {
-            out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(self.domain.as_bytes());
+        out.extend_from_slice(self.rule);
+        for value in self.values {
+            out.extend_from_slice(&len32(value.as_bytes()).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
         }
         out
     }
 
-    /// The header as two little-endian words. Fields are at most 4 GiB (ids are checked to
-    /// 1 KiB long before they get here; the cast only matters for a domain that large).
-    fn header(&self) -> (u64, u64) {
-        let len = |s: &str| s.len() as u32;
-        let head = 1 | (u64::from(self.level as u8) << 8) | (u64::from(len(self.domain)) << 32);
-        let tail = u64::from(len(self.user_id)) | (u64::from(len(self.endpoint)) << 32);
+    /// The header as two little-endian words. Fields are at most 4 GiB (values are checked to
+    /// 1 KiB before they get here; the casts only matter for a domain or rule that large).
+    fn header(&self, version: u64, limit: u16) -> (u64, u64) {
+        let head = version | (u64::from(limit) << 8) | ((self.values.len() as u64) << 32);
+        let tail = u64::from(len32(self.domain.as_bytes())) | (u64::from(len32(self.rule)) << 32);
         (head, tail)
     }
+}
+
+fn len32(bytes: &[u8]) -> u32 {
+    bytes.len() as u32
 }
 
 /// Checks one identifier of a request: non-empty and at most [`MAX_ID_LEN`] bytes.
@@ -133,12 +140,15 @@ impl Fingerprinter {
     #[inline]
     pub fn fingerprint(&self, key: &CounterKey<'_>) -> u128 {
         let mut sip = SipHash13::new(self.k0, self.k1);
-        let (head, tail) = key.header();
+        let (head, tail) = key.header(KEY_VERSION, key.limit);
         sip.word(head);
         sip.word(tail);
         sip.absorb(key.domain.as_bytes());
-        sip.absorb(key.user_id.as_bytes());
-        sip.absorb(key.endpoint.as_bytes());
+        sip.absorb(key.rule);
+        for value in key.values {
+            sip.absorb(&len32(value.as_bytes()).to_le_bytes());
+            sip.absorb(value.as_bytes());
+        }
         sip.finish128()
     }
 }
@@ -261,23 +271,24 @@ fn siphash13_128(k0: u64, k1: u64, input: &[u8]) -> u128 {
 mod tests {
     use super::*;
 
-    fn key<'a>(user_id: &'a str, endpoint: &'a str) -> CounterKey<'a> {
+    fn key<'a>(values: &'a [&'a str]) -> CounterKey<'a> {
         CounterKey {
             domain: "drl",
-            level: RuleLevel::Default,
-            user_id,
-            endpoint,
+            rule: b"rule",
+            limit: 0,
+            values,
         }
     }
 
     #[test]
     fn separators_in_fields_cannot_collide() {
-        let a = key("a:b", "c");
-        let b = key("a", "b:c");
+        let a = key(&["a:b", "c"]);
+        let b = key(&["a", "b:c"]);
         assert_ne!(a.encode(), b.encode());
         let f = Fingerprinter::with_key(1, 2);
         assert_ne!(f.fingerprint(&a), f.fingerprint(&b));
-        assert_ne!(key("", "ab").encode(), key("a", "b").encode());
+        assert_ne!(key(&["", "ab"]).encode(), key(&["a", "b"]).encode());
+        assert_ne!(key(&["ab"]).encode(), key(&["a", "b"]).encode());
     }
 
     #[test]
@@ -305,7 +316,8 @@ mod tests {
             .flat_map(|a| (0..24).map(move |b| (a, b)))
             .chain([(900, 17)])
         {
-            let k = key(&text[..a], &text[..b]);
+            let values = [&text[..a], &text[..b]];
+            let k = key(&values);
             assert_eq!(
                 f.fingerprint(&k),
                 siphash13_128(3, 4, &k.encode()),
@@ -315,11 +327,20 @@ mod tests {
     }
 
     #[test]
-    fn level_is_part_of_the_identity() {
-        let mut a = key("u", "e");
-        let b = a;
-        a.level = RuleLevel::Pair;
+    fn rule_and_limit_are_part_of_the_identity() {
+        let values = ["u", "e"];
+        let a = key(&values);
+        let b = CounterKey { limit: 1, ..a };
+        let c = CounterKey {
+            rule: b"other",
+            ..a
+        };
         assert_ne!(a.encode(), b.encode());
+        assert_ne!(a.encode(), c.encode());
+        // Limits of one rule share a group; rules do not.
+        assert_eq!(a.group(), b.group());
+        assert_ne!(a.group(), c.group());
+        assert_ne!(a.group(), a.encode());
     }
 
     #[test]

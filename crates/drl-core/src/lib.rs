@@ -26,8 +26,10 @@ pub use algorithm::Algorithm;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::Decision;
 pub use error::{CheckError, PolicyError, RuleError};
-pub use key::{CounterKey, RuleLevel};
-pub use limiter::{Limiter, LimiterBuilder, LimiterError};
+pub use key::CounterKey;
+pub use limiter::{
+    Descriptor, DescriptorStatus, Limiter, LimiterBuilder, LimiterError, Outcome, Verdict,
+};
 pub use policy::{Limit, Policy, parse_duration};
-pub use rules::{Rule, Rules};
+pub use rules::{Action, DescriptorRule, DomainRules, Entry, Rule, RuleLevel, Rules, Target};
 pub use store::{MemoryStore, Store, StoreError, StoreRequest};

@@ -23,8 +23,9 @@ use thiserror::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
-use crate::key::{CounterKey, RuleLevel, validate_id};
-use crate::rules::Rules;
+use crate::key::{CounterKey, MAX_ID_LEN, validate_id};
+use crate::policy::Policy;
+use crate::rules::{Action, Entry, RuleLevel, Rules, Target};
 use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
 
 /// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
@@ -196,8 +197,13 @@ impl Limiter<MemoryStore> {
     pub fn check_and_increment(&self, user_id: &str, endpoint: &str) -> bool {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            self.request(rules, rules_epoch, user_id, endpoint, 1)
-                .is_ok_and(|request| self.inner.store.admit_now(&request))
+            let Ok((target, values)) = native(rules, user_id, endpoint) else {
+                return false;
+            };
+            match self.single(target, &values, 1, rules_epoch) {
+                Some(request) => self.inner.store.admit_now(&request),
+                None => self.decide_now(target, &values, 1, rules_epoch).allowed,
+            }
         })
     }
 
@@ -207,9 +213,24 @@ impl Limiter<MemoryStore> {
     pub fn check(&self, user_id: &str, endpoint: &str, hits: u32) -> Result<Decision, CheckError> {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            let request = self.request(rules, rules_epoch, user_id, endpoint, hits)?;
-            Ok(self.inner.store.check_now(&request))
+            let (target, values) = native(rules, user_id, endpoint)?;
+            Ok(self.decide_now(target, &values, hits, rules_epoch))
         })
+    }
+
+    /// Decides a target synchronously on the memory store.
+    fn decide_now(&self, target: &Target, values: &[&str], hits: u32, epoch: u64) -> Decision {
+        if let Some(request) = self.single(target, values, hits, epoch) {
+            return self.inner.store.check_now(&request);
+        }
+        let now = self.inner.clock.now_ns();
+        match target.action() {
+            Action::Limit(limits) => {
+                let requests = self.requests(target, limits, values, hits, now, epoch);
+                combine(&self.inner.store.check_all_now(&requests))
+            }
+            other => fixed_answer(other),
+        }
     }
 
     /// Runs `f` with the rules in force, from this thread's cache when it is current.
@@ -267,35 +288,265 @@ impl<S: Store> Limiter<S> {
     ) -> Result<(RuleLevel, Decision), LimiterError> {
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
-        let request = self.request(&rules, rules_epoch, user_id, endpoint, hits)?;
-        let level = request.key.level;
-        Ok((level, self.inner.store.check(request).await?))
+        let (target, values) = native(&rules, user_id, endpoint)?;
+        let level = target.level().unwrap_or(RuleLevel::Default);
+        Ok((
+            level,
+            self.decide(target, &values, hits, rules_epoch).await?,
+        ))
     }
 
-    /// Validates the input and resolves the rule: everything before the store.
-    #[inline]
-    fn request<'a>(
-        &'a self,
-        rules: &'a Rules,
-        rules_epoch: u64,
-        user_id: &'a str,
-        endpoint: &'a str,
+    /// Decides one target on any store.
+    async fn decide(
+        &self,
+        target: &Target,
+        values: &[&str],
         hits: u32,
-    ) -> Result<StoreRequest<'a>, CheckError> {
-        validate_id("user_id", user_id)?;
-        validate_id("endpoint", endpoint)?;
-        let (level, policy) = rules.lookup(user_id, endpoint);
-        Ok(StoreRequest {
-            key: CounterKey {
-                domain: &self.inner.domain,
-                level,
-                user_id,
-                endpoint,
-            },
-            policy,
+        epoch: u64,
+    ) -> Result<Decision, StoreError> {
+        if let Some(request) = self.single(target, values, hits, epoch) {
+            return self.inner.store.check(request).await;
+        }
+        let now = self.inner.clock.now_ns();
+        match target.action() {
+            Action::Limit(limits) => {
+                let requests = self.requests(target, limits, values, hits, now, epoch);
+                Ok(combine(&self.inner.store.check_all(&requests).await?))
+            }
+            other => Ok(fixed_answer(other)),
+        }
+    }
+
+    /// The common case as one store request: a single enforced limit.
+    #[inline]
+    fn single<'a>(
+        &'a self,
+        target: &'a Target,
+        values: &'a [&'a str],
+        hits: u32,
+        rules_epoch: u64,
+    ) -> Option<StoreRequest<'a>> {
+        match target.action() {
+            Action::Limit(limits) if limits.len() == 1 && !target.shadow_mode() => {
+                Some(StoreRequest {
+                    key: CounterKey {
+                        domain: &self.inner.domain,
+                        rule: target.id(),
+                        limit: 0,
+                        values,
+                    },
+                    policy: &limits[0],
+                    hits,
+                    now_ns: self.inner.clock.now_ns(),
+                    rules_epoch,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// One store request per limit of `target`.
+    fn requests<'a>(
+        &'a self,
+        target: &'a Target,
+        limits: &'a [Policy],
+        values: &'a [&'a str],
+        hits: u32,
+        now_ns: u64,
+        rules_epoch: u64,
+    ) -> Vec<StoreRequest<'a>> {
+        self.requests_in(
+            &self.inner.domain,
+            target,
+            limits,
+            values,
             hits,
-            now_ns: self.inner.clock.now_ns(),
+            now_ns,
             rules_epoch,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn requests_in<'a>(
+        &'a self,
+        domain: &'a str,
+        target: &'a Target,
+        limits: &'a [Policy],
+        values: &'a [&'a str],
+        hits: u32,
+        now_ns: u64,
+        rules_epoch: u64,
+    ) -> Vec<StoreRequest<'a>> {
+        (0..limits.len())
+            .map(|i| StoreRequest {
+                key: CounterKey {
+                    domain,
+                    rule: target.id(),
+                    limit: i as u16,
+                    values,
+                },
+                policy: &limits[i],
+                hits,
+                now_ns,
+                rules_epoch,
+            })
+            .collect()
+    }
+
+    /// Checks an Envoy-style request: the descriptors of `domain`, all or nothing (if any
+    /// enforced limit of any descriptor denies, no descriptor is counted). Descriptors matching
+    /// no rule, `unlimited` ones and ones whose rule another matched rule `replaces` are not
+    /// limited; shadow-mode descriptors are counted when the rest is admitted but never deny.
+    pub async fn check_descriptors(
+        &self,
+        domain: &str,
+        descriptors: &[Descriptor<'_>],
+    ) -> Result<Outcome, LimiterError> {
+        validate_descriptors(descriptors)?;
+        let rules_epoch = self.inner.store.rules_epoch();
+        let rules = self.inner.rules.load_full();
+        let Some(rule_domain) = rules.domain(domain) else {
+            return Err(CheckError::UnknownDomain {
+                domain: domain.to_owned(),
+            }
+            .into());
+        };
+        // Native-domain requests share the native API's counters.
+        let counter_domain: &str = if domain == NATIVE_DOMAIN {
+            &self.inner.domain
+        } else {
+            domain
+        };
+        let overrides: Vec<Option<Target>> = descriptors
+            .iter()
+            .map(|d| {
+                d.limit
+                    .clone()
+                    .map(|policy| Target::overriding(domain, d.entries, policy))
+            })
+            .collect();
+        let mut targets: Vec<Option<&Target>> = descriptors
+            .iter()
+            .zip(&overrides)
+            .map(|(d, o)| o.as_ref().or_else(|| rule_domain.find(d.entries)))
+            .collect();
+        let replaced: Vec<&str> = targets
+            .iter()
+            .flatten()
+            .flat_map(|t| t.replaces())
+            .collect();
+        for target in &mut targets {
+            if target.is_some_and(|t| t.name().is_some_and(|n| replaced.contains(&n))) {
+                *target = None;
+            }
+        }
+        let values: Vec<Vec<&str>> = descriptors
+            .iter()
+            .zip(&targets)
+            .map(|(d, t)| match t {
+                Some(t) => d
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(level, e)| t.counter_value(level, e.value))
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        let now = self.inner.clock.now_ns();
+
+        // Enforced limits of every descriptor go to the store as one all-or-nothing check.
+        let mut enforced = Vec::new();
+        let mut spans = vec![0..0; descriptors.len()];
+        let mut denied_outright = false;
+        for (i, (d, target)) in descriptors.iter().zip(&targets).enumerate() {
+            let Some(target) = target else { continue };
+            match target.action() {
+                Action::Limit(limits) if !target.shadow_mode() => {
+                    let start = enforced.len();
+                    enforced.extend(self.requests_in(
+                        counter_domain,
+                        target,
+                        limits,
+                        &values[i],
+                        d.hits,
+                        now,
+                        rules_epoch,
+                    ));
+                    spans[i] = start..enforced.len();
+                }
+                Action::Deny { .. } if !target.shadow_mode() => denied_outright = true,
+                _ => {}
+            }
+        }
+        let decided = if enforced.is_empty() || denied_outright {
+            // Nothing is counted when a deny-all rule matched: read instead.
+            let reads: Vec<StoreRequest<'_>> = enforced
+                .iter()
+                .map(|r| StoreRequest { hits: 0, ..*r })
+                .collect();
+            self.inner.store.check_all(&reads).await?
+        } else {
+            self.inner.store.check_all(&enforced).await?
+        };
+        let admitted = !denied_outright && decided.iter().all(|d| d.allowed);
+
+        let mut statuses = Vec::with_capacity(descriptors.len());
+        for (i, (d, target)) in descriptors.iter().zip(&targets).enumerate() {
+            let Some(target) = target else {
+                statuses.push(DescriptorStatus::no_limit());
+                continue;
+            };
+            let label = Some(Arc::clone(target.label()));
+            let status = match target.action() {
+                Action::Unlimited => DescriptorStatus {
+                    label,
+                    verdict: Verdict::Unlimited,
+                },
+                Action::Deny { .. } => DescriptorStatus {
+                    label,
+                    verdict: Verdict::Limited {
+                        decision: fixed_answer(target.action()),
+                        shadow: target.shadow_mode(),
+                    },
+                },
+                Action::Limit(limits) if target.shadow_mode() => {
+                    // Counted only if the enforced part was admitted; otherwise only read.
+                    let hits = if admitted { d.hits } else { 0 };
+                    let requests = self.requests_in(
+                        counter_domain,
+                        target,
+                        limits,
+                        &values[i],
+                        hits,
+                        now,
+                        rules_epoch,
+                    );
+                    let decision = combine(&self.inner.store.check_all(&requests).await?);
+                    DescriptorStatus {
+                        label,
+                        verdict: Verdict::Limited {
+                            decision,
+                            shadow: true,
+                        },
+                    }
+                }
+                Action::Limit(_) => {
+                    let decision = combine(&decided[spans[i].clone()]);
+                    DescriptorStatus {
+                        label,
+                        verdict: Verdict::Limited {
+                            decision,
+                            shadow: false,
+                        },
+                    }
+                }
+            };
+            statuses.push(status);
+        }
+        Ok(Outcome {
+            allowed: admitted,
+            statuses,
         })
     }
 
@@ -330,6 +581,148 @@ impl<S: Store> Limiter<S> {
     /// The clock's current reading.
     pub fn now_ns(&self) -> u64 {
         self.inner.clock.now_ns()
+    }
+}
+
+/// Most descriptors in one request.
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Most entries in one descriptor.
+pub const MAX_ENTRIES: usize = 16;
+
+/// One descriptor of an Envoy-style request.
+#[derive(Debug, Clone)]
+pub struct Descriptor<'a> {
+    /// The entries, matched level by level against the domain's rules.
+    pub entries: &'a [Entry<'a>],
+    /// Hits to count (all or nothing; 0 reads).
+    pub hits: u32,
+    /// A limit brought by the request, used instead of the configured rules.
+    pub limit: Option<Policy>,
+}
+
+/// What one descriptor was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptorStatus {
+    /// The matched rule's metric label (bounded; never a request value). `None` when no rule
+    /// matched.
+    pub label: Option<Arc<str>>,
+    pub verdict: Verdict,
+}
+
+impl DescriptorStatus {
+    fn no_limit() -> Self {
+        Self {
+            label: None,
+            verdict: Verdict::NoLimit,
+        }
+    }
+
+    /// This descriptor denies the request (shadow-mode descriptors never do).
+    pub fn over_limit(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::Limited {
+                decision: Decision { allowed: false, .. },
+                shadow: false,
+            }
+        )
+    }
+}
+
+/// How a descriptor was limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule matched, or another matched rule replaces this one.
+    NoLimit,
+    /// The rule says `unlimited`.
+    Unlimited,
+    /// The rule's limits decided; a shadow-mode rule's denial does not deny the request.
+    Limited { decision: Decision, shadow: bool },
+}
+
+/// The answer to an Envoy-style request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every enforced limit admitted the request, and it was counted.
+    pub allowed: bool,
+    /// One per descriptor, in request order.
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+/// Validates the native pair and finds its rule.
+#[inline]
+fn native<'a>(
+    rules: &'a Rules,
+    user_id: &'a str,
+    endpoint: &'a str,
+) -> Result<(&'a Target, [&'a str; 2]), CheckError> {
+    validate_id("user_id", user_id)?;
+    validate_id("endpoint", endpoint)?;
+    Ok((rules.lookup(user_id, endpoint), [user_id, endpoint]))
+}
+
+fn validate_descriptors(descriptors: &[Descriptor<'_>]) -> Result<(), CheckError> {
+    if descriptors.is_empty() {
+        return Err(CheckError::NoDescriptors);
+    }
+    if descriptors.len() > MAX_DESCRIPTORS {
+        return Err(CheckError::TooMany {
+            what: "descriptors",
+            count: descriptors.len(),
+            max: MAX_DESCRIPTORS,
+        });
+    }
+    for (index, d) in descriptors.iter().enumerate() {
+        if d.entries.is_empty() {
+            return Err(CheckError::EmptyDescriptor { index });
+        }
+        if d.entries.len() > MAX_ENTRIES {
+            return Err(CheckError::TooMany {
+                what: "entries in a descriptor",
+                count: d.entries.len(),
+                max: MAX_ENTRIES,
+            });
+        }
+        for e in d.entries {
+            validate_id("descriptor entry key", e.key)?;
+            if e.value.len() > MAX_ID_LEN {
+                return Err(CheckError::TooLong {
+                    field: "descriptor entry value",
+                    len: e.value.len(),
+                    max: MAX_ID_LEN,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One decision for several limits checked together: when all admit, the one with the least
+/// room left (it is what a client must respect next); otherwise the denial that lasts longest.
+fn combine(decisions: &[Decision]) -> Decision {
+    let allowed = decisions.iter().all(|d| d.allowed);
+    let pick = if allowed {
+        decisions
+            .iter()
+            .min_by_key(|d| (d.remaining, std::cmp::Reverse(d.reset_after)))
+    } else {
+        decisions
+            .iter()
+            .filter(|d| !d.allowed)
+            .max_by_key(|d| d.retry_after)
+    };
+    pick.copied()
+        .unwrap_or_else(|| Decision::new(true, u32::MAX, u32::MAX, 0, 0))
+}
+
+/// The answer of a rule that needs no counter.
+fn fixed_answer(action: &Action) -> Decision {
+    match action {
+        Action::Deny { window } => {
+            let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+            Decision::new(false, 0, 0, 0, ns)
+        }
+        _ => Decision::new(true, u32::MAX, u32::MAX, 0, 0),
     }
 }
 
@@ -402,7 +795,9 @@ mod tests {
                 [Rule {
                     user_id: Some("u".into()),
                     endpoint: None,
-                    policy: Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap(),
+                    limits: vec![
+                        Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap(),
+                    ],
                 }],
             )
             .unwrap(),

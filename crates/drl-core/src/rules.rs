@@ -1,32 +1,98 @@
-//! Which limit applies to a (user_id, endpoint) pair.
+//! The rule engine: which limits apply to a request.
 //!
-//! Rules match a pair, a user, an endpoint, or nothing (the default); the most specific match
-//! wins: pair > user > endpoint > default (DESIGN.md §4). Lookup is at most four hash probes on
-//! borrowed `&str`, skipping kinds that have no rules: no allocation, no scan of the rule list.
+//! A rule set holds **domains**; a domain is a tree of descriptor rules in the shape of
+//! envoyproxy/ratelimit's config: each level matches one descriptor entry `(key, value)` by its
+//! key and either an exact value, a wildcard pattern (`*` anywhere, any number of times) or any
+//! value. A node may carry a [`Target`]: the limits to enforce (one or several, all or nothing),
+//! or `unlimited`, or a deny-all (`requests_per_unit: 0`), plus `shadow_mode`, a `name` and the
+//! names it `replaces`.
+//!
+//! Two ways to walk the tree ([`Matching`]):
+//!
+//! - [`Matching::Envoy`], for domains loaded from envoyproxy/ratelimit files: at each level the
+//!   most specific entry wins (exact value, then the first matching wildcard in file order, then
+//!   key only), with no backtracking; a request matches only a rule at exactly its own depth.
+//!   This is envoyproxy/ratelimit's `GetLimit`, so its configs mean the same thing here.
+//! - [`Matching::MostSpecific`], for the native API: the match that is most specific level by
+//!   level, backtracking when a more specific branch has no rule at the request's depth.
+//!
+//! The native user/endpoint rules are the domain [`NATIVE_DOMAIN`](crate::limiter::NATIVE_DOMAIN)
+//! with two levels, `user_id` then `endpoint`; walking it most-specific-first gives exactly
+//! pair > user > endpoint > default (DESIGN.md §4). So both rule formats share this one engine, and
+//! an Envoy request in that domain with entries `user_id` and `endpoint` is answered by the
+//! native rules.
+//!
+//! Lookups borrow the request's strings and allocate nothing: per level, a short scan of the
+//! node's keys and one hash probe for the exact value.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
 
 use crate::algorithm::Algorithm;
-use crate::error::RuleError;
-use crate::key::{RuleLevel, validate_id};
+use crate::error::{CheckError, RuleError};
+use crate::key::{MAX_ID_LEN, validate_id};
+use crate::limiter::NATIVE_DOMAIN;
 use crate::policy::Policy;
 
 type Map<V> = HashMap<Box<str>, V, RandomState>;
 
-/// One configured rule: who it matches and the policy it sets.
+/// Key of the first level of the native domain.
+pub const USER_KEY: &str = "user_id";
+/// Key of the second level of the native domain.
+pub const ENDPOINT_KEY: &str = "endpoint";
+/// Most limits on one rule.
+pub const MAX_LIMITS_PER_RULE: usize = 16;
+
+/// How specific the native rule that set a counter's limit is: the metric label of native
+/// decisions (bounded: four values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleLevel {
+    /// The default rule.
+    Default = 0,
+    /// A rule for one endpoint, any user.
+    Endpoint = 1,
+    /// A rule for one user, any endpoint.
+    User = 2,
+    /// A rule for one (user, endpoint) pair.
+    Pair = 3,
+}
+
+impl RuleLevel {
+    /// Name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Endpoint => "endpoint",
+            Self::User => "user",
+            Self::Pair => "pair",
+        }
+    }
+}
+
+/// One configured native rule: who it matches and the limits it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Matches this user only; any user when `None`.
     pub user_id: Option<String>,
     /// Matches this endpoint only; any endpoint when `None`.
     pub endpoint: Option<String>,
-    pub policy: Policy,
+    /// One or more limits, enforced all or nothing (e.g. 10 per second and 10 000 per day).
+    pub limits: Vec<Policy>,
 }
 
 impl Rule {
+    /// A rule with one limit.
+    pub fn new(user_id: Option<&str>, endpoint: Option<&str>, policy: Policy) -> Self {
+        Self {
+            user_id: user_id.map(str::to_owned),
+            endpoint: endpoint.map(str::to_owned),
+            limits: vec![policy],
+        }
+    }
+
     /// The rule's level of specificity.
     pub fn level(&self) -> RuleLevel {
         match (&self.user_id, &self.endpoint) {
@@ -37,7 +103,7 @@ impl Rule {
         }
     }
 
-    /// A readable selector, e.g. `user_id=alice endpoint=/api/upload`.
+    /// A readable selector, e.g. `user_id="alice" endpoint="/api/upload"`.
     pub fn selector(&self) -> String {
         match (&self.user_id, &self.endpoint) {
             (Some(u), Some(e)) => format!("user_id={u:?} endpoint={e:?}"),
@@ -48,14 +114,329 @@ impl Rule {
     }
 }
 
-/// A validated rule set with its lookup indexes.
+/// What a matched rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Enforce these limits, all or nothing (at least one).
+    Limit(Vec<Policy>),
+    /// Always allow, counting nothing (`unlimited: true`).
+    Unlimited,
+    /// Always deny (`requests_per_unit: 0`); the window is what is reported as the reset time.
+    Deny { window: Duration },
+}
+
+/// One descriptor rule of an envoyproxy/ratelimit-format domain, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DescriptorRule {
+    /// The descriptor entry key this level matches.
+    pub key: String,
+    /// Exact value, or a pattern with `*` wildcards; any value when `None`.
+    pub value: Option<String>,
+    /// What the rule does when a request ends at this level; `None` for a level that only
+    /// holds deeper rules.
+    pub action: Option<Action>,
+    /// The limit's name, for `replaces`.
+    pub name: Option<String>,
+    /// Names of limits this one replaces when both match one request.
+    pub replaces: Vec<String>,
+    /// Count, but always answer OK.
+    pub shadow_mode: bool,
+    /// For a wildcard value: every matching value shares one counter.
+    pub share_threshold: bool,
+    /// Rules one level deeper.
+    pub descriptors: Vec<DescriptorRule>,
+}
+
+/// One envoyproxy/ratelimit-format domain, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DomainRules {
+    pub domain: String,
+    pub descriptors: Vec<DescriptorRule>,
+}
+
+/// How a domain's tree is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// envoyproxy/ratelimit: greedy, most specific entry per level, no backtracking.
+    Envoy,
+    /// Most specific full-depth match, backtracking (the native rules).
+    MostSpecific,
+}
+
+/// A matched rule: its identity, what it does, and how to report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    id: Box<[u8]>,
+    label: Arc<str>,
+    level: Option<RuleLevel>,
+    action: Action,
+    shadow_mode: bool,
+    name: Option<Box<str>>,
+    replaces: Box<[Box<str>]>,
+    /// Per level: the wildcard pattern whose matches share one counter, if any.
+    shared: Box<[Option<Box<str>>]>,
+}
+
+impl Target {
+    /// The rule's identity: its path in the tree (keys, and how each level matched), encoded
+    /// injectively. Part of every counter key of the rule.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// A bounded metric label: the level name for native rules; the domain and path (`key`,
+    /// `key_value`, `key_pattern` per level) for descriptor rules. Never a request's value.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// The native rule level, for rules of the native domain.
+    pub fn level(&self) -> Option<RuleLevel> {
+        self.level
+    }
+
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+
+    pub fn shadow_mode(&self) -> bool {
+        self.shadow_mode
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub fn replaces(&self) -> impl Iterator<Item = &str> {
+        self.replaces.iter().map(|r| &**r)
+    }
+
+    /// The rule for a descriptor that brings its own limit (Envoy's per-descriptor `limit`
+    /// override): one limit, counted per the descriptor's keys and values, in a namespace of
+    /// its own so it never shares a counter with a configured rule.
+    pub fn overriding(domain: &str, entries: &[Entry<'_>], policy: Policy) -> Self {
+        let mut id = PathId {
+            bytes: b"\xffoverride".to_vec(),
+        };
+        for entry in entries {
+            id.push(entry.key, LevelMatch::Any);
+        }
+        Self {
+            id: id.bytes.into(),
+            // Not the keys: they come from the request, and labels must stay bounded.
+            label: format!("{domain}.override").into(),
+            level: None,
+            action: Action::Limit(vec![policy]),
+            shadow_mode: false,
+            name: None,
+            replaces: Box::default(),
+            shared: Box::default(),
+        }
+    }
+
+    /// The value a counter of this rule uses at `level`: the request's, or the shared pattern.
+    #[inline]
+    pub fn counter_value<'a>(&'a self, level: usize, request_value: &'a str) -> &'a str {
+        match self.shared.get(level) {
+            Some(Some(pattern)) => pattern,
+            _ => request_value,
+        }
+    }
+}
+
+/// One entry of a request descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+/// A domain's rule tree.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    matching: Matching,
+    root: Node,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    branches: Vec<Branch>,
+    target: Option<Target>,
+}
+
+/// The children of a node for one entry key.
+#[derive(Debug, Clone)]
+struct Branch {
+    key: Box<str>,
+    exact: Map<Node>,
+    wildcards: Vec<(Pattern, Node)>,
+    any: Option<Box<Node>>,
+}
+
+impl Branch {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.into(),
+            exact: Map::default(),
+            wildcards: Vec::new(),
+            any: None,
+        }
+    }
+}
+
+impl Node {
+    #[inline]
+    fn branch(&self, key: &str) -> Option<&Branch> {
+        self.branches.iter().find(|b| &*b.key == key)
+    }
+
+    fn branch_mut(&mut self, key: &str) -> &mut Branch {
+        let at = match self.branches.iter().position(|b| &*b.key == key) {
+            Some(at) => at,
+            None => {
+                self.branches.push(Branch::new(key));
+                self.branches.len() - 1
+            }
+        };
+        &mut self.branches[at]
+    }
+}
+
+impl Domain {
+    fn new(matching: Matching) -> Self {
+        Self {
+            matching,
+            root: Node::default(),
+        }
+    }
+
+    /// The rule for a request descriptor, if any.
+    #[inline]
+    pub fn find(&self, entries: &[Entry<'_>]) -> Option<&Target> {
+        if entries.is_empty() {
+            return None;
+        }
+        match self.matching {
+            Matching::Envoy => {
+                let mut node = &self.root;
+                for entry in entries {
+                    let branch = node.branch(entry.key)?;
+                    node = branch
+                        .exact
+                        .get(entry.value)
+                        .or_else(|| {
+                            branch
+                                .wildcards
+                                .iter()
+                                .find(|(p, _)| p.matches(entry.value))
+                                .map(|(_, n)| n)
+                        })
+                        .or(branch.any.as_deref())?;
+                }
+                node.target.as_ref()
+            }
+            Matching::MostSpecific => most_specific(&self.root, entries),
+        }
+    }
+
+    pub fn matching(&self) -> Matching {
+        self.matching
+    }
+}
+
+/// Depth-first, most specific candidate first at every level.
+fn most_specific<'r>(node: &'r Node, entries: &[Entry<'_>]) -> Option<&'r Target> {
+    let Some((entry, rest)) = entries.split_first() else {
+        return node.target.as_ref();
+    };
+    let branch = node.branch(entry.key)?;
+    if let Some(found) = branch
+        .exact
+        .get(entry.value)
+        .and_then(|n| most_specific(n, rest))
+    {
+        return Some(found);
+    }
+    for (pattern, n) in &branch.wildcards {
+        if pattern.matches(entry.value)
+            && let Some(found) = most_specific(n, rest)
+        {
+            return Some(found);
+        }
+    }
+    branch.any.as_deref().and_then(|n| most_specific(n, rest))
+}
+
+/// A value pattern: `*` matches any run of characters (bytes), anything else itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern {
+    text: Box<str>,
+}
+
+impl Pattern {
+    /// Glob match with backtracking over the last `*`: linear in practice, O(n·m) at worst.
+    fn matches(&self, value: &str) -> bool {
+        let (p, v) = (self.text.as_bytes(), value.as_bytes());
+        let (mut pi, mut vi) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while vi < v.len() {
+            if pi < p.len() && p[pi] == b'*' {
+                star = Some((pi, vi));
+                pi += 1;
+            } else if pi < p.len() && p[pi] == v[vi] {
+                pi += 1;
+                vi += 1;
+            } else if let Some((sp, sv)) = star {
+                pi = sp + 1;
+                vi = sv + 1;
+                star = Some((sp, sv + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+}
+
+/// How a level of a rule path matched, for the rule's identity.
+#[derive(Debug, Clone, Copy)]
+enum LevelMatch<'a> {
+    Any,
+    Exact(&'a str),
+    Wildcard(&'a str),
+}
+
+/// Builds rule identities: per level, the key, how it matches and the value, each
+/// length-prefixed.
+#[derive(Debug, Clone, Default)]
+struct PathId {
+    bytes: Vec<u8>,
+}
+
+impl PathId {
+    fn push(&mut self, key: &str, matched: LevelMatch<'_>) {
+        let (tag, value) = match matched {
+            LevelMatch::Any => (0u8, ""),
+            LevelMatch::Exact(v) => (1, v),
+            LevelMatch::Wildcard(v) => (2, v),
+        };
+        for field in [key, value] {
+            self.bytes
+                .extend_from_slice(&(field.len() as u32).to_le_bytes());
+            self.bytes.extend_from_slice(field.as_bytes());
+        }
+        self.bytes.push(tag);
+    }
+}
+
+/// A validated rule set: the native rules and any envoyproxy/ratelimit-format domains.
 #[derive(Debug, Clone)]
 pub struct Rules {
     default: Policy,
-    pairs: Map<Map<Policy>>,
-    users: Map<Policy>,
-    endpoints: Map<Policy>,
+    native: Domain,
+    domains: Map<Domain>,
     listed: Vec<Rule>,
+    listed_domains: Vec<DomainRules>,
 }
 
 impl Rules {
@@ -68,78 +449,92 @@ impl Rules {
 
     /// A rule set with only a default.
     pub fn only_default(default: Policy) -> Self {
-        Self {
-            default,
-            pairs: Map::default(),
-            users: Map::default(),
-            endpoints: Map::default(),
-            listed: Vec::new(),
-        }
+        Self::new(default, [])
+            .unwrap_or_else(|_| unreachable!("a rule set of only a default is valid"))
     }
 
-    /// Validates and indexes `rules`. A rule with neither user_id nor endpoint replaces the
-    /// default; two rules with the same selector are an error.
+    /// Validates and indexes the native `rules`. A rule with neither user_id nor endpoint
+    /// replaces the default; two rules with the same selector are an error.
     pub fn new(default: Policy, rules: impl IntoIterator<Item = Rule>) -> Result<Self, RuleError> {
-        let mut set = Self::only_default(default);
-        let mut default_seen = false;
-        for rule in rules {
-            let selector = rule.selector();
-            let check = |field, value: &Option<String>| match value {
-                Some(v) => validate_id(field, v).map_err(|source| RuleError::Identifier {
-                    selector: selector.clone(),
-                    source,
-                }),
-                None => Ok(()),
-            };
-            check("user_id", &rule.user_id)?;
-            check("endpoint", &rule.endpoint)?;
-            let duplicate = match (&rule.user_id, &rule.endpoint) {
-                (Some(u), Some(e)) => set
-                    .pairs
-                    .entry(u.as_str().into())
-                    .or_default()
-                    .insert(e.as_str().into(), rule.policy.clone())
-                    .is_some(),
-                (Some(u), None) => set
-                    .users
-                    .insert(u.as_str().into(), rule.policy.clone())
-                    .is_some(),
-                (None, Some(e)) => set
-                    .endpoints
-                    .insert(e.as_str().into(), rule.policy.clone())
-                    .is_some(),
-                (None, None) => {
-                    set.default = rule.policy.clone();
-                    std::mem::replace(&mut default_seen, true)
-                }
-            };
-            if duplicate {
-                return Err(RuleError::Duplicate { selector });
-            }
-            set.listed.push(rule);
+        let listed: Vec<Rule> = rules.into_iter().collect();
+        let mut native = Domain::new(Matching::MostSpecific);
+        let default_rule = Rule::new(None, None, default.clone());
+        let explicit_default = listed.iter().any(|r| r.level() == RuleLevel::Default);
+        let all = (!explicit_default)
+            .then_some(&default_rule)
+            .into_iter()
+            .chain(&listed);
+        for rule in all {
+            insert_native(&mut native, rule)?;
         }
-        Ok(set)
+        let default = listed
+            .iter()
+            .find(|r| r.level() == RuleLevel::Default)
+            .map_or(default, |r| r.limits[0].clone());
+        Ok(Self {
+            default,
+            native,
+            domains: Map::default(),
+            listed,
+            listed_domains: Vec::new(),
+        })
     }
 
-    /// The policy for `(user_id, endpoint)` and the level of the rule that set it.
+    /// Adds envoyproxy/ratelimit-format domains. Each domain name must be new (and not the
+    /// native one).
+    pub fn with_domains(
+        mut self,
+        domains: impl IntoIterator<Item = DomainRules>,
+    ) -> Result<Self, RuleError> {
+        for rules in domains {
+            let name = rules.domain.as_str();
+            if name.is_empty() {
+                return Err(RuleError::EmptyDomain);
+            }
+            if name == NATIVE_DOMAIN || self.domains.contains_key(name) {
+                return Err(RuleError::DuplicateDomain {
+                    domain: name.to_owned(),
+                });
+            }
+            let mut domain = Domain::new(Matching::Envoy);
+            let mut path = Vec::new();
+            for rule in &rules.descriptors {
+                insert_descriptor(name, &mut domain.root, rule, &mut path, &PathId::default())?;
+            }
+            self.domains.insert(name.into(), domain);
+            self.listed_domains.push(rules);
+        }
+        Ok(self)
+    }
+
+    /// The rule for `(user_id, endpoint)`: always one, the default at worst.
     #[inline]
-    pub fn lookup(&self, user_id: &str, endpoint: &str) -> (RuleLevel, &Policy) {
-        if !self.pairs.is_empty()
-            && let Some(p) = self.pairs.get(user_id).and_then(|m| m.get(endpoint))
-        {
-            return (RuleLevel::Pair, p);
+    pub fn lookup(&self, user_id: &str, endpoint: &str) -> &Target {
+        let entries = [
+            Entry {
+                key: USER_KEY,
+                value: user_id,
+            },
+            Entry {
+                key: ENDPOINT_KEY,
+                value: endpoint,
+            },
+        ];
+        match most_specific(&self.native.root, &entries) {
+            Some(target) => target,
+            None => unreachable!("the native domain always has a default rule"),
         }
-        if !self.users.is_empty()
-            && let Some(p) = self.users.get(user_id)
-        {
-            return (RuleLevel::User, p);
+    }
+
+    /// A domain's rules: the native domain's too, so an Envoy request in it is answered by the
+    /// native rules.
+    #[inline]
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        if name == NATIVE_DOMAIN {
+            Some(&self.native)
+        } else {
+            self.domains.get(name)
         }
-        if !self.endpoints.is_empty()
-            && let Some(p) = self.endpoints.get(endpoint)
-        {
-            return (RuleLevel::Endpoint, p);
-        }
-        (RuleLevel::Default, &self.default)
     }
 
     /// The default policy.
@@ -147,9 +542,14 @@ impl Rules {
         &self.default
     }
 
-    /// The rules as given, in order.
+    /// The native rules as given, in order.
     pub fn rules(&self) -> &[Rule] {
         &self.listed
+    }
+
+    /// The descriptor domains as given, in order.
+    pub fn domains(&self) -> &[DomainRules] {
+        &self.listed_domains
     }
 }
 
@@ -157,6 +557,191 @@ impl Default for Rules {
     fn default() -> Self {
         Self::builtin()
     }
+}
+
+fn check_limits(selector: &dyn Fn() -> String, limits: &[Policy]) -> Result<(), RuleError> {
+    if limits.is_empty() || limits.len() > MAX_LIMITS_PER_RULE {
+        return Err(RuleError::LimitCount {
+            selector: selector(),
+            count: limits.len(),
+            max: MAX_LIMITS_PER_RULE,
+        });
+    }
+    Ok(())
+}
+
+fn insert_native(native: &mut Domain, rule: &Rule) -> Result<(), RuleError> {
+    let selector = rule.selector();
+    let check = |field, value: &Option<String>| match value {
+        Some(v) => validate_id(field, v).map_err(|source| RuleError::Identifier {
+            selector: selector.clone(),
+            source,
+        }),
+        None => Ok(()),
+    };
+    check(USER_KEY, &rule.user_id)?;
+    check(ENDPOINT_KEY, &rule.endpoint)?;
+    check_limits(&|| selector.clone(), &rule.limits)?;
+    let mut id = PathId::default();
+    let mut node = &mut native.root;
+    for (key, value) in [(USER_KEY, &rule.user_id), (ENDPOINT_KEY, &rule.endpoint)] {
+        let branch = node.branch_mut(key);
+        node = match value {
+            Some(v) => {
+                id.push(key, LevelMatch::Exact(v));
+                branch.exact.entry(v.as_str().into()).or_default()
+            }
+            None => {
+                id.push(key, LevelMatch::Any);
+                branch.any.get_or_insert_default()
+            }
+        };
+    }
+    if node.target.is_some() {
+        return Err(RuleError::Duplicate { selector });
+    }
+    let level = rule.level();
+    node.target = Some(Target {
+        id: id.bytes.into(),
+        label: level.name().into(),
+        level: Some(level),
+        action: Action::Limit(rule.limits.clone()),
+        shadow_mode: false,
+        name: None,
+        replaces: Box::default(),
+        shared: Box::default(),
+    });
+    Ok(())
+}
+
+/// Inserts `rule` (and its subtree) under `node`. `path` holds the shared patterns of the
+/// levels above, `id` their identity, `label` is built from both.
+fn insert_descriptor(
+    domain: &str,
+    node: &mut Node,
+    rule: &DescriptorRule,
+    path: &mut Vec<(String, Option<Box<str>>)>,
+    id: &PathId,
+) -> Result<(), RuleError> {
+    let selector = || {
+        let mut s = domain.to_owned();
+        for (label, _) in path.iter() {
+            s.push('.');
+            s.push_str(label);
+        }
+        s.push('.');
+        s.push_str(&level_label(rule));
+        s
+    };
+    if rule.key.is_empty() {
+        return Err(RuleError::Invalid {
+            selector: selector(),
+            reason: "a descriptor needs a non-empty key".into(),
+        });
+    }
+    for field in [Some(&rule.key), rule.value.as_ref()].into_iter().flatten() {
+        if field.len() > MAX_ID_LEN {
+            return Err(RuleError::Identifier {
+                selector: selector(),
+                source: CheckError::TooLong {
+                    field: "descriptor key or value",
+                    len: field.len(),
+                    max: MAX_ID_LEN,
+                },
+            });
+        }
+    }
+    let wildcard = rule.value.as_deref().filter(|v| v.contains('*'));
+    if rule.share_threshold && wildcard.is_none() {
+        return Err(RuleError::Invalid {
+            selector: selector(),
+            reason: "share_threshold applies only to a value with a `*` wildcard".into(),
+        });
+    }
+    let mut id = id.clone();
+    let branch = node.branch_mut(&rule.key);
+    let child = match (&rule.value, wildcard) {
+        (None, _) => {
+            id.push(&rule.key, LevelMatch::Any);
+            branch.any.get_or_insert_default()
+        }
+        (Some(_), Some(pattern)) => {
+            id.push(&rule.key, LevelMatch::Wildcard(pattern));
+            let at = match branch
+                .wildcards
+                .iter()
+                .position(|(p, _)| &*p.text == pattern)
+            {
+                Some(at) => at,
+                None => {
+                    branch.wildcards.push((
+                        Pattern {
+                            text: pattern.into(),
+                        },
+                        Node::default(),
+                    ));
+                    branch.wildcards.len() - 1
+                }
+            };
+            &mut branch.wildcards[at].1
+        }
+        (Some(value), None) => {
+            id.push(&rule.key, LevelMatch::Exact(value));
+            branch.exact.entry(value.as_str().into()).or_default()
+        }
+    };
+    path.push((
+        level_label(rule),
+        rule.share_threshold
+            .then(|| wildcard.map(Box::from))
+            .flatten(),
+    ));
+    if let Some(action) = &rule.action {
+        if child.target.is_some() {
+            let selector = selector_of(domain, path);
+            path.pop();
+            return Err(RuleError::Duplicate { selector });
+        }
+        if let Action::Limit(limits) = action {
+            check_limits(&|| selector_of(domain, path), limits)?;
+        }
+        child.target = Some(Target {
+            id: id.bytes.clone().into(),
+            label: selector_of(domain, path).into(),
+            level: None,
+            action: action.clone(),
+            shadow_mode: rule.shadow_mode,
+            name: rule.name.as_deref().map(Box::from),
+            replaces: rule
+                .replaces
+                .iter()
+                .map(|r| Box::from(r.as_str()))
+                .collect(),
+            shared: path.iter().map(|(_, shared)| shared.clone()).collect(),
+        });
+    }
+    for deeper in &rule.descriptors {
+        insert_descriptor(domain, child, deeper, path, &id)?;
+    }
+    path.pop();
+    Ok(())
+}
+
+/// `key`, `key_value` or `key_pattern`: the level's part of a label (configured text only).
+fn level_label(rule: &DescriptorRule) -> String {
+    match &rule.value {
+        Some(v) => format!("{}_{}", rule.key, v),
+        None => rule.key.clone(),
+    }
+}
+
+fn selector_of(domain: &str, path: &[(String, Option<Box<str>>)]) -> String {
+    let mut s = domain.to_owned();
+    for (label, _) in path {
+        s.push('.');
+        s.push_str(label);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -168,10 +753,13 @@ mod tests {
     }
 
     fn rule(user: Option<&str>, endpoint: Option<&str>, n: u64) -> Rule {
-        Rule {
-            user_id: user.map(str::to_owned),
-            endpoint: endpoint.map(str::to_owned),
-            policy: per_minute(n),
+        Rule::new(user, endpoint, per_minute(n))
+    }
+
+    fn requests(target: &Target) -> u32 {
+        match target.action() {
+            Action::Limit(limits) => limits[0].requests(),
+            other => panic!("not a limit: {other:?}"),
         }
     }
 
@@ -183,17 +771,29 @@ mod tests {
                 rule(None, Some("/search"), 20),
                 rule(Some("alice"), None, 1000),
                 rule(Some("alice"), Some("/upload"), 5),
+                rule(Some("carol"), Some("/upload"), 7),
             ],
         )
         .unwrap();
         let n = |u, e| {
-            let (level, p) = rules.lookup(u, e);
-            (level, p.requests())
+            let t = rules.lookup(u, e);
+            (t.level().unwrap(), requests(t))
         };
         assert_eq!(n("alice", "/upload"), (RuleLevel::Pair, 5));
         assert_eq!(n("alice", "/search"), (RuleLevel::User, 1000));
         assert_eq!(n("bob", "/search"), (RuleLevel::Endpoint, 20));
         assert_eq!(n("bob", "/upload"), (RuleLevel::Default, 100));
+        // carol has only a pair rule: other endpoints fall back past her branch.
+        assert_eq!(n("carol", "/search"), (RuleLevel::Endpoint, 20));
+        assert_eq!(n("carol", "/other"), (RuleLevel::Default, 100));
+    }
+
+    #[test]
+    fn native_rule_identities_differ_by_level_not_by_limit() {
+        let a = Rules::new(per_minute(1), [rule(Some("a"), None, 1)]).unwrap();
+        let b = Rules::new(per_minute(1), [rule(Some("a"), None, 9)]).unwrap();
+        assert_eq!(a.lookup("a", "x").id(), b.lookup("a", "x").id());
+        assert_ne!(a.lookup("a", "x").id(), a.lookup("b", "x").id());
     }
 
     #[test]
@@ -209,12 +809,112 @@ mod tests {
             e.to_string(),
             "rule user_id=\"\": user_id must not be empty"
         );
+        let mut none = rule(Some("a"), None, 1);
+        none.limits.clear();
+        assert!(Rules::new(per_minute(1), [none]).is_err());
     }
 
     #[test]
     fn a_rule_without_selectors_replaces_the_default() {
         let rules = Rules::new(per_minute(1), [rule(None, None, 7)]).unwrap();
-        assert_eq!(rules.lookup("x", "y").1.requests(), 7);
-        assert_eq!(Rules::builtin().lookup("x", "y").1.requests(), 100);
+        assert_eq!(requests(rules.lookup("x", "y")), 7);
+        assert_eq!(rules.default_policy().requests(), 7);
+        assert_eq!(requests(Rules::builtin().lookup("x", "y")), 100);
+    }
+
+    #[test]
+    fn patterns_match_like_globs() {
+        let p = |t: &str| Pattern { text: t.into() };
+        assert!(p("foo*").matches("foo"));
+        assert!(p("foo*").matches("foobar"));
+        assert!(!p("foo*").matches("fo"));
+        assert!(p("*bar").matches("foobar"));
+        assert!(p("a*b*c").matches("axxbyyc"));
+        assert!(!p("a*b*c").matches("axxbyy"));
+        assert!(p("*").matches(""));
+        assert!(p("a**").matches("a"));
+        assert!(p("*ab").matches("aab"));
+    }
+
+    fn limit(n: u64) -> Option<Action> {
+        Some(Action::Limit(vec![per_minute(n)]))
+    }
+
+    fn d(key: &str, value: Option<&str>, action: Option<Action>) -> DescriptorRule {
+        DescriptorRule {
+            key: key.into(),
+            value: value.map(Into::into),
+            action,
+            ..DescriptorRule::default()
+        }
+    }
+
+    #[test]
+    fn envoy_matching_is_greedy_and_depth_exact() {
+        let mut user = d("user", None, limit(10));
+        user.descriptors = vec![d("path", Some("/a"), limit(3))];
+        let mut alice = d("user", Some("alice"), limit(100));
+        alice.descriptors = vec![d("path", None, limit(30))];
+        let rules = Rules::builtin()
+            .with_domains([DomainRules {
+                domain: "web".into(),
+                descriptors: vec![user, alice, d("ip", Some("10.*"), limit(5))],
+            }])
+            .unwrap();
+        let web = rules.domain("web").unwrap();
+        let e = |k, v| Entry { key: k, value: v };
+        let n = |entries: &[Entry<'_>]| web.find(entries).map(requests);
+        assert_eq!(n(&[e("user", "bob")]), Some(10));
+        assert_eq!(n(&[e("user", "alice")]), Some(100));
+        assert_eq!(n(&[e("user", "bob"), e("path", "/a")]), Some(3));
+        // alice's branch wins at level one and has no `/a` rule: no backtracking to `user`.
+        assert_eq!(n(&[e("user", "alice"), e("path", "/a")]), Some(30));
+        assert_eq!(n(&[e("user", "bob"), e("path", "/b")]), None);
+        // Depth-exact: more entries than the rule has levels match nothing.
+        assert_eq!(n(&[e("ip", "10.0.0.1"), e("path", "/a")]), None);
+        assert_eq!(n(&[e("ip", "10.0.0.1")]), Some(5));
+        assert_eq!(n(&[e("ip", "11.0.0.1")]), None);
+        assert!(rules.domain("nope").is_none());
+        assert_eq!(
+            web.find(&[e("user", "bob"), e("path", "/a")])
+                .unwrap()
+                .label()
+                .as_ref(),
+            "web.user.path_/a"
+        );
+    }
+
+    #[test]
+    fn bad_domains_are_rejected() {
+        let dup = |name: &str| {
+            Rules::builtin()
+                .with_domains([
+                    DomainRules {
+                        domain: name.into(),
+                        descriptors: vec![],
+                    },
+                    DomainRules {
+                        domain: "x".into(),
+                        descriptors: vec![],
+                    },
+                ])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(dup("x").contains("domain \"x\""));
+        assert!(dup(NATIVE_DOMAIN).contains("domain \"drl\""));
+        let twice = Rules::builtin().with_domains([DomainRules {
+            domain: "w".into(),
+            descriptors: vec![d("k", None, limit(1)), d("k", None, limit(2))],
+        }]);
+        assert_eq!(twice.unwrap_err().to_string(), "duplicate rule for w.k");
+        let shared = Rules::builtin().with_domains([DomainRules {
+            domain: "w".into(),
+            descriptors: vec![DescriptorRule {
+                share_threshold: true,
+                ..d("k", Some("v"), limit(1))
+            }],
+        }]);
+        assert!(shared.is_err());
     }
 }

@@ -119,7 +119,7 @@ fn rules_with_bad_identifiers_are_refused() {
     let rule = |user: &str| Rule {
         user_id: Some(user.to_owned()),
         endpoint: None,
-        policy: policy.clone(),
+        limits: vec![policy.clone()],
     };
     let e = Rules::new(policy.clone(), [rule("")]).unwrap_err();
     assert_eq!(

@@ -22,9 +22,7 @@ use std::time::Duration;
 use drl_core::algorithm::{
     Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, TokenBucket,
 };
-use drl_core::{
-    CounterKey, Limiter, ManualClock, MemoryStore, Policy, Rule, RuleLevel, Rules, StoreRequest,
-};
+use drl_core::{CounterKey, Limiter, ManualClock, MemoryStore, Policy, Rule, Rules, StoreRequest};
 
 const SEC: u64 = 1_000_000_000;
 /// Checking threads; more than the cores, so the scheduler interleaves them too.
@@ -287,7 +285,7 @@ fn hundreds_of_keys_count_exactly() {
         keys.iter().enumerate().map(|(i, (user, _))| Rule {
             user_id: Some(user.clone()),
             endpoint: None,
-            policy: policy_of(i),
+            limits: vec![policy_of(i)],
         }),
     )
     .unwrap();
@@ -352,7 +350,7 @@ fn sweeping_while_checking_never_breaks_p() {
         users.iter().enumerate().map(|(k, user)| Rule {
             user_id: Some(user.clone()),
             endpoint: None,
-            policy: policy_of(k),
+            limits: vec![policy_of(k)],
         }),
     )
     .unwrap();
@@ -447,9 +445,9 @@ fn a_reading_from_before_a_sweep_counts_as_the_sweeps_time() {
             let request = StoreRequest {
                 key: CounterKey {
                     domain: "drl",
-                    level: RuleLevel::Default,
-                    user_id: "u",
-                    endpoint: "/e",
+                    rule: b"default",
+                    limit: 0,
+                    values: &["u", "/e"],
                 },
                 policy: &policy,
                 hits: 3,

@@ -1,16 +1,11 @@
-//! Counter identities are injective (DESIGN.md §5): different (domain, level, user_id, endpoint)
+//! Counter identities are injective (DESIGN.md §5): different (domain, rule, limit, values)
 //! never share an encoding, whatever characters they hold, and the fingerprint of an identity
 //! is a function of its encoding alone.
 
-use drl_core::key::{CounterKey, Fingerprinter, RuleLevel};
+use drl_core::key::{CounterKey, Fingerprinter};
 use proptest::prelude::*;
 
-const LEVELS: [RuleLevel; 4] = [
-    RuleLevel::Default,
-    RuleLevel::Endpoint,
-    RuleLevel::User,
-    RuleLevel::Pair,
-];
+const RULES: [&[u8]; 4] = [b"", b"r", b"rule", b"\x00\x01"];
 
 /// Strings made of the characters most likely to confuse a naive encoding.
 fn tricky() -> impl Strategy<Value = String> {
@@ -30,17 +25,35 @@ fn tricky() -> impl Strategy<Value = String> {
     .prop_map(|chars| chars.into_iter().collect())
 }
 
-fn identity() -> impl Strategy<Value = (String, usize, String, String)> {
-    (tricky(), 0..4usize, tricky(), tricky())
+/// (domain, rule, limit, values)
+type Identity = (String, usize, u16, Vec<String>);
+
+fn identity() -> impl Strategy<Value = Identity> {
+    (
+        tricky(),
+        0..4usize,
+        0..3u16,
+        proptest::collection::vec(tricky(), 0..4),
+    )
 }
 
-fn key(id: &(String, usize, String, String)) -> CounterKey<'_> {
+/// The key of an identity; `values` holds the borrowed values.
+fn key<'a>(id: &'a Identity, values: &'a mut Vec<&'a str>) -> CounterKey<'a> {
+    values.extend(id.3.iter().map(String::as_str));
     CounterKey {
         domain: &id.0,
-        level: LEVELS[id.1],
-        user_id: &id.2,
-        endpoint: &id.3,
+        rule: RULES[id.1],
+        limit: id.2,
+        values,
     }
+}
+
+fn encode(id: &Identity) -> Vec<u8> {
+    key(id, &mut Vec::new()).encode()
+}
+
+fn fingerprint(f: &Fingerprinter, id: &Identity) -> u128 {
+    f.fingerprint(&key(id, &mut Vec::new()))
 }
 
 proptest! {
@@ -48,7 +61,9 @@ proptest! {
 
     #[test]
     fn different_identities_encode_differently(a in identity(), b in identity()) {
-        prop_assert_eq!(a == b, key(&a).encode() == key(&b).encode());
+        prop_assert_eq!(a == b, encode(&a) == encode(&b));
+        let group = |id: &Identity| key(id, &mut Vec::new()).group();
+        prop_assert_eq!(a.0 == b.0 && a.1 == b.1 && a.3 == b.3, group(&a) == group(&b));
     }
 
     #[test]
@@ -59,12 +74,12 @@ proptest! {
         let joined = format!("{b}{c}");
         let cut = joined.char_indices().map(|(i, _)| i).chain([joined.len()]).nth(cut).unwrap_or(0);
         let (user, endpoint) = joined.split_at(cut);
-        let moved = (a.clone(), 3, user.to_owned(), endpoint.to_owned());
-        let original = (a, 3, b, c);
-        prop_assert_eq!(original == moved, key(&original).encode() == key(&moved).encode());
+        let moved = (a.clone(), 3, 0, vec![user.to_owned(), endpoint.to_owned()]);
+        let original = (a, 3, 0, vec![b, c]);
+        prop_assert_eq!(original == moved, encode(&original) == encode(&moved));
         let f = Fingerprinter::with_key(7, 9);
         if original != moved {
-            prop_assert_ne!(f.fingerprint(&key(&original)), f.fingerprint(&key(&moved)));
+            prop_assert_ne!(fingerprint(&f, &original), fingerprint(&f, &moved));
         }
     }
 }

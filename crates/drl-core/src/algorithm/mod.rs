@@ -176,7 +176,7 @@ impl Step {
 }
 
 /// The per-key state of one algorithm.
-pub trait LimitState: Send + Sized + 'static {
+pub trait LimitState: Clone + Send + Sized + 'static {
     /// The state of a key with no admissions.
     fn fresh(policy: &Policy) -> Self;
 

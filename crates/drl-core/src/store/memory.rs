@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crate::algorithm::{
-    Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, TokenBucket,
+    Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, Step, TokenBucket,
 };
 use crate::decision::Decision;
 use crate::key::Fingerprinter;
+use crate::policy::Policy;
 use crate::store::{Store, StoreError, StoreRequest};
 
 /// The lock-free in-memory store.
@@ -114,6 +115,95 @@ impl MemoryStore {
         answer
     }
 
+    /// [`Store::check_all`], synchronously: the cells of all keys are locked in fingerprint
+    /// order (so two such checks cannot deadlock, and single-key checks lock one cell only),
+    /// each algorithm is stepped on a copy of its state, and the copies replace the states only
+    /// if every step admitted. Under the locks no other check can see or change any of the
+    /// counters in between: the whole is one atomic step.
+    pub fn check_all_now(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
+        match requests {
+            [] => return Vec::new(),
+            [one] => return vec![self.check_now(one)],
+            _ => {}
+        }
+        let ids: Vec<u128> = requests
+            .iter()
+            .map(|r| self.fingerprints.fingerprint(&r.key))
+            .collect();
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_unstable_by_key(|&i| ids[i]);
+        // One entry per distinct counter, in lock order, with the hits of all its requests.
+        let mut counters: Vec<(usize, u32)> = Vec::with_capacity(requests.len());
+        let mut counter_of = vec![0; requests.len()];
+        for &i in &order {
+            match counters.last_mut() {
+                Some((first, hits)) if ids[*first] == ids[i] => {
+                    *hits = hits.saturating_add(requests[i].hits);
+                }
+                _ => counters.push((i, requests[i].hits)),
+            }
+            counter_of[i] = counters.len() - 1;
+        }
+        let guards = (
+            self.windows.map.guard(),
+            self.logs.map.guard(),
+            self.fixed.map.guard(),
+            self.buckets.map.guard(),
+        );
+        let steps = loop {
+            let mut held: Vec<Box<dyn Held + '_>> = Vec::with_capacity(counters.len());
+            for &(first, _) in &counters {
+                let (id, policy) = (ids[first], requests[first].policy);
+                held.push(match policy.algorithm() {
+                    Algorithm::SlidingWindow { .. } => self.windows.hold(id, policy, &guards.0),
+                    Algorithm::SlidingLog => self.logs.hold(id, policy, &guards.1),
+                    Algorithm::FixedWindow => self.fixed.hold(id, policy, &guards.2),
+                    Algorithm::TokenBucket { .. } => self.buckets.hold(id, policy, &guards.3),
+                });
+            }
+            if held.iter().any(|h| h.retired()) {
+                // Swept under us: drop every lock, make sure the retired cells are gone, and
+                // start again with fresh ones.
+                let retired: Vec<usize> = (0..held.len()).filter(|&c| held[c].retired()).collect();
+                drop(held);
+                for c in retired {
+                    let (first, _) = counters[c];
+                    let id = ids[first];
+                    match requests[first].policy.algorithm() {
+                        Algorithm::SlidingWindow { .. } => self.windows.forget(id, &guards.0),
+                        Algorithm::SlidingLog => self.logs.forget(id, &guards.1),
+                        Algorithm::FixedWindow => self.fixed.forget(id, &guards.2),
+                        Algorithm::TokenBucket { .. } => self.buckets.forget(id, &guards.3),
+                    }
+                }
+                continue;
+            }
+            let steps: Vec<Step> = held
+                .iter_mut()
+                .zip(&counters)
+                .map(|(h, &(first, hits))| {
+                    let r = &requests[first];
+                    h.trial(r.policy, r.now_ns, hits)
+                })
+                .collect();
+            let admitted = steps.iter().all(|s| s.decision.allowed);
+            for ((h, step), &(first, hits)) in held.iter_mut().zip(&steps).zip(&counters) {
+                if admitted {
+                    if hits > 0 {
+                        h.commit();
+                    }
+                } else if !step.decision.allowed
+                    && hits <= 1
+                    && self.epochs.current.load(Ordering::SeqCst) == requests[first].rules_epoch
+                {
+                    h.publish_denial(step.retry_at_ns);
+                }
+            }
+            break steps;
+        };
+        counter_of.iter().map(|&c| steps[c].decision).collect()
+    }
+
     /// Removes every key whose admissions have all aged out by `now_ns`; returns how many.
     pub fn sweep(&self, now_ns: u64) -> usize {
         self.windows.sweep(now_ns)
@@ -139,6 +229,13 @@ impl Store for MemoryStore {
         request: StoreRequest<'a>,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a {
         std::future::ready(Ok(self.check_now(&request)))
+    }
+
+    fn check_all<'a>(
+        &'a self,
+        requests: &'a [StoreRequest<'a>],
+    ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send + 'a {
+        std::future::ready(Ok(self.check_all_now(requests)))
     }
 
     fn rules_epoch(&self) -> u64 {
@@ -238,6 +335,50 @@ fn memo_insert(store: u64, key: u128, epoch: u64, denial: Denial) {
             });
         }
     });
+}
+
+/// A locked cell of any algorithm, for the all-or-nothing check.
+trait Held {
+    /// The sweep removed this cell before we locked it.
+    fn retired(&self) -> bool;
+    /// Steps a copy of the state; [`Held::commit`] makes the copy the state.
+    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step;
+    fn commit(&mut self);
+    /// Caches a denial of at most one hit, as the single-key check does.
+    fn publish_denial(&self, until: u64);
+}
+
+struct HeldCell<'g, S> {
+    cell: &'g Cell<S>,
+    state: MutexGuard<'g, S>,
+    trial: Option<S>,
+    swept_at: u64,
+}
+
+impl<S: LimitState> Held for HeldCell<'_, S> {
+    fn retired(&self) -> bool {
+        self.cell.denied_until.load(Ordering::Relaxed) == RETIRED
+    }
+
+    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+        let mut trial = self.state.clone();
+        let step = trial.step(policy, now_ns.max(self.swept_at), hits);
+        self.trial = Some(trial);
+        step
+    }
+
+    fn commit(&mut self) {
+        if let Some(trial) = self.trial.take() {
+            *self.state = trial;
+            self.cell
+                .idle_at
+                .store(self.state.idle_at(), Ordering::Relaxed);
+        }
+    }
+
+    fn publish_denial(&self, until: u64) {
+        self.cell.denied_until.store(until, Ordering::Release);
+    }
 }
 
 /// One algorithm's keys.
@@ -386,6 +527,39 @@ impl<S: LimitState> Table<S> {
         before.saturating_sub(map.len())
     }
 
+    /// The cell of `id`, created fresh if missing, locked (for [`MemoryStore::check_all_now`]).
+    fn hold<'g>(
+        &'g self,
+        id: u128,
+        policy: &Policy,
+        guard: &'g papaya::LocalGuard<'g>,
+    ) -> Box<dyn Held + 'g> {
+        let cell = match self.map.get(&id, guard) {
+            Some(cell) => cell,
+            None => match self.map.try_insert(id, Cell::new(S::fresh(policy)), guard) {
+                Ok(cell) => cell,
+                Err(occupied) => occupied.current,
+            },
+        };
+        // Loaded after the lookup, as in `check`.
+        let swept_at = self.swept_at.load(Ordering::Acquire);
+        Box::new(HeldCell {
+            cell,
+            state: cell.lock(),
+            trial: None,
+            swept_at,
+        })
+    }
+
+    /// Removes `id` if its cell was retired by the sweep.
+    fn forget(&self, id: u128, guard: &papaya::LocalGuard<'_>) {
+        let _ = self.map.remove_if(
+            &id,
+            |_, v| v.denied_until.load(Ordering::Relaxed) == RETIRED,
+            guard,
+        );
+    }
+
     /// Drops every cached denial, each under its cell's lock (see `rules_changed`).
     fn forget_denials(&self) {
         for (_, cell) in self.map.pin().iter() {
@@ -432,7 +606,7 @@ impl Hasher for FingerprintHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{CounterKey, RuleLevel};
+    use crate::key::CounterKey;
     use crate::policy::Policy;
     use crate::store::Store;
     use std::time::Duration;
@@ -443,9 +617,10 @@ mod tests {
         StoreRequest {
             key: CounterKey {
                 domain: "drl",
-                level: RuleLevel::Default,
-                user_id: user,
-                endpoint: "/e",
+                rule: b"default",
+                limit: 0,
+                // Leaked: a few bytes per test call, for a `'a` slice of the two values.
+                values: Box::leak(Box::new([user, "/e"])),
             },
             policy,
             hits,

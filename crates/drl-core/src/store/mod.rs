@@ -1,5 +1,6 @@
-//! Where counters live. A [`Store`] runs one algorithm step atomically for one key; the
-//! [`MemoryStore`] does it in process, the Redis store (crate `drl-redis`) in a Lua script.
+//! Where counters live. A [`Store`] runs one algorithm step atomically for one key, or for
+//! several keys all or nothing; the [`MemoryStore`] does it in process, the Redis store (crate
+//! `drl-redis`) in Lua scripts.
 //!
 //! The trait is async so a networked store fits it; the memory store answers with a ready future,
 //! and offers the same step synchronously for embedded use.
@@ -52,6 +53,16 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         request: StoreRequest<'a>,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send + 'a;
+
+    /// Decides several counters **all or nothing**: if every request would be admitted, all
+    /// are counted; otherwise none is. Decisions come back in request order; when the whole is
+    /// denied, a request that had room reports `allowed: true` with the `remaining` it would have
+    /// left, and the caller answers denied. Requests naming the same counter are counted
+    /// together (their hits add up).
+    fn check_all<'a>(
+        &'a self,
+        requests: &'a [StoreRequest<'a>],
+    ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send + 'a;
 
     /// A counter of rule changes, for stores that cache decisions (a denial cached under old
     /// rules must not outlive them). The limiter reads it before loading the rules and passes
