@@ -22,7 +22,7 @@ fn now<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn per(n: u64, window: Duration) -> Policy {
-    Policy::per(n, window, Algorithm::default()).unwrap()
+    Policy::per(n, window, Algorithm::default()).expect("a supported policy")
 }
 
 fn limiter(rules: Rules) -> (Limiter, ManualClock) {
@@ -91,7 +91,7 @@ fn web_rules() -> Rules {
                 },
             ],
         }])
-        .unwrap()
+        .expect("valid rules")
 }
 
 fn decision(v: &Verdict) -> drl_core::Decision {
