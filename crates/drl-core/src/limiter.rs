@@ -25,7 +25,7 @@ use crate::decision::Decision;
 use crate::error::CheckError;
 use crate::key::{CounterKey, MAX_ID_LEN, validate_id};
 use crate::policy::Policy;
-use crate::rules::{Action, Entry, RuleLevel, Rules, Target};
+use crate::rules::{Action, ENDPOINT_KEY, Entry, RuleLevel, Rules, Target, USER_KEY};
 use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
 
 /// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
@@ -403,6 +403,23 @@ impl<S: Store> Limiter<S> {
         descriptors: &[Descriptor<'_>],
     ) -> Result<Outcome, LimiterError> {
         validate_descriptors(descriptors)?;
+        if domain == NATIVE_DOMAIN {
+            // The native API's identifier rules hold for its domain whichever API is used.
+            for d in descriptors {
+                for e in d.entries {
+                    if e.key == USER_KEY || e.key == ENDPOINT_KEY {
+                        validate_id(
+                            if e.key == USER_KEY {
+                                "user_id"
+                            } else {
+                                "endpoint"
+                            },
+                            e.value,
+                        )?;
+                    }
+                }
+            }
+        }
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
         let Some(rule_domain) = rules.domain(domain) else {
@@ -503,10 +520,11 @@ impl<S: Store> Limiter<S> {
                     label,
                     verdict: Verdict::Unlimited,
                 },
-                Action::Deny { .. } => DescriptorStatus {
+                Action::Deny { window } => DescriptorStatus {
                     label,
                     verdict: Verdict::Limited {
                         decision: fixed_answer(target.action()),
+                        window: *window,
                         shadow: target.shadow_mode(),
                     },
                 },
@@ -522,21 +540,25 @@ impl<S: Store> Limiter<S> {
                         now,
                         rules_epoch,
                     );
-                    let decision = combine(&self.inner.store.check_all(&requests).await?);
+                    let decided = self.inner.store.check_all(&requests).await?;
+                    let at = chosen(&decided);
                     DescriptorStatus {
                         label,
                         verdict: Verdict::Limited {
-                            decision,
+                            decision: decided[at],
+                            window: limits[at].limit().window(),
                             shadow: true,
                         },
                     }
                 }
-                Action::Limit(_) => {
-                    let decision = combine(&decided[spans[i].clone()]);
+                Action::Limit(limits) => {
+                    let decided = &decided[spans[i].clone()];
+                    let at = chosen(decided);
                     DescriptorStatus {
                         label,
                         verdict: Verdict::Limited {
-                            decision,
+                            decision: decided[at],
+                            window: limits[at].limit().window(),
                             shadow: false,
                         },
                     }
@@ -624,6 +646,7 @@ impl DescriptorStatus {
             Verdict::Limited {
                 decision: Decision { allowed: false, .. },
                 shadow: false,
+                ..
             }
         )
     }
@@ -637,7 +660,12 @@ pub enum Verdict {
     /// The rule says `unlimited`.
     Unlimited,
     /// The rule's limits decided; a shadow-mode rule's denial does not deny the request.
-    Limited { decision: Decision, shadow: bool },
+    /// `window` is the window of the limit the decision reports.
+    Limited {
+        decision: Decision,
+        window: Duration,
+        shadow: bool,
+    },
 }
 
 /// The answer to an Envoy-style request.
@@ -700,19 +728,20 @@ fn validate_descriptors(descriptors: &[Descriptor<'_>]) -> Result<(), CheckError
 /// One decision for several limits checked together: when all admit, the one with the least
 /// room left (it is what a client must respect next); otherwise the denial that lasts longest.
 fn combine(decisions: &[Decision]) -> Decision {
-    let allowed = decisions.iter().all(|d| d.allowed);
-    let pick = if allowed {
-        decisions
-            .iter()
-            .min_by_key(|d| (d.remaining, std::cmp::Reverse(d.reset_after)))
+    decisions[chosen(decisions)]
+}
+
+/// The index of the decision [`combine`] answers with (0 for none).
+fn chosen(decisions: &[Decision]) -> usize {
+    let indexed = decisions.iter().enumerate();
+    let pick = if decisions.iter().all(|d| d.allowed) {
+        indexed.min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_after)))
     } else {
-        decisions
-            .iter()
-            .filter(|d| !d.allowed)
-            .max_by_key(|d| d.retry_after)
+        indexed
+            .filter(|(_, d)| !d.allowed)
+            .max_by_key(|(_, d)| d.retry_after)
     };
-    pick.copied()
-        .unwrap_or_else(|| Decision::new(true, u32::MAX, u32::MAX, 0, 0))
+    pick.map_or(0, |(i, _)| i)
 }
 
 /// The answer of a rule that needs no counter.

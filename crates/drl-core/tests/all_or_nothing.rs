@@ -183,7 +183,10 @@ fn unlimited_unmatched_and_shadow_descriptors_never_deny() {
         assert!(outcome.allowed, "round {round}");
         assert_eq!(outcome.statuses[0].verdict, Verdict::Unlimited);
         assert_eq!(outcome.statuses[1].verdict, Verdict::NoLimit);
-        let Verdict::Limited { decision, shadow } = outcome.statuses[2].verdict else {
+        let Verdict::Limited {
+            decision, shadow, ..
+        } = outcome.statuses[2].verdict
+        else {
             panic!("shadow rule not limited");
         };
         assert!(shadow);

@@ -111,6 +111,9 @@ pub struct ConfigView {
     pub default: PolicyView,
     /// The rules as written, in file order.
     pub rules: Vec<RuleView>,
+    /// The envoyproxy/ratelimit-format domains loaded beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
 }
 
 /// One rule of [`ConfigView`]: its selectors (absent: any) and its policy.
@@ -121,7 +124,15 @@ pub struct RuleView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(flatten)]
-    pub policy: PolicyView,
+    pub limits: LimitsView,
+}
+
+/// A rule's limits as the config writes them: one inline, or a `limits` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LimitsView {
+    Several { limits: Vec<PolicyView> },
+    One(PolicyView),
 }
 
 /// A policy as the config file writes it: `limit` per `window` (e.g. `"1m"`), `algorithm`, and
@@ -168,9 +179,15 @@ impl ConfigView {
                 .map(|r| RuleView {
                     user_id: r.user_id.clone(),
                     endpoint: r.endpoint.clone(),
-                    policy: (&r.policy).into(),
+                    limits: match r.limits.as_slice() {
+                        [one] => LimitsView::One(one.into()),
+                        several => LimitsView::Several {
+                            limits: several.iter().map(Into::into).collect(),
+                        },
+                    },
                 })
                 .collect(),
+            domains: rules.domains().iter().map(|d| d.domain.clone()).collect(),
         }
     }
 }

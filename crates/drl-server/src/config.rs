@@ -28,10 +28,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use drl_core::DomainRules;
+use drl_core::rules::MAX_LIMITS_PER_RULE;
 use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 use thiserror::Error;
+
+use crate::envoy_config::RawDomain;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -114,37 +118,126 @@ impl fmt::Display for DisplayLines<'_> {
 }
 
 impl Config {
-    /// Reads and validates the config file at `path`.
+    /// Reads and validates the config at `path`: a file, or a directory whose `*.yaml` and
+    /// `*.yml` files are read in name order. Each file is either the native config (store,
+    /// default, rules; at most one) or an envoyproxy/ratelimit-format domain (a top-level
+    /// `domain:`; any number, each domain once).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        Self::from_yaml_bytes(&name, &bytes)
+        let read = |path: &Path| {
+            let name = path.display().to_string();
+            std::fs::read(path)
+                .map(|bytes| (name.clone(), bytes))
+                .map_err(|source| ConfigError::Read { path: name, source })
+        };
+        if path.is_dir() {
+            let listing = std::fs::read_dir(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut files: Vec<_> = listing
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            files.sort();
+            let sources = files
+                .iter()
+                .map(|f| read(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            Self::from_sources(&sources)
+        } else {
+            Self::from_sources(&[read(path)?])
+        }
     }
 
     /// Validates a config given as text; `source_name` names it in diagnostics.
     pub fn from_yaml(source_name: &str, yaml: &str) -> Result<Self, ConfigError> {
-        Self::from_yaml_bytes(source_name, yaml.as_bytes())
+        Self::from_sources(&[(source_name.to_owned(), yaml.as_bytes().to_vec())])
     }
 
-    fn from_yaml_bytes(source_name: &str, yaml: &[u8]) -> Result<Self, ConfigError> {
+    /// Validates several files as one config: every file's problems are reported.
+    fn from_sources(sources: &[(String, Vec<u8>)]) -> Result<Self, ConfigError> {
+        let mut diagnostics = Vec::new();
+        let mut native: Option<(&str, Config)> = None;
+        let mut domains: Vec<(&str, DomainRules)> = Vec::new();
+        for (name, bytes) in sources {
+            match Self::part(name, bytes) {
+                Ok(Part::Native(config)) => match &native {
+                    Some((first, _)) => diagnostics.push(diagnostic(
+                        name,
+                        Location::UNKNOWN,
+                        &format!("a second native config (the first is {first}); only one file may have store, default and rules"),
+                    )),
+                    None => native = Some((name, *config)),
+                },
+                Ok(Part::Domain(domain)) => {
+                    if let Some((first, _)) = domains.iter().find(|(_, d)| d.domain == domain.domain) {
+                        diagnostics.push(diagnostic(
+                            name,
+                            Location::UNKNOWN,
+                            &format!("domain {:?} is already defined in {first}", domain.domain),
+                        ));
+                    } else {
+                        domains.push((name, domain));
+                    }
+                }
+                Err(ConfigError::Invalid(found)) => diagnostics.extend(found),
+                Err(e) => return Err(e),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(ConfigError::Invalid(diagnostics));
+        }
+        let config = native.map_or_else(
+            || Config {
+                store: StoreConfig::default(),
+                rules: Rules::builtin(),
+            },
+            |(_, c)| c,
+        );
+        let names: Vec<&str> = domains.iter().map(|(n, _)| *n).collect();
+        match config
+            .rules
+            .clone()
+            .with_domains(domains.into_iter().map(|(_, d)| d))
+        {
+            Ok(rules) => Ok(Config { rules, ..config }),
+            Err(e) => Err(ConfigError::Invalid(vec![diagnostic(
+                names.first().copied().unwrap_or("config"),
+                Location::UNKNOWN,
+                &e.to_string(),
+            )])),
+        }
+    }
+
+    /// One file: native or envoyproxy/ratelimit format, told apart by a top-level `domain:`.
+    fn part(source_name: &str, yaml: &[u8]) -> Result<Part, ConfigError> {
         // No snippets: diagnostics are one line each, `file:line:column: message`.
         let options = serde_saphyr::options! { with_snippet: false };
-        let raw: RawConfig = serde_saphyr::from_slice_with_options(yaml, options).map_err(|e| {
+        let located = |e: serde_saphyr::Error| {
             let e = e.without_snippet();
             let location = e.location().unwrap_or(Location::UNKNOWN);
             let message = UserMessageFormatter.format_message(e);
             ConfigError::Invalid(vec![diagnostic(source_name, location, &message)])
-        })?;
+        };
         let mut validator = Validator {
             file: source_name,
             diagnostics: Vec::new(),
         };
-        let config = validator.config(raw);
-        match config {
-            Some(config) if validator.diagnostics.is_empty() => Ok(config),
+        let is_domain = serde_saphyr::from_slice_with_options::<
+            HashMap<String, serde::de::IgnoredAny>,
+        >(yaml, options.clone())
+        .is_ok_and(|top| top.contains_key("domain"));
+        let part = if is_domain {
+            let raw: RawDomain =
+                serde_saphyr::from_slice_with_options(yaml, options).map_err(located)?;
+            validator.domain(&raw).map(Part::Domain)
+        } else {
+            let raw: RawConfig =
+                serde_saphyr::from_slice_with_options(yaml, options).map_err(located)?;
+            validator.config(raw).map(|c| Part::Native(Box::new(c)))
+        };
+        match part {
+            Some(part) if validator.diagnostics.is_empty() => Ok(part),
             _ => {
                 let mut diagnostics = validator.diagnostics;
                 diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -154,7 +247,13 @@ impl Config {
     }
 }
 
-fn diagnostic(file: &str, at: Location, message: &str) -> Diagnostic {
+/// One file of a config.
+enum Part {
+    Native(Box<Config>),
+    Domain(DomainRules),
+}
+
+pub(crate) fn diagnostic(file: &str, at: Location, message: &str) -> Diagnostic {
     // An unknown location (line 0) only comes from the deserializer; point at the file's start.
     Diagnostic {
         file: file.to_owned(),
@@ -180,7 +279,7 @@ fn escape_control(message: &str) -> String {
 // --- The file as written ------------------------------------------------------------------
 
 /// A scalar kept as its text, with where it was written.
-type Text = Spanned<String>;
+pub(crate) type Text = Spanned<String>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,11 +331,13 @@ struct RawRule {
     user_id: Spanned<Option<String>>,
     #[serde(default = "absent")]
     endpoint: Spanned<Option<String>>,
-    limit: Text,
-    window: Text,
+    /// One limit written inline, or several under `limits:` (enforced all or nothing).
+    limit: Option<Text>,
+    window: Option<Text>,
     algorithm: Option<Text>,
     precision: Option<Text>,
     burst: Option<Text>,
+    limits: Option<Vec<Spanned<RawPolicy>>>,
 }
 
 fn absent() -> Spanned<Option<String>> {
@@ -265,27 +366,28 @@ impl RawPolicy {
 }
 
 impl RawRule {
-    fn fields(&self) -> PolicyFields<'_> {
-        PolicyFields {
-            limit: &self.limit,
-            window: &self.window,
+    /// The inline limit, if both halves are there.
+    fn fields(&self) -> Option<PolicyFields<'_>> {
+        Some(PolicyFields {
+            limit: self.limit.as_ref()?,
+            window: self.window.as_ref()?,
             algorithm: self.algorithm.as_ref(),
             precision: self.precision.as_ref(),
             burst: self.burst.as_ref(),
-        }
+        })
     }
 }
 
 // --- Validation ---------------------------------------------------------------------------
 
 /// Turns the raw file into a config, collecting every problem instead of stopping at the first.
-struct Validator<'f> {
-    file: &'f str,
-    diagnostics: Vec<Diagnostic>,
+pub(crate) struct Validator<'f> {
+    pub(crate) file: &'f str,
+    pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
 impl Validator<'_> {
-    fn error(&mut self, at: Location, message: impl fmt::Display) {
+    pub(crate) fn error(&mut self, at: Location, message: impl fmt::Display) {
         let d = diagnostic(self.file, at, &message.to_string());
         self.diagnostics.push(d);
     }
@@ -390,15 +492,15 @@ impl Validator<'_> {
         for raw_rule in raw {
             let user_id = self.selector(&raw_rule.value.user_id, "user_id");
             let endpoint = self.selector(&raw_rule.value.endpoint, "endpoint");
-            let policy = self.policy(&raw_rule.value.fields());
-            let (Some(user_id), Some(endpoint), Some(policy)) = (user_id, endpoint, policy) else {
+            let limits = self.rule_limits(raw_rule);
+            let (Some(user_id), Some(endpoint), Some(limits)) = (user_id, endpoint, limits) else {
                 ok = false;
                 continue;
             };
             let rule = Rule {
                 user_id: user_id.map(str::to_owned),
                 endpoint: endpoint.map(str::to_owned),
-                policy,
+                limits,
             };
             let at = raw_rule.referenced;
             if user_id.is_none() && endpoint.is_none() {
@@ -421,6 +523,63 @@ impl Validator<'_> {
             rules.push(rule);
         }
         ok.then_some(rules)
+    }
+
+    /// A rule's limits: `limit` + `window` inline, or a `limits:` list, not both.
+    fn rule_limits(&mut self, raw: &Spanned<RawRule>) -> Option<Vec<Policy>> {
+        let rule = &raw.value;
+        let inline = rule.limit.is_some() || rule.window.is_some();
+        match (&rule.limits, rule.fields()) {
+            (Some(_), _) if inline => {
+                self.error(
+                    raw.referenced,
+                    "a rule has either `limit` and `window` or a `limits` list, not both",
+                );
+                None
+            }
+            (Some(list), _) => {
+                if rule.algorithm.is_some() || rule.precision.is_some() || rule.burst.is_some() {
+                    self.error(
+                        raw.referenced,
+                        "with a `limits` list, give algorithm, precision and burst per limit",
+                    );
+                    return None;
+                }
+                self.limit_list(raw.referenced, list)
+            }
+            (None, Some(fields)) => self.policy(&fields).map(|p| vec![p]),
+            (None, None) => {
+                let missing = if rule.limit.is_none() {
+                    "limit"
+                } else {
+                    "window"
+                };
+                self.error(
+                    raw.referenced,
+                    format_args!("the rule has no `{missing}` (or give a `limits` list)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A `limits:` list: 1 to [`MAX_LIMITS_PER_RULE`] policies, every one valid.
+    fn limit_list(&mut self, at: Location, list: &[Spanned<RawPolicy>]) -> Option<Vec<Policy>> {
+        if list.is_empty() || list.len() > MAX_LIMITS_PER_RULE {
+            self.error(
+                at,
+                format_args!(
+                    "{} limits: a rule has from 1 to {MAX_LIMITS_PER_RULE}",
+                    list.len()
+                ),
+            );
+            return None;
+        }
+        let policies: Vec<Option<Policy>> = list
+            .iter()
+            .map(|p| self.policy(&p.value.fields()))
+            .collect();
+        policies.into_iter().collect()
     }
 
     /// A rule's `user_id` or `endpoint`: `Some(None)` when absent, `None` when invalid.
@@ -479,7 +638,7 @@ impl Validator<'_> {
         }
     }
 
-    fn window(&mut self, window: &Text) -> Option<Duration> {
+    pub(crate) fn window(&mut self, window: &Text) -> Option<Duration> {
         let checked = drl_core::parse_duration(&window.value).and_then(Limit::check_window);
         match checked {
             Ok(d) => Some(d),
@@ -491,7 +650,17 @@ impl Validator<'_> {
     }
 
     fn algorithm(&mut self, raw: &PolicyFields<'_>) -> Option<Algorithm> {
-        let mut algorithm = match raw.algorithm {
+        self.algorithm_of(raw.algorithm, raw.precision, raw.burst)
+    }
+
+    /// An algorithm by name (default: sliding window) with its settings.
+    pub(crate) fn algorithm_of(
+        &mut self,
+        name: Option<&Text>,
+        precision: Option<&Text>,
+        burst: Option<&Text>,
+    ) -> Option<Algorithm> {
+        let mut algorithm = match name {
             None => Algorithm::default(),
             Some(name) => match Algorithm::from_name(&name.value) {
                 Ok(a) => a,
@@ -503,8 +672,8 @@ impl Validator<'_> {
         };
         type Setter = fn(Algorithm, u64) -> Result<Algorithm, PolicyError>;
         let settings: [(&str, Option<&Text>, Setter); 2] = [
-            ("precision", raw.precision, Algorithm::with_precision),
-            ("burst", raw.burst, Algorithm::with_burst),
+            ("precision", precision, Algorithm::with_precision),
+            ("burst", burst, Algorithm::with_burst),
         ];
         let mut ok = true;
         for (field, value, apply) in settings {
@@ -522,7 +691,7 @@ impl Validator<'_> {
     }
 
     /// A non-negative integer written in decimal.
-    fn whole_number(&mut self, value: &Text, field: &str) -> Option<u64> {
+    pub(crate) fn whole_number(&mut self, value: &Text, field: &str) -> Option<u64> {
         let text = value.value.trim();
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             self.error(
@@ -549,6 +718,13 @@ mod tests {
     use drl_core::RuleLevel;
 
     use super::*;
+
+    fn first_limit(target: &drl_core::Target) -> &Policy {
+        match target.action() {
+            drl_core::Action::Limit(limits) => &limits[0],
+            other => panic!("not a limit: {other:?}"),
+        }
+    }
 
     /// The errors of `yaml` as (line, column, message).
     fn errors(yaml: &str) -> Vec<(u64, u64, String)> {
@@ -604,8 +780,13 @@ rules:
         assert_eq!(config.store, StoreConfig::Memory);
         let rules = &config.rules;
         let n = |u, e| {
-            let (level, p) = rules.lookup(u, e);
-            (level, p.requests(), p.window_ns() / 1_000_000_000)
+            let target = rules.lookup(u, e);
+            let p = first_limit(target);
+            (
+                target.level().unwrap(),
+                p.requests(),
+                p.window_ns() / 1_000_000_000,
+            )
         };
         assert_eq!(n("alice", "/api/upload"), (RuleLevel::Pair, 5, 86_400));
         assert_eq!(n("alice", "/api/search"), (RuleLevel::User, 1000, 3_600));
@@ -638,7 +819,7 @@ rules:
             Algorithm::TokenBucket { burst: Some(3) }
         );
         assert_eq!(default.window_ns(), 90 * 1_000_000_000);
-        let (_, search) = config.rules.lookup("u", "/a");
+        let search = first_limit(config.rules.lookup("u", "/a"));
         assert_eq!(
             search.algorithm(),
             Algorithm::SlidingWindow { precision: 10 }
@@ -682,9 +863,9 @@ rules:
 
     #[test]
     fn missing_fields_are_located() {
-        // Reported where the mapping ends, which is still inside the rule.
-        let message = error_at("rules:\n  - endpoint: /a\n    limit: 1\n", 3, 5);
-        assert!(message.contains("missing field `window`"), "{message}");
+        // Reported at the rule.
+        let message = error_at("rules:\n  - endpoint: /a\n    limit: 1\n", 2, 5);
+        assert!(message.contains("the rule has no `window`"), "{message}");
     }
 
     #[test]

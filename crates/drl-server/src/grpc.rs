@@ -3,27 +3,22 @@
 //! - `drl.v1.RateLimiter/Check`: a batch of up to [`MAX_BATCH`] `(user_id, endpoint, hits)`
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the
 //!   others are decided as usual.
-//! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, for now only for
-//!   descriptors made of exactly the entries `user_id` and `endpoint` (in any order), each checked
-//!   as that pair. Other descriptor shapes are refused until the rule engine lands; the domain
-//!   must not be empty but does not select rules yet (the rule engine will).
+//! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: the domain's descriptor
+//!   rules, all or nothing over the request's descriptors (see [`crate::envoy`]). The native
+//!   rules are the domain `drl` with descriptors `user_id`, `endpoint`.
 //! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
 //!
 //! Every failure of a call is a [`GrpcError`], turned into a gRPC status in one place
 //! ([`GrpcError::code`]); the per-item errors of a batch use the same codes. Protobuf types stay
 //! in this module: the limiter sees `&str` and `u32`.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use native::rate_limiter_server::{RateLimiter, RateLimiterServer};
-use rls::rate_limit_response::rate_limit::Unit;
-use rls::rate_limit_response::{Code as EnvoyCode, DescriptorStatus, RateLimit};
 use rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -31,14 +26,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
 use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
+use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
 use crate::http::AppState;
 
 pub use drl_proto::MAX_BATCH;
-
-/// The descriptor entry keys that `ShouldRateLimit` understands until the rule engine lands.
-pub const USER_ID_KEY: &str = "user_id";
-/// See [`USER_ID_KEY`].
-pub const ENDPOINT_KEY: &str = "endpoint";
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
 /// connections and returns once the calls in flight are answered.
@@ -68,18 +59,9 @@ pub enum GrpcError {
     /// A native batch, or an Envoy request, with more than [`MAX_BATCH`] items.
     #[error("{0} items in one request; the maximum is {MAX_BATCH}")]
     TooManyItems(usize),
-    /// An Envoy request without a domain.
-    #[error("domain must not be empty")]
-    EmptyDomain,
-    /// An Envoy request without descriptors.
-    #[error("descriptors must not be empty")]
-    NoDescriptors,
-    /// An Envoy descriptor that is not exactly `user_id` and `endpoint`.
-    #[error(
-        "descriptor {index}: descriptor shape not supported yet (rule engine pending); \
-         expected exactly the entries \"{USER_ID_KEY}\" and \"{ENDPOINT_KEY}\""
-    )]
-    UnsupportedDescriptor { index: usize },
+    /// An Envoy request the limiter refuses (no domain, unknown domain, bad descriptors).
+    #[error(transparent)]
+    Envoy(EnvoyError),
     /// `hits` (or `hits_addend`) above [`MAX_HITS`](crate::api::MAX_HITS).
     #[error(transparent)]
     HitsOutOfRange(#[from] HitsOutOfRange),
@@ -100,16 +82,22 @@ impl From<LimiterError> for GrpcError {
     }
 }
 
+impl From<EnvoyError> for GrpcError {
+    fn from(e: EnvoyError) -> Self {
+        match e {
+            EnvoyError::Limiter(e) => e.into(),
+            other => Self::Envoy(other),
+        }
+    }
+}
+
 impl GrpcError {
     /// The gRPC status code of each error: the one place where errors become codes.
     pub fn code(&self) -> Code {
         match self {
-            Self::TooManyItems(_)
-            | Self::EmptyDomain
-            | Self::NoDescriptors
-            | Self::UnsupportedDescriptor { .. }
-            | Self::HitsOutOfRange(_)
-            | Self::Invalid(_) => Code::InvalidArgument,
+            Self::TooManyItems(_) | Self::Envoy(_) | Self::HitsOutOfRange(_) | Self::Invalid(_) => {
+                Code::InvalidArgument
+            }
             Self::Store(_) => Code::Unavailable,
         }
     }
@@ -205,189 +193,25 @@ fn native_decision(d: Decision) -> native::Decision {
     }
 }
 
-/// One descriptor of an Envoy request, as the pair it checks.
-#[derive(Debug)]
-struct PairCheck<'a> {
-    user_id: &'a str,
-    endpoint: &'a str,
-    hits: u32,
-}
-
-/// Reads every descriptor of `request`, or refuses the request.
-fn pair_checks(request: &rls::RateLimitRequest) -> Result<Vec<PairCheck<'_>>, GrpcError> {
-    if request.domain.is_empty() {
-        return Err(GrpcError::EmptyDomain);
-    }
-    if request.descriptors.is_empty() {
-        return Err(GrpcError::NoDescriptors);
-    }
-    if request.descriptors.len() > MAX_BATCH {
-        return Err(GrpcError::TooManyItems(request.descriptors.len()));
-    }
-    // Envoy's request-level hits_addend: 0 (unset) means 1.
-    let request_hits = match request.hits_addend {
-        0 => 1,
-        n => u64::from(n),
-    };
-    request
-        .descriptors
-        .iter()
-        .enumerate()
-        .map(|(index, descriptor)| {
-            let unsupported = || GrpcError::UnsupportedDescriptor { index };
-            let [a, b] = descriptor.entries.as_slice() else {
-                return Err(unsupported());
-            };
-            let (user, endpoint) = match (a.key.as_str(), b.key.as_str()) {
-                (USER_ID_KEY, ENDPOINT_KEY) => (a, b),
-                (ENDPOINT_KEY, USER_ID_KEY) => (b, a),
-                _ => return Err(unsupported()),
-            };
-            Ok(PairCheck {
-                user_id: &user.value,
-                endpoint: &endpoint.value,
-                hits: hits(descriptor.hits_addend.unwrap_or(request_hits))?,
-            })
-        })
-        .collect()
-}
-
 #[tonic::async_trait]
 impl<S: Store> RateLimitService for GrpcApi<S> {
     async fn should_rate_limit(
         &self,
         request: Request<rls::RateLimitRequest>,
     ) -> Result<Response<rls::RateLimitResponse>, Status> {
-        let request = request.into_inner();
-        let checks = pair_checks(&request)?;
-        Ok(Response::new(self.all_or_nothing(&checks).await?))
-    }
-}
-
-impl<S: Store> GrpcApi<S> {
-    /// Counts every check of an Envoy request, or none when any of them is over its limit.
-    ///
-    /// First every pair is asked with hits = 0 (which counts nothing), and a pair passes when
-    /// its remaining budget covers the hits of all the descriptors of this request that name it.
-    /// Only if every pair passes are they counted. This is NOT atomic across descriptors: a
-    /// concurrent request may spend a budget between the two passes, and then some descriptors
-    /// of this request are counted while another is denied (the answer is then OVER_LIMIT). The
-    /// rule-engine work must make a request's descriptors one atomic step in the store.
-    async fn all_or_nothing(
-        &self,
-        checks: &[PairCheck<'_>],
-    ) -> Result<rls::RateLimitResponse, GrpcError> {
-        let node = &self.0;
-        let mut wanted: HashMap<(&str, &str), u64> = HashMap::with_capacity(checks.len());
-        for check in checks {
-            *wanted.entry((check.user_id, check.endpoint)).or_default() += u64::from(check.hits);
-        }
-        let mut probes = Vec::with_capacity(checks.len());
-        for check in checks {
-            let probe = node.check(check.user_id, check.endpoint, 0).await?;
-            let needed = wanted[&(check.user_id, check.endpoint)];
-            let passes = if needed == 0 {
-                probe.decision.allowed
-            } else {
-                u64::from(probe.decision.remaining) >= needed
-            };
-            probes.push((probe, passes));
-        }
-
-        let decisions = if probes.iter().all(|&(_, passes)| passes) {
-            let mut counted = Vec::with_capacity(checks.len());
-            for check in checks {
-                let decision = node
-                    .decide(check.user_id, check.endpoint, check.hits)
-                    .await?;
-                counted.push(decision);
-            }
-            counted
-        } else {
-            // Nothing counted: each descriptor is answered from its probe, and counts in the
-            // metrics as denied, since the request was.
-            probes
-                .into_iter()
-                .map(|(probe, passes)| {
-                    node.metrics.decision(false, probe.level, probe.took);
-                    Decision {
-                        allowed: passes,
-                        ..probe.decision
-                    }
-                })
-                .collect()
-        };
-
-        let overall_ok = decisions.iter().all(|d| d.allowed);
-        let statuses = decisions
-            .iter()
-            .zip(checks)
-            .map(|(decision, check)| self.descriptor_status(check, decision))
-            .collect();
-        Ok(rls::RateLimitResponse {
-            overall_code: if overall_ok {
-                EnvoyCode::Ok
-            } else {
-                EnvoyCode::OverLimit
-            }
-            .into(),
-            statuses,
-            ..Default::default()
-        })
-    }
-
-    fn descriptor_status(&self, check: &PairCheck<'_>, decision: &Decision) -> DescriptorStatus {
-        let rules = self.0.limiter.rules();
-        let window = rules
-            .lookup(check.user_id, check.endpoint)
-            .1
-            .limit()
-            .window();
-        DescriptorStatus {
-            code: if decision.allowed {
-                EnvoyCode::Ok
-            } else {
-                EnvoyCode::OverLimit
-            }
-            .into(),
-            current_limit: Some(RateLimit {
-                name: String::new(),
-                requests_per_unit: decision.limit,
-                unit: unit_of(window).into(),
-            }),
-            limit_remaining: decision.remaining,
-            duration_until_reset: prost_types::Duration::try_from(decision.reset_after).ok(),
-            ..Default::default()
-        }
-    }
-}
-
-/// Envoy's unit for a window of exactly one second, minute, hour or day; UNKNOWN for any other
-/// window (Envoy only reads the unit to build headers; `requests_per_unit` is still N).
-fn unit_of(window: Duration) -> Unit {
-    match window.as_secs() {
-        _ if window.subsec_nanos() != 0 => Unit::Unknown,
-        1 => Unit::Second,
-        60 => Unit::Minute,
-        3_600 => Unit::Hour,
-        86_400 => Unit::Day,
-        _ => Unit::Unknown,
+        let request = EnvoyRequest::from(&request.into_inner());
+        let outcome = self
+            .0
+            .check_envoy(&request)
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(proto_response(&outcome)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn units_are_exact_windows() {
-        assert_eq!(unit_of(Duration::from_secs(1)), Unit::Second);
-        assert_eq!(unit_of(Duration::from_secs(60)), Unit::Minute);
-        assert_eq!(unit_of(Duration::from_secs(3_600)), Unit::Hour);
-        assert_eq!(unit_of(Duration::from_secs(86_400)), Unit::Day);
-        assert_eq!(unit_of(Duration::from_secs(120)), Unit::Unknown);
-        assert_eq!(unit_of(Duration::from_millis(1_500)), Unit::Unknown);
-    }
 
     #[test]
     fn every_error_has_a_code() {

@@ -2,6 +2,8 @@
 //!
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
+//! - `POST /json` → an Envoy `RateLimitRequest` as JSON, answered 200 / 429 with the
+//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens;
@@ -41,6 +43,7 @@ use crate::api::{
     ReloadResponse, checked_hits,
 };
 use crate::config::ConfigError;
+use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloader;
 
@@ -204,6 +207,7 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
     let state = state.into();
     Router::new()
         .route("/v1/check", post(check::<S>))
+        .route("/json", post(envoy_json::<S>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text::<S>))
@@ -252,6 +256,9 @@ pub enum ApiError {
     /// An identifier the limiter refuses (empty, or above 1 KiB).
     #[error(transparent)]
     Invalid(#[from] CheckError),
+    /// An Envoy request the limiter refuses (no domain, bad hits or limit override).
+    #[error(transparent)]
+    Envoy(EnvoyError),
     /// The store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -293,6 +300,7 @@ impl ApiError {
             | Self::NotAnObject
             | Self::Json(_)
             | Self::HitsOutOfRange(_)
+            | Self::Envoy(_)
             | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -346,6 +354,31 @@ async fn check<S: Store>(
         .decide(&request.user_id, &request.endpoint, hits)
         .await?;
     Ok(decision_response(decision.into()))
+}
+
+/// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
+/// `RateLimitResponse` as JSON (envoyproxy/ratelimit's HTTP form).
+async fn envoy_json<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = read_body(body).await?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::NotAnObject);
+    }
+    let request: EnvoyRequest = serde_json::from_slice(&body)?;
+    let outcome = state.check_envoy(&request).await.map_err(|e| match e {
+        EnvoyError::Limiter(e) => ApiError::from(e),
+        other => ApiError::Envoy(other),
+    })?;
+    let status = if outcome.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    Ok((status, Json(json_response(&outcome))).into_response())
 }
 
 /// Accepts `application/json`, with or without parameters such as `charset`.

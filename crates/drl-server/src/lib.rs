@@ -20,6 +20,8 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod envoy;
+mod envoy_config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

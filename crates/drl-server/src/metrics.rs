@@ -55,7 +55,12 @@ pub struct Metrics {
     reload_error: Counter,
     config_version: Gauge,
     store_errors: Counter,
+    /// Envoy-API descriptors by matched rule (a configured rule's label: bounded) and result.
+    descriptors: Family<DescriptorLabels, Counter>,
 }
+
+/// `(rule, result)` of a descriptor decision.
+type DescriptorLabels = [(&'static str, String); 2];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -81,6 +86,14 @@ impl Metrics {
             "decisions",
             "Rate-limit decisions, by result and by the level of the rule that decided",
             decisions_family,
+        );
+
+        let descriptors = Family::<DescriptorLabels, Counter>::default();
+        registry.register(
+            "descriptor_decisions",
+            "Envoy API descriptors, by the configured rule that matched them and the result \
+             (allowed, denied, shadow_denied, unlimited, no_rule)",
+            descriptors.clone(),
         );
 
         // 1 µs to ~4 s, ×4 per bucket: a memory-store check is around a microsecond, a
@@ -132,6 +145,7 @@ impl Metrics {
             reload_error,
             config_version,
             store_errors,
+            descriptors,
         }
     }
 
@@ -139,6 +153,19 @@ impl Metrics {
     #[inline]
     pub fn decision(&self, allowed: bool, level: RuleLevel, took: Duration) {
         self.decisions[usize::from(allowed)][level as usize].inc();
+        self.check_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one descriptor of an Envoy request: `rule` is the matched rule's label (from the
+    /// config, never from the request), `result` one of the documented results.
+    pub fn descriptor(&self, rule: &str, result: &'static str) {
+        self.descriptors
+            .get_or_create(&[("rule", rule.to_owned()), ("result", result.to_owned())])
+            .inc();
+    }
+
+    /// Records how long a check took (for checks counted per descriptor).
+    pub fn observe_check(&self, took: Duration) {
         self.check_duration.observe(took.as_secs_f64());
     }
 

@@ -232,7 +232,7 @@ fn pair(user_id: &str, endpoint: &str) -> RateLimitDescriptor {
 
 fn envoy_request(descriptors: Vec<RateLimitDescriptor>, hits_addend: u32) -> rls::RateLimitRequest {
     rls::RateLimitRequest {
-        domain: "edge".into(),
+        domain: "drl".into(),
         descriptors,
         hits_addend,
     }
@@ -265,12 +265,18 @@ async fn envoy_answers_ok_then_over_limit_after_n() {
         let reset = status.duration_until_reset.unwrap();
         assert!(reset.seconds > 0 && reset.seconds <= 120, "{reset:?}");
     }
-    // Entries in the other order name the same pair.
+    // Entries in the other order match no rule (levels are ordered, as in envoyproxy/ratelimit):
+    // OK, with no limit.
     let reversed = RateLimitDescriptor {
         entries: vec![entry("endpoint", "/a"), entry("user_id", "alice")],
         ..Default::default()
     };
     let response = should_rate_limit(&mut client, envoy_request(vec![reversed], 0))
+        .await
+        .unwrap();
+    assert_eq!(response.overall_code(), EnvoyCode::Ok);
+    assert_eq!(response.statuses[0].current_limit, None);
+    let response = should_rate_limit(&mut client, envoy_request(vec![pair("alice", "/a")], 0))
         .await
         .unwrap();
     assert_eq!(response.overall_code(), EnvoyCode::OverLimit);
@@ -345,29 +351,37 @@ async fn envoy_bad_input_is_invalid_argument_and_counts_nothing() {
     no_domain.domain.clear();
     let mut huge_hits = pair("alice", "/b");
     huge_hits.hits_addend = Some(u64::from(u32::MAX) + 1);
-    let mut extra_entry = good();
-    extra_entry.entries.push(entry("path", "/x"));
+    let mut many_entries = good();
+    many_entries.entries = (0..17).map(|i| entry(&format!("k{i}"), "v")).collect();
+    let mut unknown_domain = envoy_request(vec![good()], 0);
+    unknown_domain.domain = "nope".into();
     let cases = [
         ("empty domain", no_domain, "domain"),
         ("no descriptors", envoy_request(vec![], 0), "descriptors"),
+        ("unknown domain", unknown_domain, "unknown domain \"nope\""),
         (
-            "other keys",
+            "no entries",
+            envoy_request(vec![good(), RateLimitDescriptor::default()], 0),
+            "descriptor 1 has no entries",
+        ),
+        (
+            "empty key",
             envoy_request(
                 vec![
                     good(),
                     RateLimitDescriptor {
-                        entries: vec![entry("remote_address", "10.0.0.1")],
+                        entries: vec![entry("", "x")],
                         ..Default::default()
                     },
                 ],
                 0,
             ),
-            "rule engine pending",
+            "key must not be empty",
         ),
         (
-            "three entries",
-            envoy_request(vec![good(), extra_entry], 0),
-            "descriptor 1",
+            "too many entries",
+            envoy_request(vec![good(), many_entries], 0),
+            "maximum",
         ),
         (
             "empty user_id",
@@ -450,7 +464,11 @@ async fn grpc_decisions_are_counted_in_the_metrics() {
             "drl_decisions_total{result=\"allowed\",rule=\"default\"}",
             1,
         ),
-        ("drl_decisions_total{result=\"denied\",rule=\"default\"}", 3),
+        ("drl_decisions_total{result=\"denied\",rule=\"default\"}", 1),
+        (
+            "drl_descriptor_decisions_total{rule=\"default\",result=\"denied\"}",
+            2,
+        ),
     ] {
         assert!(
             text.lines().any(|line| line == format!("{series} {value}")),

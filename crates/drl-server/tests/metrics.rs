@@ -23,7 +23,7 @@ fn rules() -> Rules {
         [Rule {
             user_id: None,
             endpoint: Some("/search".to_owned()),
-            policy: per_minute(1),
+            limits: vec![per_minute(1)],
         }],
     )
     .unwrap()

@@ -250,7 +250,7 @@ fn serve_answers_grpc_beside_http_with_one_budget() {
             value: value.into(),
         };
         let request = RateLimitRequest {
-            domain: "edge".into(),
+            domain: "drl".into(),
             descriptors: vec![RateLimitDescriptor {
                 entries: vec![entry("user_id", "alice"), entry("endpoint", "/a")],
                 ..Default::default()
