@@ -12,12 +12,14 @@
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`client`]: a small HTTP client for `POST /v1/check`, and the `drl check` command.
+//! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //!
 //! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
 //! port 0 and talk to real sockets.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envoy;

@@ -5,10 +5,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drl_core::{Limiter, Rules};
+use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
 use drl_server::client::{self, DEFAULT_SERVER};
 use drl_server::http::AdminToken;
 use drl_server::reload::{self, Reloader};
@@ -57,6 +59,70 @@ enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load a running node and report decisions/s, allowed/denied/errors and latency
+    /// percentiles (live progress on a terminal).
+    Bench(BenchArgs),
+}
+
+/// The options of `drl bench`; see `drl_server::bench` for what they mean.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// The API to load: Envoy's ShouldRateLimit, the native batch Check, or HTTP /v1/check.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Envoy)]
+    target: BenchTarget,
+    /// The node's URL [default: http://127.0.0.1:8081 for gRPC, http://127.0.0.1:8080 for HTTP].
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Workers, each with one request in flight.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the gRPC workers share [default: 2].
+    #[arg(long, value_name = "N")]
+    connections: Option<usize>,
+    /// Open loop: send this many requests per second, latency measured from when each was due.
+    #[arg(long, value_name = "R")]
+    rate: Option<u64>,
+    /// Checks per request (native target only).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
+    /// Distinct keys (users), drawn uniformly unless --zipf or --hot.
+    #[arg(long, value_name = "K", default_value_t = 10_000)]
+    keys: u64,
+    /// Draw the K keys Zipf-skewed with this exponent (e.g. 1.1).
+    #[arg(long, value_name = "S", conflicts_with = "hot")]
+    zipf: Option<f64>,
+    /// Use one key for every check.
+    #[arg(long)]
+    hot: bool,
+    /// Hits per check.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    hits: u32,
+    /// How long to run (e.g. 10s, 1m) [default: 10s].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// Stop after this many requests instead of a duration.
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// A request without an answer after this long is an error.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, default_value = "5s")]
+    timeout: Duration,
+    /// Seed of the key choice.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Print the result as one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchTarget {
+    Envoy,
+    Native,
+    Http,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    drl_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -105,6 +171,60 @@ async fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Command::Config(ConfigCommand::Validate { file }) => validate(&file),
+        Command::Bench(args) => bench(args).await,
+    }
+}
+
+async fn bench(args: BenchArgs) -> ExitCode {
+    let options = BenchOptions {
+        target: match args.target {
+            BenchTarget::Envoy => Target::Envoy,
+            BenchTarget::Native => Target::Native,
+            BenchTarget::Http => Target::Http,
+        },
+        server: args.server,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        rate: args.rate,
+        batch: args.batch,
+        keys: args.keys,
+        distribution: match (args.zipf, args.hot) {
+            (Some(s), _) => KeyDistribution::Zipf(s),
+            (None, true) => KeyDistribution::Hot,
+            (None, false) => KeyDistribution::Uniform,
+        },
+        hits: args.hits,
+        length: match (args.requests, args.duration) {
+            (Some(n), _) => Length::Requests(n),
+            (None, Some(d)) => Length::Duration(d),
+            (None, None) => Length::Duration(Duration::from_secs(10)),
+        },
+        timeout: args.timeout,
+        seed: args.seed,
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        bench::Progress::Stderr
+    } else {
+        bench::Progress::Quiet
+    };
+    match bench::run(&options, progress).await {
+        Ok(report) if args.json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("drl bench: {e}");
+            // 2, as for a usage error, when the options were refused.
+            ExitCode::from(if matches!(e, bench::BenchError::Invalid(_)) {
+                2
+            } else {
+                1
+            })
+        }
     }
 }
 

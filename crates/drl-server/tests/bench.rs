@@ -1,0 +1,226 @@
+//! `drl bench` against a real node on loopback ports (port 0): each target, closed and open
+//! loop, with small request counts. The counts must add up exactly: allowed + denied + errors =
+//! decisions = requests × batch, and on one hot key with a limit of N (a manual clock, so the
+//! window never moves) exactly N are allowed. No timing is asserted.
+
+#![allow(clippy::unwrap_used)] // Test code.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::DEADLINE;
+use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
+use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
+use drl_server::{AppState, Metrics};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The limit of every pair in these tests.
+const LIMIT: u64 = 50;
+
+/// A node serving HTTP and gRPC, every pair limited to [`LIMIT`] per minute.
+struct Node {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let rules = Rules::only_default(
+            Policy::per(LIMIT, Duration::from_secs(60), Algorithm::default()).unwrap(),
+        );
+        let limiter = Limiter::builder(rules)
+            .clock(ManualClock::new(0))
+            .sweep_interval(None)
+            .build();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let node = AppState::new(limiter, Arc::new(Metrics::new()));
+        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            http: http_addr,
+            grpc: grpc_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn options(&self, target: Target) -> BenchOptions {
+        let addr = match target {
+            Target::Http => self.http,
+            Target::Envoy | Target::Native => self.grpc,
+        };
+        let mut options = BenchOptions::new(target);
+        options.server = Some(format!("http://{addr}"));
+        options.concurrency = 4;
+        options
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
+        result.expect("server stops").unwrap().unwrap();
+    }
+}
+
+async fn run(options: &BenchOptions) -> Report {
+    tokio::time::timeout(DEADLINE, bench::run(options, Progress::Quiet))
+        .await
+        .expect("the bench ends in time")
+        .unwrap()
+}
+
+/// Every decision is accounted for once.
+fn assert_adds_up(report: &Report, requests: u64, batch: u64) {
+    assert_eq!(report.requests, requests, "{report:?}");
+    assert_eq!(report.decisions, requests * batch, "{report:?}");
+    assert_eq!(
+        report.allowed + report.denied + report.errors,
+        report.decisions,
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hot_key_is_allowed_exactly_its_limit_on_every_target() {
+    for target in [Target::Envoy, Target::Native, Target::Http] {
+        let node = Node::start().await;
+        let mut options = node.options(target);
+        options.distribution = KeyDistribution::Hot;
+        options.length = Length::Requests(200);
+        let report = run(&options).await;
+        assert_adds_up(&report, 200, 1);
+        assert_eq!(report.allowed, LIMIT, "{target:?}: {report:?}");
+        assert_eq!(report.denied, 200 - LIMIT, "{target:?}: {report:?}");
+        assert_eq!(report.errors, 0, "{target:?}: {report:?}");
+        assert_eq!(report.latency_us.count, 200, "{target:?}");
+        assert_eq!(report.target, options.target.name());
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_batches_count_each_decision() {
+    let node = Node::start().await;
+    let mut options = node.options(Target::Native);
+    options.batch = 10;
+    options.distribution = KeyDistribution::Hot;
+    options.length = Length::Requests(30);
+    let report = run(&options).await;
+    assert_adds_up(&report, 30, 10);
+    assert_eq!(report.allowed, LIMIT);
+    assert_eq!(report.denied, 300 - LIMIT);
+
+    // Many keys, 2 hits each: 400 checks over 1 000 keys cannot exhaust any key's 50, so all
+    // are allowed.
+    let mut options = node.options(Target::Native);
+    options.batch = 20;
+    options.keys = 1_000;
+    options.distribution = KeyDistribution::Zipf(0.5);
+    options.hits = 2;
+    options.seed = 9;
+    options.length = Length::Requests(20);
+    let report = run(&options).await;
+    assert_adds_up(&report, 20, 20);
+    assert_eq!(report.allowed + report.denied, 400, "{report:?}");
+    assert_eq!(report.errors, 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_reach_the_server() {
+    for target in [Target::Envoy, Target::Native, Target::Http] {
+        let node = Node::start().await;
+        // More hits than the limit: denied, and nothing counted.
+        let mut options = node.options(target);
+        options.distribution = KeyDistribution::Hot;
+        options.hits = 51;
+        options.length = Length::Requests(5);
+        let report = run(&options).await;
+        assert_adds_up(&report, 5, 1);
+        assert_eq!(report.denied, 5, "{target:?}: {report:?}");
+        // 0 hits only asks: allowed, and still nothing counted.
+        options.hits = 0;
+        let report = run(&options).await;
+        assert_eq!(report.allowed, 5, "{target:?}: {report:?}");
+        // 10 hits: five of them fill the key's 50.
+        options.hits = 10;
+        options.length = Length::Requests(8);
+        let report = run(&options).await;
+        assert_eq!(
+            (report.allowed, report.denied),
+            (5, 3),
+            "{target:?}: {report:?}"
+        );
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_sends_its_requests_and_reports_json() {
+    let node = Node::start().await;
+    let mut options = node.options(Target::Envoy);
+    options.rate = Some(2_000);
+    options.distribution = KeyDistribution::Hot;
+    options.length = Length::Duration(Duration::from_millis(100));
+    let report = run(&options).await;
+    // 2 000/s for 100 ms: requests due at 0, 0.5, …, 99.5 ms.
+    assert_adds_up(&report, 200, 1);
+    assert_eq!(report.allowed, LIMIT);
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["target"], "envoy");
+    assert_eq!(json["mode"], "open");
+    assert_eq!(json["rate"], 2_000);
+    assert_eq!(json["requests"], 200);
+    assert_eq!(json["decisions"], 200);
+    assert_eq!(json["allowed"], LIMIT);
+    assert_eq!(json["denied"], 200 - LIMIT);
+    assert_eq!(json["errors"], 0);
+    assert_eq!(json["key_distribution"], "hot");
+    for field in ["elapsed_s", "requests_per_s", "decisions_per_s"] {
+        assert!(json[field].as_f64().unwrap() > 0.0, "{field}");
+    }
+    for p in ["mean", "p50", "p90", "p99", "p99_9", "max"] {
+        assert!(json["latency_us"][p].as_f64().unwrap() > 0.0, "{p}");
+    }
+    assert_eq!(json["latency_us"]["count"], 200);
+    assert!(json["first_error"].is_null());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for target in [Target::Envoy, Target::Native, Target::Http] {
+        let mut options = BenchOptions::new(target);
+        options.server = Some(format!("http://{addr}"));
+        options.length = Length::Requests(1);
+        let error = bench::run(&options, Progress::Quiet).await.unwrap_err();
+        assert!(
+            error.to_string().contains("cannot connect"),
+            "{target:?}: {error}"
+        );
+    }
+    let mut options = BenchOptions::new(Target::Http);
+    options.server = Some("https://example.com".into());
+    let error = bench::run(&options, Progress::Quiet).await.unwrap_err();
+    assert!(error.to_string().contains("invalid server URL"), "{error}");
+}
