@@ -3,9 +3,10 @@
 //! A key is `drl:` + the algorithm's letter + `{` + a hash tag + `}` + the raw bytes of
 //! [`CounterKey::encode`]. The encoding is injective, and everything before it has a fixed
 //! length, so the name is injective too; it is binary-safe because Redis keys are byte strings.
-//! The hash tag is 16 hex digits of a fixed-key SipHash of the identity, so Redis Cluster hashes
-//! only the tag: one identity lives in one slot whatever characters the user sends (a user id
-//! full of `{` and `}` cannot choose its slot), and identities spread evenly over the slots.
+//! The hash tag is 16 hex digits of a fixed-key SipHash of the identity's group
+//! ([`CounterKey::group`]: the identity without the limit's index), so Redis Cluster hashes only
+//! the tag: every limit of one identity lives in one slot whatever characters the user sends (a
+//! user id full of `{` and `}` cannot choose its slot), and identities spread evenly over slots.
 //! The algorithm's letter keeps states of different shapes apart when a reload switches a key's
 //! algorithm (the memory store keeps one table per algorithm for the same reason).
 
@@ -50,10 +51,9 @@ pub fn hash_tag(identity: &[u8]) -> [u8; 16] {
 
 /// The key of `key` under `algorithm`.
 pub fn redis_key(key: &CounterKey<'_>, algorithm: Algorithm) -> RedisKey {
-    let identity = key.encode();
-    // One slot per identity. When CounterKey gains `group()` (the identity without the limit's
-    // index), the tag will hash that, so every limit of one descriptor shares a slot.
-    key_for(&identity, &identity, algorithm)
+    // The tag hashes the group (the identity without the limit's index), so every limit of one
+    // descriptor shares a slot and an all-or-nothing check of them is one atomic script.
+    key_for(&key.encode(), &key.group(), algorithm)
 }
 
 /// The key of the encoded `identity`, tagged with the hash of `group`.

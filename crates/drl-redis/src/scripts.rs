@@ -21,34 +21,68 @@ use redis::{Cmd, Script, Value};
 use crate::error::ReplyError;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
+const SLIDING_WINDOW: &str = include_str!("lua/sliding_window.lua");
+const SLIDING_LOG: &str = include_str!("lua/sliding_log.lua");
+const FIXED_WINDOW: &str = include_str!("lua/fixed_window.lua");
+const TOKEN_BUCKET: &str = include_str!("lua/token_bucket.lua");
 
-/// The four scripts, compiled once per store.
+/// The scripts, compiled once per store: one per algorithm for single checks, one for
+/// all-or-nothing checks of several counters of one slot, one to refund admissions.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     sliding_window: Script,
     sliding_log: Script,
     fixed_window: Script,
     token_bucket: Script,
+    all: Script,
+    refund: Script,
+}
+
+/// A counter in an all-or-nothing call: its key, policy and hits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) policy: &'a Policy,
+    pub(crate) hits: u32,
+}
+
+/// An admission to take back: key, algorithm letter, hits and the script's refund token.
+#[derive(Debug, Clone)]
+pub(crate) struct Refund {
+    pub(crate) key: Vec<u8>,
+    pub(crate) letter: &'static str,
+    pub(crate) hits: u32,
+    pub(crate) token: String,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let single = |body: &str, step: &str| {
+            let trailer = include_str!("lua/single.lua").replace("STEP", step);
+            Script::new(&format!("{PRELUDE}\n{body}\n{trailer}"))
+        };
         Self {
-            sliding_window: with_prelude(include_str!("lua/sliding_window.lua")),
-            sliding_log: with_prelude(include_str!("lua/sliding_log.lua")),
-            fixed_window: with_prelude(include_str!("lua/fixed_window.lua")),
-            token_bucket: with_prelude(include_str!("lua/token_bucket.lua")),
+            sliding_window: single(SLIDING_WINDOW, "sliding_window"),
+            sliding_log: single(SLIDING_LOG, "sliding_log"),
+            fixed_window: single(FIXED_WINDOW, "fixed_window"),
+            token_bucket: single(TOKEN_BUCKET, "token_bucket"),
+            all: Script::new(&format!(
+                "{PRELUDE}\n{SLIDING_WINDOW}\n{SLIDING_LOG}\n{FIXED_WINDOW}\n{TOKEN_BUCKET}\n{}",
+                include_str!("lua/all.lua")
+            )),
+            refund: Script::new(&format!("{PRELUDE}\n{}", include_str!("lua/refund.lua"))),
         }
     }
 
     /// Every script, for preloading with SCRIPT LOAD.
-    pub(crate) fn all(&self) -> [&Script; 4] {
+    pub(crate) fn all(&self) -> [&Script; 6] {
         [
             &self.sliding_window,
             &self.sliding_log,
             &self.fixed_window,
             &self.token_bucket,
+            &self.all,
+            &self.refund,
         ]
     }
 
@@ -69,34 +103,112 @@ impl Scripts {
         };
         let mut call = redis::cmd("EVALSHA");
         call.arg(script.get_hash()).arg(1).arg(key);
-        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()))
-            .arg(hits)
+        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
+        call.arg(hits)
             .arg(policy.requests())
-            .arg(policy.window_ns());
-        match policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => {
-                call.arg(policy.bucket_ns())
-                    .arg(policy.slots())
-                    .arg(policy.window_rem_ns());
-            }
-            Algorithm::TokenBucket { .. } => {
-                call.arg(policy.emission_ns())
-                    .arg(token_bucket::burst(policy));
-            }
-            Algorithm::SlidingLog | Algorithm::FixedWindow => {}
+            .arg(policy.window_ns())
+            .arg(&params(policy).1[..]);
+        call
+    }
+
+    /// The EVALSHA of the all-or-nothing script over `parts` (keys of one slot): a trial that
+    /// writes nothing, or a commit that counts them all if every one is admitted.
+    pub(crate) fn call_all(
+        &self,
+        parts: &[Part<'_>],
+        commit: bool,
+        test_now_ns: Option<u64>,
+    ) -> Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.all.get_hash()).arg(parts.len());
+        for part in parts {
+            call.arg(part.key);
+        }
+        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()))
+            .arg(if commit { "commit" } else { "trial" });
+        for part in parts {
+            let (letter, params) = params(part.policy);
+            call.arg(letter)
+                .arg(part.hits)
+                .arg(part.policy.requests())
+                .arg(part.policy.window_ns())
+                .arg(&params[..]);
+        }
+        call
+    }
+
+    /// The EVALSHA of the refund script over `refunds` (keys of one slot).
+    pub(crate) fn call_refund(&self, refunds: &[Refund]) -> Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.refund.get_hash()).arg(refunds.len());
+        for r in refunds {
+            call.arg(&r.key[..]);
+        }
+        for r in refunds {
+            call.arg(r.letter).arg(r.hits).arg(&r.token).arg("");
         }
         call
     }
 }
 
-/// A script's answer: the decision, and whether no request of this size can ever be admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The algorithm's letter in the all-or-nothing script, and its three parameters.
+pub(crate) fn params(policy: &Policy) -> (&'static str, [String; 3]) {
+    match policy.algorithm() {
+        Algorithm::SlidingWindow { .. } => (
+            "w",
+            [
+                policy.bucket_ns().to_string(),
+                policy.slots().to_string(),
+                policy.window_rem_ns().to_string(),
+            ],
+        ),
+        Algorithm::TokenBucket { .. } => (
+            "t",
+            [
+                policy.emission_ns().to_string(),
+                token_bucket::burst(policy).to_string(),
+                String::new(),
+            ],
+        ),
+        Algorithm::SlidingLog => ("l", Default::default()),
+        Algorithm::FixedWindow => ("f", Default::default()),
+    }
+}
+
+/// A script's answer: the decision, whether no request of this size can ever be admitted, and
+/// what a refund of the admission needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
     pub(crate) decision: Decision,
     pub(crate) never: bool,
+    pub(crate) token: String,
 }
 
-/// Reads `{allowed, remaining, reset_after_ns, retry_after_ns, never}`, rounding the durations
+/// Reads `{admitted, {reply}…}` of the all-or-nothing script, with each part's N.
+pub(crate) fn parse_all(value: &Value, limits: &[u32]) -> Result<(bool, Vec<Reply>), ReplyError> {
+    let Value::Array(items) = value else {
+        return Err(ReplyError(format!("expected an array, got {value:?}")));
+    };
+    let admitted = match items.first() {
+        Some(Value::Int(v)) => *v == 1,
+        other => return Err(ReplyError(format!("admitted: {other:?}"))),
+    };
+    if items.len() != limits.len() + 1 {
+        return Err(ReplyError(format!(
+            "{} replies for {} keys",
+            items.len() - 1,
+            limits.len()
+        )));
+    }
+    let replies = items[1..]
+        .iter()
+        .zip(limits)
+        .map(|(v, &limit)| parse_reply(v, limit))
+        .collect::<Result<_, _>>()?;
+    Ok((admitted, replies))
+}
+
+/// Reads `{allowed, remaining, reset_after_ns, retry_after_ns, never, token}`, rounding the durations
 /// up to whole milliseconds exactly as `Decision::new` does.
 pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError> {
     let Value::Array(items) = value else {
@@ -125,6 +237,11 @@ pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError
             retry_after,
         },
         never: int(4)? == 1,
+        token: match items.get(5) {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(t)) => t.clone(),
+            _ => String::new(),
+        },
     })
 }
 

@@ -8,7 +8,7 @@
 //! [`PROBE_EVERY`] and clears the mark when it answers. As a safety net a mark also lapses after
 //! [`MAX_DOWN`], so a check tries the store itself even if probing cannot get through.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
 use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
-use crate::scripts::{Reply, Scripts, parse_reply};
+use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -241,40 +241,242 @@ impl RedisStore {
     async fn run(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Result<Reply, Failure> {
         let inner = &self.inner;
         let cmd = inner.script_cmd(key, request);
-        let limit = request.policy.requests();
-        match inner.consistency {
-            Consistency::Fast => {
-                let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
-                let value = inner.eval(&mut conn, &cmd).await.map_err(Failure::Redis)?;
-                parse_reply(&value, limit).map_err(|e| Failure::Reply(e.0))
-            }
-            Consistency::Strict => {
-                let (tx, rx) = oneshot::channel();
-                let job = Job {
-                    slot: if inner.cluster { key.slot } else { 0 },
-                    cmd,
-                    reply: tx,
-                };
-                self.strict_sender()
-                    .send(job)
-                    .map_err(|_| Failure::Reply("strict batcher stopped".into()))?;
-                let (value, replicated) = rx
-                    .await
-                    .map_err(|_| Failure::Reply("strict batch dropped".into()))??;
-                let mut reply = parse_reply(&value, limit).map_err(|e| Failure::Reply(e.0))?;
-                if reply.decision.allowed && !replicated {
-                    // Counted on the master but not confirmed on a replica: a failover could
-                    // forget it, so it is not admitted (the count stays: a safe over-count).
-                    inner
-                        .counters
-                        .wait_shortfalls
-                        .fetch_add(1, Ordering::Relaxed);
-                    reply.decision.allowed = false;
-                    reply.decision.remaining = 0;
-                    reply.decision.retry_after = inner.timeout;
-                    reply.never = true; // not a denial to cache
+        let (value, replicated) = self.execute(key.slot, cmd, true).await?;
+        let mut reply =
+            parse_reply(&value, request.policy.requests()).map_err(|e| Failure::Reply(e.0))?;
+        if reply.decision.allowed && !replicated {
+            self.shortfall(&mut reply);
+        }
+        Ok(reply)
+    }
+
+    /// An admission counted on the master but not confirmed on a replica: a failover could
+    /// forget it, so it is answered denied (the count stays: a safe over-count).
+    fn shortfall(&self, reply: &mut Reply) {
+        let inner = &self.inner;
+        inner
+            .counters
+            .wait_shortfalls
+            .fetch_add(1, Ordering::Relaxed);
+        reply.decision.allowed = false;
+        reply.decision.remaining = 0;
+        reply.decision.retry_after = inner.timeout;
+        reply.never = true; // not a denial to cache
+    }
+
+    /// Runs a script call on the master of `slot`: directly, or (strict mode, when it `writes`)
+    /// through the batcher that confirms it with WAIT. Returns the reply and whether it is
+    /// replicated (always true in fast mode or for a call that writes nothing).
+    async fn execute(&self, slot: u16, cmd: Cmd, writes: bool) -> Result<(Value, bool), Failure> {
+        let inner = &self.inner;
+        if inner.consistency == Consistency::Fast || !writes {
+            let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
+            let value = inner.eval(&mut conn, &cmd).await.map_err(Failure::Redis)?;
+            return Ok((value, true));
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            slot: if inner.cluster { slot } else { 0 },
+            cmd,
+            reply: tx,
+        };
+        self.strict_sender()
+            .send(job)
+            .map_err(|_| Failure::Reply("strict batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| Failure::Reply("strict batch dropped".into()))?
+    }
+
+    /// `check_all`: see [`Store::check_all`] on [`RedisStore`].
+    async fn decide_all(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
+        match requests {
+            [] => return Vec::new(),
+            [one] => return vec![self.decide(*one).await],
+            _ => {}
+        }
+        let inner = &self.inner;
+        // One entry per distinct counter, with the hits of all its requests.
+        let mut counters: Vec<Counter<'_>> = Vec::with_capacity(requests.len());
+        let mut counter_of = Vec::with_capacity(requests.len());
+        for request in requests {
+            let key = redis_key(&request.key, request.policy.algorithm());
+            match counters.iter().position(|c| c.key.name == key.name) {
+                Some(c) => {
+                    counters[c].hits = counters[c].hits.saturating_add(request.hits);
+                    counter_of.push(c);
                 }
-                Ok(reply)
+                None => {
+                    counters.push(Counter {
+                        key,
+                        policy: request.policy,
+                        hits: request.hits,
+                        epoch: request.rules_epoch,
+                    });
+                    counter_of.push(counters.len() - 1);
+                }
+            }
+        }
+        let slot_index = |c: &Counter<'_>| {
+            if inner.cluster {
+                usize::from(c.key.slot)
+            } else {
+                0
+            }
+        };
+        let now = inner.now();
+        let down = counters.iter().any(|c| {
+            let since = inner.failing[slot_index(c)].load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) < MAX_DOWN.as_nanos() as u64
+        });
+        if down {
+            return inner.fallback_all(requests);
+        }
+        let outcome = match tokio::time::timeout(inner.timeout, self.run_all(&counters)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout),
+        };
+        match outcome {
+            Ok(replies) => {
+                let now = inner.now();
+                for (c, reply) in counters.iter().zip(&replies) {
+                    if !reply.decision.allowed && c.hits <= 1 && !reply.never {
+                        inner
+                            .deny_cache
+                            .insert(&c.key.name, c.epoch, now, &reply.decision);
+                    }
+                }
+                counter_of.iter().map(|&c| replies[c].decision).collect()
+            }
+            Err(failure) => {
+                inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %failure, "redis store check_all failed");
+                if let Failure::Redis(e) = &failure {
+                    inner.connector.reset_after(e).await;
+                }
+                for c in &counters {
+                    self.mark_failing(slot_index(c));
+                }
+                inner.fallback_all(requests)
+            }
+        }
+    }
+
+    /// The counters' replies, all admitted or none (see [`Store::check_all`] on [`RedisStore`]).
+    async fn run_all(&self, counters: &[Counter<'_>]) -> Result<Vec<Reply>, Failure> {
+        let inner = &self.inner;
+        // Counters by slot, in slot order (a single Redis is one slot).
+        let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, c) in counters.iter().enumerate() {
+            let slot = if inner.cluster { c.key.slot } else { 0 };
+            groups.entry(slot).or_default().push(i);
+        }
+        let call = |members: &[usize], commit: bool| {
+            let parts: Vec<Part<'_>> = members
+                .iter()
+                .map(|&i| Part {
+                    key: &counters[i].key.name,
+                    policy: counters[i].policy,
+                    hits: counters[i].hits,
+                })
+                .collect();
+            inner.scripts.call_all(&parts, commit, None)
+        };
+        let limits = |members: &[usize]| -> Vec<u32> {
+            members
+                .iter()
+                .map(|&i| counters[i].policy.requests())
+                .collect()
+        };
+        let mut replies: Vec<Option<Reply>> = vec![None; counters.len()];
+        let place = |members: &[usize], got: Vec<Reply>, replies: &mut Vec<Option<Reply>>| {
+            for (&i, r) in members.iter().zip(got) {
+                replies[i] = Some(r);
+            }
+        };
+        let finish = |replies: Vec<Option<Reply>>| -> Result<Vec<Reply>, Failure> {
+            replies
+                .into_iter()
+                .map(|r| r.ok_or_else(|| Failure::Reply("a counter got no reply".into())))
+                .collect()
+        };
+
+        if groups.len() > 1 {
+            // Across slots: a trial of every group first (writes nothing, so no WAIT); any
+            // denial denies the whole with nothing counted.
+            let mut trials = Vec::with_capacity(groups.len());
+            for (&slot, members) in &groups {
+                trials.push(self.execute(slot, call(members, false), false));
+            }
+            let mut all_admitted = true;
+            for ((_, members), trial) in groups.iter().zip(trials) {
+                let (value, _) = trial.await?;
+                let (_, got) =
+                    parse_all(&value, &limits(members)).map_err(|e| Failure::Reply(e.0))?;
+                all_admitted &= got.iter().all(|r| r.decision.allowed);
+                place(members, got, &mut replies);
+            }
+            if !all_admitted {
+                return finish(replies);
+            }
+        }
+
+        // Commit group by group; each group is one atomic script. If a later group denies (it
+        // changed since its trial) or is not replicated, refund the groups already counted.
+        let mut committed: Vec<(u16, &Vec<usize>)> = Vec::new();
+        for (&slot, members) in &groups {
+            let (value, replicated) = match self.execute(slot, call(members, true), true).await {
+                Ok(done) => done,
+                Err(failure) => {
+                    self.refund(counters, &committed, &replies).await;
+                    return Err(failure);
+                }
+            };
+            let (admitted, mut got) =
+                parse_all(&value, &limits(members)).map_err(|e| Failure::Reply(e.0))?;
+            if admitted && !replicated {
+                for r in &mut got {
+                    self.shortfall(r);
+                }
+            }
+            place(members, got, &mut replies);
+            if !(admitted && replicated) {
+                self.refund(counters, &committed, &replies).await;
+                return finish(replies);
+            }
+            committed.push((slot, members));
+        }
+        finish(replies)
+    }
+
+    /// Takes back the admissions of `committed` groups, best effort: a refund that fails leaves
+    /// the hits counted (under-admission, never over-admission).
+    async fn refund(
+        &self,
+        counters: &[Counter<'_>],
+        committed: &[(u16, &Vec<usize>)],
+        replies: &[Option<Reply>],
+    ) {
+        for &(slot, members) in committed {
+            let refunds: Vec<Refund> = members
+                .iter()
+                .filter(|&&i| counters[i].hits > 0)
+                .filter_map(|&i| {
+                    let reply = replies[i].as_ref()?;
+                    let (letter, _) = params(counters[i].policy);
+                    (letter != "l").then(|| Refund {
+                        key: counters[i].key.name.clone(),
+                        letter,
+                        hits: counters[i].hits,
+                        token: reply.token.clone(),
+                    })
+                })
+                .collect();
+            if refunds.is_empty() {
+                continue;
+            }
+            let cmd = self.inner.scripts.call_refund(&refunds);
+            if let Err(e) = self.execute(slot, cmd, false).await {
+                tracing::debug!(error = %e, "refund failed; the hits stay counted");
             }
         }
     }
@@ -330,6 +532,17 @@ impl Inner {
             };
         }
         Ok(())
+    }
+
+    /// The `on_error` answer for an all-or-nothing check.
+    fn fallback_all(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
+        match self.on_error {
+            OnError::Local => {
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.local.check_all_now(requests)
+            }
+            OnError::Deny | OnError::Allow => requests.iter().map(|r| self.fallback(r)).collect(),
+        }
     }
 
     /// The `on_error` answer.
@@ -403,30 +616,54 @@ struct Job {
     reply: oneshot::Sender<Result<(Value, bool), Failure>>,
 }
 
-/// Group commit: takes every queued strict call, sends per slot one pipeline `EVALSHA…; WAIT 1
-/// t` pinned to the slot's master (WAIT covers every earlier write on that connection), and
-/// answers the batch when its WAITs return. Calls that arrive meanwhile form the next batch, so
-/// under load one WAIT covers many admissions.
+/// Group commit: strict calls queue per slot; each slot has at most one pipeline in flight,
+/// `EVALSHA…; WAIT 1 t` pinned to the slot's master (WAIT covers every earlier write on that
+/// connection). Calls that arrive while a slot's pipeline is out form its next batch, so under
+/// load one WAIT covers many admissions, and a slow or dead master holds up only its own slots.
 async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH
-            && let Ok(job) = rx.try_recv()
-        {
-            batch.push(job);
+    let mut pending: HashMap<u16, Vec<Job>> = HashMap::new();
+    let mut busy: HashSet<u16> = HashSet::new();
+    let mut tasks: tokio::task::JoinSet<u16> = tokio::task::JoinSet::new();
+    let mut open = true;
+    while open || !tasks.is_empty() {
+        tokio::select! {
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    pending.entry(job.slot).or_default().push(job);
+                    while let Ok(job) = rx.try_recv() {
+                        pending.entry(job.slot).or_default().push(job);
+                    }
+                }
+                None => open = false,
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(slot) = done {
+                    busy.remove(&slot);
+                }
+            }
         }
         let Some(inner) = store.upgrade() else { return };
-        let mut groups: std::collections::HashMap<u16, Vec<Job>> = Default::default();
-        for job in batch {
-            groups.entry(job.slot).or_default().push(job);
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (slot, jobs) in groups {
+        let ready: Vec<u16> = pending
+            .keys()
+            .copied()
+            .filter(|slot| !busy.contains(slot))
+            .collect();
+        for slot in ready {
+            let Some(queue) = pending.get_mut(&slot) else {
+                continue;
+            };
+            let jobs: Vec<Job> = if queue.len() > MAX_BATCH {
+                queue.drain(..MAX_BATCH).collect()
+            } else {
+                pending.remove(&slot).unwrap_or_default()
+            };
+            busy.insert(slot);
             let inner = Arc::clone(&inner);
-            tasks.spawn(async move { run_group(&inner, slot, jobs).await });
+            tasks.spawn(async move {
+                run_group(&inner, slot, jobs).await;
+                slot
+            });
         }
-        drop(inner);
-        while tasks.join_next().await.is_some() {}
     }
 }
 
@@ -526,9 +763,36 @@ fn is_noscript(value: &Value) -> bool {
     matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
+/// One distinct counter of a `check_all`.
+#[derive(Debug)]
+struct Counter<'a> {
+    key: RedisKey,
+    policy: &'a Policy,
+    hits: u32,
+    epoch: u64,
+}
+
 impl Store for RedisStore {
     async fn check(&self, request: StoreRequest<'_>) -> Result<Decision, StoreError> {
         Ok(self.decide(request).await)
+    }
+
+    /// All or nothing over several counters:
+    ///
+    /// - counters of one slot (every limit of one descriptor: their keys share the hash tag of
+    ///   [`CounterKey::group`](drl_core::CounterKey::group)) go in **one** script call, which
+    ///   tries them all and counts them only if every one is admitted: truly atomic;
+    /// - across slots, a trial of every slot's group runs first, writing nothing; if all would be
+    ///   admitted, the groups are committed one by one in slot order, and if one now denies
+    ///   (concurrent checks took the room since its trial), the groups already counted are
+    ///   refunded. Never over-admits: between a commit and its refund the extra hits only make
+    ///   other checks deny more. A `sliding_log` admission is not refunded (it stays counted),
+    ///   nor is anything when the refund itself fails;
+    /// - strict mode confirms every committed group with WAIT; a shortfall denies the whole;
+    /// - the deny cache is filled by denied counters but not consulted (answering the other
+    ///   counters' decisions needs the store anyway); a store failure answers `on_error` for all.
+    async fn check_all(&self, requests: &[StoreRequest<'_>]) -> Result<Vec<Decision>, StoreError> {
+        Ok(self.decide_all(requests).await)
     }
 
     fn rules_epoch(&self) -> u64 {

@@ -1,39 +1,35 @@
 -- fixed_window: drl_core::algorithm::fixed_window, windows aligned to multiples of T.
--- State: a hash; 'ss'/'sn' the window's start, 'c' its count.
-local key = KEYS[1]
-local s0, n0 = clock(ARGV[1])
-local hits = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
+-- State: a hash; 'ss'/'sn' the window's start, 'c' its count. Refund token: 'ss:sn'.
+local function fixed_window(key, s0, n0, hits, limit, window, params, dry)
+  local st = redis.call('HMGET', key, 'ss', 'sn', 'c')
+  local exists = st[1] ~= false
+  local ss, sn, count = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
+  -- Time never runs backwards for a key: not before its window's start.
+  if ss > s0 or (ss == s0 and sn > n0) then s0, n0 = ss, sn end
+  local start_rel = (ss - s0) * E9 + (sn - n0)
+  local rolled = false
+  if start_rel + window <= 0 then
+    local _, r = divmod(s0, n0, window)
+    local total = n0 - r
+    local carry = math.floor(total / E9)
+    ss, sn = s0 + carry, total - carry * E9
+    start_rel = -r
+    count = 0
+    rolled = true
+  end
 
-local st = redis.call('HMGET', key, 'ss', 'sn', 'c')
-local exists = st[1] ~= false
-local ss, sn, count = tonumber(st[1]) or 0, tonumber(st[2]) or 0, tonumber(st[3]) or 0
--- Time never runs backwards for a key: not before its window's start.
-if ss > s0 or (ss == s0 and sn > n0) then s0, n0 = ss, sn end
-local start_rel = (ss - s0) * E9 + (sn - n0)
-local rolled = false
-if start_rel + window <= 0 then
-  local _, r = divmod(s0, n0, window)
-  local total = n0 - r
-  local carry = math.floor(total / E9)
-  ss, sn = s0 + carry, total - carry * E9
-  start_rel = -r
-  count = 0
-  rolled = true
+  local want = math.max(hits, 1)
+  local allowed = count + want <= limit
+  local admitted = allowed and hits > 0
+  if admitted then count = count + hits end
+  if not dry and (admitted or (exists and rolled)) then
+    redis.call('HSET', key, 'ss', ss, 'sn', sn, 'c', count)
+    expire_in(key, start_rel + window)
+  end
+
+  local reset_after = 0
+  if count > 0 then reset_after = start_rel + window end
+  local retry_after = start_rel + window
+  if want > limit then retry_after = window end
+  return allowed, limit - count, reset_after, retry_after, want > limit, field(ss) .. ':' .. field(sn)
 end
-
-local want = math.max(hits, 1)
-local allowed = count + want <= limit
-local admitted = allowed and hits > 0
-if admitted then count = count + hits end
-if admitted or (exists and rolled) then
-  redis.call('HSET', key, 'ss', ss, 'sn', sn, 'c', count)
-  expire_in(key, start_rel + window)
-end
-
-local reset_after = 0
-if count > 0 then reset_after = start_rel + window end
-local retry_after = start_rel + window
-if want > limit then retry_after = window end
-return reply(allowed, limit - count, reset_after, retry_after, want > limit)

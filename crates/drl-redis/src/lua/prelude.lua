@@ -3,9 +3,15 @@
 -- as a pair (s, n) of whole seconds and nanoseconds, and arithmetic is done on differences
 -- measured from the current second `S0`, which are small.
 --
--- Every script: KEYS[1] the counter; ARGV[1] '' (read the server clock, production) or a
--- decimal time in ns (test vectors only); ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; then the
--- algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never}.
+-- Each algorithm is a function step(key, s0, n0, hits, N, T, params, dry) that decides (and,
+-- unless `dry`, writes) and returns allowed, remaining, reset_after_ns, retry_after_ns, never,
+-- and a refund token (what `refund.lua` needs to take an admission back). `dry` runs the check
+-- without writing anything: the trial of an all-or-nothing check.
+--
+-- A single check: KEYS[1] the counter; ARGV[1] '' (read the server clock, production) or a
+-- decimal time in ns (test vectors only); ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; ARGV[5..7]
+-- the algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never,
+-- token}.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local E9 = 1000000000
@@ -63,9 +69,11 @@ local function expire_in(key, ns)
   end
 end
 
-local function reply(allowed, remaining, reset_ns, retry_ns, never)
+local function reply(allowed, remaining, reset_ns, retry_ns, never, token)
   if remaining < 0 then remaining = 0 end
   if reset_ns < 0 then reset_ns = 0 end
   if retry_ns < 0 then retry_ns = 0 end
-  return {allowed and 1 or 0, remaining, reset_ns, retry_ns, never and 1 or 0}
+  return {allowed and 1 or 0, remaining, reset_ns, retry_ns, never and 1 or 0, token or ''}
 end
+
+local function field(x) return string.format('%.0f', x) end

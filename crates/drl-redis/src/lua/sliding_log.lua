@@ -2,79 +2,89 @@
 -- one string: a 16-byte header (admissions ever counted, ring size) and 8 bytes per slot
 -- (seconds, nanoseconds as big-endian u32s); admission k is in slot k mod N. The newest N
 -- admissions are all that can matter, and they are sorted by time, so the oldest one still in
--- the window is found by binary search: O(log N) GETRANGEs per check.
-local key = KEYS[1]
-local s0, n0 = clock(ARGV[1])
-local hits = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
+-- the window is found by binary search: O(log N) GETRANGEs per check. No refund token: an
+-- admission in the middle of the ring cannot be taken back, so a refunded one stays counted
+-- (under-admission, never over-admission).
+local function sliding_log(key, s0, n0, hits, limit, window, params, dry)
+  local count, size = 0, limit
+  local header = redis.call('GETRANGE', key, 0, 15)
+  local exists = #header == 16
+  if exists then count, size = struct.unpack('>dd', header) end
 
-local count, size = 0, limit
-local header = redis.call('GETRANGE', key, 0, 15)
-local exists = #header == 16
-if exists then count, size = struct.unpack('>dd', header) end
-
-local function slot_at(k)
-  local off = 16 + 8 * math.fmod(k, size)
-  local s, n = struct.unpack('>I4I4', redis.call('GETRANGE', key, off, off + 7))
-  return s, n
-end
-
-if exists and size ~= limit then
-  -- N changed: keep the newest admissions, as many as the new ring holds (the same decisions as
-  -- keeping them all: the oldest ones can never be the N-th most recent).
-  local keep = math.min(count, size, limit)
-  local parts = {struct.pack('>dd', keep, limit)}
-  for k = count - keep, count - 1 do
-    local s, n = slot_at(k)
-    table.insert(parts, struct.pack('>I4I4', s, n))
+  local cache = {}
+  local function slot_at(k)
+    local pos = math.fmod(k, size)
+    if cache[pos] == nil then
+      local off = 16 + 8 * pos
+      local s, n = struct.unpack('>I4I4', redis.call('GETRANGE', key, off, off + 7))
+      cache[pos] = {s, n}
+    end
+    return cache[pos][1], cache[pos][2]
   end
-  redis.call('SET', key, table.concat(parts))
-  count, size = keep, limit
-end
 
--- Time never runs backwards for a key: not before its newest admission.
-if count > 0 then
-  local s, n = slot_at(count - 1)
-  if s > s0 or (s == s0 and n > n0) then s0, n0 = s, n end
-end
-local function rel(s, n) return (s - s0) * E9 + (n - n0) end
+  if exists and size ~= limit then
+    -- N changed: keep the newest admissions, as many as the new ring holds (the same decisions
+    -- as keeping them all: the oldest ones can never be the N-th most recent).
+    local keep = math.min(count, size, limit)
+    local parts = {struct.pack('>dd', keep, limit)}
+    for k = count - keep, count - 1 do
+      local s, n = slot_at(k)
+      table.insert(parts, struct.pack('>I4I4', s, n))
+    end
+    if not dry then redis.call('SET', key, table.concat(parts), 'KEEPTTL') end
+    local ring = table.concat(parts)
+    cache = {}
+    for k = 0, keep - 1 do
+      cache[k] = {struct.unpack('>I4I4', string.sub(ring, 17 + 8 * k, 24 + 8 * k))}
+    end
+    count, size = keep, limit
+  end
 
--- The first admission still in [now - T, now].
-local lo, hi = count - math.min(count, size), count
-while lo < hi do
-  local mid = math.floor((lo + hi) / 2)
-  if rel(slot_at(mid)) >= -window then hi = mid else lo = mid + 1 end
-end
-local first = lo
-local used = count - first
+  -- Time never runs backwards for a key: not before its newest admission.
+  if count > 0 then
+    local s, n = slot_at(count - 1)
+    if s > s0 or (s == s0 and n > n0) then s0, n0 = s, n end
+  end
+  local function rel(s, n) return (s - s0) * E9 + (n - n0) end
 
-local want = math.max(hits, 1)
-local allowed = used + want <= limit
-local newest_rel = nil
-if count > 0 and used > 0 then newest_rel = rel(slot_at(count - 1)) end
-if allowed and hits > 0 then
-  local slot = struct.pack('>I4I4', s0, n0)
-  local pos = math.fmod(count, size)
-  local head = math.min(hits, size - pos)
-  redis.call('SETRANGE', key, 0, struct.pack('>dd', count + hits, size))
-  redis.call('SETRANGE', key, 16 + 8 * pos, string.rep(slot, head))
-  if hits > head then redis.call('SETRANGE', key, 16, string.rep(slot, hits - head)) end
-  count = count + hits
-  used = used + hits
-  newest_rel = 0
-  expire_in(key, window + 1)
-end
+  -- The first admission still in [now - T, now].
+  local lo, hi = count - math.min(count, size), count
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if rel(slot_at(mid)) >= -window then hi = mid else lo = mid + 1 end
+  end
+  local first = lo
+  local used = count - first
 
-local reset_after = 0
-if newest_rel ~= nil then reset_after = newest_rel + window + 1 end
-local retry_after = 0
-if allowed then
-  retry_after = 0
-elseif want > limit then
-  retry_after = window
-else
-  local must_free = used + want - limit
-  retry_after = rel(slot_at(first + must_free - 1)) + window + 1
+  local want = math.max(hits, 1)
+  local allowed = used + want <= limit
+  local newest_rel = nil
+  if count > 0 and used > 0 then newest_rel = rel(slot_at(count - 1)) end
+  local retry_after = 0
+  if allowed then
+    retry_after = 0
+  elseif want > limit then
+    retry_after = window
+  else
+    local must_free = used + want - limit
+    retry_after = rel(slot_at(first + must_free - 1)) + window + 1
+  end
+  if allowed and hits > 0 then
+    if not dry then
+      local slot = struct.pack('>I4I4', s0, n0)
+      local pos = math.fmod(count, size)
+      local head = math.min(hits, size - pos)
+      redis.call('SETRANGE', key, 0, struct.pack('>dd', count + hits, size))
+      redis.call('SETRANGE', key, 16 + 8 * pos, string.rep(slot, head))
+      if hits > head then redis.call('SETRANGE', key, 16, string.rep(slot, hits - head)) end
+      expire_in(key, window + 1)
+    end
+    count = count + hits
+    used = used + hits
+    newest_rel = 0
+  end
+
+  local reset_after = 0
+  if newest_rel ~= nil then reset_after = newest_rel + window + 1 end
+  return allowed, limit - used, reset_after, retry_after, want > limit, ''
 end
-return reply(allowed, limit - used, reset_after, retry_after, want > limit)
