@@ -7,6 +7,9 @@
 //! config stays in force, the diagnostics are logged, and the failure is counted in the
 //! `drl_config_reloads_total{result="error"}` metric.
 //!
+//! The config may be a directory (its `*.yaml` files: the native config and any number of
+//! envoyproxy/ratelimit-format domains); then any change of a YAML file in it reloads.
+//!
 //! The file watcher watches the file's *directory*, not the file: editors and config managers
 //! replace a file by writing a new one and renaming it over the old, which a watch on the old
 //! inode would miss. Bursts of events (an editor's write, rename and chmod) are debounced into
@@ -71,11 +74,12 @@ impl<S: Store> Reloader<S> {
                 // The only store there is; a change of store will need a restart.
                 let StoreConfig::Memory = config.store;
                 let rules = config.rules.rules().len();
+                let domains = config.rules.domains().len();
                 self.limiter.set_rules(config.rules);
                 *version += 1;
                 self.metrics.reload_succeeded(*version);
                 tracing::info!(
-                    "config {} reloaded: version {}, {rules} rules",
+                    "config {} reloaded: version {}, {rules} rules, {domains} descriptor domains",
                     self.path.display(),
                     *version
                 );
@@ -124,19 +128,27 @@ impl Drop for Trigger {
 /// been quiet for [`DEBOUNCE`]. Must be called within a Tokio runtime.
 pub fn watch_file<S: Store>(reloader: Arc<Reloader<S>>) -> notify::Result<Trigger> {
     let path = reloader.path();
-    let file_name: OsString = path
-        .file_name()
-        .ok_or_else(|| notify::Error::generic(&format!("{} does not name a file", path.display())))?
-        .to_owned();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
+    let (watched, dir) = if path.is_dir() {
+        // A config directory: any YAML file in it (and Kubernetes' `..data` symlink swap).
+        (Watched::Directory, path.to_owned())
+    } else {
+        let file_name: OsString = path
+            .file_name()
+            .ok_or_else(|| {
+                notify::Error::generic(&format!("{} does not name a file", path.display()))
+            })?
+            .to_owned();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        (Watched::File(file_name), dir)
     };
     // One pending signal is enough: the task reloads the file as it is when it gets there.
     let (changed, mut changes) = mpsc::channel::<()>(1);
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if concerns(&event, &file_name) => {
+            Ok(event) if concerns(&event, &watched) => {
                 let _ = changed.try_send(());
             }
             Ok(_) => {}
@@ -166,16 +178,39 @@ pub fn watch_file<S: Store>(reloader: Arc<Reloader<S>>) -> notify::Result<Trigge
     })
 }
 
-/// Whether `event` may have changed the file named `file_name`. Reads are not changes (the
-/// reload itself reads the file); a removal is followed by a create when the file is replaced.
-fn concerns(event: &notify::Event, file_name: &OsString) -> bool {
-    matches!(
+/// What a watch reloads for.
+#[derive(Debug)]
+enum Watched {
+    /// The config file of this name, in the watched directory.
+    File(OsString),
+    /// The config directory: its `*.yaml` / `*.yml` files.
+    Directory,
+}
+
+/// Whether `event` may have changed the config. Reads are not changes (the reload itself reads
+/// the file); a removal is followed by a create when the file is replaced, but in a directory a
+/// removed file changes the config by itself.
+fn concerns(event: &notify::Event, watched: &Watched) -> bool {
+    let change = matches!(
         event.kind,
         EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other
-    ) && event
-        .paths
-        .iter()
-        .any(|p| p.file_name() == Some(file_name.as_os_str()))
+    );
+    match watched {
+        Watched::File(name) => {
+            change
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()))
+        }
+        Watched::Directory => {
+            (change || matches!(event.kind, EventKind::Remove(_)))
+                && event.paths.iter().any(|p| {
+                    p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                        || p.file_name().is_some_and(|n| n == "..data")
+                })
+        }
+    }
 }
 
 /// Reloads on every `SIGHUP`. Must be called within a Tokio runtime.
@@ -256,13 +291,43 @@ mod tests {
     }
 
     #[test]
+    fn a_config_directory_reloads_as_a_whole() {
+        let dir = temp_dir("directory");
+        write(&dir, "default:\n  limit: 5\n  window: 1m\n");
+        let limiter = Limiter::new(Config::load(&dir).unwrap().rules);
+        let reloader = Reloader::new(&dir, limiter.clone(), Arc::new(Metrics::new()));
+        assert!(limiter.rules().domain("web").is_none());
+        let web = "domain: web\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+        std::fs::write(dir.join("web.yaml"), web).unwrap();
+        assert_eq!(reloader.reload().unwrap(), 2);
+        assert!(limiter.rules().domain("web").is_some());
+        assert_eq!(limiter.check("u", "/e", 0).unwrap().limit, 5);
+        // A broken domain file refuses the whole directory; the old config stays.
+        std::fs::write(
+            dir.join("bad.yaml"),
+            "domain: bad\ndescriptors:\n  - key: \"\"\n",
+        )
+        .unwrap();
+        assert!(reloader.reload().is_err());
+        assert!(limiter.rules().domain("web").is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn only_changes_to_the_file_itself_count() {
-        let name = OsString::from("drl.yaml");
+        let name = Watched::File(OsString::from("drl.yaml"));
         let event = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
         let create = EventKind::Create(notify::event::CreateKind::File);
         let read = EventKind::Access(notify::event::AccessKind::Read);
+        let remove = EventKind::Remove(notify::event::RemoveKind::File);
         assert!(concerns(&event(create, "/etc/drl/drl.yaml"), &name));
         assert!(!concerns(&event(create, "/etc/drl/other.yaml"), &name));
         assert!(!concerns(&event(read, "/etc/drl/drl.yaml"), &name));
+        let dir = Watched::Directory;
+        assert!(concerns(&event(create, "/etc/drl/web.yaml"), &dir));
+        assert!(concerns(&event(remove, "/etc/drl/web.yml"), &dir));
+        assert!(concerns(&event(create, "/etc/drl/..data"), &dir));
+        assert!(!concerns(&event(create, "/etc/drl/notes.txt"), &dir));
+        assert!(!concerns(&event(read, "/etc/drl/web.yaml"), &dir));
     }
 }
