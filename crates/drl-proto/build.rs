@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The clients take a channel from the caller (`Client::new`), so this crate does not
         // need tonic's client transport.
         .build_transport(false)
+        // Undecodable requests are INVALID_ARGUMENT (see `src/codec.rs`).
+        .codec_path("crate::codec::StrictCodec")
         .include_file("mod.rs")
         .compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");

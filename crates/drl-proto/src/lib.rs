@@ -9,6 +9,8 @@
 //! provides. The generated types stay at the edge: the server converts them to and from the
 //! core's types.
 
+pub mod codec;
+
 /// Everything generated, as one module tree per protobuf package.
 #[allow(
     clippy::all,

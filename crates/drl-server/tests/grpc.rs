@@ -477,3 +477,112 @@ async fn grpc_decisions_are_counted_in_the_metrics() {
     }
     server.stop().await;
 }
+
+/// The wire shape of an Envoy request with `bytes` where the API has `string`: what a client can
+/// send that a conforming one would not (invalid UTF-8).
+mod raw {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Entry {
+        #[prost(bytes = "vec", tag = "1")]
+        pub(crate) key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub(crate) value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Descriptor {
+        #[prost(message, repeated, tag = "1")]
+        pub(crate) entries: Vec<Entry>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct EnvoyRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub(crate) domain: Vec<u8>,
+        #[prost(message, repeated, tag = "2")]
+        pub(crate) descriptors: Vec<Descriptor>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Check {
+        #[prost(bytes = "vec", tag = "1")]
+        pub(crate) user_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub(crate) endpoint: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct CheckRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub(crate) checks: Vec<Check>,
+    }
+}
+
+/// Sends `message` to `path` and returns the call's status.
+async fn raw_call<
+    M: prost::Message + Default + Send + 'static,
+    R: prost::Message + Default + Send + 'static,
+>(
+    channel: Channel,
+    path: &'static str,
+    message: M,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<M, R>::default();
+    let uri_path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    match grpc
+        .unary(tonic::Request::new(message), uri_path, codec)
+        .await
+    {
+        Ok(_) => panic!("{path} accepted an undecodable message"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_invalid_argument_and_counts_nothing() {
+    let server = GrpcServer::start(per_minute(10)).await;
+    let bad = b"al\xffice".to_vec();
+    let envoy = raw::EnvoyRequest {
+        domain: b"drl".to_vec(),
+        descriptors: vec![raw::Descriptor {
+            entries: vec![
+                raw::Entry {
+                    key: b"user_id".to_vec(),
+                    value: bad.clone(),
+                },
+                raw::Entry {
+                    key: b"endpoint".to_vec(),
+                    value: b"/a".to_vec(),
+                },
+            ],
+        }],
+    };
+    let status = raw_call::<_, rls::RateLimitResponse>(
+        server.channel().await,
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        envoy,
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("invalid request message"),
+        "{status:?}"
+    );
+    let native_request = raw::CheckRequest {
+        checks: vec![raw::Check {
+            user_id: bad,
+            endpoint: b"/a".to_vec(),
+        }],
+    };
+    let status = raw_call::<_, native::CheckResponse>(
+        server.channel().await,
+        "/drl.v1.RateLimiter/Check",
+        native_request,
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(server.limiter.store().is_empty());
+    server.stop().await;
+}
