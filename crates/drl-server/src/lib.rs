@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod reload;
 
 use std::future::Future;
+use std::time::Duration;
 
 use drl_core::Store;
 use tokio::net::TcpListener;
@@ -51,14 +52,30 @@ pub async fn serve<S: Store>(
         .await
 }
 
+/// How long [`serve_all`] lets requests in flight finish after a shutdown signal before it
+/// drops the connections that still hold one (a stalled client must not hold a node forever).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the HTTP API on `http` and the gRPC API on `grpc`, for one node, until `shutdown`
-/// completes; then both stop accepting and drain their requests in flight. If either server
-/// fails, the other is stopped too, and the error is returned (the HTTP one if both failed).
+/// completes; then both stop accepting and drain their requests in flight, for at most
+/// [`DRAIN_TIMEOUT`]. If either server fails, the other is stopped too, and the error is
+/// returned (the HTTP one if both failed).
 pub async fn serve_all<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
     node: impl Into<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_all_draining(http, grpc, node, shutdown, DRAIN_TIMEOUT).await
+}
+
+/// [`serve_all`] with a chosen drain timeout.
+pub async fn serve_all_draining<S: Store>(
+    http: TcpListener,
+    grpc: TcpListener,
+    node: impl Into<AppState<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> std::io::Result<()> {
     let node = node.into();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -67,7 +84,7 @@ pub async fn serve_all<S: Store>(
         let _ = stopped.wait_for(|&stop| stop).await;
     };
     let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
-    let grpc_server = grpc::serve(grpc, node, stop_signal(stopped));
+    let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));
     let trigger = async {
         let mut stopped = stop.subscribe();
         tokio::select! {
@@ -76,12 +93,29 @@ pub async fn serve_all<S: Store>(
         }
         stop.send_replace(true);
     };
-    let ((), http, grpc) = tokio::join!(
-        trigger,
-        stop_after(http_server, &stop),
-        stop_after(grpc_server, &stop)
-    );
-    http.and(grpc)
+    let servers = async {
+        let (http, grpc) = tokio::join!(
+            stop_after(http_server, &stop),
+            stop_after(grpc_server, &stop)
+        );
+        http.and(grpc)
+    };
+    let deadline = async {
+        stop_signal(stopped).await;
+        tokio::time::sleep(drain).await;
+    };
+    let ((), result) = tokio::join!(trigger, async {
+        tokio::select! {
+            result = servers => result,
+            () = deadline => {
+                tracing::warn!(
+                    "requests still in flight {drain:?} after the shutdown signal; closing their connections"
+                );
+                Ok(())
+            }
+        }
+    });
+    result
 }
 
 /// Runs `server`, then tells the other servers of [`serve_all`] to stop.
