@@ -48,7 +48,13 @@ pub async fn serve<S: Store>(
         .add_service(RateLimiterServer::new(api.clone()))
         .add_service(RateLimitServiceServer::new(api))
         .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream
+        // it is handed: without it, Nagle's algorithm holds small responses back while an
+        // earlier one is unacknowledged.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(std::io::Error::other)
 }

@@ -32,6 +32,7 @@ pub mod reload;
 use std::future::Future;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use drl_core::Store;
 use tokio::net::TcpListener;
 
@@ -47,6 +48,12 @@ pub async fn serve<S: Store>(
     node: impl Into<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, http::router(node))
         .with_graceful_shutdown(shutdown)
         .await
