@@ -47,11 +47,13 @@ pub struct Config {
 }
 
 /// The store a node keeps its counters in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreConfig {
     /// The in-process lock-free store: one node, nothing to run beside it.
     #[default]
     Memory,
+    /// A single Redis or a Redis Cluster shared by every node (`drl_redis::RedisStore`).
+    Redis(drl_redis::RedisConfig),
 }
 
 /// One problem in a config file, at the position of the value that causes it.
@@ -293,16 +295,15 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     kind: Option<Text>,
-    /// Settings of the Redis store. Checked for shape so typos are caught, but only used with
-    /// `kind: redis` (not available yet).
-    redis: Option<RawRedis>,
+    /// Settings of the Redis store. Checked even with `kind: memory`, so typos are caught before
+    /// the store is switched; used with `kind: redis`.
+    redis: Option<Spanned<RawRedis>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     urls: Option<Vec<Text>>,
-    #[expect(dead_code, reason = "type-checked only, until the Redis store exists")]
     cluster: Option<bool>,
     consistency: Option<Text>,
     on_error: Option<Text>,
@@ -415,20 +416,25 @@ impl Validator<'_> {
     }
 
     fn store(&mut self, store: &RawStore) -> Option<StoreConfig> {
-        if let Some(redis) = &store.redis {
-            self.redis(redis);
-        }
+        let used = store.kind.as_ref().is_some_and(|k| k.value == "redis");
+        let redis = store
+            .redis
+            .as_ref()
+            .map(|redis| self.redis(&redis.value, redis.referenced, used));
         match &store.kind {
             None => Some(StoreConfig::Memory),
             Some(kind) => match kind.value.as_str() {
                 "memory" => Some(StoreConfig::Memory),
-                "redis" => {
-                    self.error(
-                        kind.referenced,
-                        "the Redis store is not available yet; use `kind: memory`",
-                    );
-                    None
-                }
+                "redis" => match redis {
+                    Some(redis) => redis.map(StoreConfig::Redis),
+                    None => {
+                        self.error(
+                            kind.referenced,
+                            "kind: redis needs a `redis:` section with at least `urls`",
+                        );
+                        None
+                    }
+                },
                 other => {
                     self.error(
                         kind.referenced,
@@ -440,7 +446,17 @@ impl Validator<'_> {
         }
     }
 
-    fn redis(&mut self, redis: &RawRedis) {
+    /// `store.redis`, with the defaults of [`drl_redis::RedisConfig::new`] for what is not set.
+    /// Every value is checked; what only matters to a running store (URLs present, one URL for a
+    /// single instance) only when it is `used` (`kind: redis`).
+    fn redis(
+        &mut self,
+        redis: &RawRedis,
+        at: Location,
+        used: bool,
+    ) -> Option<drl_redis::RedisConfig> {
+        let mut ok = true;
+        let mut urls = Vec::new();
         for url in redis.urls.iter().flatten() {
             if !(url.value.starts_with("redis://") || url.value.starts_with("rediss://")) {
                 self.error(
@@ -450,23 +466,66 @@ impl Validator<'_> {
                         url.value
                     ),
                 );
+                ok = false;
+            }
+            urls.push(url.value.clone());
+        }
+        let cluster = redis.cluster.unwrap_or(false);
+        match redis.urls.as_deref() {
+            _ if !used => {}
+            None | Some([]) => {
+                self.error(
+                    at,
+                    "store.redis needs `urls`: the instance, or seed nodes of a cluster",
+                );
+                ok = false;
+            }
+            Some([_, second, ..]) if !cluster => {
+                self.error(
+                    second.referenced,
+                    "several URLs with `cluster: false`: a single Redis takes one URL",
+                );
+                ok = false;
+            }
+            Some(_) => {}
+        }
+        let mut config = drl_redis::RedisConfig::new(urls);
+        config.cluster = cluster;
+        if let Some(value) = &redis.consistency {
+            match drl_redis::Consistency::from_name(&value.value) {
+                Some(c) => config.consistency = c,
+                None => {
+                    self.one_of(Some(value), "consistency", &["strict", "fast"]);
+                    ok = false;
+                }
             }
         }
-        self.one_of(
-            redis.consistency.as_ref(),
-            "consistency",
-            &["strict", "fast"],
-        );
-        self.one_of(
-            redis.on_error.as_ref(),
-            "on_error",
-            &["deny", "allow", "local"],
-        );
-        if let Some(timeout) = &redis.timeout
-            && let Err(e) = drl_core::parse_duration(&timeout.value)
-        {
-            self.error(timeout.referenced, e);
+        if let Some(value) = &redis.on_error {
+            match drl_redis::OnError::from_name(&value.value) {
+                Some(o) => config.on_error = o,
+                None => {
+                    self.one_of(Some(value), "on_error", &["deny", "allow", "local"]);
+                    ok = false;
+                }
+            }
         }
+        if let Some(timeout) = &redis.timeout {
+            match drl_core::parse_duration(&timeout.value) {
+                Ok(t) if t.is_zero() => {
+                    self.error(
+                        timeout.referenced,
+                        "the store timeout must be more than zero",
+                    );
+                    ok = false;
+                }
+                Ok(t) => config.timeout = t,
+                Err(e) => {
+                    self.error(timeout.referenced, e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(config)
     }
 
     fn one_of(&mut self, value: Option<&Text>, field: &str, accepted: &[&str]) {
@@ -999,11 +1058,56 @@ rules:
     }
 
     #[test]
-    fn store_kinds_other_than_memory_are_refused() {
+    fn a_redis_store_is_read_with_defaults_and_checked() {
+        let config = Config::from_yaml(
+            "drl.yaml",
+            "store:\n  kind: redis\n  redis:\n    urls: [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n    cluster: true\n    on_error: local\n    timeout: 20ms\n",
+        )
+        .unwrap();
+        let mut expected = drl_redis::RedisConfig::new(vec![
+            "redis://127.0.0.1:7000".into(),
+            "redis://127.0.0.1:7001".into(),
+        ]);
+        expected.cluster = true;
+        expected.on_error = drl_redis::OnError::Local;
+        expected.timeout = Duration::from_millis(20);
+        assert_eq!(config.store, StoreConfig::Redis(expected));
+        let single = Config::from_yaml(
+            "drl.yaml",
+            "store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n    consistency: fast\n",
+        )
+        .unwrap();
+        let StoreConfig::Redis(single) = single.store else {
+            panic!("not redis")
+        };
+        assert!(!single.cluster);
+        assert_eq!(single.consistency, drl_redis::Consistency::Fast);
+        assert_eq!(single.on_error, drl_redis::OnError::Deny);
+        let message = error_at("store:\n  kind: redis\n  redis:\n    cluster: true\n", 4, 5);
+        assert!(message.contains("needs `urls`"), "{message}");
+        let message = error_at(
+            "store:\n  kind: redis\n  redis:\n    urls: [\"redis://a:1\", \"redis://b:2\"]\n",
+            4,
+            27,
+        );
+        assert!(
+            message.contains("a single Redis takes one URL"),
+            "{message}"
+        );
+        let message = error_at(
+            "store:\n  kind: redis\n  redis:\n    urls: [\"redis://a:1\"]\n    timeout: 0ms\n",
+            5,
+            14,
+        );
+        assert!(message.contains("more than zero"), "{message}");
+    }
+
+    #[test]
+    fn store_kinds_other_than_memory_and_redis_are_refused() {
         let message = error_at("store:\n  kind: redis\n", 2, 9);
         assert_eq!(
             message,
-            "the Redis store is not available yet; use `kind: memory`"
+            "kind: redis needs a `redis:` section with at least `urls`"
         );
         let message = error_at("store:\n  kind: etcd\n", 2, 9);
         assert_eq!(

@@ -25,7 +25,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, StoreConfig};
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 
 /// How long the file must stay quiet after a change before it is reloaded.
@@ -71,8 +71,8 @@ impl<S: Store> Reloader<S> {
         let mut version = self.version.lock().unwrap_or_else(PoisonError::into_inner);
         match Config::load(&self.path) {
             Ok(config) => {
-                // The only store there is; a change of store will need a restart.
-                let StoreConfig::Memory = config.store;
+                // The store is chosen at start: a reload swaps the rules only, and a changed
+                // `store:` section takes effect at the next restart.
                 let rules = config.rules.rules().len();
                 let domains = config.rules.domains().len();
                 self.limiter.set_rules(config.rules);

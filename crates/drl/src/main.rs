@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use drl_core::{Limiter, Rules};
+use drl_core::{Limiter, Rules, Store};
+use drl_redis::RedisStore;
 use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
 use drl_server::client::{self, DEFAULT_SERVER};
 use drl_server::http::AdminToken;
@@ -241,22 +242,40 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyhow::Result<()> {
-    let rules = match config {
+    let (store, rules) = match config {
         Some(path) => {
             let config = Config::load(path)?;
-            match config.store {
-                StoreConfig::Memory => {}
-            }
             tracing::info!(
                 "config {} loaded: {} rules",
                 path.display(),
                 config.rules.rules().len()
             );
-            config.rules
+            (config.store, config.rules)
         }
-        None => Rules::builtin(),
+        None => (StoreConfig::Memory, Rules::builtin()),
     };
-    let limiter = Limiter::new(rules);
+    match store {
+        StoreConfig::Memory => run_node(Limiter::new(rules), config, http_addr, grpc_addr).await,
+        StoreConfig::Redis(redis) => {
+            let store = RedisStore::new(&redis).context("store.redis")?;
+            // Connecting is lazy: a node starts while Redis is down and answers by `on_error`.
+            match store.ping().await {
+                Ok(()) => tracing::info!("Redis store at {}", redis.urls.join(", ")),
+                Err(e) => tracing::warn!("Redis store not reachable yet: {e}"),
+            }
+            let limiter = Limiter::builder(rules).build_with_store(store);
+            run_node(limiter, config, http_addr, grpc_addr).await
+        }
+    }
+}
+
+/// Runs a node on `limiter` until a shutdown signal.
+async fn run_node<S: Store>(
+    limiter: Limiter<S>,
+    config: Option<&Path>,
+    http_addr: &str,
+    grpc_addr: &str,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_version(1);
     let admin_token = std::env::var(AdminToken::ENV)
