@@ -44,6 +44,43 @@ impl Decision {
     }
 }
 
+/// `RateLimit-Limit`: N, the requests the limit allows per window.
+pub const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+/// `RateLimit-Remaining`: requests that would still be admitted now.
+pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+/// `RateLimit-Reset`: seconds until the limit is whole again.
+pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+/// `Retry-After`: seconds until a denied request could be admitted.
+pub const RETRY_AFTER: &str = "retry-after";
+
+impl Decision {
+    /// The HTTP header fields that report this decision, as every HTTP surface of drl writes
+    /// them (the server's `POST /v1/check`, the tower layer): `RateLimit-Limit`,
+    /// `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` when denied. Names are lower
+    /// case; durations are whole seconds rounded up, so a client that waits that long is never
+    /// early.
+    pub fn header_fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let retry = (!self.allowed).then(|| (RETRY_AFTER, whole_seconds(self.retry_after)));
+        [
+            (RATELIMIT_LIMIT, u64::from(self.limit)),
+            (RATELIMIT_REMAINING, u64::from(self.remaining)),
+            (RATELIMIT_RESET, whole_seconds(self.reset_after)),
+        ]
+        .into_iter()
+        .chain(retry)
+    }
+}
+
+/// A duration in whole seconds, rounded up.
+fn whole_seconds(d: Duration) -> u64 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 {
+        secs
+    } else {
+        secs.saturating_add(1)
+    }
+}
+
 /// Rounds nanoseconds up to whole milliseconds.
 fn ceil_ms(ns: u64) -> Duration {
     Duration::from_millis(ns.div_ceil(1_000_000))
@@ -61,5 +98,28 @@ mod tests {
         let allowed = Decision::new(true, 10, 3, 0, 5_000_000);
         assert_eq!(allowed.retry_after, Duration::ZERO);
         assert_eq!(allowed.reset_after, Duration::ZERO);
+    }
+
+    #[test]
+    fn header_fields_round_up_to_seconds_and_retry_only_when_denied() {
+        let allowed = Decision::new(true, 10, 3, 1_000_000_000, 0);
+        assert_eq!(
+            allowed.header_fields().collect::<Vec<_>>(),
+            [
+                (RATELIMIT_LIMIT, 10),
+                (RATELIMIT_REMAINING, 3),
+                (RATELIMIT_RESET, 1)
+            ]
+        );
+        let denied = Decision::new(false, 10, 0, 59_000_000_001, 1_000_001);
+        assert_eq!(
+            denied.header_fields().collect::<Vec<_>>(),
+            [
+                (RATELIMIT_LIMIT, 10),
+                (RATELIMIT_REMAINING, 0),
+                (RATELIMIT_RESET, 60),
+                (RETRY_AFTER, 1)
+            ]
+        );
     }
 }

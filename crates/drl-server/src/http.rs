@@ -27,7 +27,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
 };
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -49,10 +49,6 @@ use crate::reload::Reloader;
 
 /// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// What the routes share: the limiter, the metrics, and for the admin routes the reloader and
 /// the admin token. Cheap to clone (reference counts), as axum does per request.
@@ -353,7 +349,7 @@ async fn check<S: Store>(
     let decision = state
         .decide(&request.user_id, &request.endpoint, hits)
         .await?;
-    Ok(decision_response(decision.into()))
+    Ok(decision_response(decision))
 }
 
 /// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
@@ -408,27 +404,20 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     }
 }
 
-/// 200 or 429 with the decision as JSON and as `RateLimit-*` / `Retry-After` headers.
-fn decision_response(decision: CheckResponse) -> Response {
+/// 200 or 429 with the decision as JSON and as `RateLimit-*` / `Retry-After` headers (the
+/// fields of [`Decision::header_fields`], shared with the tower layer).
+fn decision_response(decision: Decision) -> Response {
     let status = if decision.allowed {
         StatusCode::OK
     } else {
         StatusCode::TOO_MANY_REQUESTS
     };
-    let mut response = (status, Json(decision)).into_response();
+    let mut response = (status, Json(CheckResponse::from(decision))).into_response();
     let headers = response.headers_mut();
-    headers.insert(RATELIMIT_LIMIT, decision.limit.into());
-    headers.insert(RATELIMIT_REMAINING, decision.remaining.into());
-    headers.insert(RATELIMIT_RESET, whole_seconds(decision.reset_after_ms));
-    if !decision.allowed {
-        headers.insert(RETRY_AFTER, whole_seconds(decision.retry_after_ms));
+    for (name, value) in decision.header_fields() {
+        headers.insert(HeaderName::from_static(name), value.into());
     }
     response
-}
-
-/// Milliseconds as whole seconds, rounded up so a client that waits that long is never early.
-fn whole_seconds(ms: u64) -> HeaderValue {
-    ms.div_ceil(1_000).into()
 }
 
 async fn healthz() -> &'static str {
