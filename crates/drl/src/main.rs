@@ -18,6 +18,12 @@ use drl_server::reload::{self, Reloader};
 use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the gRPC stack (tonic, h2, prost) allocates and
+/// frees several buffers per call, and glibc's malloc took a fifth of the server's CPU under load;
+/// with mimalloc a call costs the server about 18% less CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A rate-limit decision service: may user U call endpoint E now?
 #[derive(Debug, Parser)]
 #[command(name = "drl", version)]
