@@ -1,8 +1,11 @@
 //! A minimal HTTP/1 client for `POST /v1/check`, and [`run_check`]: the whole `drl check`
-//! command, kept here so it is tested against a live server.
+//! command, kept here so it is tested against a live server. [`grpc`] is the client of the
+//! native gRPC API.
 //!
 //! One connection per check, plain `http://` only: it is a command-line tool and a test aid,
 //! not a load generator.
+
+pub mod grpc;
 
 use std::io::Write;
 use std::time::Duration;

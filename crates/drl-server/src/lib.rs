@@ -11,7 +11,8 @@
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
-//! - [`client`]: a small HTTP client for `POST /v1/check`, and the `drl check` command.
+//! - [`client`]: a small HTTP client for `POST /v1/check`, the `drl check` command, and
+//!   [`client::grpc`], a client of the native gRPC API.
 //! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //!
 //! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
