@@ -1,9 +1,14 @@
 //! The layer in a real axum app, served on a loopback socket and asked over HTTP/1.1: limits per
 //! user and route, the RateLimit headers on both answers, the inner handler never called for a
 //! denied or rejected request, the missing-user policies, the path when no route matched, time
-//! (a manual clock) restoring the limit.
+//! (a manual clock) restoring the limit, and two app instances sharing one budget through a
+//! real `redis-server`.
 
 #![allow(clippy::unwrap_used)] // Test code.
+
+// The Redis store's own test processes: a real `redis-server` on a free port, always stopped.
+#[path = "../../drl-redis/tests/support/mod.rs"]
+mod redis_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +17,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules};
+use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules, Store};
+use drl_redis::{Consistency, RedisConfig, RedisStore};
 use drl_tower::{MissingUser, RateLimitLayer, header};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -22,21 +28,24 @@ use tokio::net::{TcpListener, TcpStream};
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// `/items/{id}`: 2 per minute per user; anything else: 100 per minute per user and endpoint.
-fn limiter(clock: &ManualClock) -> Limiter {
+fn rules() -> Rules {
     let policy = |n| Policy::per(n, MINUTE, Algorithm::default()).unwrap();
-    let rules = Rules::new(
+    Rules::new(
         policy(100),
         [Rule::new(None, Some("/items/{id}"), policy(2))],
     )
-    .unwrap();
-    Limiter::builder(rules)
+    .unwrap()
+}
+
+fn limiter(clock: &ManualClock) -> Limiter {
+    Limiter::builder(rules())
         .clock(clock.clone())
         .sweep_interval(None)
         .build()
 }
 
 /// An app behind `layer`, on a loopback port; the number of requests its handlers served.
-async fn serve(layer: RateLimitLayer) -> (String, Arc<AtomicUsize>) {
+async fn serve<S: Store>(layer: RateLimitLayer<S>) -> (String, Arc<AtomicUsize>) {
     let served = Arc::new(AtomicUsize::new(0));
     let count = |served: &Arc<AtomicUsize>| {
         let served = Arc::clone(served);
@@ -237,4 +246,38 @@ async fn a_rejecting_status_and_an_endpoint_extractor_can_be_chosen() {
     // None from the extractor: the path.
     let other = get_as(&addr, "/elsewhere", Some(b"dave")).await;
     assert_eq!(other.header("ratelimit-limit"), Some(100));
+}
+
+#[tokio::test]
+async fn instances_on_one_redis_share_the_budget() {
+    let redis = redis_support::Redis::start();
+    let instance = || {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.consistency = Consistency::Fast;
+        let limiter = Limiter::builder(rules()).build_with_store(RedisStore::new(&config).unwrap());
+        serve(RateLimitLayer::new(limiter, header("x-user-id")))
+    };
+    let (first, served_first) = instance().await;
+    let (second, served_second) = instance().await;
+    let one = get_as(&first, "/items/1", Some(b"erin")).await;
+    let two = get_as(&second, "/items/2", Some(b"erin")).await;
+    let three = get_as(&first, "/items/3", Some(b"erin")).await;
+    assert_eq!(
+        [one.status, two.status, three.status],
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(
+        two.header("ratelimit-remaining"),
+        Some(0),
+        "the second saw the first's hit"
+    );
+    assert_eq!(three.header("retry-after").map(|s| s > 0), Some(true));
+    assert_eq!(
+        served_first.load(Ordering::SeqCst) + served_second.load(Ordering::SeqCst),
+        2
+    );
 }
