@@ -32,6 +32,13 @@ pub enum PolicyError {
     /// Token-bucket burst outside its range.
     #[error("burst {value} is out of range: it must be from 1 to {max}")]
     BurstOutOfRange { value: u64, max: u32 },
+    /// A setting outside its range.
+    #[error("{setting} {value} is out of range: it must be {range}")]
+    OutOfRange {
+        setting: &'static str,
+        value: String,
+        range: &'static str,
+    },
     /// A setting given to an algorithm that does not take it.
     #[error("{setting} does not apply to algorithm {algorithm}")]
     SettingNotApplicable {

@@ -12,6 +12,7 @@
 //! The guarantee of the default algorithm (DESIGN.md §2): no interval of length T ever holds more
 //! than N admitted requests for one key, under any concurrency.
 
+pub mod abuse;
 pub mod algorithm;
 pub mod clock;
 pub mod decision;

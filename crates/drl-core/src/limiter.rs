@@ -20,6 +20,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
+use crate::abuse::{Ban, Bans};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
@@ -61,6 +62,7 @@ impl<S> Clone for Limiter<S> {
 
 struct Inner<S> {
     store: S,
+    bans: Bans,
     clock: Arc<dyn Clock>,
     rules: ArcSwap<Rules>,
     /// Bumped after every [`Limiter::set_rules`]; keys the per-thread rules cache.
@@ -85,6 +87,16 @@ thread_local! {
     /// plain loads on the sync path. It is refreshed whenever the limiter's rules generation
     /// moves, so a check sees new rules as soon as `set_rules` has bumped it.
     static RULES_CACHE: RefCell<Option<CachedRules>> = const { RefCell::new(None) };
+}
+
+impl<S> Inner<S> {
+    /// How long a user's strikes are remembered (the abuse policy's, or a day).
+    fn forget_after(&self) -> Duration {
+        self.rules
+            .load()
+            .abuse()
+            .map_or(Duration::from_secs(86_400), |p| p.forget_after)
+    }
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Inner<S> {
@@ -146,6 +158,7 @@ impl LimiterBuilder {
         Limiter {
             inner: Arc::new(Inner {
                 store,
+                bans: Bans::new(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
                 rules: ArcSwap::from_pointee(self.rules),
                 rules_generation: AtomicU64::new(0),
@@ -166,7 +179,9 @@ fn spawn_sweeper(limiter: Weak<Inner<MemoryStore>>, interval: Duration) {
                 let Some(inner) = limiter.upgrade() else {
                     return;
                 };
-                inner.store.sweep(inner.clock.now_ns());
+                let now = inner.clock.now_ns();
+                inner.store.sweep(now);
+                inner.bans.sweep(now, inner.forget_after());
             }
         });
     // Without a thread the store still works; idle keys wait for an explicit sweep.
@@ -200,10 +215,19 @@ impl Limiter<MemoryStore> {
             let Ok((target, values)) = native(rules, user_id, endpoint) else {
                 return false;
             };
-            match self.single(target, &values, 1, rules_epoch) {
-                Some(request) => self.inner.store.admit_now(&request),
-                None => self.decide_now(target, &values, 1, rules_epoch).allowed,
+            let now = self.inner.clock.now_ns();
+            // The common case: no ban anywhere, one plain limit, no abuse accounting.
+            if rules.abuse().is_none()
+                && !rules.shadow_mode()
+                && self.inner.bans.is_empty()
+                && !rules.blocklisted(user_id)
+                && let Some(request) = self.single(target, &values, 1, now, rules_epoch)
+            {
+                return self.inner.store.admit_now(&request);
             }
+            self.answer_now(rules, target, &values, 1, now, rules_epoch)
+                .decision
+                .allowed
         })
     }
 
@@ -211,26 +235,49 @@ impl Limiter<MemoryStore> {
     /// decision.
     #[inline]
     pub fn check(&self, user_id: &str, endpoint: &str, hits: u32) -> Result<Decision, CheckError> {
+        Ok(self.check_ruled(user_id, endpoint, hits)?.decision)
+    }
+
+    /// [`Limiter::check`] with what a caller may report about it (rule level, ban, shadow).
+    #[inline]
+    pub fn check_ruled(
+        &self,
+        user_id: &str,
+        endpoint: &str,
+        hits: u32,
+    ) -> Result<Checked, CheckError> {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
             let (target, values) = native(rules, user_id, endpoint)?;
-            Ok(self.decide_now(target, &values, hits, rules_epoch))
+            let now = self.inner.clock.now_ns();
+            Ok(self.answer_now(rules, target, &values, hits, now, rules_epoch))
         })
     }
 
-    /// Decides a target synchronously on the memory store.
-    fn decide_now(&self, target: &Target, values: &[&str], hits: u32, epoch: u64) -> Decision {
-        if let Some(request) = self.single(target, values, hits, epoch) {
-            return self.inner.store.check_now(&request);
+    /// Decides a native check synchronously on the memory store.
+    fn answer_now(
+        &self,
+        rules: &Rules,
+        target: &Target,
+        values: &[&str; 2],
+        hits: u32,
+        now: u64,
+        epoch: u64,
+    ) -> Checked {
+        if let Some(checked) = self.banned(rules, target, values[0], now) {
+            return checked;
         }
-        let now = self.inner.clock.now_ns();
-        match target.action() {
-            Action::Limit(limits) => {
-                let requests = self.requests(target, limits, values, hits, now, epoch);
-                combine(&self.inner.store.check_all_now(&requests))
-            }
-            other => fixed_answer(other),
-        }
+        let decision = match self.single(target, values, hits, now, epoch) {
+            Some(request) => self.inner.store.check_now(&request),
+            None => match target.action() {
+                Action::Limit(limits) => {
+                    let requests = self.requests(target, limits, values, hits, now, epoch);
+                    combine(&self.inner.store.check_all_now(&requests))
+                }
+                other => fixed_answer(other),
+            },
+        };
+        self.after(rules, target, values[0], now, decision)
     }
 
     /// Runs `f` with the rules in force, from this thread's cache when it is current.
@@ -275,46 +322,99 @@ impl<S: Store> Limiter<S> {
         endpoint: &str,
         hits: u32,
     ) -> Result<Decision, LimiterError> {
-        Ok(self.check_async_ruled(user_id, endpoint, hits).await?.1)
+        Ok(self
+            .check_async_ruled(user_id, endpoint, hits)
+            .await?
+            .decision)
     }
 
-    /// [`Limiter::check_async`] with the level of the rule that decided it (what a metric can
-    /// label a decision with), from the same rule lookup.
+    /// [`Limiter::check_async`] with what a caller may report about it: the level of the rule
+    /// that decided it (what a metric can label a decision with, from the same rule lookup),
+    /// and whether a ban or shadow mode answered.
     pub async fn check_async_ruled(
         &self,
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<(RuleLevel, Decision), LimiterError> {
+    ) -> Result<Checked, LimiterError> {
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
         let (target, values) = native(&rules, user_id, endpoint)?;
-        let level = target.level().unwrap_or(RuleLevel::Default);
-        Ok((
-            level,
-            self.decide(target, &values, hits, rules_epoch).await?,
-        ))
+        let now = self.inner.clock.now_ns();
+        if let Some(checked) = self.banned(&rules, target, user_id, now) {
+            return Ok(checked);
+        }
+        let decision = match self.single(target, &values, hits, now, rules_epoch) {
+            Some(request) => self.inner.store.check(request).await?,
+            None => match target.action() {
+                Action::Limit(limits) => {
+                    let requests = self.requests(target, limits, &values, hits, now, rules_epoch);
+                    combine(&self.inner.store.check_all(&requests).await?)
+                }
+                other => fixed_answer(other),
+            },
+        };
+        Ok(self.after(&rules, target, user_id, now, decision))
     }
 
-    /// Decides one target on any store.
-    async fn decide(
+    /// The answer for a banned user (no counter touched), or `None`.
+    #[inline]
+    fn banned(&self, rules: &Rules, target: &Target, user: &str, now: u64) -> Option<Checked> {
+        let until = if rules.blocklisted(user) {
+            u64::MAX
+        } else {
+            self.inner
+                .bans
+                .banned_until(user, now, target.abuse_exempt())?
+        };
+        let limit = match target.action() {
+            Action::Limit(limits) => limits.first().map_or(0, Policy::requests),
+            _ => 0,
+        };
+        let left = until.saturating_sub(now);
+        let decision = Decision::new(false, limit, 0, left, left);
+        let mut checked = Checked {
+            level: target.level().unwrap_or(RuleLevel::Default),
+            decision,
+            banned: true,
+            shadow_denied: false,
+            new_ban: None,
+        };
+        if rules.shadow_mode() || target.shadow_mode() {
+            checked.shadow();
+        }
+        Some(checked)
+    }
+
+    /// After a decision: a denial counts as an offense (and may ban), and shadow mode turns it
+    /// into an admission.
+    #[inline]
+    fn after(
         &self,
+        rules: &Rules,
         target: &Target,
-        values: &[&str],
-        hits: u32,
-        epoch: u64,
-    ) -> Result<Decision, StoreError> {
-        if let Some(request) = self.single(target, values, hits, epoch) {
-            return self.inner.store.check(request).await;
-        }
-        let now = self.inner.clock.now_ns();
-        match target.action() {
-            Action::Limit(limits) => {
-                let requests = self.requests(target, limits, values, hits, now, epoch);
-                Ok(combine(&self.inner.store.check_all(&requests).await?))
+        user: &str,
+        now: u64,
+        decision: Decision,
+    ) -> Checked {
+        let mut checked = Checked {
+            level: target.level().unwrap_or(RuleLevel::Default),
+            decision,
+            banned: false,
+            shadow_denied: false,
+            new_ban: None,
+        };
+        if !decision.allowed {
+            if let Some(policy) = rules.abuse()
+                && !target.abuse_exempt()
+            {
+                checked.new_ban = self.inner.bans.offense(user, now, policy);
             }
-            other => Ok(fixed_answer(other)),
+            if rules.shadow_mode() || target.shadow_mode() {
+                checked.shadow();
+            }
         }
+        checked
     }
 
     /// The common case as one store request: a single enforced limit.
@@ -324,6 +424,7 @@ impl<S: Store> Limiter<S> {
         target: &'a Target,
         values: &'a [&'a str],
         hits: u32,
+        now_ns: u64,
         rules_epoch: u64,
     ) -> Option<StoreRequest<'a>> {
         match target.action() {
@@ -337,7 +438,7 @@ impl<S: Store> Limiter<S> {
                     },
                     policy: &limits[0],
                     hits,
-                    now_ns: self.inner.clock.now_ns(),
+                    now_ns,
                     rules_epoch,
                 })
             }
@@ -447,6 +548,10 @@ impl<S: Store> Limiter<S> {
             .zip(&overrides)
             .map(|(d, o)| o.as_ref().or_else(|| rule_domain.find(d.entries)))
             .collect();
+        let now = self.inner.clock.now_ns();
+        if let Some(outcome) = self.blocked(&rules, descriptors, &targets, now) {
+            return Ok(outcome);
+        }
         let replaced: Vec<&str> = targets
             .iter()
             .flatten()
@@ -470,7 +575,6 @@ impl<S: Store> Limiter<S> {
                 None => Vec::new(),
             })
             .collect();
-        let now = self.inner.clock.now_ns();
 
         // Enforced limits of every descriptor go to the store as one all-or-nothing check.
         let mut enforced = Vec::new();
@@ -566,9 +670,85 @@ impl<S: Store> Limiter<S> {
             };
             statuses.push(status);
         }
-        Ok(Outcome {
+        let mut outcome = Outcome {
             allowed: admitted,
             statuses,
+            shadow_denied: false,
+            new_bans: Vec::new(),
+        };
+        if !admitted {
+            if let Some(policy) = rules.abuse() {
+                for ((d, target), status) in descriptors.iter().zip(&targets).zip(&outcome.statuses)
+                {
+                    let exempt = target.is_none_or(|t| t.abuse_exempt());
+                    if status.over_limit()
+                        && !exempt
+                        && let Some(user) = d.entries.iter().find(|e| e.key == policy.user_key)
+                        && !outcome.new_bans.iter().any(|b| b.user_id == user.value)
+                        && let Some(ban) = self.inner.bans.offense(user.value, now, policy)
+                    {
+                        outcome.new_bans.push(ban);
+                    }
+                }
+            }
+            if rules.shadow_mode() {
+                outcome.allowed = true;
+                outcome.shadow_denied = true;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The answer when a descriptor names a banned user: denied, nothing counted.
+    fn blocked(
+        &self,
+        rules: &Rules,
+        descriptors: &[Descriptor<'_>],
+        targets: &[Option<&Target>],
+        now: u64,
+    ) -> Option<Outcome> {
+        if self.inner.bans.is_empty() && !rules.has_blocklist() {
+            return None;
+        }
+        let user_key = rules.abuse().map_or(USER_KEY, |p| p.user_key.as_str());
+        let statuses: Vec<DescriptorStatus> = descriptors
+            .iter()
+            .zip(targets)
+            .map(|(d, target)| {
+                let exempt = target.is_some_and(|t| t.abuse_exempt());
+                let until = d
+                    .entries
+                    .iter()
+                    .find(|e| e.key == user_key)
+                    .and_then(|user| {
+                        if rules.blocklisted(user.value) {
+                            Some(u64::MAX)
+                        } else {
+                            self.inner.bans.banned_until(user.value, now, exempt)
+                        }
+                    });
+                match until {
+                    Some(until) => DescriptorStatus {
+                        label: target.map(|t| Arc::clone(t.label())),
+                        verdict: Verdict::Blocked {
+                            retry_after: Duration::from_nanos(until.saturating_sub(now)),
+                        },
+                    },
+                    None => DescriptorStatus::no_limit(),
+                }
+            })
+            .collect();
+        if !statuses
+            .iter()
+            .any(|s| matches!(s.verdict, Verdict::Blocked { .. }))
+        {
+            return None;
+        }
+        Some(Outcome {
+            allowed: rules.shadow_mode(),
+            statuses,
+            shadow_denied: rules.shadow_mode(),
+            new_bans: Vec::new(),
         })
     }
 
@@ -595,6 +775,19 @@ impl<S: Store> Limiter<S> {
         self.inner.rules.load_full()
     }
 
+    /// Drops ended bans, forgiven strikes and idle offense counters (the memory store's sweeper
+    /// does this by itself; call it periodically with other stores).
+    pub fn sweep_bans(&self) {
+        self.inner
+            .bans
+            .sweep(self.inner.clock.now_ns(), self.inner.forget_after());
+    }
+
+    /// The bans and blocks in force (abuse protection).
+    pub fn bans(&self) -> &Bans {
+        &self.inner.bans
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
@@ -603,6 +796,30 @@ impl<S: Store> Limiter<S> {
     /// The clock's current reading.
     pub fn now_ns(&self) -> u64 {
         self.inner.clock.now_ns()
+    }
+}
+
+/// A native decision with what a caller may report about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The level of the rule that decided.
+    pub level: RuleLevel,
+    /// The answer to give (in shadow mode, an admission even when a limit or ban denied).
+    pub decision: Decision,
+    /// The user is banned or blocked: answered without touching any counter.
+    pub banned: bool,
+    /// A limit or ban denied, and shadow mode answered allowed instead.
+    pub shadow_denied: bool,
+    /// This denial banned the user.
+    pub new_ban: Option<Ban>,
+}
+
+impl Checked {
+    /// Answers allowed, remembering that it would have been denied.
+    fn shadow(&mut self) {
+        self.shadow_denied = true;
+        self.decision.allowed = true;
+        self.decision.retry_after = Duration::ZERO;
     }
 }
 
@@ -643,11 +860,12 @@ impl DescriptorStatus {
     pub fn over_limit(&self) -> bool {
         matches!(
             self.verdict,
-            Verdict::Limited {
-                decision: Decision { allowed: false, .. },
-                shadow: false,
-                ..
-            }
+            Verdict::Blocked { .. }
+                | Verdict::Limited {
+                    decision: Decision { allowed: false, .. },
+                    shadow: false,
+                    ..
+                }
         )
     }
 }
@@ -659,6 +877,9 @@ pub enum Verdict {
     NoLimit,
     /// The rule says `unlimited`.
     Unlimited,
+    /// The user the descriptor names is banned or blocked for `retry_after` more (`u64::MAX`
+    /// ns for a permanent block): denied without touching any counter.
+    Blocked { retry_after: Duration },
     /// The rule's limits decided; a shadow-mode rule's denial does not deny the request.
     /// `window` is the window of the limit the decision reports.
     Limited {
@@ -675,6 +896,10 @@ pub struct Outcome {
     pub allowed: bool,
     /// One per descriptor, in request order.
     pub statuses: Vec<DescriptorStatus>,
+    /// Global shadow mode answered allowed where a limit or ban denied.
+    pub shadow_denied: bool,
+    /// Users this request's denial banned.
+    pub new_bans: Vec<Ban>,
 }
 
 /// Validates the native pair and finds its rule.
@@ -827,6 +1052,8 @@ mod tests {
                     limits: vec![
                         Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap(),
                     ],
+                    shadow_mode: false,
+                    abuse_exempt: false,
                 }],
             )
             .unwrap(),

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use foldhash::fast::RandomState;
 
+use crate::abuse::AbusePolicy;
 use crate::algorithm::Algorithm;
 use crate::error::{CheckError, RuleError};
 use crate::key::{MAX_ID_LEN, validate_id};
@@ -81,6 +82,10 @@ pub struct Rule {
     pub endpoint: Option<String>,
     /// One or more limits, enforced all or nothing (e.g. 10 per second and 10 000 per day).
     pub limits: Vec<Policy>,
+    /// Count and report denials, but answer allowed.
+    pub shadow_mode: bool,
+    /// Denials under this rule are no offenses, and automatic bans do not apply to it.
+    pub abuse_exempt: bool,
 }
 
 impl Rule {
@@ -90,6 +95,8 @@ impl Rule {
             user_id: user_id.map(str::to_owned),
             endpoint: endpoint.map(str::to_owned),
             limits: vec![policy],
+            shadow_mode: false,
+            abuse_exempt: false,
         }
     }
 
@@ -141,6 +148,8 @@ pub struct DescriptorRule {
     pub replaces: Vec<String>,
     /// Count, but always answer OK.
     pub shadow_mode: bool,
+    /// Denials under this rule are no offenses, and automatic bans do not apply to it.
+    pub abuse_exempt: bool,
     /// For a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
     /// Rules one level deeper.
@@ -171,6 +180,7 @@ pub struct Target {
     level: Option<RuleLevel>,
     action: Action,
     shadow_mode: bool,
+    abuse_exempt: bool,
     name: Option<Box<str>>,
     replaces: Box<[Box<str>]>,
     /// Per level: the wildcard pattern whose matches share one counter, if any.
@@ -203,6 +213,11 @@ impl Target {
         self.shadow_mode
     }
 
+    /// Automatic bans do not apply, and denials are no offenses.
+    pub fn abuse_exempt(&self) -> bool {
+        self.abuse_exempt
+    }
+
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
@@ -228,6 +243,7 @@ impl Target {
             level: None,
             action: Action::Limit(vec![policy]),
             shadow_mode: false,
+            abuse_exempt: false,
             name: None,
             replaces: Box::default(),
             shared: Box::default(),
@@ -437,6 +453,10 @@ pub struct Rules {
     domains: Map<Domain>,
     listed: Vec<Rule>,
     listed_domains: Vec<DomainRules>,
+    abuse: Option<AbusePolicy>,
+    shadow_mode: bool,
+    /// Users blocked for good by the config (`blocklist:`).
+    blocklist: std::collections::HashSet<Box<str>, RandomState>,
 }
 
 impl Rules {
@@ -477,6 +497,9 @@ impl Rules {
             domains: Map::default(),
             listed,
             listed_domains: Vec::new(),
+            abuse: None,
+            shadow_mode: false,
+            blocklist: Default::default(),
         })
     }
 
@@ -505,6 +528,55 @@ impl Rules {
             self.listed_domains.push(rules);
         }
         Ok(self)
+    }
+
+    /// Turns on automatic bans with `policy`.
+    pub fn with_abuse(mut self, policy: Option<AbusePolicy>) -> Self {
+        self.abuse = policy;
+        self
+    }
+
+    /// Global shadow mode: every denial is counted and reported, and answered allowed.
+    pub fn with_shadow_mode(mut self, on: bool) -> Self {
+        self.shadow_mode = on;
+        self
+    }
+
+    /// Blocks `users` for as long as these rules are in force.
+    pub fn with_blocklist(mut self, users: impl IntoIterator<Item = String>) -> Self {
+        self.blocklist = users.into_iter().map(String::into_boxed_str).collect();
+        self
+    }
+
+    /// Whether the config blocks `user`.
+    #[inline]
+    pub fn blocklisted(&self, user: &str) -> bool {
+        !self.blocklist.is_empty() && self.blocklist.contains(user)
+    }
+
+    /// Whether the config blocks anyone.
+    #[inline]
+    pub fn has_blocklist(&self) -> bool {
+        !self.blocklist.is_empty()
+    }
+
+    /// The config's blocked users, sorted.
+    pub fn blocklist(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.blocklist.iter().map(|u| &**u).collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// The automatic-ban policy, when abuse protection is on.
+    #[inline]
+    pub fn abuse(&self) -> Option<&AbusePolicy> {
+        self.abuse.as_ref()
+    }
+
+    /// Global shadow mode.
+    #[inline]
+    pub fn shadow_mode(&self) -> bool {
+        self.shadow_mode
     }
 
     /// The rule for `(user_id, endpoint)`: always one, the default at worst.
@@ -606,7 +678,8 @@ fn insert_native(native: &mut Domain, rule: &Rule) -> Result<(), RuleError> {
         label: level.name().into(),
         level: Some(level),
         action: Action::Limit(rule.limits.clone()),
-        shadow_mode: false,
+        shadow_mode: rule.shadow_mode,
+        abuse_exempt: rule.abuse_exempt,
         name: None,
         replaces: Box::default(),
         shared: Box::default(),
@@ -711,6 +784,7 @@ fn insert_descriptor(
             level: None,
             action: action.clone(),
             shadow_mode: rule.shadow_mode,
+            abuse_exempt: rule.abuse_exempt,
             name: rule.name.as_deref().map(Box::from),
             replaces: rule
                 .replaces

@@ -120,6 +120,8 @@ fn rules_with_bad_identifiers_are_refused() {
         user_id: Some(user.to_owned()),
         endpoint: None,
         limits: vec![policy.clone()],
+        shadow_mode: false,
+        abuse_exempt: false,
     };
     let e = Rules::new(policy.clone(), [rule("")]).unwrap_err();
     assert_eq!(

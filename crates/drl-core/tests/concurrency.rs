@@ -286,6 +286,8 @@ fn hundreds_of_keys_count_exactly() {
             user_id: Some(user.clone()),
             endpoint: None,
             limits: vec![policy_of(i)],
+            shadow_mode: false,
+            abuse_exempt: false,
         }),
     )
     .unwrap();
@@ -351,6 +353,8 @@ fn sweeping_while_checking_never_breaks_p() {
             user_id: Some(user.clone()),
             endpoint: None,
             limits: vec![policy_of(k)],
+            shadow_mode: false,
+            abuse_exempt: false,
         }),
     )
     .unwrap();
