@@ -200,3 +200,30 @@ pub struct ReloadResponse {
     /// How many rules it has.
     pub rules: usize,
 }
+
+/// One ban or block of `GET /v1/blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub user_id: String,
+    /// `automatic` (too many denials), `manual` (admin API) or `config` (`blocklist:`).
+    pub kind: String,
+    /// Time left; `null` for a permanent block.
+    pub remaining_ms: Option<u64>,
+    /// The user's automatic-ban count, this one included (0 for blocks).
+    pub strike: u32,
+}
+
+/// `GET /v1/blocks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksView {
+    pub blocks: Vec<BlockView>,
+}
+
+/// `PUT /v1/blocks/{user_id}` body, optional: without a duration the block is permanent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    /// e.g. `"30m"`, from 1s to 366d.
+    #[serde(default)]
+    pub duration: Option<String>,
+}

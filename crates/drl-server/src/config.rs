@@ -29,6 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drl_core::DomainRules;
+use drl_core::abuse::AbusePolicy;
 use drl_core::rules::MAX_LIMITS_PER_RULE;
 use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
 use serde::Deserialize;
@@ -289,6 +290,26 @@ struct RawConfig {
     store: Option<RawStore>,
     default: Option<RawPolicy>,
     rules: Option<Vec<Spanned<RawRule>>>,
+    /// Global shadow mode: every denial is reported and answered allowed.
+    shadow_mode: Option<bool>,
+    abuse: Option<Spanned<RawAbuse>>,
+    /// Users blocked for as long as this config is in force.
+    blocklist: Option<Vec<Text>>,
+}
+
+/// `abuse:` — automatic bans.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbuse {
+    /// More than this many denials of one user within `interval` ban the user.
+    threshold: Text,
+    interval: Text,
+    ban: Text,
+    max_ban: Option<Text>,
+    escalation: Option<Text>,
+    forget_after: Option<Text>,
+    /// The descriptor key naming the user in Envoy requests.
+    user_key: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +360,10 @@ struct RawRule {
     precision: Option<Text>,
     burst: Option<Text>,
     limits: Option<Vec<Spanned<RawPolicy>>>,
+    /// Count and report denials, answer allowed.
+    shadow_mode: Option<bool>,
+    /// `false`: denials under this rule are no offenses, and automatic bans skip it.
+    abuse: Option<bool>,
 }
 
 fn absent() -> Spanned<Option<String>> {
@@ -404,15 +429,100 @@ impl Validator<'_> {
             None => Some(Rules::builtin().default_policy().clone()),
         };
         let rules = self.rules(raw.rules.as_deref().unwrap_or_default());
-        let (store, default, rules) = (store?, default?, rules?);
+        let abuse = match &raw.abuse {
+            Some(abuse) => self.abuse(abuse).map(Some),
+            None => Some(None),
+        };
+        let blocklist = self.blocklist(raw.blocklist.as_deref().unwrap_or_default());
+        let (store, default, rules, abuse, blocklist) =
+            (store?, default?, rules?, abuse?, blocklist?);
         match Rules::new(default, rules) {
-            Ok(rules) => Some(Config { store, rules }),
+            Ok(rules) => Some(Config {
+                store,
+                rules: rules
+                    .with_abuse(abuse)
+                    .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
+                    .with_blocklist(blocklist),
+            }),
             Err(e) => {
                 // Unreachable in practice: `rules` already checked identifiers and duplicates.
                 self.error(Location::UNKNOWN, e);
                 None
             }
         }
+    }
+
+    fn abuse(&mut self, raw: &Spanned<RawAbuse>) -> Option<AbusePolicy> {
+        let a = &raw.value;
+        let threshold =
+            self.whole_number(&a.threshold, "threshold").and_then(
+                |n| match Limit::check_requests(n) {
+                    Ok(_) => Some(n),
+                    Err(_) => {
+                        self.error(
+                            a.threshold.referenced,
+                            format_args!(
+                                "threshold {n} is out of range: it must be from 1 to 1000000"
+                            ),
+                        );
+                        None
+                    }
+                },
+            );
+        let interval = self.window(&a.interval);
+        let mut duration = |v: &Text| match drl_core::parse_duration(&v.value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(v.referenced, e);
+                None
+            }
+        };
+        let ban = duration(&a.ban);
+        let max_ban = a.max_ban.as_ref().map(&mut duration);
+        let forget_after = a.forget_after.as_ref().map(&mut duration);
+        let escalation = match &a.escalation {
+            Some(e) => self.whole_number(e, "escalation").map(Some),
+            None => Some(None),
+        };
+        let (threshold, interval, ban, escalation) = (threshold?, interval?, ban?, escalation?);
+        let max_ban = match max_ban {
+            Some(m) => m?,
+            None => ban
+                .saturating_mul(16)
+                .min(drl_core::abuse::MAX_BAN)
+                .max(ban),
+        };
+        let escalation = u32::try_from(escalation.unwrap_or(2)).unwrap_or(u32::MAX);
+        match AbusePolicy::new(threshold, interval, ban, max_ban, escalation) {
+            Ok(mut policy) => {
+                if let Some(f) = forget_after {
+                    policy.forget_after = f?;
+                }
+                if let Some(key) = &a.user_key {
+                    if key.value.is_empty() {
+                        self.error(key.referenced, "user_key must not be empty");
+                        return None;
+                    }
+                    policy.user_key = key.value.clone();
+                }
+                Some(policy)
+            }
+            Err(e) => {
+                self.error(raw.referenced, e);
+                None
+            }
+        }
+    }
+
+    fn blocklist(&mut self, raw: &[Text]) -> Option<Vec<String>> {
+        let mut ok = true;
+        for user in raw {
+            if let Err(e) = validate_id("user_id", &user.value) {
+                self.error(user.referenced, e);
+                ok = false;
+            }
+        }
+        ok.then(|| raw.iter().map(|u| u.value.clone()).collect())
     }
 
     fn store(&mut self, store: &RawStore) -> Option<StoreConfig> {
@@ -560,6 +670,8 @@ impl Validator<'_> {
                 user_id: user_id.map(str::to_owned),
                 endpoint: endpoint.map(str::to_owned),
                 limits,
+                shadow_mode: raw_rule.value.shadow_mode.unwrap_or(false),
+                abuse_exempt: !raw_rule.value.abuse.unwrap_or(true),
             };
             let at = raw_rule.referenced;
             if user_id.is_none() && endpoint.is_none() {

@@ -6,7 +6,9 @@
 //! Semantics follow envoyproxy/ratelimit: the request-level `hits_addend` (0 or unset: 1) unless a
 //! descriptor sets its own (which may be 0: check without counting); `overall_code` is OVER_LIMIT
 //! when any enforced descriptor is over its limit; a descriptor that matches no rule is OK with no
-//! `current_limit`; an `unlimited` one is OK with `limit_remaining` = 2³² − 1. Unlike there, a
+//! `current_limit`; an `unlimited` one is OK with `limit_remaining` = 2³² − 1; a descriptor whose
+//! user is banned is OVER_LIMIT with the ban's remaining time as `duration_until_reset`, and
+//! `result="blocked"` in the metrics. Unlike there, a
 //! denied request counts nothing in any descriptor, and an unknown domain is an error
 //! (INVALID_ARGUMENT / 400) rather than a silent OK.
 
@@ -233,6 +235,7 @@ impl<S: Store> AppState<S> {
         for status in &outcome.statuses {
             let result = match status.verdict {
                 Verdict::NoLimit => "no_rule",
+                Verdict::Blocked { .. } => "blocked",
                 Verdict::Unlimited => "unlimited",
                 Verdict::Limited {
                     decision, shadow, ..
@@ -247,6 +250,11 @@ impl<S: Store> AppState<S> {
             self.metrics.descriptor(rule, result);
         }
         self.metrics.observe_check(took);
+        let banned = outcome
+            .statuses
+            .iter()
+            .any(|s| matches!(s.verdict, Verdict::Blocked { .. }));
+        self.count_abuse(banned, outcome.shadow_denied, outcome.new_bans.len());
         Ok(outcome)
     }
 }
@@ -269,6 +277,11 @@ pub fn proto_response(outcome: &Outcome) -> rls::RateLimitResponse {
         .map(|s| match s.verdict {
             Verdict::NoLimit => DescriptorStatus {
                 code: Code::Ok.into(),
+                ..Default::default()
+            },
+            Verdict::Blocked { retry_after } => DescriptorStatus {
+                code: Code::OverLimit.into(),
+                duration_until_reset: prost_types::Duration::try_from(retry_after).ok(),
                 ..Default::default()
             },
             Verdict::Unlimited => DescriptorStatus {

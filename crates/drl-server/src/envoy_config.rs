@@ -26,7 +26,8 @@
 //! `shadow_mode`, `share_threshold`, and `detailed_metric` / `value_to_metric`, which only shape
 //! statistics there and change nothing here: drl's metrics are labelled by configured rule, never
 //! by a request's value. Extensions: `window:` (any duration, instead of `unit`), `algorithm:`,
-//! `precision:`, `burst:`, and `rate_limits:` for several limits on one descriptor. Not
+//! `precision:`, `burst:`, `rate_limits:` for several limits on one descriptor, and `abuse:
+//! false` to opt a rule out of abuse protection. Not
 //! supported, and refused with an error rather than silently ignored: `quota_mode`, `metadata`.
 //! Two rules with the same key and value at one level are an error (as there).
 
@@ -56,6 +57,8 @@ struct RawDescriptor {
     rate_limit: Option<Spanned<RawRateLimit>>,
     rate_limits: Option<Vec<Spanned<RawRateLimit>>>,
     shadow_mode: Option<bool>,
+    /// drl: `false` opts the rule out of abuse protection.
+    abuse: Option<bool>,
     share_threshold: Option<bool>,
     detailed_metric: Option<bool>,
     value_to_metric: Option<bool>,
@@ -181,6 +184,7 @@ impl Validator<'_> {
             name,
             replaces,
             shadow_mode: d.shadow_mode.unwrap_or(false),
+            abuse_exempt: !d.abuse.unwrap_or(true),
             share_threshold,
             descriptors: deeper?,
         })

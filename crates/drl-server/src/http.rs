@@ -13,7 +13,11 @@
 //!   - `GET /v1/config` → the config in force and its version ([`ConfigView`]);
 //!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`]): 200 with the new
 //!     version, 422 with the diagnostics when the file is refused (the old config stays), 409
-//!     when the node was started without a config file.
+//!     when the node was started without a config file;
+//!   - `GET /v1/blocks` → bans (automatic), blocks (manual) and the config's blocklist, with
+//!     the time left; `PUT /v1/blocks/{user_id}` with an optional `{"duration": "1h"}` blocks
+//!     (for good without one); `DELETE /v1/blocks/{user_id}` lifts a ban or block (204; 404
+//!     when there is none).
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
@@ -25,22 +29,22 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
 };
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
 use crate::api::{
-    CheckRequest, CheckResponse, ConfigView, DiagnosticView, ErrorResponse, HitsOutOfRange,
-    ReloadResponse, checked_hits,
+    BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
+    ErrorResponse, HitsOutOfRange, ReloadResponse, checked_hits,
 };
 use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
@@ -110,6 +114,19 @@ impl<S: Store> AppState<S> {
         Ok(checked.decision)
     }
 
+    /// Counts what a check says beyond its decision: bans, blocks, shadow denials.
+    pub(crate) fn count_abuse(&self, banned: bool, shadow_denied: bool, new_bans: usize) {
+        if banned {
+            self.metrics.blocked();
+        }
+        if shadow_denied {
+            self.metrics.shadow_denied();
+        }
+        for _ in 0..new_bans {
+            self.metrics.ban(false);
+        }
+    }
+
     /// The limiter's check with its rule level and duration, store failures counted, the
     /// decision not yet: for callers that decide what to record (a probe with `hits = 0`).
     pub async fn check(
@@ -119,7 +136,7 @@ impl<S: Store> AppState<S> {
         hits: u32,
     ) -> Result<Checked, LimiterError> {
         let started = Instant::now();
-        let (level, decision) = self
+        let checked = self
             .limiter
             .check_async_ruled(user_id, endpoint, hits)
             .await
@@ -128,9 +145,14 @@ impl<S: Store> AppState<S> {
                     self.metrics.store_error();
                 }
             })?;
+        self.count_abuse(
+            checked.banned,
+            checked.shadow_denied,
+            usize::from(checked.new_ban.is_some()),
+        );
         Ok(Checked {
-            level,
-            decision,
+            level: checked.level,
+            decision: checked.decision,
             took: started.elapsed(),
         })
     }
@@ -209,6 +231,11 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
         .route("/metrics", get(metrics_text::<S>))
         .route("/v1/config", get(show_config::<S>))
         .route("/v1/config/reload", post(reload_config::<S>))
+        .route("/v1/blocks", get(list_blocks::<S>))
+        .route(
+            "/v1/blocks/{user_id}",
+            put(put_block::<S>).delete(delete_block::<S>),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -272,6 +299,12 @@ pub enum ApiError {
         "this node runs on the built-in default config: there is no file to reload (start it with --config FILE)"
     )]
     NoConfigFile,
+    /// An admin request with a value out of range (e.g. a block's duration).
+    #[error("{0}")]
+    BadValue(String),
+    /// `DELETE /v1/blocks/{user_id}` for a user who is not blocked.
+    #[error("user {0:?} is not banned or blocked")]
+    NotBlocked(String),
     /// The config file was refused; the previous config stays in force.
     #[error("config refused; the previous config stays in force: {0}")]
     ConfigRefused(ConfigError),
@@ -297,7 +330,9 @@ impl ApiError {
             | Self::Json(_)
             | Self::HitsOutOfRange(_)
             | Self::Envoy(_)
+            | Self::BadValue(_)
             | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::NotBlocked(_) => StatusCode::NOT_FOUND,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
@@ -501,4 +536,99 @@ async fn not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(method, uri.path().to_owned())
+}
+
+/// `GET /v1/blocks`: automatic bans, manual blocks and the config's blocklist, with time left.
+async fn list_blocks<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<BlocksView>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    let now = state.limiter.now_ns();
+    let rules = state.limiter.rules();
+    let mut blocks: Vec<BlockView> = state
+        .limiter
+        .bans()
+        .list(now)
+        .into_iter()
+        .map(|ban| BlockView {
+            user_id: ban.user_id,
+            kind: ban.kind.name().to_owned(),
+            remaining_ms: ban
+                .until_ns
+                .map(|until| until.saturating_sub(now).div_ceil(1_000_000)),
+            strike: ban.strike,
+        })
+        .collect();
+    blocks.extend(rules.blocklist().into_iter().map(|user| BlockView {
+        user_id: user.to_owned(),
+        kind: "config".to_owned(),
+        remaining_ms: None,
+        strike: 0,
+    }));
+    Ok(Json(BlocksView { blocks }))
+}
+
+/// `PUT /v1/blocks/{user_id}`, body optional `{"duration": "1h"}` (permanent without).
+async fn put_block<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<BlockView>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    drl_core::key::validate_id("user_id", &user_id)?;
+    let body = read_body(body).await?;
+    let request: BlockRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BlockRequest::default()
+    } else {
+        require_json(&headers)?;
+        serde_json::from_slice(&body)?
+    };
+    let duration = match &request.duration {
+        None => None,
+        Some(text) => {
+            let d =
+                drl_core::parse_duration(text).map_err(|e| ApiError::BadValue(e.to_string()))?;
+            if d < Duration::from_secs(1) || d > drl_core::abuse::MAX_BAN {
+                return Err(ApiError::BadValue(format!(
+                    "duration {text:?} is out of range: it must be from 1s to 366d"
+                )));
+            }
+            Some(d)
+        }
+    };
+    let now = state.limiter.now_ns();
+    let until =
+        duration.map(|d| now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
+    let ban = state.limiter.bans().block(&user_id, until);
+    state.metrics.ban(true);
+    tracing::info!(
+        "user {user_id:?} blocked {}",
+        request.duration.as_deref().unwrap_or("for good")
+    );
+    Ok(Json(BlockView {
+        user_id: ban.user_id,
+        kind: ban.kind.name().to_owned(),
+        remaining_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        strike: 0,
+    }))
+}
+
+/// `DELETE /v1/blocks/{user_id}`: lifts a ban or block (not a config blocklist entry).
+async fn delete_block<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    if state.limiter.bans().unblock(&user_id) {
+        tracing::info!("user {user_id:?} unblocked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotBlocked(user_id))
+    }
 }

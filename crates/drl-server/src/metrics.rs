@@ -57,6 +57,10 @@ pub struct Metrics {
     store_errors: Counter,
     /// Envoy-API descriptors by matched rule (a configured rule's label: bounded) and result.
     descriptors: Family<DescriptorLabels, Counter>,
+    /// `[automatic, manual]`.
+    bans: [Counter; 2],
+    blocked: Counter,
+    shadow_denied: Counter,
 }
 
 /// `(rule, result)` of a descriptor decision.
@@ -94,6 +98,27 @@ impl Metrics {
             "Envoy API descriptors, by the configured rule that matched them and the result \
              (allowed, denied, shadow_denied, unlimited, no_rule)",
             descriptors.clone(),
+        );
+
+        let bans_family = Family::<ResultLabel, Counter>::default();
+        let bans =
+            ["automatic", "manual"].map(|kind| bans_family.get_or_create_owned(&[("kind", kind)]));
+        registry.register(
+            "bans",
+            "Users banned: automatically (too many denials) or manually (admin API)",
+            bans_family,
+        );
+        let blocked = Counter::default();
+        registry.register(
+            "blocked_requests",
+            "Requests denied because their user is banned or blocked (no counter touched)",
+            blocked.clone(),
+        );
+        let shadow_denied = Counter::default();
+        registry.register(
+            "shadow_denials",
+            "Requests a limit or ban would have denied, answered allowed in shadow mode",
+            shadow_denied.clone(),
         );
 
         // 1 µs to ~4 s, ×4 per bucket: a memory-store check is around a microsecond, a
@@ -146,6 +171,9 @@ impl Metrics {
             config_version,
             store_errors,
             descriptors,
+            bans,
+            blocked,
+            shadow_denied,
         }
     }
 
@@ -162,6 +190,21 @@ impl Metrics {
         self.descriptors
             .get_or_create(&[("rule", rule.to_owned()), ("result", result.to_owned())])
             .inc();
+    }
+
+    /// Counts a new ban: `manual` from the admin API, else automatic.
+    pub fn ban(&self, manual: bool) {
+        self.bans[usize::from(manual)].inc();
+    }
+
+    /// Counts a request denied by a ban or block.
+    pub fn blocked(&self) {
+        self.blocked.inc();
+    }
+
+    /// Counts a request that shadow mode let through.
+    pub fn shadow_denied(&self) {
+        self.shadow_denied.inc();
     }
 
     /// Records how long a check took (for checks counted per descriptor).

@@ -24,6 +24,8 @@ fn rules() -> Rules {
             user_id: None,
             endpoint: Some("/search".to_owned()),
             limits: vec![per_minute(1)],
+            shadow_mode: false,
+            abuse_exempt: false,
         }],
     )
     .unwrap()
