@@ -14,6 +14,7 @@ pub mod error;
 pub mod keys;
 mod scripts;
 mod store;
+mod topology;
 
 pub use config::{Consistency, OnError, RedisConfig};
 pub use error::ConfigError;

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
@@ -23,6 +23,7 @@ use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
 use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
+use crate::topology::{REFRESH_EVERY, SlotMap};
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -83,6 +84,10 @@ struct Inner {
     counters: Counters,
     started: Instant,
     strict: OnceLock<mpsc::UnboundedSender<Job>>,
+    /// Master of each slot (cluster, strict mode), for batching per master.
+    slot_map: RwLock<Option<Arc<SlotMap>>>,
+    /// Local time of the last slot-map refresh (0: never).
+    slot_map_at: AtomicU64,
 }
 
 /// Why a check got no decision from Redis.
@@ -122,6 +127,8 @@ impl RedisStore {
                 counters: Counters::default(),
                 started: Instant::now(),
                 strict: OnceLock::new(),
+                slot_map: RwLock::new(None),
+                slot_map_at: AtomicU64::new(0),
             }),
         })
     }
@@ -502,6 +509,13 @@ impl RedisStore {
 }
 
 impl Inner {
+    fn current_slot_map(&self) -> Option<Arc<SlotMap>> {
+        self.slot_map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Local monotonic time in ns since the store was made.
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
@@ -616,58 +630,105 @@ struct Job {
     reply: oneshot::Sender<Result<(Value, bool), Failure>>,
 }
 
-/// Group commit: strict calls queue per slot; each slot has at most one pipeline in flight,
-/// `EVALSHA…; WAIT 1 t` pinned to the slot's master (WAIT covers every earlier write on that
-/// connection). Calls that arrive while a slot's pipeline is out form its next batch, so under
-/// load one WAIT covers many admissions, and a slow or dead master holds up only its own slots.
+/// Group commit: strict calls queue per master (per slot until the cluster's slot map is
+/// known); each master has at most one pipeline in flight, `EVALSHA…; WAIT 1 t` (WAIT covers
+/// every earlier write on that master's connection, and blocks it anyway). Calls that arrive
+/// while a master's pipeline is out form its next batch, so under load one WAIT covers many
+/// admissions, and a slow or dead master holds up only its own slots.
 async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut pending: HashMap<u16, Vec<Job>> = HashMap::new();
-    let mut busy: HashSet<u16> = HashSet::new();
-    let mut tasks: tokio::task::JoinSet<u16> = tokio::task::JoinSet::new();
+    let mut pending: HashMap<u32, Vec<Job>> = HashMap::new();
+    let mut busy: HashSet<u32> = HashSet::new();
+    let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
     let mut open = true;
+    if let Some(inner) = store.upgrade() {
+        refresh_slot_map(&inner);
+    }
     while open || !tasks.is_empty() {
         tokio::select! {
             job = rx.recv(), if open => match job {
                 Some(job) => {
-                    pending.entry(job.slot).or_default().push(job);
+                    let map = store.upgrade().and_then(|inner| inner.current_slot_map());
+                    let lane = |slot| SlotMap::lane(map.as_deref(), slot);
+                    pending.entry(lane(job.slot)).or_default().push(job);
                     while let Ok(job) = rx.try_recv() {
-                        pending.entry(job.slot).or_default().push(job);
+                        pending.entry(lane(job.slot)).or_default().push(job);
                     }
                 }
                 None => open = false,
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(slot) = done {
-                    busy.remove(&slot);
+                if let Ok(lane) = done {
+                    busy.remove(&lane);
                 }
             }
         }
         let Some(inner) = store.upgrade() else { return };
-        let ready: Vec<u16> = pending
+        let ready: Vec<u32> = pending
             .keys()
             .copied()
-            .filter(|slot| !busy.contains(slot))
+            .filter(|lane| !busy.contains(lane))
             .collect();
-        for slot in ready {
-            let Some(queue) = pending.get_mut(&slot) else {
+        for lane in ready {
+            let Some(queue) = pending.get_mut(&lane) else {
                 continue;
             };
             let jobs: Vec<Job> = if queue.len() > MAX_BATCH {
                 queue.drain(..MAX_BATCH).collect()
             } else {
-                pending.remove(&slot).unwrap_or_default()
+                pending.remove(&lane).unwrap_or_default()
             };
-            busy.insert(slot);
+            busy.insert(lane);
             let inner = Arc::clone(&inner);
             tasks.spawn(async move {
-                run_group(&inner, slot, jobs).await;
-                slot
+                if !run_group(&inner, jobs).await {
+                    refresh_slot_map(&inner);
+                }
+                lane
             });
         }
     }
 }
 
-async fn run_group(inner: &Inner, slot: u16, jobs: Vec<Job>) {
+/// Refreshes the slot map in the background (cluster only; at most every [`REFRESH_EVERY`]).
+fn refresh_slot_map(inner: &Arc<Inner>) {
+    if !inner.cluster {
+        return;
+    }
+    let now = inner.now().max(1);
+    let last = inner.slot_map_at.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < REFRESH_EVERY.as_nanos() as u64 {
+        return;
+    }
+    if inner
+        .slot_map_at
+        .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let fetch = async {
+            let mut conn = inner.connector.get().await?;
+            conn.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
+                .await
+        };
+        if let Ok(Ok(value)) = tokio::time::timeout(inner.timeout, fetch).await
+            && let Some(map) = SlotMap::parse(&value)
+        {
+            *inner
+                .slot_map
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
+        }
+    });
+}
+
+/// Sends one batch (jobs of one master) and answers every job; false if any failed.
+async fn run_group(inner: &Inner, jobs: Vec<Job>) -> bool {
+    let Some(slot) = jobs.first().map(|j| j.slot) else {
+        return true;
+    };
     let work = async {
         let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
         let mut values = send_with_wait(inner, &mut conn, slot, &jobs).await?;
@@ -692,24 +753,32 @@ async fn run_group(inner: &Inner, slot: u16, jobs: Vec<Job>) {
     };
     match tokio::time::timeout(inner.timeout, work).await {
         Ok(Ok((values, replicated))) => {
+            let mut all_ok = true;
             for (job, value) in jobs.into_iter().zip(values) {
                 let answer = match value {
-                    Value::ServerError(e) => Err(Failure::Reply(format!("{e:?}"))),
+                    // MOVED/ASK after a failover or a stale slot map, or a script error.
+                    Value::ServerError(e) => {
+                        all_ok = false;
+                        Err(Failure::Reply(format!("{e:?}")))
+                    }
                     value => Ok((value, replicated)),
                 };
                 let _ = job.reply.send(answer);
             }
+            all_ok
         }
         Ok(Err(failure)) => {
             let message = failure.to_string();
             for job in jobs {
                 let _ = job.reply.send(Err(Failure::Reply(message.clone())));
             }
+            false
         }
         Err(_) => {
             for job in jobs {
                 let _ = job.reply.send(Err(Failure::Timeout));
             }
+            false
         }
     }
 }
