@@ -35,5 +35,7 @@ if [ -z "${DRL_BIN:-}" ]; then
   export DRL_BIN=$PWD/target/debug/drl
 fi
 
+# No __pycache__ in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 "$venv/bin/python" tests/e2e/rls_client_test.py
 "$venv/bin/python" tests/e2e/envoy_test.py
