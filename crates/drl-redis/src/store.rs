@@ -144,16 +144,22 @@ impl RedisStore {
         }
     }
 
-    /// Connects and loads the scripts now (a readiness probe; checks do both lazily).
+    /// Connects and loads the scripts now (a readiness probe; checks do both lazily). Warns in
+    /// the log when strict mode meets a single Redis without a replica: it would deny everything.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         let work = async {
             let mut conn = inner.connector.get().await?;
-            for script in inner.scripts.all() {
-                match &mut conn {
-                    Conn::Single(c) => script.load_async(c).await?,
-                    Conn::Cluster(c) => script.load_async(c).await?,
-                };
+            inner.load_scripts(&mut conn).await?;
+            if let (Consistency::Strict, Conn::Single(c)) = (inner.consistency, &mut conn) {
+                let info: String = redis::cmd("INFO").arg("replication").query_async(c).await?;
+                if info.contains("connected_slaves:0") {
+                    tracing::warn!(
+                        "consistency: strict, but this Redis has no replica: WAIT can confirm \
+                         nothing, so every admission will be denied; add a replica or use \
+                         consistency: fast"
+                    );
+                }
             }
             Ok::<(), RedisError>(())
         };

@@ -159,6 +159,7 @@ async fn on_error_policies_answer_within_the_timeout() {
         let store = store(&redis, on_error, timeout);
         let node = Limiter::builder(Rules::only_default(policy.clone())).build_with_store(store);
         assert!(node.check_async("u", "/e", 1).await.expect("check").allowed);
+        node.store().ping().await.expect("reachable");
         for phase in ["hung", "stopped"] {
             if phase == "hung" {
                 redis.pause();
@@ -185,6 +186,12 @@ async fn on_error_policies_answer_within_the_timeout() {
                 OnError::Local => 0,
             };
             assert_eq!(allowed, expected, "{on_error:?} {phase}");
+            if phase == "stopped" {
+                assert!(
+                    node.store().ping().await.is_err(),
+                    "{on_error:?}: ping a dead store"
+                );
+            }
             if phase == "hung" {
                 redis.resume();
                 // The prober finds the store back; then the count kept in Redis decides again
