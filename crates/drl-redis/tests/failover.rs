@@ -156,9 +156,10 @@ async fn fast_mode_failover_over_admission_is_measured() {
         "fast failover (on_error: local, 3 nodes): worst {} admissions in T (N = {N}), {} admitted, {} fallbacks over {:?}",
         out.worst, out.admitted, out.fallbacks, out.fallback_span
     );
-    // Each of the 3 nodes' local stores admits up to N of its own: bounded by 4N in any T.
+    // Bounded by N per node's local store, N in Redis, and N more if the crash lost writes
+    // that Redis had acknowledged before replicating them: 5N in any T with 3 nodes.
     assert!(
-        out.worst <= 4 * N as usize,
+        out.worst <= 5 * N as usize,
         "fast: {} admissions within T",
         out.worst
     );
