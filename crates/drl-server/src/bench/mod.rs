@@ -10,7 +10,9 @@
 //!   when the server (or the generator) falls behind, the wait counts
 //!   (see [`schedule`](self::schedule)).
 //! - Keys: uniform over K, Zipf-skewed over K, or one hot key ([`keys`]); `hits` per check.
-//! - A run ends after a duration or a number of requests.
+//! - A run ends after a duration or a number of requests. An open loop of a fixed duration
+//!   sends nothing after the duration plus the timeout: what is still due then counts as
+//!   errors, so a run against a server far behind the rate stays bounded in time.
 //!
 //! A request of the native API carries `batch` checks; the others one. Each check gets a
 //! decision or an error, so allowed + denied + errors = decisions = requests × batch.
@@ -242,6 +244,10 @@ struct Plan {
     total: Option<u64>,
     /// End of a closed loop of a fixed duration.
     deadline: Option<Instant>,
+    /// Open loop of a fixed duration: requests still unsent at this time (the duration plus
+    /// the timeout) are not sent but counted as errors, so a server far behind the rate cannot
+    /// make the run last for as long as it takes to drain the backlog.
+    send_by: Option<Instant>,
     /// Open loop: when each request is due, and the permits the pacer releases.
     schedule: Option<(Schedule, Arc<Semaphore>)>,
     /// The next request's index.
@@ -269,6 +275,10 @@ async fn drive<C: Caller>(
         Length::Duration(d) if schedule.is_none() => Some(start + d),
         _ => None,
     };
+    let send_by = match options.length {
+        Length::Duration(d) if schedule.is_some() => Some(start + d + options.timeout),
+        _ => None,
+    };
     let permits = schedule.map(|_| Arc::new(Semaphore::new(0)));
     let pacer = match (schedule, &permits) {
         (Some(schedule), Some(permits)) => Some(
@@ -287,6 +297,7 @@ async fn drive<C: Caller>(
         start,
         total,
         deadline,
+        send_by,
         schedule: schedule.zip(permits),
         tickets: AtomicU64::new(0),
         batch: options.batch,
@@ -371,6 +382,14 @@ async fn worker<C: Caller>(
                 now
             }
         };
+        if plan.send_by.is_some_and(|send_by| Instant::now() > send_by) {
+            let unsent = Outcome::failed(plan.batch, UNSENT.to_owned());
+            stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(&unsent, Duration::ZERO);
+            continue;
+        }
         keys.clear();
         keys.extend((0..plan.batch).map(|_| picker.next_key()));
         let outcome = match tokio::time::timeout(plan.timeout, caller.call(&keys, plan.hits)).await
@@ -385,6 +404,10 @@ async fn worker<C: Caller>(
             .record(&outcome, latency);
     }
 }
+
+/// The error of an open-loop request that was still waiting for a worker when the run ended.
+const UNSENT: &str = "due but not sent by the end of the run (duration + timeout): the server \
+                      fell behind the rate";
 
 /// Prints a progress line once a second until aborted.
 async fn report_progress(start: Instant, stats: Vec<Arc<Mutex<WorkerStats>>>, batch: usize) {
@@ -743,6 +766,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.requests, 200);
+    }
+
+    /// 50 requests due within 50 ms, a server taking 20 ms each, one worker, a 100 ms timeout:
+    /// whatever is still waiting at 150 ms is not sent, and counts as an error.
+    #[tokio::test]
+    async fn an_open_loop_run_stops_sending_after_its_duration_and_timeout() {
+        let mut options = BenchOptions::new(Target::Envoy);
+        options.concurrency = 1;
+        options.rate = Some(1_000);
+        options.length = Length::Duration(Duration::from_millis(50));
+        options.timeout = Duration::from_millis(100);
+        let report = drive(
+            &options,
+            fake(1, Duration::from_millis(20)),
+            Progress::Quiet,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.requests, 50);
+        assert_eq!(report.allowed + report.errors, 50, "{report:?}");
+        // At most 150 ms / 20 ms + 1 requests can have been sent.
+        assert!(report.allowed <= 9, "{report:?}");
+        assert_eq!(report.latency_us.count, report.allowed);
+        assert_eq!(report.first_error.as_deref(), Some(UNSENT));
     }
 
     #[test]
