@@ -13,6 +13,7 @@
 //! than N admitted requests for one key, under any concurrency.
 
 pub mod abuse;
+pub mod adaptive;
 pub mod algorithm;
 pub mod clock;
 pub mod decision;

@@ -20,7 +20,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use crate::abuse::{Ban, Bans};
+use crate::adaptive::BackendState;
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
@@ -63,6 +67,9 @@ impl<S> Clone for Limiter<S> {
 struct Inner<S> {
     store: S,
     bans: Bans,
+    /// The rules as configured (`rules` holds them scaled by the adaptive factors), and the
+    /// state of each backend; the lock also serialises rule swaps.
+    adaptive: Mutex<Adaptive>,
     clock: Arc<dyn Clock>,
     rules: ArcSwap<Rules>,
     /// Bumped after every [`Limiter::set_rules`]; keys the per-thread rules cache.
@@ -159,6 +166,10 @@ impl LimiterBuilder {
             inner: Arc::new(Inner {
                 store,
                 bans: Bans::new(),
+                adaptive: Mutex::new(Adaptive {
+                    base: Arc::new(self.rules.clone()),
+                    backends: BTreeMap::new(),
+                }),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
                 rules: ArcSwap::from_pointee(self.rules),
                 rules_generation: AtomicU64::new(0),
@@ -759,15 +770,113 @@ impl<S: Store> Limiter<S> {
             .is_ok_and(|d| d.allowed)
     }
 
-    /// Replaces the rules atomically. Counters whose rule level is unchanged carry on under
-    /// the new limits.
+    /// Replaces the rules atomically. Counters whose rule identity is unchanged carry on under
+    /// the new limits. Rules that name backends are scaled by their current load factors.
     pub fn set_rules(&self, rules: Rules) {
+        let mut adaptive = self.lock_adaptive();
+        let now = self.inner.clock.now_ns();
+        let backends = std::mem::take(&mut adaptive.backends);
+        adaptive.backends = rules
+            .backends()
+            .keys()
+            .map(|name| {
+                let state = backends
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| BackendState::new(now));
+                (name.clone(), state)
+            })
+            .collect();
+        adaptive.base = Arc::new(rules);
+        self.apply(&adaptive);
+    }
+
+    /// Swaps in the base rules scaled by the factors, under the adaptive lock.
+    fn apply(&self, adaptive: &Adaptive) {
+        let factors: BTreeMap<String, f64> = adaptive
+            .backends
+            .iter()
+            .filter(|(_, s)| s.factor < 1.0)
+            .map(|(name, s)| (name.clone(), s.factor))
+            .collect();
+        let rules = if factors.is_empty() {
+            Rules::clone(&adaptive.base)
+        } else {
+            adaptive.base.scaled(&factors)
+        };
         // Order matters: rules, then generation (threads' caches refresh), then the store
         // (cached denials dropped). See `MemoryStore` for why a denial decided under the old
         // rules cannot survive this.
         self.inner.rules.store(Arc::new(rules));
         self.inner.rules_generation.fetch_add(1, Ordering::SeqCst);
         self.inner.store.rules_changed();
+    }
+
+    fn lock_adaptive(&self) -> std::sync::MutexGuard<'_, Adaptive> {
+        self.inner
+            .adaptive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A backend's load report: a utilization in [0, 1], or latency ÷ target (≥ 0). Moves the
+    /// backend's factor (see [`adaptive`](crate::adaptive)) and, if it moved, rescales the
+    /// rules that name it. Returns the factor now in force.
+    pub fn report_load(&self, backend: &str, load: f64) -> Result<f64, AdaptiveError> {
+        if !load.is_finite() || load < 0.0 {
+            return Err(AdaptiveError::BadLoad(load));
+        }
+        let mut adaptive = self.lock_adaptive();
+        let settings = adaptive
+            .base
+            .backends()
+            .get(backend)
+            .cloned()
+            .ok_or_else(|| AdaptiveError::UnknownBackend(backend.to_owned()))?;
+        let now = self.inner.clock.now_ns();
+        let state = adaptive
+            .backends
+            .entry(backend.to_owned())
+            .or_insert_with(|| BackendState::new(now));
+        let moved = state.report(&settings, load, now);
+        let factor = state.factor;
+        if moved {
+            self.apply(&adaptive);
+        }
+        Ok(factor)
+    }
+
+    /// Lets silent backends recover (call about once a second); whether any factor moved.
+    pub fn tick_adaptive(&self) -> bool {
+        let mut adaptive = self.lock_adaptive();
+        let now = self.inner.clock.now_ns();
+        let base = Arc::clone(&adaptive.base);
+        let mut moved = false;
+        for (name, state) in &mut adaptive.backends {
+            if let Some(settings) = base.backends().get(name) {
+                moved |= state.tick(settings, now);
+            }
+        }
+        if moved {
+            self.apply(&adaptive);
+        }
+        moved
+    }
+
+    /// Each backend's current factor, and how long ago it last reported (`None`: never).
+    pub fn load_factors(&self) -> Vec<(String, f64, Option<Duration>)> {
+        let adaptive = self.lock_adaptive();
+        let now = self.inner.clock.now_ns();
+        adaptive
+            .backends
+            .iter()
+            .map(|(name, s)| {
+                let ago = s
+                    .reported_ns
+                    .map(|at| Duration::from_nanos(now.saturating_sub(at)));
+                (name.clone(), s.factor, ago)
+            })
+            .collect()
     }
 
     /// The rules in force.
@@ -797,6 +906,24 @@ impl<S: Store> Limiter<S> {
     pub fn now_ns(&self) -> u64 {
         self.inner.clock.now_ns()
     }
+}
+
+/// The rules as configured and the backends' load state.
+#[derive(Debug)]
+struct Adaptive {
+    base: Arc<Rules>,
+    backends: BTreeMap<String, BackendState>,
+}
+
+/// A load report that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum AdaptiveError {
+    /// No rule set declares this backend.
+    #[error("unknown backend {0:?}")]
+    UnknownBackend(String),
+    /// Not a finite number ≥ 0.
+    #[error("load {0} is invalid: it must be a finite number at least 0")]
+    BadLoad(f64),
 }
 
 /// A native decision with what a caller may report about it.
@@ -1054,6 +1181,7 @@ mod tests {
                     ],
                     shadow_mode: false,
                     abuse_exempt: false,
+                    backends: Vec::new(),
                 }],
             )
             .unwrap(),

@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use foldhash::fast::RandomState;
 
+use std::collections::BTreeMap;
+
 use crate::abuse::AbusePolicy;
+use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
 use crate::error::{CheckError, RuleError};
 use crate::key::{MAX_ID_LEN, validate_id};
@@ -86,6 +89,8 @@ pub struct Rule {
     pub shadow_mode: bool,
     /// Denials under this rule are no offenses, and automatic bans do not apply to it.
     pub abuse_exempt: bool,
+    /// Backends whose load scales this rule's limits (adaptive limits).
+    pub backends: Vec<String>,
 }
 
 impl Rule {
@@ -97,6 +102,7 @@ impl Rule {
             limits: vec![policy],
             shadow_mode: false,
             abuse_exempt: false,
+            backends: Vec::new(),
         }
     }
 
@@ -150,6 +156,8 @@ pub struct DescriptorRule {
     pub shadow_mode: bool,
     /// Denials under this rule are no offenses, and automatic bans do not apply to it.
     pub abuse_exempt: bool,
+    /// Backends whose load scales this rule's limits (adaptive limits).
+    pub backends: Vec<String>,
     /// For a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
     /// Rules one level deeper.
@@ -457,6 +465,8 @@ pub struct Rules {
     shadow_mode: bool,
     /// Users blocked for good by the config (`blocklist:`).
     blocklist: std::collections::HashSet<Box<str>, RandomState>,
+    /// Backends of adaptive limits, by name.
+    backends: BTreeMap<String, BackendSettings>,
 }
 
 impl Rules {
@@ -500,6 +510,7 @@ impl Rules {
             abuse: None,
             shadow_mode: false,
             blocklist: Default::default(),
+            backends: BTreeMap::new(),
         })
     }
 
@@ -546,6 +557,82 @@ impl Rules {
     pub fn with_blocklist(mut self, users: impl IntoIterator<Item = String>) -> Self {
         self.blocklist = users.into_iter().map(String::into_boxed_str).collect();
         self
+    }
+
+    /// Declares the backends of adaptive limits.
+    pub fn with_backends(mut self, backends: BTreeMap<String, BackendSettings>) -> Self {
+        self.backends = backends;
+        self
+    }
+
+    /// The backends of adaptive limits.
+    pub fn backends(&self) -> &BTreeMap<String, BackendSettings> {
+        &self.backends
+    }
+
+    /// These rules with every limit of a rule that names backends scaled by the lowest of their
+    /// `factors` (absent: 1): ⌊N × factor⌋, at least 1. Identities, and so counters, are kept.
+    pub fn scaled(&self, factors: &BTreeMap<String, f64>) -> Self {
+        let factor = |backends: &[String]| {
+            backends
+                .iter()
+                .filter_map(|b| factors.get(b))
+                .fold(1.0_f64, |a, &b| a.min(b))
+        };
+        let scale_all = |limits: &[Policy], f: f64| -> Vec<Policy> {
+            limits.iter().map(|p| scale_policy(p, f)).collect()
+        };
+        let native: Vec<Rule> = self
+            .listed
+            .iter()
+            .map(|r| Rule {
+                limits: scale_all(&r.limits, factor(&r.backends)),
+                ..r.clone()
+            })
+            .collect();
+        fn scale_tree(rule: &DescriptorRule, factor: &dyn Fn(&[String]) -> f64) -> DescriptorRule {
+            let action = match &rule.action {
+                Some(Action::Limit(limits)) => {
+                    let f = factor(&rule.backends);
+                    Some(Action::Limit(
+                        limits.iter().map(|p| scale_policy(p, f)).collect(),
+                    ))
+                }
+                other => other.clone(),
+            };
+            DescriptorRule {
+                action,
+                descriptors: rule
+                    .descriptors
+                    .iter()
+                    .map(|d| scale_tree(d, factor))
+                    .collect(),
+                ..rule.clone()
+            }
+        }
+        let domains: Vec<DomainRules> = self
+            .listed_domains
+            .iter()
+            .map(|d| DomainRules {
+                domain: d.domain.clone(),
+                descriptors: d
+                    .descriptors
+                    .iter()
+                    .map(|r| scale_tree(r, &factor))
+                    .collect(),
+            })
+            .collect();
+        // The same rules with smaller limits: valid whenever `self` is.
+        match Rules::new(self.default.clone(), native).and_then(|r| r.with_domains(domains)) {
+            Ok(rules) => Self {
+                abuse: self.abuse.clone(),
+                shadow_mode: self.shadow_mode,
+                blocklist: self.blocklist.clone(),
+                backends: self.backends.clone(),
+                ..rules
+            },
+            Err(_) => self.clone(),
+        }
     }
 
     /// Whether the config blocks `user`.
@@ -799,6 +886,17 @@ fn insert_descriptor(
     }
     path.pop();
     Ok(())
+}
+
+/// `policy` with its limit scaled by `factor` (unchanged at 1).
+fn scale_policy(policy: &Policy, factor: f64) -> Policy {
+    if factor >= 1.0 {
+        return policy.clone();
+    }
+    let scaled =
+        crate::policy::Limit::new(scale(policy.requests(), factor), policy.limit().window())
+            .and_then(|limit| Policy::new(limit, policy.algorithm()));
+    scaled.unwrap_or_else(|_| policy.clone())
 }
 
 /// `key`, `key_value` or `key_pattern`: the level's part of a label (configured text only).

@@ -42,6 +42,7 @@ fn a_rule_with_two_limits_admits_only_when_both_have_room() {
         limits: vec![per(2, Duration::from_secs(1)), per(3, MINUTE)],
         shadow_mode: false,
         abuse_exempt: false,
+        backends: Vec::new(),
     };
     let (l, clock) = limiter(Rules::new(per(100, MINUTE), [rule]).unwrap());
     assert!(l.check_and_increment("u", "/e"));

@@ -122,6 +122,7 @@ fn rules_with_bad_identifiers_are_refused() {
         limits: vec![policy.clone()],
         shadow_mode: false,
         abuse_exempt: false,
+        backends: Vec::new(),
     };
     let e = Rules::new(policy.clone(), [rule("")]).unwrap_err();
     assert_eq!(

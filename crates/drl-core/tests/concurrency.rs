@@ -288,6 +288,7 @@ fn hundreds_of_keys_count_exactly() {
             limits: vec![policy_of(i)],
             shadow_mode: false,
             abuse_exempt: false,
+            backends: Vec::new(),
         }),
     )
     .unwrap();
@@ -355,6 +356,7 @@ fn sweeping_while_checking_never_breaks_p() {
             limits: vec![policy_of(k)],
             shadow_mode: false,
             abuse_exempt: false,
+            backends: Vec::new(),
         }),
     )
     .unwrap();

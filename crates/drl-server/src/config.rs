@@ -672,6 +672,7 @@ impl Validator<'_> {
                 limits,
                 shadow_mode: raw_rule.value.shadow_mode.unwrap_or(false),
                 abuse_exempt: !raw_rule.value.abuse.unwrap_or(true),
+                backends: Vec::new(),
             };
             let at = raw_rule.referenced;
             if user_id.is_none() && endpoint.is_none() {

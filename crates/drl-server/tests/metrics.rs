@@ -26,6 +26,7 @@ fn rules() -> Rules {
             limits: vec![per_minute(1)],
             shadow_mode: false,
             abuse_exempt: false,
+            backends: Vec::new(),
         }],
     )
     .unwrap()
