@@ -102,7 +102,7 @@ impl From<&crate::Diagnostic> for DiagnosticView {
 }
 
 /// `GET /v1/config`: the config in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigView {
     /// 1 at start, +1 per successful reload.
     pub version: u64,
@@ -114,6 +114,9 @@ pub struct ConfigView {
     /// The envoyproxy/ratelimit-format domains loaded beside them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<String>,
+    /// The adaptive backends and their factors now (the rules above show the scaled limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<FactorView>,
 }
 
 /// One rule of [`ConfigView`]: its selectors (absent: any) and its policy.
@@ -188,7 +191,26 @@ impl ConfigView {
                 })
                 .collect(),
             domains: rules.domains().iter().map(|d| d.domain.clone()).collect(),
+            backends: Vec::new(),
         }
+    }
+}
+
+impl ConfigView {
+    /// The view with the backends' current factors.
+    pub fn with_factors(
+        mut self,
+        factors: Vec<(String, f64, Option<std::time::Duration>)>,
+    ) -> Self {
+        self.backends = factors
+            .into_iter()
+            .map(|(backend, factor, ago)| FactorView {
+                backend,
+                factor,
+                reported_ms_ago: ago.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect();
+        self
     }
 }
 
@@ -226,4 +248,54 @@ pub struct BlockRequest {
     /// e.g. `"30m"`, from 1s to 366d.
     #[serde(default)]
     pub duration: Option<String>,
+}
+
+/// `POST /v1/load`: a backend's load, as a utilization or as a latency against a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadReport {
+    pub backend: String,
+    /// In [0, 1].
+    #[serde(default)]
+    pub utilization: Option<f64>,
+    /// With `target_ms`: load = latency ÷ target.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    #[serde(default)]
+    pub target_ms: Option<f64>,
+}
+
+impl LoadReport {
+    /// The load it reports, or what is wrong with it.
+    pub fn load(&self) -> Result<f64, String> {
+        match (self.utilization, self.latency_ms, self.target_ms) {
+            (Some(u), None, None) if (0.0..=1.0).contains(&u) => Ok(u),
+            (Some(u), None, None) => Err(format!(
+                "utilization {u} is out of range: it must be from 0 to 1"
+            )),
+            (None, Some(latency), Some(target)) => {
+                if !(latency.is_finite() && latency >= 0.0) {
+                    Err(format!(
+                        "latency_ms {latency} is invalid: it must be at least 0"
+                    ))
+                } else if !(target.is_finite() && target > 0.0) {
+                    Err(format!("target_ms {target} is invalid: it must be above 0"))
+                } else {
+                    Ok(latency / target)
+                }
+            }
+            _ => Err("give either utilization, or latency_ms with target_ms".to_owned()),
+        }
+    }
+}
+
+/// `POST /v1/load` on success, and one backend of `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorView {
+    pub backend: String,
+    /// The factor limits are scaled by, in [min_factor, 1].
+    pub factor: f64,
+    /// Milliseconds since the last report; `null` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_ms_ago: Option<u64>,
 }

@@ -23,13 +23,14 @@
 //! Numbers and durations are read as text and parsed here: that gives errors such as
 //! "limit must be a whole number" instead of the deserializer's "invalid u64".
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use drl_core::DomainRules;
 use drl_core::abuse::AbusePolicy;
+use drl_core::adaptive::BackendSettings;
 use drl_core::rules::MAX_LIMITS_PER_RULE;
 use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
 use serde::Deserialize;
@@ -162,8 +163,13 @@ impl Config {
         let mut diagnostics = Vec::new();
         let mut native: Option<(&str, Config)> = None;
         let mut domains: Vec<(&str, DomainRules)> = Vec::new();
+        let mut backend_refs: Vec<(&str, Location, String)> = Vec::new();
         for (name, bytes) in sources {
-            match Self::part(name, bytes) {
+            let part = Self::part(name, bytes).map(|(part, refs)| {
+                backend_refs.extend(refs.into_iter().map(|(at, b)| (name.as_str(), at, b)));
+                part
+            });
+            match part {
                 Ok(Part::Native(config)) => match &native {
                     Some((first, _)) => diagnostics.push(diagnostic(
                         name,
@@ -187,7 +193,19 @@ impl Config {
                 Err(e) => return Err(e),
             }
         }
+        let declared = native.as_ref().map(|(_, c)| c.rules.backends());
+        for (file, at, backend) in &backend_refs {
+            if !declared.is_some_and(|d| d.contains_key(backend)) {
+                diagnostics.push(diagnostic(
+                    file,
+                    *at,
+                    &format!("unknown backend {backend:?}: declare it under `adaptive:`"),
+                ));
+            }
+        }
         if !diagnostics.is_empty() {
+            diagnostics
+                .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
             return Err(ConfigError::Invalid(diagnostics));
         }
         let config = native.map_or_else(
@@ -213,7 +231,10 @@ impl Config {
     }
 
     /// One file: native or envoyproxy/ratelimit format, told apart by a top-level `domain:`.
-    fn part(source_name: &str, yaml: &[u8]) -> Result<Part, ConfigError> {
+    fn part(
+        source_name: &str,
+        yaml: &[u8],
+    ) -> Result<(Part, Vec<(Location, String)>), ConfigError> {
         // No snippets: diagnostics are one line each, `file:line:column: message`.
         let options = serde_saphyr::options! { with_snippet: false };
         let located = |e: serde_saphyr::Error| {
@@ -225,6 +246,7 @@ impl Config {
         let mut validator = Validator {
             file: source_name,
             diagnostics: Vec::new(),
+            backend_refs: Vec::new(),
         };
         let is_domain = serde_saphyr::from_slice_with_options::<
             HashMap<String, serde::de::IgnoredAny>,
@@ -240,7 +262,7 @@ impl Config {
             validator.config(raw).map(|c| Part::Native(Box::new(c)))
         };
         match part {
-            Some(part) if validator.diagnostics.is_empty() => Ok(part),
+            Some(part) if validator.diagnostics.is_empty() => Ok((part, validator.backend_refs)),
             _ => {
                 let mut diagnostics = validator.diagnostics;
                 diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -295,6 +317,20 @@ struct RawConfig {
     abuse: Option<Spanned<RawAbuse>>,
     /// Users blocked for as long as this config is in force.
     blocklist: Option<Vec<Text>>,
+    /// Backends whose load reports scale the limits of the rules that name them.
+    adaptive: Option<BTreeMap<String, Spanned<RawBackend>>>,
+}
+
+/// One backend of `adaptive:`; every setting has a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    high: Option<f64>,
+    low: Option<f64>,
+    min_factor: Option<f64>,
+    decrease: Option<f64>,
+    increase: Option<f64>,
+    stale_after: Option<Text>,
 }
 
 /// `abuse:` — automatic bans.
@@ -364,6 +400,8 @@ struct RawRule {
     shadow_mode: Option<bool>,
     /// `false`: denials under this rule are no offenses, and automatic bans skip it.
     abuse: Option<bool>,
+    /// Backends (declared under `adaptive:`) whose load scales this rule's limits.
+    backends: Option<Vec<Text>>,
 }
 
 fn absent() -> Spanned<Option<String>> {
@@ -410,6 +448,8 @@ impl RawRule {
 pub(crate) struct Validator<'f> {
     pub(crate) file: &'f str,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Backends named by rules, with where.
+    pub(crate) backend_refs: Vec<(Location, String)>,
 }
 
 impl Validator<'_> {
@@ -434,12 +474,14 @@ impl Validator<'_> {
             None => Some(None),
         };
         let blocklist = self.blocklist(raw.blocklist.as_deref().unwrap_or_default());
-        let (store, default, rules, abuse, blocklist) =
-            (store?, default?, rules?, abuse?, blocklist?);
+        let backends = self.backends(raw.adaptive.as_ref());
+        let (store, default, rules, abuse, blocklist, backends) =
+            (store?, default?, rules?, abuse?, blocklist?, backends?);
         match Rules::new(default, rules) {
             Ok(rules) => Some(Config {
                 store,
                 rules: rules
+                    .with_backends(backends)
                     .with_abuse(abuse)
                     .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
                     .with_blocklist(blocklist),
@@ -512,6 +554,58 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn backends(
+        &mut self,
+        raw: Option<&BTreeMap<String, Spanned<RawBackend>>>,
+    ) -> Option<BTreeMap<String, BackendSettings>> {
+        let mut ok = true;
+        let mut out = BTreeMap::new();
+        for (name, b) in raw.into_iter().flatten() {
+            let d = BackendSettings::default();
+            let stale_after = match &b.value.stale_after {
+                Some(t) => match drl_core::parse_duration(&t.value) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.error(t.referenced, e);
+                        ok = false;
+                        continue;
+                    }
+                },
+                None => d.stale_after,
+            };
+            let settings = BackendSettings {
+                high: b.value.high.unwrap_or(d.high),
+                low: b.value.low.unwrap_or(d.low),
+                min_factor: b.value.min_factor.unwrap_or(d.min_factor),
+                decrease: b.value.decrease.unwrap_or(d.decrease),
+                increase: b.value.increase.unwrap_or(d.increase),
+                stale_after,
+            };
+            match settings.validate() {
+                Ok(()) => {
+                    out.insert(name.clone(), settings);
+                }
+                Err(e) => {
+                    self.error(b.referenced, format_args!("backend {name:?}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A rule's `backends:`, remembered with their locations to be checked against the
+    /// declared ones once every file is read.
+    pub(crate) fn backend_refs(&mut self, raw: Option<&[Text]>) -> Vec<String> {
+        raw.unwrap_or_default()
+            .iter()
+            .map(|b| {
+                self.backend_refs.push((b.referenced, b.value.clone()));
+                b.value.clone()
+            })
+            .collect()
     }
 
     fn blocklist(&mut self, raw: &[Text]) -> Option<Vec<String>> {
@@ -672,7 +766,7 @@ impl Validator<'_> {
                 limits,
                 shadow_mode: raw_rule.value.shadow_mode.unwrap_or(false),
                 abuse_exempt: !raw_rule.value.abuse.unwrap_or(true),
-                backends: Vec::new(),
+                backends: self.backend_refs(raw_rule.value.backends.as_deref()),
             };
             let at = raw_rule.referenced;
             if user_id.is_none() && endpoint.is_none() {

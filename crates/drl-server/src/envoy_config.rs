@@ -59,6 +59,8 @@ struct RawDescriptor {
     shadow_mode: Option<bool>,
     /// drl: `false` opts the rule out of abuse protection.
     abuse: Option<bool>,
+    /// drl: backends whose load scales this rule's limits.
+    backends: Option<Vec<Text>>,
     share_threshold: Option<bool>,
     detailed_metric: Option<bool>,
     value_to_metric: Option<bool>,
@@ -185,6 +187,7 @@ impl Validator<'_> {
             replaces,
             shadow_mode: d.shadow_mode.unwrap_or(false),
             abuse_exempt: !d.abuse.unwrap_or(true),
+            backends: self.backend_refs(d.backends.as_deref()),
             share_threshold,
             descriptors: deeper?,
         })

@@ -14,6 +14,9 @@
 //!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`]): 200 with the new
 //!     version, 422 with the diagnostics when the file is refused (the old config stays), 409
 //!     when the node was started without a config file;
+//!   - `POST /v1/load` `{"backend", "utilization"}` or `{"backend", "latency_ms", "target_ms"}`
+//!     → the backend's adaptive factor now in force (400 for an unknown backend or a load out
+//!     of range);
 //!   - `GET /v1/blocks` → bans (automatic), blocks (manual) and the config's blocklist, with
 //!     the time left; `PUT /v1/blocks/{user_id}` with an optional `{"duration": "1h"}` blocks
 //!     (for good without one); `DELETE /v1/blocks/{user_id}` lifts a ban or block (204; 404
@@ -44,7 +47,7 @@ use thiserror::Error;
 
 use crate::api::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
-    ErrorResponse, HitsOutOfRange, ReloadResponse, checked_hits,
+    ErrorResponse, FactorView, HitsOutOfRange, LoadReport, ReloadResponse, checked_hits,
 };
 use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
@@ -232,6 +235,7 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
         .route("/v1/config", get(show_config::<S>))
         .route("/v1/config/reload", post(reload_config::<S>))
         .route("/v1/blocks", get(list_blocks::<S>))
+        .route("/v1/load", post(report_load::<S>))
         .route(
             "/v1/blocks/{user_id}",
             put(put_block::<S>).delete(delete_block::<S>),
@@ -302,6 +306,9 @@ pub enum ApiError {
     /// An admin request with a value out of range (e.g. a block's duration).
     #[error("{0}")]
     BadValue(String),
+    /// A load report for an unknown backend, or with an invalid load.
+    #[error(transparent)]
+    Adaptive(#[from] drl_core::limiter::AdaptiveError),
     /// `DELETE /v1/blocks/{user_id}` for a user who is not blocked.
     #[error("user {0:?} is not banned or blocked")]
     NotBlocked(String),
@@ -331,6 +338,7 @@ impl ApiError {
             | Self::HitsOutOfRange(_)
             | Self::Envoy(_)
             | Self::BadValue(_)
+            | Self::Adaptive(_)
             | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::NotBlocked(_) => StatusCode::NOT_FOUND,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -499,7 +507,9 @@ async fn show_config<S: Store>(
     let version = state.config_version();
     let rules = state.limiter.rules();
     let source = state.reloader.as_ref().map(|r| r.path());
-    Ok(Json(ConfigView::new(&rules, version, source)))
+    Ok(Json(
+        ConfigView::new(&rules, version, source).with_factors(state.limiter.load_factors()),
+    ))
 }
 
 async fn reload_config<S: Store>(
@@ -631,4 +641,28 @@ async fn delete_block<S: Store>(
     } else {
         Err(ApiError::NotBlocked(user_id))
     }
+}
+
+/// `POST /v1/load`: a backend's load report; answers the backend's factor now in force.
+async fn report_load<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<FactorView>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    require_json(&headers)?;
+    let body = read_body(body).await?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::NotAnObject);
+    }
+    let report: LoadReport = serde_json::from_slice(&body)?;
+    let load = report.load().map_err(ApiError::BadValue)?;
+    let factor = state.limiter.report_load(&report.backend, load)?;
+    state.metrics.set_factor(&report.backend, factor);
+    Ok(Json(FactorView {
+        backend: report.backend,
+        factor,
+        reported_ms_ago: Some(0),
+    }))
 }

@@ -91,6 +91,7 @@ pub async fn serve_all_draining<S: Store>(
     let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&stop| stop).await;
     };
+    let ticker_node = node.clone();
     let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
     let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));
     let trigger = async {
@@ -108,6 +109,7 @@ pub async fn serve_all_draining<S: Store>(
         );
         http.and(grpc)
     };
+    let housekeeping = tokio::spawn(housekeeping(ticker_node, stopped.clone()));
     let deadline = async {
         stop_signal(stopped).await;
         tokio::time::sleep(drain).await;
@@ -123,7 +125,30 @@ pub async fn serve_all_draining<S: Store>(
             }
         }
     });
+    housekeeping.abort();
     result
+}
+
+/// Once a second while the node runs: silent backends' adaptive factors recover (and the
+/// metric follows), and ended bans are dropped.
+async fn housekeeping<S: Store>(
+    node: AppState<S>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every_second.tick() => {}
+            _ = stopped.wait_for(|&stop| stop) => return,
+        }
+        if node.limiter.tick_adaptive() {
+            for (backend, factor, _) in node.limiter.load_factors() {
+                node.metrics.set_factor(&backend, factor);
+            }
+        }
+        node.limiter.sweep_bans();
+    }
 }
 
 /// Runs `server`, then tells the other servers of [`serve_all`] to stop.

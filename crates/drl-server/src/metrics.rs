@@ -20,6 +20,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,6 +61,8 @@ pub struct Metrics {
     descriptors: Family<DescriptorLabels, Counter>,
     /// `[automatic, manual]`.
     bans: [Counter; 2],
+    /// Each backend's adaptive factor (backends come from the config: bounded).
+    factors: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     blocked: Counter,
     shadow_denied: Counter,
 }
@@ -107,6 +111,12 @@ impl Metrics {
             "bans",
             "Users banned: automatically (too many denials) or manually (admin API)",
             bans_family,
+        );
+        let factors = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "adaptive_factor",
+            "The factor the limits of the rules naming a backend are scaled by, in [min_factor, 1]",
+            factors.clone(),
         );
         let blocked = Counter::default();
         registry.register(
@@ -172,6 +182,7 @@ impl Metrics {
             store_errors,
             descriptors,
             bans,
+            factors,
             blocked,
             shadow_denied,
         }
@@ -195,6 +206,13 @@ impl Metrics {
     /// Counts a new ban: `manual` from the admin API, else automatic.
     pub fn ban(&self, manual: bool) {
         self.bans[usize::from(manual)].inc();
+    }
+
+    /// Sets a backend's adaptive factor.
+    pub fn set_factor(&self, backend: &str, factor: f64) {
+        self.factors
+            .get_or_create(&[("backend", backend.to_owned())])
+            .set(factor);
     }
 
     /// Counts a request denied by a ban or block.

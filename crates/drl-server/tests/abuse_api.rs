@@ -191,3 +191,126 @@ fn abuse_settings_are_validated_with_locations() {
     .to_string();
     assert!(e.contains("max_ban 30s is out of range"), "{e}");
 }
+
+const ADAPTIVE: &str = "default: {limit: 5, window: 1m}
+adaptive:
+  db: {high: 0.8, low: 0.5, min_factor: 0.2, decrease: 0.5, increase: 0.1, stale_after: 30s}
+rules:
+  - endpoint: /search
+    limit: 100
+    window: 1m
+    backends: [db]
+";
+
+async fn limit_seen(server: &TestServer, endpoint: &str) -> String {
+    let body = format!(r#"{{"user_id": "u", "endpoint": "{endpoint}", "hits": 0}}"#);
+    let r = server.check(&body).await;
+    r.header("ratelimit-limit").unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn load_reports_change_the_limits_clients_see() {
+    let (server, metrics) = node(ADAPTIVE, Some(TOKEN)).await;
+    let json = ["content-type: application/json", AUTH];
+    assert_eq!(limit_seen(&server, "/search").await, "100");
+    let r = server
+        .request(
+            "POST",
+            "/v1/load",
+            &json,
+            br#"{"backend": "db", "utilization": 0.95}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["factor"], 0.5);
+    assert_eq!(limit_seen(&server, "/search").await, "50");
+    assert_eq!(limit_seen(&server, "/other").await, "5");
+    // A latency above target is high load too; the factor clamps at min_factor.
+    for _ in 0..3 {
+        server
+            .request(
+                "POST",
+                "/v1/load",
+                &json,
+                br#"{"backend": "db", "latency_ms": 250, "target_ms": 100}"#,
+            )
+            .await;
+    }
+    assert_eq!(limit_seen(&server, "/search").await, "20");
+    let config = server.request("GET", "/v1/config", &[AUTH], b"").await;
+    assert_eq!(config.json()["backends"][0]["backend"], "db");
+    assert_eq!(config.json()["backends"][0]["factor"], 0.2);
+    assert!(
+        metrics
+            .encode()
+            .contains("drl_adaptive_factor{backend=\"db\"} 0.2\n")
+    );
+    // Low load recovers additively.
+    server
+        .request(
+            "POST",
+            "/v1/load",
+            &json,
+            br#"{"backend": "db", "utilization": 0.1}"#,
+        )
+        .await;
+    assert_eq!(limit_seen(&server, "/search").await, "30");
+
+    // Bad reports: 400 with a message, nothing changed.
+    for (body, message) in [
+        (
+            &br#"{"backend": "db", "utilization": 1.5}"#[..],
+            "out of range",
+        ),
+        (br#"{"backend": "db", "utilization": -0.1}"#, "out of range"),
+        (br#"{"backend": "db"}"#, "either utilization"),
+        (
+            br#"{"backend": "db", "utilization": 0.5, "latency_ms": 3}"#,
+            "either utilization",
+        ),
+        (
+            br#"{"backend": "db", "latency_ms": 10, "target_ms": 0}"#,
+            "target_ms",
+        ),
+        (
+            br#"{"backend": "nope", "utilization": 0.9}"#,
+            "unknown backend",
+        ),
+        (
+            br#"{"backend": "db", "utilization": "high"}"#,
+            "invalid type",
+        ),
+        (br#"{"utilization": 0.9}"#, "missing field `backend`"),
+    ] {
+        let r = server.request("POST", "/v1/load", &json, body).await;
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
+        let error = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(message), "{error}");
+    }
+    assert_eq!(limit_seen(&server, "/search").await, "30");
+    let r = server
+        .request(
+            "POST",
+            "/v1/load",
+            &["content-type: application/json"],
+            br#"{"backend": "db", "utilization": 0.9}"#,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    server.stop().await;
+}
+
+#[test]
+fn rules_must_name_declared_backends() {
+    let e = Config::from_yaml(
+        "drl.yaml",
+        "rules:\n  - endpoint: /a\n    limit: 1\n    window: 1s\n    backends: [db]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("drl.yaml:5:16: unknown backend \"db\""), "{e}");
+    let e = Config::from_yaml("drl.yaml", "adaptive:\n  db: {high: 0.2, low: 0.5}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backend \"db\": high"), "{e}");
+}
