@@ -6,8 +6,8 @@
 //!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
-//! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens;
-//!   the memory store is always reachable).
+//! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)
+//!   and the store answers ([`Store::ready`]); 503 otherwise.
 //! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`]); without a token configured
 //!   these answer 404, as if they did not exist:
 //!   - `GET /v1/config` → the config in force and its version ([`ConfigView`]);
@@ -230,7 +230,7 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics_text::<S>))
         .route("/v1/config", get(show_config::<S>))
         .route("/v1/config/reload", post(reload_config::<S>))
@@ -467,9 +467,10 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz() -> &'static str {
-    // The state exists only once a config is loaded, and the memory store cannot be unreachable.
-    "ready"
+/// Ready once the config is loaded (the state exists only then) and the store answers.
+async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Result<&'static str, ApiError> {
+    state.limiter.store().ready().await?;
+    Ok("ready")
 }
 
 /// Lets an admin request through, or answers 404 (admin disabled) or 401.

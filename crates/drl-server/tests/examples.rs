@@ -19,3 +19,19 @@ fn shipped_example_configs_are_valid() {
     }
     assert!(checked > 0, "no example configs found in {}", dir.display());
 }
+
+/// The YAML examples in `docs/configuration.md` are configs that load (each on its own).
+#[test]
+fn the_configuration_docs_examples_are_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let text = std::fs::read_to_string(&path).expect("docs/configuration.md exists");
+    let mut checked = 0;
+    for block in text.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap_or_default();
+        if let Err(e) = Config::from_yaml("docs/configuration.md", yaml) {
+            panic!("an example of docs/configuration.md is invalid:\n{e}\n{yaml}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} YAML examples");
+}

@@ -64,6 +64,12 @@ pub trait Store: Send + Sync + 'static {
         requests: &'a [StoreRequest<'a>],
     ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send + 'a;
 
+    /// Whether the store can answer now (what `GET /readyz` reports). Stores in process always
+    /// can; networked ones ask their server.
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
+
     /// A counter of rule changes, for stores that cache decisions (a denial cached under old
     /// rules must not outlive them). The limiter reads it before loading the rules and passes
     /// it along in [`StoreRequest::rules_epoch`]. Stores without a cache keep the default.
