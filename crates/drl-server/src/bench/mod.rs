@@ -44,6 +44,9 @@ use crate::grpc::MAX_BATCH;
 
 /// Most workers of one run.
 pub const MAX_CONCURRENCY: usize = 100_000;
+/// Highest open-loop rate, far above what one generator can send; it keeps the pacer's permit
+/// counts within what the semaphore holds.
+pub const MAX_RATE: u64 = 100_000_000;
 /// Most gRPC connections of one run.
 pub const MAX_CONNECTIONS: usize = 1_000;
 /// gRPC connections when none are asked for: enough that both cores of a small box can work on
@@ -149,8 +152,12 @@ impl BenchOptions {
             }
             _ => {}
         }
-        if self.rate == Some(0) {
-            return invalid("--rate must be at least 1 request per second".into());
+        if let Some(rate) = self.rate
+            && !(1..=MAX_RATE).contains(&rate)
+        {
+            return invalid(format!(
+                "--rate must be from 1 to {MAX_RATE} requests per second, not {rate}"
+            ));
         }
         if self.batch != 1 && self.target != Target::Native {
             return invalid(format!(
@@ -801,6 +808,7 @@ mod tests {
             (|o| o.concurrency = 0, "--concurrency"),
             (|o| o.connections = Some(0), "--connections"),
             (|o| o.rate = Some(0), "--rate"),
+            (|o| o.rate = Some(MAX_RATE + 1), "--rate"),
             (|o| o.batch = 0, "--batch"),
             (|o| o.batch = MAX_BATCH + 1, "--batch"),
             (|o| o.keys = 0, "--keys"),
