@@ -163,32 +163,50 @@ async fn stop_after(
 
 /// Completes on Ctrl-C or, on Unix, `SIGTERM`: the signals that should stop a node gracefully.
 ///
+/// On Unix the handlers are installed by this call, not when the future is first polled: a
+/// signal sent between the two (a node told to stop right after it said it listens, on a busy
+/// machine) would otherwise meet the default action and kill the process. Must be called
+/// within a Tokio runtime.
+///
 /// If a handler cannot be installed, that signal is logged and ignored rather than treated as
 /// a request to stop.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
+    let (ctrl_c, terminate) = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+        let wait = |kind: SignalKind, name: &'static str| {
+            let installed = signal(kind);
+            async move {
+                match installed {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot listen for {name}: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
             }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
+        };
+        (
+            wait(SignalKind::interrupt(), "Ctrl-C"),
+            wait(SignalKind::terminate(), "SIGTERM"),
+        )
     };
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    let (ctrl_c, terminate) = (
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!("cannot listen for Ctrl-C: {e}");
+                std::future::pending::<()>().await;
+            }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+            () = terminate => tracing::info!("SIGTERM received; shutting down"),
+        }
     }
 }

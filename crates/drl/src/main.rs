@@ -308,6 +308,9 @@ async fn run_node<S: Store>(
         #[cfg(unix)]
         triggers.push(reload::ignore_sighup().context("cannot listen for SIGHUP")?);
     }
+    // Installed before the node says it listens, so that a SIGTERM sent as soon as it does is
+    // a graceful stop, never the default action.
+    let shutdown = drl_server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {http_addr}"))?;
@@ -318,7 +321,7 @@ async fn run_node<S: Store>(
     tracing::info!("listening on http://{addr}");
     let grpc = grpc_listener.local_addr()?;
     tracing::info!("gRPC listening on {grpc}");
-    drl_server::serve_all(listener, grpc_listener, node, drl_server::shutdown_signal()).await?;
+    drl_server::serve_all(listener, grpc_listener, node, shutdown).await?;
     drop(triggers);
     tracing::info!("stopped");
     Ok(())
