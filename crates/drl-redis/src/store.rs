@@ -870,6 +870,23 @@ impl Store for RedisStore {
         Ok(self.decide_all(requests).await)
     }
 
+    /// Connects if needed and PINGs, bounded by the timeout (`GET /readyz`).
+    async fn ready(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let ping = async {
+            let mut conn = inner.connector.get().await?;
+            conn.query(&redis::cmd("PING")).await.map(drop)
+        };
+        match tokio::time::timeout(inner.timeout, ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                inner.connector.reset_after(&e).await;
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+            Err(_) => Err(StoreError::Timeout(inner.timeout)),
+        }
+    }
+
     fn rules_epoch(&self) -> u64 {
         self.inner.deny_cache.epoch()
     }

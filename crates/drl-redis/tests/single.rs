@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drl_core::{Algorithm, Limiter, Policy, Rules};
+use drl_core::{Algorithm, Limiter, Policy, Rules, Store};
 use drl_redis::{Consistency, OnError, RedisConfig, RedisStore};
 use support::Redis;
 
@@ -160,6 +160,7 @@ async fn on_error_policies_answer_within_the_timeout() {
         let node = Limiter::builder(Rules::only_default(policy.clone())).build_with_store(store);
         assert!(node.check_async("u", "/e", 1).await.expect("check").allowed);
         node.store().ping().await.expect("reachable");
+        node.store().ready().await.expect("ready");
         for phase in ["hung", "stopped"] {
             if phase == "hung" {
                 redis.pause();
@@ -190,6 +191,10 @@ async fn on_error_policies_answer_within_the_timeout() {
                 assert!(
                     node.store().ping().await.is_err(),
                     "{on_error:?}: ping a dead store"
+                );
+                assert!(
+                    node.store().ready().await.is_err(),
+                    "{on_error:?}: not ready"
                 );
             }
             if phase == "hung" {
