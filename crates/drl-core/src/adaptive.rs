@@ -131,6 +131,16 @@ impl BackendState {
         self.factor != before
     }
 
+    /// Takes a factor decided elsewhere (another node) as if reported now; clamped to
+    /// [`min_factor`, 1]. Returns whether the factor moved.
+    pub(crate) fn set(&mut self, settings: &BackendSettings, factor: f64, now_ns: u64) -> bool {
+        self.reported_ns = Some(now_ns);
+        self.recovered_ns = now_ns;
+        let before = self.factor;
+        self.factor = factor.clamp(settings.min_factor, 1.0);
+        self.factor != before
+    }
+
     /// Recovers a stale backend by `increase` per whole second of silence since the last
     /// recovery; returns whether the factor moved.
     pub(crate) fn tick(&mut self, settings: &BackendSettings, now_ns: u64) -> bool {

@@ -846,6 +846,31 @@ impl<S: Store> Limiter<S> {
         Ok(factor)
     }
 
+    /// Sets a backend's factor decided elsewhere (another node sharing the store), clamped to
+    /// [`min_factor`, 1], as if it had just reported. Returns whether the factor moved.
+    pub fn set_load_factor(&self, backend: &str, factor: f64) -> Result<bool, AdaptiveError> {
+        if !factor.is_finite() || factor <= 0.0 {
+            return Err(AdaptiveError::BadLoad(factor));
+        }
+        let mut adaptive = self.lock_adaptive();
+        let settings = adaptive
+            .base
+            .backends()
+            .get(backend)
+            .cloned()
+            .ok_or_else(|| AdaptiveError::UnknownBackend(backend.to_owned()))?;
+        let now = self.inner.clock.now_ns();
+        let state = adaptive
+            .backends
+            .entry(backend.to_owned())
+            .or_insert_with(|| BackendState::new(now));
+        let moved = state.set(&settings, factor, now);
+        if moved {
+            self.apply(&adaptive);
+        }
+        Ok(moved)
+    }
+
     /// Lets silent backends recover (call about once a second); whether any factor moved.
     pub fn tick_adaptive(&self) -> bool {
         let mut adaptive = self.lock_adaptive();

@@ -6,6 +6,7 @@
 //! - [`RedisStore`]: the [`drl_core::Store`]: timeouts, `consistency: strict` (WAIT, batched),
 //!   `on_error: deny | allow | local`, and the local deny cache.
 //! - [`RedisConfig`]: `store.redis` of the config.
+//! - [`shared`]: bans, blocks and adaptive factors shared by every node.
 
 pub mod config;
 mod conn;
@@ -13,6 +14,7 @@ mod deny_cache;
 pub mod error;
 pub mod keys;
 mod scripts;
+pub mod shared;
 mod store;
 mod topology;
 

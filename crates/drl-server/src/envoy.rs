@@ -255,6 +255,9 @@ impl<S: Store> AppState<S> {
             .iter()
             .any(|s| matches!(s.verdict, Verdict::Blocked { .. }));
         self.count_abuse(banned, outcome.shadow_denied, outcome.new_bans.len());
+        for ban in &outcome.new_bans {
+            self.share_ban(ban);
+        }
         Ok(outcome)
     }
 }

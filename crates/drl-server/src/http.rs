@@ -53,6 +53,7 @@ use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloader;
+use crate::shared::Coordination;
 
 /// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -67,6 +68,8 @@ pub struct AppState<S = drl_core::MemoryStore> {
     pub reloader: Option<Arc<Reloader<S>>>,
     /// Set to enable the admin routes.
     pub admin_token: Option<AdminToken>,
+    /// Set on the Redis store: bans, blocks and load factors shared with the other nodes.
+    pub shared: Option<Arc<Coordination>>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -76,6 +79,7 @@ impl<S> Clone for AppState<S> {
             metrics: Arc::clone(&self.metrics),
             reloader: self.reloader.clone(),
             admin_token: self.admin_token.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -88,6 +92,28 @@ impl<S: Store> AppState<S> {
             metrics,
             reloader: None,
             admin_token: None,
+            shared: None,
+        }
+    }
+
+    /// Shares bans, blocks and load factors with the other nodes through `coordination`.
+    pub fn with_shared(mut self, coordination: Option<Arc<Coordination>>) -> Self {
+        self.shared = coordination;
+        self
+    }
+
+    /// Writes a ban made by a check to the shared state, off the request's path.
+    pub(crate) fn share_ban(&self, ban: &drl_core::abuse::Ban) {
+        if let Some(shared) = &self.shared {
+            let (shared, limiter, ban) = (Arc::clone(shared), self.limiter.clone(), ban.clone());
+            tokio::spawn(async move {
+                if let Err(e) = shared.publish_ban(&limiter, &ban).await {
+                    tracing::warn!(
+                        "ban of {:?} not shared with the other nodes: {e}",
+                        ban.user_id
+                    );
+                }
+            });
         }
     }
 
@@ -153,6 +179,9 @@ impl<S: Store> AppState<S> {
             checked.shadow_denied,
             usize::from(checked.new_ban.is_some()),
         );
+        if let Some(ban) = &checked.new_ban {
+            self.share_ban(ban);
+        }
         Ok(Checked {
             level: checked.level,
             decision: checked.decision,
@@ -616,6 +645,11 @@ async fn put_block<S: Store>(
         duration.map(|d| now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
     let ban = state.limiter.bans().block(&user_id, until);
     state.metrics.ban(true);
+    if let Some(shared) = &state.shared
+        && let Err(e) = shared.publish_ban(&state.limiter, &ban).await
+    {
+        tracing::warn!("block of {user_id:?} not shared with the other nodes: {e}");
+    }
     tracing::info!(
         "user {user_id:?} blocked {}",
         request.duration.as_deref().unwrap_or("for good")
@@ -636,7 +670,14 @@ async fn delete_block<S: Store>(
     uri: Uri,
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, &uri)?;
-    if state.limiter.bans().unblock(&user_id) {
+    let mut lifted = state.limiter.bans().unblock(&user_id);
+    if let Some(shared) = &state.shared {
+        match shared.publish_unblock(&user_id).await {
+            Ok(there) => lifted |= there,
+            Err(e) => tracing::warn!("unblock of {user_id:?} not shared with the other nodes: {e}"),
+        }
+    }
+    if lifted {
         tracing::info!("user {user_id:?} unblocked");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -661,6 +702,14 @@ async fn report_load<S: Store>(
     let load = report.load().map_err(ApiError::BadValue)?;
     let factor = state.limiter.report_load(&report.backend, load)?;
     state.metrics.set_factor(&report.backend, factor);
+    if let Some(shared) = &state.shared
+        && let Err(e) = shared.publish_factor(&report.backend, factor).await
+    {
+        tracing::warn!(
+            "factor of {:?} not shared with the other nodes: {e}",
+            report.backend
+        );
+    }
     Ok(Json(FactorView {
         backend: report.backend,
         factor,

@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod reload;
+pub mod shared;
 
 use std::future::Future;
 use std::time::Duration;
@@ -130,7 +131,7 @@ pub async fn serve_all_draining<S: Store>(
 }
 
 /// Once a second while the node runs: silent backends' adaptive factors recover (and the
-/// metric follows), and ended bans are dropped.
+/// metric follows), ended bans are dropped, and on Redis the shared bans and factors are synced.
 async fn housekeeping<S: Store>(
     node: AppState<S>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -148,6 +149,16 @@ async fn housekeeping<S: Store>(
             }
         }
         node.limiter.sweep_bans();
+        if let Some(shared) = &node.shared {
+            match shared.sync(&node.limiter).await {
+                Ok(()) => {
+                    for (backend, factor, _) in node.limiter.load_factors() {
+                        node.metrics.set_factor(&backend, factor);
+                    }
+                }
+                Err(e) => tracing::warn!("shared bans and factors not synced: {e}"),
+            }
+        }
     }
 }
 

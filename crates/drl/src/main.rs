@@ -11,10 +11,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drl_core::{Limiter, Rules, Store};
 use drl_redis::RedisStore;
+use drl_redis::shared::SharedState;
 use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
 use drl_server::client::{self, DEFAULT_SERVER};
 use drl_server::http::AdminToken;
 use drl_server::reload::{self, Reloader};
+use drl_server::shared::Coordination;
 use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -261,7 +263,9 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
         None => (StoreConfig::Memory, Rules::builtin()),
     };
     match store {
-        StoreConfig::Memory => run_node(Limiter::new(rules), config, http_addr, grpc_addr).await,
+        StoreConfig::Memory => {
+            run_node(Limiter::new(rules), None, config, http_addr, grpc_addr).await
+        }
         StoreConfig::Redis(redis) => {
             let store = RedisStore::new(&redis).context("store.redis")?;
             // Connecting is lazy: a node starts while Redis is down and answers by `on_error`.
@@ -270,7 +274,10 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
                 Err(e) => tracing::warn!("Redis store not reachable yet: {e}"),
             }
             let limiter = Limiter::builder(rules).build_with_store(store);
-            run_node(limiter, config, http_addr, grpc_addr).await
+            // Bans, blocks and load factors are shared by every node on this Redis.
+            let shared = SharedState::new(&redis).context("store.redis")?;
+            let coordination = Arc::new(Coordination::new(shared));
+            run_node(limiter, Some(coordination), config, http_addr, grpc_addr).await
         }
     }
 }
@@ -278,6 +285,7 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
 /// Runs a node on `limiter` until a shutdown signal.
 async fn run_node<S: Store>(
     limiter: Limiter<S>,
+    coordination: Option<Arc<Coordination>>,
     config: Option<&Path>,
     http_addr: &str,
     grpc_addr: &str,
@@ -290,8 +298,9 @@ async fn run_node<S: Store>(
     if admin_token.is_none() {
         tracing::info!("{} is not set: admin routes disabled", AdminToken::ENV);
     }
-    let mut node =
-        AppState::new(limiter.clone(), Arc::clone(&metrics)).with_admin_token(admin_token);
+    let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
+        .with_admin_token(admin_token)
+        .with_shared(coordination);
     // Reload triggers run until they are dropped, after the server has stopped.
     let mut triggers = Vec::new();
     if let Some(path) = config {

@@ -1,0 +1,129 @@
+//! Cluster-wide bans, blocks and load factors: two nodes' limiters share them through one real
+//! `redis-server` (started here on a free loopback port, stopped at the end).
+
+#![allow(clippy::unwrap_used)] // Test code.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drl_core::abuse::AbusePolicy;
+use drl_core::adaptive::BackendSettings;
+use drl_core::{Algorithm, Limiter, Policy, Rule, Rules};
+use drl_redis::RedisConfig;
+use drl_redis::shared::SharedState;
+use drl_server::shared::Coordination;
+
+/// A `redis-server` on a free loopback port, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test.sh installs it)");
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rules() -> Rules {
+    let per_minute = |n| Policy::per(n, Duration::from_secs(60), Algorithm::default()).unwrap();
+    let mut search = Rule::new(None, Some("/search"), per_minute(100));
+    search.backends = vec!["db".into()];
+    Rules::new(per_minute(2), [search])
+        .unwrap()
+        .with_abuse(Some(
+            AbusePolicy::new(
+                1,
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                2,
+            )
+            .unwrap(),
+        ))
+        .with_backends(BTreeMap::from([(
+            "db".to_owned(),
+            BackendSettings::default(),
+        )]))
+}
+
+/// A node: its limiter (memory store: only bans and factors are shared here) and its link.
+fn node(redis: &Redis) -> (Limiter, Coordination) {
+    let mut config = RedisConfig::new(vec![redis.url()]);
+    config.timeout = Duration::from_secs(2);
+    let limiter = Limiter::builder(rules()).sweep_interval(None).build();
+    (
+        limiter,
+        Coordination::new(SharedState::new(&config).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn bans_blocks_and_factors_made_on_one_node_hold_on_the_other() {
+    let redis = Redis::start();
+    let (a, link_a) = node(&redis);
+    let (b, link_b) = node(&redis);
+
+    // An operator's block on A.
+    let block = a.bans().block("eve", None);
+    link_a.publish_ban(&a, &block).await.unwrap();
+    assert!(b.check_and_increment("eve", "/x"));
+    link_b.sync(&b).await.unwrap();
+    assert!(!b.check_and_increment("eve", "/x"), "B enforces A's block");
+
+    // An automatic ban on A, shared by A's own sync.
+    assert!(a.check_and_increment("bot", "/x"));
+    assert!(a.check_and_increment("bot", "/x"));
+    a.check("bot", "/x", 1).unwrap();
+    let banning = a.check_ruled("bot", "/x", 1).unwrap();
+    assert!(banning.new_ban.is_some());
+    link_a.sync(&a).await.unwrap();
+    link_b.sync(&b).await.unwrap();
+    let on_b = b.check_ruled("bot", "/fresh", 1).unwrap();
+    assert!(on_b.banned, "B enforces A's automatic ban");
+    assert!(on_b.decision.retry_after > Duration::from_secs(50));
+
+    // Unblocked on B: lifted on A at its next sync.
+    b.bans().unblock("eve");
+    assert!(link_b.publish_unblock("eve").await.unwrap());
+    link_a.sync(&a).await.unwrap();
+    assert!(a.check_and_increment("eve", "/y"), "A lifted the block");
+
+    // A load report on A scales B's limits too.
+    let factor = a.report_load("db", 0.95).unwrap();
+    link_a.publish_factor("db", factor).await.unwrap();
+    assert_eq!(b.check("u", "/search", 0).unwrap().limit, 100);
+    link_b.sync(&b).await.unwrap();
+    assert_eq!(b.check("u", "/search", 0).unwrap().limit, 50);
+}
