@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::abuse::{Ban, Bans};
-use crate::adaptive::BackendState;
+use crate::adaptive::{BackendSettings, BackendState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
@@ -826,6 +826,29 @@ impl<S: Store> Limiter<S> {
         if !load.is_finite() || load < 0.0 {
             return Err(AdaptiveError::BadLoad(load));
         }
+        self.update_backend(backend, |state, settings, now| {
+            state.report(settings, load, now)
+        })
+    }
+
+    /// Sets a backend's factor decided elsewhere (another node sharing the store), clamped to
+    /// [`min_factor`, 1], as if it had just reported. Returns the factor now in force.
+    pub fn set_load_factor(&self, backend: &str, factor: f64) -> Result<f64, AdaptiveError> {
+        if !factor.is_finite() || factor <= 0.0 {
+            return Err(AdaptiveError::BadLoad(factor));
+        }
+        self.update_backend(backend, |state, settings, now| {
+            state.set(settings, factor, now)
+        })
+    }
+
+    /// Runs `update` on a declared backend's state and rescales the rules if it says the factor
+    /// moved; returns the factor.
+    fn update_backend(
+        &self,
+        backend: &str,
+        update: impl FnOnce(&mut BackendState, &BackendSettings, u64) -> bool,
+    ) -> Result<f64, AdaptiveError> {
         let mut adaptive = self.lock_adaptive();
         let settings = adaptive
             .base
@@ -838,37 +861,12 @@ impl<S: Store> Limiter<S> {
             .backends
             .entry(backend.to_owned())
             .or_insert_with(|| BackendState::new(now));
-        let moved = state.report(&settings, load, now);
+        let moved = update(state, &settings, now);
         let factor = state.factor;
         if moved {
             self.apply(&adaptive);
         }
         Ok(factor)
-    }
-
-    /// Sets a backend's factor decided elsewhere (another node sharing the store), clamped to
-    /// [`min_factor`, 1], as if it had just reported. Returns whether the factor moved.
-    pub fn set_load_factor(&self, backend: &str, factor: f64) -> Result<bool, AdaptiveError> {
-        if !factor.is_finite() || factor <= 0.0 {
-            return Err(AdaptiveError::BadLoad(factor));
-        }
-        let mut adaptive = self.lock_adaptive();
-        let settings = adaptive
-            .base
-            .backends()
-            .get(backend)
-            .cloned()
-            .ok_or_else(|| AdaptiveError::UnknownBackend(backend.to_owned()))?;
-        let now = self.inner.clock.now_ns();
-        let state = adaptive
-            .backends
-            .entry(backend.to_owned())
-            .or_insert_with(|| BackendState::new(now));
-        let moved = state.set(&settings, factor, now);
-        if moved {
-            self.apply(&adaptive);
-        }
-        Ok(moved)
     }
 
     /// Lets silent backends recover (call about once a second); whether any factor moved.

@@ -410,13 +410,7 @@ async fn check<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let body = read_body(body).await?;
-    // serde would also read a struct from an array (`["alice", "/api"]`); only objects are valid.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::NotAnObject);
-    }
-    let request: CheckRequest = serde_json::from_slice(&body)?;
+    let request: CheckRequest = json_object(&headers, body).await?;
     let hits = checked_hits(request.hits)?;
     let decision = state
         .decide(&request.user_id, &request.endpoint, hits)
@@ -431,12 +425,7 @@ async fn envoy_json<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let body = read_body(body).await?;
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::NotAnObject);
-    }
-    let request: EnvoyRequest = serde_json::from_slice(&body)?;
+    let request: EnvoyRequest = json_object(&headers, body).await?;
     let outcome = state.check_envoy(&request).await.map_err(|e| match e {
         EnvoyError::Limiter(e) => ApiError::from(e),
         other => ApiError::Envoy(other),
@@ -447,6 +436,20 @@ async fn envoy_json<S: Store>(
         StatusCode::TOO_MANY_REQUESTS
     };
     Ok((status, Json(json_response(&outcome))).into_response())
+}
+
+/// A JSON object body of type `T`: declared as JSON, within [`MAX_BODY_BYTES`], and an object
+/// (serde would also read a struct from an array such as `["alice", "/api"]`).
+async fn json_object<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let body = read_body(body).await?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::NotAnObject);
+    }
+    Ok(serde_json::from_slice(&body)?)
 }
 
 /// Accepts `application/json`, with or without parameters such as `charset`.
@@ -693,12 +696,7 @@ async fn report_load<S: Store>(
     body: Body,
 ) -> Result<Json<FactorView>, ApiError> {
     authorize(&state, &headers, &uri)?;
-    require_json(&headers)?;
-    let body = read_body(body).await?;
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::NotAnObject);
-    }
-    let report: LoadReport = serde_json::from_slice(&body)?;
+    let report: LoadReport = json_object(&headers, body).await?;
     let load = report.load().map_err(ApiError::BadValue)?;
     let factor = state.limiter.report_load(&report.backend, load)?;
     state.metrics.set_factor(&report.backend, factor);
