@@ -870,6 +870,16 @@ impl Store for RedisStore {
         Ok(self.decide_all(requests).await)
     }
 
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        let s = RedisStore::stats(self);
+        vec![
+            ("errors", s.errors),
+            ("fallbacks", s.fallbacks),
+            ("deny_cache_hits", s.deny_cache_hits),
+            ("wait_shortfalls", s.wait_shortfalls),
+        ]
+    }
+
     /// Connects if needed and PINGs, bounded by the timeout (`GET /readyz`).
     async fn ready(&self) -> Result<(), StoreError> {
         let inner = &self.inner;

@@ -61,6 +61,8 @@ pub struct Metrics {
     descriptors: Family<DescriptorLabels, Counter>,
     /// `[automatic, manual]`.
     bans: [Counter; 2],
+    /// The store's own counts ([`Store::stats`](drl_core::Store::stats)), by event.
+    store_events: Family<[(&'static str, &'static str); 1], Counter>,
     /// Each backend's adaptive factor (backends come from the config: bounded).
     factors: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     blocked: Counter,
@@ -117,6 +119,12 @@ impl Metrics {
             "adaptive_factor",
             "The factor the limits of the rules naming a backend are scaled by, in [min_factor, 1]",
             factors.clone(),
+        );
+        let store_events = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "store_events",
+            "What the store counts about itself: Redis errors, on_error fallbacks, deny-cache hits, WAIT shortfalls",
+            store_events.clone(),
         );
         let blocked = Counter::default();
         registry.register(
@@ -182,6 +190,7 @@ impl Metrics {
             store_errors,
             descriptors,
             bans,
+            store_events,
             factors,
             blocked,
             shadow_denied,
@@ -206,6 +215,14 @@ impl Metrics {
     /// Counts a new ban: `manual` from the admin API, else automatic.
     pub fn ban(&self, manual: bool) {
         self.bans[usize::from(manual)].inc();
+    }
+
+    /// Brings `drl_store_events_total` up to the store's own totals (read at each scrape).
+    pub fn sync_store(&self, stats: &[(&'static str, u64)]) {
+        for &(event, total) in stats {
+            let counter = self.store_events.get_or_create(&[("event", event)]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// Sets a backend's adaptive factor.

@@ -127,3 +127,44 @@ async fn bans_blocks_and_factors_made_on_one_node_hold_on_the_other() {
     link_b.sync(&b).await.unwrap();
     assert_eq!(b.check("u", "/search", 0).unwrap().limit, 50);
 }
+
+/// The Redis store's own counts reach `/metrics`: with Redis down and `on_error: allow`, the
+/// fallbacks and errors show as `drl_store_events_total`.
+#[tokio::test]
+async fn the_redis_stores_events_are_exported() {
+    use drl_redis::{OnError, RedisStore};
+    use drl_server::Metrics;
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = RedisConfig::new(vec![format!("redis://127.0.0.1:{port}")]);
+    config.on_error = OnError::Allow;
+    config.timeout = Duration::from_millis(200);
+    let limiter = Limiter::builder(rules()).build_with_store(RedisStore::new(&config).unwrap());
+    assert!(limiter.check_and_increment_async("u", "/x").await);
+    let metrics = Metrics::new();
+    metrics.sync_store(&drl_core::Store::stats(limiter.store()));
+    let text = metrics.encode();
+    let total = |event: &str| -> u64 {
+        let prefix = format!("drl_store_events_total{{event=\"{event}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(total("fallbacks") >= 1, "{text}");
+    assert!(total("errors") >= 1, "{text}");
+    // A second scrape with no new events changes nothing.
+    metrics.sync_store(&drl_core::Store::stats(limiter.store()));
+    let events = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("drl_store_events_total"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(events(&metrics.encode()), events(&text));
+}

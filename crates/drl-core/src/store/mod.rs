@@ -70,6 +70,13 @@ pub trait Store: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// Events the store counts about itself, as `(event, total so far)`: what the server
+    /// exports as `drl_store_events_total{event}` (e.g. the Redis store's errors, `on_error`
+    /// fallbacks, deny-cache hits and WAIT shortfalls). Stores in process have none.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// A counter of rule changes, for stores that cache decisions (a denial cached under old
     /// rules must not outlive them). The limiter reads it before loading the rules and passes
     /// it along in [`StoreRequest::rules_epoch`]. Stores without a cache keep the default.
