@@ -282,7 +282,15 @@ impl Limiter<MemoryStore> {
             Some(request) => self.inner.store.check_now(&request),
             None => match target.action() {
                 Action::Limit(limits) => {
-                    let requests = self.requests(target, limits, values, hits, now, epoch);
+                    let requests = self.requests_in(
+                        &self.inner.domain,
+                        target,
+                        limits,
+                        values,
+                        hits,
+                        now,
+                        epoch,
+                    );
                     combine(&self.inner.store.check_all_now(&requests))
                 }
                 other => fixed_answer(other),
@@ -359,7 +367,15 @@ impl<S: Store> Limiter<S> {
             Some(request) => self.inner.store.check(request).await?,
             None => match target.action() {
                 Action::Limit(limits) => {
-                    let requests = self.requests(target, limits, &values, hits, now, rules_epoch);
+                    let requests = self.requests_in(
+                        &self.inner.domain,
+                        target,
+                        limits,
+                        &values,
+                        hits,
+                        now,
+                        rules_epoch,
+                    );
                     combine(&self.inner.store.check_all(&requests).await?)
                 }
                 other => fixed_answer(other),
@@ -457,27 +473,7 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// One store request per limit of `target`.
-    fn requests<'a>(
-        &'a self,
-        target: &'a Target,
-        limits: &'a [Policy],
-        values: &'a [&'a str],
-        hits: u32,
-        now_ns: u64,
-        rules_epoch: u64,
-    ) -> Vec<StoreRequest<'a>> {
-        self.requests_in(
-            &self.inner.domain,
-            target,
-            limits,
-            values,
-            hits,
-            now_ns,
-            rules_epoch,
-        )
-    }
-
+    /// One store request per limit of `target`, in `domain`.
     #[allow(clippy::too_many_arguments)]
     fn requests_in<'a>(
         &'a self,
