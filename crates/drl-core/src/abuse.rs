@@ -157,7 +157,12 @@ pub struct Bans {
     active: papaya::HashMap<Box<str>, Entry, RandomState>,
     strikes: Mutex<HashMap<Box<str>, Strikes, RandomState>>,
     offenses: MemoryStore,
+    /// The users with the most offenses since start, at most [`TOP_OFFENDERS`] of them.
+    offenders: Mutex<HashMap<Box<str>, u64, RandomState>>,
 }
+
+/// How many offenders [`Bans::top_offenders`] tracks.
+pub const TOP_OFFENDERS: usize = 1_000;
 
 impl Default for Bans {
     fn default() -> Self {
@@ -167,6 +172,7 @@ impl Default for Bans {
                 .build(),
             strikes: Mutex::default(),
             offenses: MemoryStore::new(),
+            offenders: Mutex::default(),
         }
     }
 }
@@ -203,6 +209,7 @@ impl Bans {
 
     /// Counts one denial of `user`; bans them when it is one too many. Returns the new ban.
     pub fn offense(&self, user: &str, now_ns: u64, policy: &AbusePolicy) -> Option<Ban> {
+        self.count_offender(user);
         let values = [user];
         let request = StoreRequest {
             key: CounterKey {
@@ -260,6 +267,45 @@ impl Bans {
             until_ns: Some(until),
             strike,
         })
+    }
+
+    /// Space-Saving (Metwally et al.): while the table is full, a new user replaces the one
+    /// with the fewest offenses and inherits its count + 1, so every user with more offenses
+    /// than the table's smallest count is in it, and counts are over-estimated by at most that.
+    fn count_offender(&self, user: &str) {
+        let mut offenders = self
+            .offenders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = offenders.get_mut(user) {
+            *count += 1;
+            return;
+        }
+        let count = if offenders.len() < TOP_OFFENDERS {
+            1
+        } else {
+            let Some((least, &min)) = offenders.iter().min_by_key(|(_, c)| **c) else {
+                return;
+            };
+            let least = least.clone();
+            offenders.remove(&least);
+            min + 1
+        };
+        offenders.insert(user.into(), count);
+    }
+
+    /// The `n` users with the most offenses (denials) since start, most first (bounded: at most
+    /// [`TOP_OFFENDERS`] are tracked).
+    pub fn top_offenders(&self, n: usize) -> Vec<(String, u64)> {
+        let offenders = self
+            .offenders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut top: Vec<(String, u64)> =
+            offenders.iter().map(|(u, &c)| (u.to_string(), c)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
     }
 
     /// Blocks `user` until `until_ns`, or for good.
@@ -387,6 +433,27 @@ mod tests {
         for i in 0..20 {
             assert_eq!(bans.offense("u", i * 4 * SEC, &p), None, "offense {i}");
         }
+    }
+
+    #[test]
+    fn top_offenders_are_counted_and_bounded() {
+        let (bans, p) = (Bans::new(), policy());
+        for _ in 0..5 {
+            bans.offense("worst", 0, &p);
+        }
+        for _ in 0..2 {
+            bans.offense("second", 0, &p);
+        }
+        for i in 0..TOP_OFFENDERS + 10 {
+            bans.offense(&format!("once-{i}"), 0, &p);
+        }
+        assert_eq!(bans.top_offenders(1), [("worst".to_owned(), 5)]);
+        let all = bans.top_offenders(usize::MAX);
+        assert_eq!(all.len(), TOP_OFFENDERS);
+        // Users above the table's smallest count stay in it, exactly counted; newcomers to a
+        // full table are over-estimated by at most that smallest count (here 1).
+        assert!(all.contains(&("second".to_owned(), 2)));
+        assert!(all.iter().all(|(_, c)| *c <= 5));
     }
 
     #[test]

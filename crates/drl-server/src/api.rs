@@ -299,3 +299,18 @@ pub struct FactorView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_ms_ago: Option<u64>,
 }
+
+/// One user of `GET /v1/offenders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffenderView {
+    pub user_id: String,
+    /// Denials counted as offenses since the node started (an upper bound for users that
+    /// entered a full table late; see `drl_core::abuse::Bans::top_offenders`).
+    pub denials: u64,
+}
+
+/// `GET /v1/offenders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffendersView {
+    pub offenders: Vec<OffenderView>,
+}

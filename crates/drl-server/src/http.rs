@@ -17,6 +17,7 @@
 //!   - `POST /v1/load` `{"backend", "utilization"}` or `{"backend", "latency_ms", "target_ms"}`
 //!     → the backend's adaptive factor now in force (400 for an unknown backend or a load out
 //!     of range);
+//!   - `GET /v1/offenders?limit=N` → the users denied most often (bounded: 1 000 tracked);
 //!   - `GET /v1/blocks` → bans (automatic), blocks (manual) and the config's blocklist, with
 //!     the time left; `PUT /v1/blocks/{user_id}` with an optional `{"duration": "1h"}` blocks
 //!     (for good without one); `DELETE /v1/blocks/{user_id}` lifts a ban or block (204; 404
@@ -47,7 +48,8 @@ use thiserror::Error;
 
 use crate::api::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
-    ErrorResponse, FactorView, HitsOutOfRange, LoadReport, ReloadResponse, checked_hits,
+    ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
+    ReloadResponse, checked_hits,
 };
 use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
@@ -265,6 +267,7 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
         .route("/v1/config/reload", post(reload_config::<S>))
         .route("/v1/blocks", get(list_blocks::<S>))
         .route("/v1/load", post(report_load::<S>))
+        .route("/v1/offenders", get(list_offenders::<S>))
         .route(
             "/v1/blocks/{user_id}",
             put(put_block::<S>).delete(delete_block::<S>),
@@ -714,4 +717,37 @@ async fn report_load<S: Store>(
         factor,
         reported_ms_ago: Some(0),
     }))
+}
+
+/// `GET /v1/offenders?limit=N`: the users denied most often (offenses, counted while abuse
+/// protection is on), most first; `limit` from 1 to 1000, default 20.
+async fn list_offenders<S: Store>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Json<OffendersView>, ApiError> {
+    authorize(&state, &headers, &uri)?;
+    let limit = match uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+    {
+        None => 20,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=drl_core::abuse::TOP_OFFENDERS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadValue(format!(
+                    "limit {text:?} is invalid: it must be a whole number from 1 to {}",
+                    drl_core::abuse::TOP_OFFENDERS
+                )));
+            }
+        },
+    };
+    let offenders = state
+        .limiter
+        .bans()
+        .top_offenders(limit)
+        .into_iter()
+        .map(|(user_id, denials)| OffenderView { user_id, denials })
+        .collect();
+    Ok(Json(OffendersView { offenders }))
 }

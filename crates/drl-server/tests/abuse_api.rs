@@ -84,6 +84,23 @@ async fn a_user_over_the_threshold_is_banned_and_released() {
     assert!(text.contains("drl_blocked_requests_total 1\n"), "{text}");
     // The config's blocklist denies at once.
     assert_eq!(check(&server, "mallory").await, 429);
+    // The top offenders: bot's four denials (the banned ones are no offenses).
+    let top = server
+        .request("GET", "/v1/offenders?limit=5", &[AUTH], b"")
+        .await;
+    assert_eq!(top.status, 200, "{}", top.body);
+    assert_eq!(top.json()["offenders"][0]["user_id"], "bot");
+    assert_eq!(top.json()["offenders"][0]["denials"], 4);
+    for bad in [
+        "/v1/offenders?limit=0",
+        "/v1/offenders?limit=5000",
+        "/v1/offenders?limit=x",
+    ] {
+        let r = server.request("GET", bad, &[AUTH], b"").await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    let r = server.request("GET", "/v1/offenders", &[], b"").await;
+    assert_eq!(r.status, 401);
     server.stop().await;
 }
 
