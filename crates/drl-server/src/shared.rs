@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use drl_core::abuse::{Ban, BanKind};
@@ -19,10 +20,12 @@ use drl_redis::shared::{SharedBan, SharedFactor, SharedState};
 #[derive(Debug)]
 pub struct Coordination {
     shared: SharedState,
-    /// Users whose ban this node has written or read, with its end (Unix ms) and whether the
-    /// store was seen holding it: one seen there that then disappears was unblocked on
-    /// another node.
-    synced: Mutex<HashMap<String, (Option<u64>, bool)>>,
+    /// Users whose ban this node has written or read, with its end (Unix ms) and the sync round
+    /// in which the store was known to hold it (read there, or written before the round
+    /// began): one known there that then disappears was unblocked on another node.
+    synced: Mutex<HashMap<String, (Option<u64>, Option<u64>)>>,
+    /// Sync rounds started; a write confirmed during round r counts for rounds after r.
+    rounds: AtomicU64,
     /// The newest factor time (Unix ms) applied or written per backend.
     factors_seen: Mutex<HashMap<String, u64>>,
 }
@@ -46,6 +49,7 @@ impl Coordination {
         Self {
             shared,
             synced: Mutex::default(),
+            rounds: AtomicU64::new(0),
             factors_seen: Mutex::default(),
         }
     }
@@ -70,8 +74,20 @@ impl Coordination {
         ban: &Ban,
     ) -> Result<(), StoreError> {
         let shared = Self::to_shared(limiter, ban);
-        lock(&self.synced).insert(shared.user_id.clone(), (shared.until_unix_ms, false));
-        self.shared.put_ban(&shared).await
+        lock(&self.synced).insert(shared.user_id.clone(), (shared.until_unix_ms, None));
+        self.shared.put_ban(&shared).await?;
+        self.confirm(&shared);
+        Ok(())
+    }
+
+    /// Records that the store holds `ban` from now on.
+    fn confirm(&self, ban: &SharedBan) {
+        let round = self.rounds.load(Ordering::SeqCst);
+        if let Some(entry) = lock(&self.synced).get_mut(&ban.user_id)
+            && entry.0 == ban.until_unix_ms
+        {
+            entry.1 = Some(round);
+        }
     }
 
     /// Lifts a ban or block on every node; whether the store had one.
@@ -99,6 +115,9 @@ impl Coordination {
     /// written, shared ones applied, ended ones removed, and bans lifted elsewhere lifted here;
     /// newer shared factors applied.
     pub async fn sync<S: Store>(&self, limiter: &Limiter<S>) -> Result<(), StoreError> {
+        // Taken before reading the store: writes confirmed before this round began are in
+        // what it reads.
+        let round = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
         let now_ns = limiter.now_ns();
         let now_ms = unix_ms();
         let remote: HashMap<String, SharedBan> = self
@@ -116,7 +135,7 @@ impl Coordination {
             for ban in &local {
                 if !synced.contains_key(&ban.user_id) && !remote.contains_key(&ban.user_id) {
                     let shared = Self::to_shared(limiter, ban);
-                    synced.insert(ban.user_id.clone(), (shared.until_unix_ms, false));
+                    synced.insert(ban.user_id.clone(), (shared.until_unix_ms, None));
                     to_write.push(shared);
                 }
             }
@@ -126,7 +145,7 @@ impl Coordination {
                     continue;
                 }
                 let known = synced.get(user).map(|(until, _)| *until) == Some(ban.until_unix_ms);
-                synced.insert(user.clone(), (ban.until_unix_ms, true));
+                synced.insert(user.clone(), (ban.until_unix_ms, Some(round)));
                 if !known {
                     limiter.bans().apply(&Ban {
                         user_id: user.clone(),
@@ -146,7 +165,9 @@ impl Coordination {
             // Lifted on another node: seen in the store before, gone from it now.
             let lifted: Vec<String> = synced
                 .iter()
-                .filter(|(u, (_, seen))| *seen && !remote.contains_key(*u))
+                .filter(|(u, (_, known))| {
+                    known.is_some_and(|r| r < round) && !remote.contains_key(*u)
+                })
                 .map(|(u, _)| u.clone())
                 .collect();
             for user in lifted {
@@ -156,6 +177,7 @@ impl Coordination {
         }
         for ban in &to_write {
             self.shared.put_ban(ban).await?;
+            self.confirm(ban);
         }
         for user in &ended {
             self.shared.remove_ban(user).await?;

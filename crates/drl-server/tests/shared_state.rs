@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -167,4 +169,58 @@ async fn the_redis_stores_events_are_exported() {
             .collect()
     };
     assert_eq!(events(&metrics.encode()), events(&text));
+}
+
+/// Through the HTTP admin API of two nodes: a block made on node A is enforced by node B after
+/// B's next sync, and an unblock on B is lifted on A after A's.
+#[tokio::test]
+async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
+    use drl_server::AppState;
+    use drl_server::http::AdminToken;
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let link = || {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.timeout = Duration::from_secs(2);
+        Arc::new(Coordination::new(SharedState::new(&config).unwrap()))
+    };
+    let (link_a, link_b) = (link(), link());
+    let node = |link: Arc<Coordination>| {
+        move |limiter| {
+            AppState::from(limiter)
+                .with_admin_token(AdminToken::new("t0ken"))
+                .with_shared(Some(link))
+        }
+    };
+    let a = common::TestServer::start_with(rules(), node(Arc::clone(&link_a))).await;
+    let b = common::TestServer::start_with(rules(), node(Arc::clone(&link_b))).await;
+    let auth = ["authorization: Bearer t0ken"];
+    let put = a.request("PUT", "/v1/blocks/eve", &auth, b"").await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(eve_status(&b).await, 200, "not synced yet");
+    link_b.sync(&b.limiter).await.unwrap();
+    assert_eq!(
+        eve_status(&b).await,
+        429,
+        "B enforces the block made through A"
+    );
+    let listed = b.request("GET", "/v1/blocks", &auth, b"").await;
+    assert_eq!(listed.json()["blocks"][0]["user_id"], "eve");
+
+    let deleted = b.request("DELETE", "/v1/blocks/eve", &auth, b"").await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(eve_status(&a).await, 429, "A not synced yet");
+    link_a.sync(&a.limiter).await.unwrap();
+    assert_eq!(eve_status(&a).await, 200, "A lifted the block");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The status of a read-only check of `eve` on `server`.
+async fn eve_status(server: &common::TestServer) -> u16 {
+    server
+        .check(r#"{"user_id": "eve", "endpoint": "/x", "hits": 0}"#)
+        .await
+        .status
 }
