@@ -16,6 +16,10 @@ use drl_core::abuse::{Ban, BanKind};
 use drl_core::{Limiter, Store, StoreError};
 use drl_redis::shared::{SharedBan, SharedFactor, SharedState};
 
+/// A synced ban: its end (Unix ms; `None`: permanent), and the round from which the store is
+/// known to hold it.
+type Synced = (Option<u64>, Option<u64>);
+
 /// A node's link to the shared state.
 #[derive(Debug)]
 pub struct Coordination {
@@ -23,7 +27,7 @@ pub struct Coordination {
     /// Users whose ban this node has written or read, with its end (Unix ms) and the sync round
     /// in which the store was known to hold it (read there, or written before the round
     /// began): one known there that then disappears was unblocked on another node.
-    synced: Mutex<HashMap<String, (Option<u64>, Option<u64>)>>,
+    synced: Mutex<HashMap<String, Synced>>,
     /// Sync rounds started; a write confirmed during round r counts for rounds after r.
     rounds: AtomicU64,
     /// The newest factor time (Unix ms) applied or written per backend.
