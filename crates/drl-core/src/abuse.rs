@@ -10,9 +10,10 @@
 //! - **While banned**, every request of the user is denied at once, without touching its
 //!   counters, with the ban's remaining time as `retry_after`; those denials are not offenses.
 //!
-//! The check costs one atomic load while no user is banned, and one hash lookup of the user
-//! otherwise: no store round trip for an ordinary request. State is per process; a shared store
-//! mirrors it (see the server's Redis coordination) by calling [`Bans::apply`].
+//! The check costs papaya's emptiness test (a sum over its few striped length counters) while
+//! no user is banned, and one hash lookup of the user otherwise: no store round trip for an
+//! ordinary request. State is per process; on the Redis store the server shares it between
+//! nodes (`drl_server::shared`), applying other nodes' bans with [`Bans::apply`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
