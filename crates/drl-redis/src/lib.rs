@@ -20,4 +20,4 @@ mod topology;
 
 pub use config::{Consistency, OnError, RedisConfig};
 pub use error::ConfigError;
-pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore};
+pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore, WARM_UP};

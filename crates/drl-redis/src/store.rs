@@ -33,6 +33,8 @@ pub const MAX_DOWN: Duration = Duration::from_secs(1);
 const PROBES_PER_ROUND: usize = 64;
 /// Most script calls in one strict batch (one pipeline and one WAIT per slot in it).
 const MAX_BATCH: usize = 1_024;
+/// Least time [`RedisStore::ping`] may take to warm the store up.
+pub const WARM_UP: Duration = Duration::from_secs(2);
 /// `retry_after` of a denial given because the store failed.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
@@ -144,29 +146,58 @@ impl RedisStore {
         }
     }
 
-    /// Connects and loads the scripts now (a readiness probe; checks do both lazily). Warns in
-    /// the log when strict mode meets a single Redis without a replica: it would deny everything.
+    /// Warms the store up before traffic (called once at start; checks do all of it lazily):
+    /// connects, loads the scripts on every master, and in a cluster reads the slot map and
+    /// opens the connection to every master. In strict mode it also starts the batcher and sends
+    /// one `WAIT` to every master, so the first real admission does not pay for any of it: done
+    /// lazily, all of that together could exceed a tight `timeout` on a busy machine, and that
+    /// slot would then be answered by `on_error` until the prober cleared it. Bounded by the
+    /// larger of the timeout and [`WARM_UP`]. Warns in the log when strict mode meets a master
+    /// with no replica in sync: it would deny every admission on that master.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
+        let budget = inner.timeout.max(WARM_UP);
         let work = async {
             let mut conn = inner.connector.get().await?;
             inner.load_scripts(&mut conn).await?;
-            if let (Consistency::Strict, Conn::Single(c)) = (inner.consistency, &mut conn) {
-                let info: String = redis::cmd("INFO").arg("replication").query_async(c).await?;
-                if info.contains("connected_slaves:0") {
-                    tracing::warn!(
-                        "consistency: strict, but this Redis has no replica: WAIT can confirm \
-                         nothing, so every admission will be denied; add a replica or use \
-                         consistency: fast"
-                    );
+            let mut slots = vec![0];
+            if inner.cluster {
+                let reply = conn.query(&redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
+                if let Some(map) = SlotMap::parse(&reply) {
+                    slots = map.one_slot_per_master();
+                    *inner
+                        .slot_map
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
+                    inner.slot_map_at.store(inner.now().max(1), Ordering::Relaxed);
+                }
+            }
+            for &slot in &slots {
+                conn.ping(slot).await?;
+            }
+            if inner.consistency == Consistency::Strict {
+                self.strict_sender();
+                let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
+                for &slot in &slots {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("WAIT").arg(1).arg(wait_ms);
+                    let replies = conn.pipeline_on(pipe, slot, 1).await?;
+                    if !matches!(replies.first(), Some(Value::Int(n)) if *n >= 1) {
+                        tracing::warn!(
+                            slot,
+                            "consistency: strict, but the master of slot {slot} has no replica \
+                             in sync: WAIT confirms nothing there, so its admissions will be \
+                             denied; add a replica or use consistency: fast"
+                        );
+                    }
                 }
             }
             Ok::<(), RedisError>(())
         };
-        match tokio::time::timeout(inner.timeout, work).await {
+        match tokio::time::timeout(budget, work).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Timeout(inner.timeout)),
+            Err(_) => Err(StoreError::Timeout(budget)),
         }
     }
 

@@ -26,6 +26,20 @@ impl SlotMap {
         }
     }
 
+    /// One slot of each master (the lowest it holds), in master order: enough to reach every
+    /// master through slot routing, e.g. to open its connection before the first check.
+    pub(crate) fn one_slot_per_master(&self) -> Vec<u16> {
+        let mut seen: Vec<u16> = Vec::new();
+        let mut slots = Vec::new();
+        for (slot, &owner) in self.owner.iter().enumerate() {
+            if owner != u16::MAX && !seen.contains(&owner) {
+                seen.push(owner);
+                slots.push(slot as u16);
+            }
+        }
+        slots
+    }
+
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id…], replicas…]…]`.
     pub(crate) fn parse(value: &Value) -> Option<Self> {
         let Value::Array(ranges) = value else {
@@ -94,6 +108,7 @@ mod tests {
         assert_eq!(SlotMap::lane(Some(&map), 5), SlotMap::lane(Some(&map), 200));
         assert_ne!(SlotMap::lane(Some(&map), 5), SlotMap::lane(Some(&map), 150));
         assert_eq!(SlotMap::lane(None, 7), 0x1_0007);
+        assert_eq!(map.one_slot_per_master(), vec![0, 100]);
         assert!(SlotMap::parse(&Value::Int(1)).is_none());
     }
 }

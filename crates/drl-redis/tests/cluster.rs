@@ -67,6 +67,24 @@ async fn tricky_identities_live_in_one_slot_and_strict_nodes_keep_p() {
     let policy = Policy::per(2, Duration::from_secs(60), Algorithm::default()).expect("policy");
     let node = Limiter::builder(Rules::only_default(policy))
         .build_with_store(store(&cluster, Consistency::Strict));
+
+    // The warm-up at start: every master has the scripts and got one WAIT before any check, so
+    // the first admissions pay for none of it (lazily, it could exceed a tight timeout).
+    let masters: Vec<&support::Redis> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["ROLE"]).starts_with("master"))
+        .collect();
+    assert_eq!(masters.len(), 3);
+    node.store().ping().await.expect("warm-up");
+    let loads: Vec<u64> = masters
+        .iter()
+        .map(|m| support::command_calls(m, "script|load"))
+        .collect();
+    for (m, &loaded) in masters.iter().zip(&loads) {
+        assert!(loaded >= 6, "{}: {loaded} scripts loaded", m.port);
+        assert!(support::command_calls(m, "wait") >= 1, "{}: no WAIT", m.port);
+    }
     for user in ["{", "}", "{}", ":", "a\nb", "ünï{cødé}", &kib[..1_000]] {
         for expect in [true, true, false] {
             let d = node.check_async(user, "/e{x}", 1).await.expect("check");
@@ -74,6 +92,11 @@ async fn tricky_identities_live_in_one_slot_and_strict_nodes_keep_p() {
         }
     }
     assert_eq!(node.store().stats().errors, 0);
+    let loads_after: Vec<u64> = masters
+        .iter()
+        .map(|m| support::command_calls(m, "script|load"))
+        .collect();
+    assert_eq!(loads, loads_after, "no script loaded lazily after the warm-up");
 
     // Strict admissions from three nodes on hot keys: P holds and every WAIT found a replica.
     let window = Duration::from_secs(1);
