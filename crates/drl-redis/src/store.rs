@@ -162,14 +162,18 @@ impl RedisStore {
             inner.load_scripts(&mut conn).await?;
             let mut slots = vec![0];
             if inner.cluster {
-                let reply = conn.query(&redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
+                let reply = conn
+                    .query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
+                    .await?;
                 if let Some(map) = SlotMap::parse(&reply) {
                     slots = map.one_slot_per_master();
                     *inner
                         .slot_map
                         .write()
                         .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
-                    inner.slot_map_at.store(inner.now().max(1), Ordering::Relaxed);
+                    inner
+                        .slot_map_at
+                        .store(inner.now().max(1), Ordering::Relaxed);
                 }
             }
             for &slot in &slots {

@@ -83,7 +83,11 @@ async fn tricky_identities_live_in_one_slot_and_strict_nodes_keep_p() {
         .collect();
     for (m, &loaded) in masters.iter().zip(&loads) {
         assert!(loaded >= 6, "{}: {loaded} scripts loaded", m.port);
-        assert!(support::command_calls(m, "wait") >= 1, "{}: no WAIT", m.port);
+        assert!(
+            support::command_calls(m, "wait") >= 1,
+            "{}: no WAIT",
+            m.port
+        );
     }
     for user in ["{", "}", "{}", ":", "a\nb", "ünï{cødé}", &kib[..1_000]] {
         for expect in [true, true, false] {
@@ -96,7 +100,10 @@ async fn tricky_identities_live_in_one_slot_and_strict_nodes_keep_p() {
         .iter()
         .map(|m| support::command_calls(m, "script|load"))
         .collect();
-    assert_eq!(loads, loads_after, "no script loaded lazily after the warm-up");
+    assert_eq!(
+        loads, loads_after,
+        "no script loaded lazily after the warm-up"
+    );
 
     // Strict admissions from three nodes on hot keys: P holds and every WAIT found a replica.
     let window = Duration::from_secs(1);
