@@ -1,5 +1,6 @@
 //! The store's settings: `store.redis` of the config file (DESIGN.md §4).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How an admission is acknowledged.
@@ -63,6 +64,25 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Most denials held in the local deny cache.
     pub deny_cache_capacity: usize,
+    /// TLS settings for `rediss://` URLs (without them: the system's root CAs, no client
+    /// certificate).
+    pub tls: Option<RedisTls>,
+}
+
+/// `store.redis.tls`: the PEM files of a TLS connection to Redis (`rediss://` URLs only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// The CA that Redis's certificate must chain to, instead of the system's root CAs.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key, for a Redis that asks for one (`tls-auth-clients`).
+    pub client: Option<ClientCert>,
+}
+
+/// A client certificate (chain, leaf first) and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Default store timeout.
@@ -80,6 +100,7 @@ impl RedisConfig {
             on_error: OnError::default(),
             timeout: DEFAULT_TIMEOUT,
             deny_cache_capacity: DEFAULT_DENY_CACHE,
+            tls: None,
         }
     }
 }

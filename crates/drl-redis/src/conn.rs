@@ -4,15 +4,20 @@
 //! redis-rs's defaults (no response timeout, 1.28 s minimum retry wait for clusters) are
 //! replaced, and connecting is wrapped in a timeout as well (redis-rs#1953).
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, Value};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, Pipeline, RedisError, TlsCertificates,
+    Value,
+};
 use tokio::sync::Mutex;
 
+use crate::config::{RedisConfig, RedisTls};
 use crate::error::ConfigError;
 
 /// A connected handle, cheap to clone.
@@ -73,7 +78,8 @@ impl Conn {
 }
 
 enum Target {
-    Single(Client),
+    // Boxed: with TLS compiled in, a `Client` carries its TLS parameters.
+    Single(Box<Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -93,11 +99,8 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    pub(crate) fn new(
-        urls: &[String],
-        cluster: bool,
-        timeout: Duration,
-    ) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
+        let (urls, cluster, timeout) = (&config.urls, config.cluster, config.timeout);
         if urls.is_empty() {
             return Err(ConfigError::NoUrls);
         }
@@ -108,11 +111,27 @@ impl Connector {
             url: url.clone(),
             reason: e.to_string(),
         };
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            use_ring();
+        }
+        let certs = config
+            .tls
+            .as_ref()
+            .map(|tls| certificates(urls, tls))
+            .transpose()?;
+        let open = |url: &String| match &certs {
+            Some(certs) => Client::build_with_tls(url.as_str(), certs.clone()),
+            None => Client::open(url.as_str()),
+        };
         let target = if cluster {
             for url in urls {
-                Client::open(url.as_str()).map_err(|e| bad(url, e))?;
+                open(url).map_err(|e| bad(url, e))?;
             }
-            let client = ClusterClient::builder(urls.iter().map(String::as_str))
+            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(3)
@@ -125,7 +144,7 @@ impl Connector {
             if urls.len() > 1 {
                 return Err(ConfigError::TooManyUrls(urls.len()));
             }
-            Target::Single(Client::open(urls[0].as_str()).map_err(|e| bad(&urls[0], e))?)
+            Target::Single(Box::new(open(&urls[0]).map_err(|e| bad(&urls[0], e))?))
         };
         Ok(Self {
             target,
@@ -171,5 +190,40 @@ impl Connector {
         {
             *self.current.lock().await = None;
         }
+    }
+}
+
+/// The PEM files of `tls`, read, as redis-rs takes them; every URL must be `rediss://`.
+fn certificates(urls: &[String], tls: &RedisTls) -> Result<TlsCertificates, ConfigError> {
+    if let Some(url) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+        return Err(ConfigError::TlsWithoutRediss(url.clone()));
+    }
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| ConfigError::TlsFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let root_cert = tls.ca.as_deref().map(read).transpose()?;
+    let client_tls = match &tls.client {
+        Some(client) => Some(ClientTlsConfig {
+            client_cert: read(&client.cert)?,
+            client_key: read(&client.key)?,
+        }),
+        None => None,
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+/// redis-rs builds its rustls configs with the process-wide crypto provider: make it *ring*
+/// unless the process chose one already (rustls cannot pick by itself once more than one
+/// provider is compiled in).
+fn use_ring() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err: another thread installed one meanwhile, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }

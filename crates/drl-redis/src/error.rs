@@ -23,4 +23,10 @@ pub enum ConfigError {
     /// The timeout is zero.
     #[error("store.redis.timeout must be more than zero")]
     ZeroTimeout,
+    /// `store.redis.tls` with a `redis://` URL: TLS settings need `rediss://`.
+    #[error("store.redis.tls: {0} is not a rediss:// URL")]
+    TlsWithoutRediss(String),
+    /// A TLS file could not be read.
+    #[error("store.redis.tls: {path}: {reason}")]
+    TlsFile { path: String, reason: String },
 }

@@ -18,6 +18,6 @@ pub mod shared;
 mod store;
 mod topology;
 
-pub use config::{Consistency, OnError, RedisConfig};
+pub use config::{ClientCert, Consistency, OnError, RedisConfig, RedisTls};
 pub use error::ConfigError;
 pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore, WARM_UP};

@@ -79,7 +79,7 @@ impl SharedState {
     /// On the Redis of `config` (its URLs, cluster flag and timeout).
     pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
         Ok(Self {
-            connector: Connector::new(&config.urls, config.cluster, config.timeout)?,
+            connector: Connector::new(config)?,
             timeout: config.timeout,
         })
     }

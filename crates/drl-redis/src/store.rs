@@ -107,7 +107,7 @@ impl RedisStore {
     /// A store for `config`. Connects lazily: the first check connects (bounded by the
     /// timeout), so a node starts even while Redis is down and answers by `on_error` meanwhile.
     pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
-        let connector = Connector::new(&config.urls, config.cluster, config.timeout)?;
+        let connector = Connector::new(config)?;
         let slots = if config.cluster {
             usize::from(SLOTS)
         } else {
