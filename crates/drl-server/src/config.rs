@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drl_core::DomainRules;
@@ -33,11 +33,13 @@ use drl_core::abuse::AbusePolicy;
 use drl_core::adaptive::BackendSettings;
 use drl_core::rules::MAX_LIMITS_PER_RULE;
 use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
+use drl_redis::{ClientCert, RedisTls};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned, UserMessageFormatter};
 use thiserror::Error;
 
 use crate::envoy_config::RawDomain;
+use crate::tls::TlsConfig;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The default limit and the per-user, per-endpoint and per-pair rules.
     pub rules: Rules,
+    /// `server.tls`: serve both APIs over TLS (plaintext when `None`).
+    pub tls: Option<TlsConfig>,
 }
 
 /// The store a node keeps its counters in.
@@ -212,6 +216,7 @@ impl Config {
             || Config {
                 store: StoreConfig::default(),
                 rules: Rules::builtin(),
+                tls: None,
             },
             |(_, c)| c,
         );
@@ -319,6 +324,33 @@ struct RawConfig {
     blocklist: Option<Vec<Text>>,
     /// Backends whose load reports scale the limits of the rules that name them.
     adaptive: Option<BTreeMap<String, Spanned<RawBackend>>>,
+    /// Settings of the node's servers.
+    server: Option<RawServer>,
+}
+
+/// `server:` — the node's listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    tls: Option<Spanned<RawServerTls>>,
+}
+
+/// `server.tls:` — PEM files, relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Text,
+    key: Text,
+    client_ca: Option<Text>,
+}
+
+/// `store.redis.tls:` — PEM files, relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedisTls {
+    ca: Option<Text>,
+    cert: Option<Text>,
+    key: Option<Text>,
 }
 
 /// One backend of `adaptive:`; every setting has a default.
@@ -365,6 +397,7 @@ struct RawRedis {
     consistency: Option<Text>,
     on_error: Option<Text>,
     timeout: Option<Text>,
+    tls: Option<Spanned<RawRedisTls>>,
 }
 
 /// `default:` — a policy without selectors.
@@ -475,11 +508,17 @@ impl Validator<'_> {
         };
         let blocklist = self.blocklist(raw.blocklist.as_deref().unwrap_or_default());
         let backends = self.backends(raw.adaptive.as_ref());
-        let (store, default, rules, abuse, blocklist, backends) =
-            (store?, default?, rules?, abuse?, blocklist?, backends?);
+        let tls = match raw.server.as_ref().and_then(|s| s.tls.as_ref()) {
+            Some(tls) => self.server_tls(&tls.value).map(Some),
+            None => Some(None),
+        };
+        let (store, default, rules, abuse, blocklist, backends, tls) = (
+            store?, default?, rules?, abuse?, blocklist?, backends?, tls?,
+        );
         match Rules::new(default, rules) {
             Ok(rules) => Some(Config {
                 store,
+                tls,
                 rules: rules
                     .with_backends(backends)
                     .with_abuse(abuse)
@@ -729,7 +768,82 @@ impl Validator<'_> {
                 }
             }
         }
+        if let Some(tls) = &redis.tls {
+            match self.redis_tls(tls, redis.urls.as_deref().unwrap_or_default()) {
+                Some(tls) => config.tls = Some(tls),
+                None => ok = false,
+            }
+        }
         ok.then_some(config)
+    }
+
+    /// `server.tls`.
+    fn server_tls(&mut self, raw: &RawServerTls) -> Option<TlsConfig> {
+        let cert = self.path(&raw.cert);
+        let key = self.path(&raw.key);
+        let client_ca = match &raw.client_ca {
+            Some(ca) => self.path(ca).map(Some),
+            None => Some(None),
+        };
+        Some(TlsConfig {
+            cert: cert?,
+            key: key?,
+            client_ca: client_ca?,
+        })
+    }
+
+    /// `store.redis.tls`; `urls` are the store's, which must all be `rediss://`.
+    fn redis_tls(&mut self, raw: &Spanned<RawRedisTls>, urls: &[Text]) -> Option<RedisTls> {
+        let mut ok = true;
+        if let Some(url) = urls.iter().find(|u| !u.value.starts_with("rediss://")) {
+            self.error(
+                url.referenced,
+                format_args!(
+                    "{:?} is not a rediss:// URL: store.redis.tls needs TLS URLs",
+                    url.value
+                ),
+            );
+            ok = false;
+        }
+        let tls = &raw.value;
+        let ca = tls.ca.as_ref().map(|ca| self.path(ca));
+        let client = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (self.path(cert), self.path(key));
+                Some(cert.zip(key).map(|(cert, key)| ClientCert { cert, key }))
+            }
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                self.error(
+                    raw.referenced,
+                    "store.redis.tls: a client certificate needs both `cert` and `key`",
+                );
+                ok = false;
+                None
+            }
+        };
+        let ca = match ca {
+            Some(ca) => Some(ca?),
+            None => None,
+        };
+        let client = match client {
+            Some(client) => Some(client?),
+            None => None,
+        };
+        ok.then_some(RedisTls { ca, client })
+    }
+
+    /// A file named in the config: relative to the config file's directory.
+    fn path(&mut self, raw: &Text) -> Option<PathBuf> {
+        if raw.value.is_empty() {
+            self.error(raw.referenced, "a file path must not be empty");
+            return None;
+        }
+        let path = Path::new(&raw.value);
+        Some(match Path::new(self.file).parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        })
     }
 
     fn one_of(&mut self, value: Option<&Text>, field: &str, accepted: &[&str]) {

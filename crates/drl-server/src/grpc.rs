@@ -28,26 +28,37 @@ use tonic::{Code, Request, Response, Status};
 use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
 use crate::http::AppState;
+use crate::tls::Api;
 
 pub use drl_proto::MAX_BATCH;
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
-/// connections and returns once the calls in flight are answered.
+/// connections and returns once the calls in flight are answered. Over TLS if the node has
+/// [`AppState::tls`].
 pub async fn serve<S: Store>(
     listener: TcpListener,
     node: impl Into<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let api = GrpcApi(node.into());
+    let node = node.into();
+    let tls = node.tls.clone();
+    let api = GrpcApi(node);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RateLimiterServer<GrpcApi<S>>>().await;
     health
         .set_serving::<RateLimitServiceServer<GrpcApi<S>>>()
         .await;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(RateLimiterServer::new(api.clone()))
         .add_service(RateLimitServiceServer::new(api))
-        .add_service(health_service)
+        .add_service(health_service);
+    if let Some(tls) = tls {
+        return router
+            .serve_with_incoming_shutdown(tls.incoming(listener, Api::Grpc).into_stream(), shutdown)
+            .await
+            .map_err(std::io::Error::other);
+    }
+    router
         // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream
         // it is handed: without it, Nagle's algorithm holds small responses back while an
         // earlier one is unacknowledged.

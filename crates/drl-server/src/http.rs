@@ -56,6 +56,7 @@ use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloader;
 use crate::shared::Coordination;
+use crate::tls::ServerTls;
 
 /// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -72,6 +73,8 @@ pub struct AppState<S = drl_core::MemoryStore> {
     pub admin_token: Option<AdminToken>,
     /// Set on the Redis store: bans, blocks and load factors shared with the other nodes.
     pub shared: Option<Arc<Coordination>>,
+    /// Set to serve both APIs over TLS.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -82,6 +85,7 @@ impl<S> Clone for AppState<S> {
             reloader: self.reloader.clone(),
             admin_token: self.admin_token.clone(),
             shared: self.shared.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -95,7 +99,14 @@ impl<S: Store> AppState<S> {
             reloader: None,
             admin_token: None,
             shared: None,
+            tls: None,
         }
+    }
+
+    /// Serves both APIs over TLS with `tls` (plaintext when `None`).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Shares bans, blocks and load factors with the other nodes through `coordination`.

@@ -14,6 +14,7 @@
 //! - [`client`]: a small HTTP client for `POST /v1/check`, the `drl check` command, and
 //!   [`client::grpc`], a client of the native gRPC API.
 //! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
+//! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //!
 //! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
@@ -30,6 +31,7 @@ pub mod http;
 pub mod metrics;
 pub mod reload;
 pub mod shared;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,12 +46,19 @@ pub use metrics::Metrics;
 
 /// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with
 /// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
-/// requests in flight are answered.
+/// requests in flight are answered. Over TLS if the node has [`AppState::tls`].
 pub async fn serve<S: Store>(
     listener: TcpListener,
     node: impl Into<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let node = node.into();
+    if let Some(tls) = &node.tls {
+        let incoming = tls.incoming(listener, tls::Api::Http);
+        return axum::serve(incoming, http::router(node))
+            .with_graceful_shutdown(shutdown)
+            .await;
+    }
     // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

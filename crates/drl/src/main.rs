@@ -17,6 +17,7 @@ use drl_server::client::{self, DEFAULT_SERVER};
 use drl_server::http::AdminToken;
 use drl_server::reload::{self, Reloader};
 use drl_server::shared::Coordination;
+use drl_server::tls::ServerTls;
 use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -250,7 +251,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyhow::Result<()> {
-    let (store, rules) = match config {
+    let (store, rules, tls) = match config {
         Some(path) => {
             let config = Config::load(path)?;
             tracing::info!(
@@ -258,14 +259,22 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
                 path.display(),
                 config.rules.rules().len()
             );
-            (config.store, config.rules)
+            (config.store, config.rules, config.tls)
         }
-        None => (StoreConfig::Memory, Rules::builtin()),
+        None => (StoreConfig::Memory, Rules::builtin(), None),
+    };
+    let tls = match tls {
+        Some(files) => Some(Arc::new(ServerTls::load(files).context("server.tls")?)),
+        None => None,
+    };
+    let listen = Listen {
+        config,
+        http_addr,
+        grpc_addr,
+        tls,
     };
     match store {
-        StoreConfig::Memory => {
-            run_node(Limiter::new(rules), None, config, http_addr, grpc_addr).await
-        }
+        StoreConfig::Memory => run_node(Limiter::new(rules), None, listen).await,
         StoreConfig::Redis(redis) => {
             let store = RedisStore::new(&redis).context("store.redis")?;
             // Connecting is lazy: a node starts while Redis is down and answers by `on_error`.
@@ -277,19 +286,31 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
             // Bans, blocks and load factors are shared by every node on this Redis.
             let shared = SharedState::new(&redis).context("store.redis")?;
             let coordination = Arc::new(Coordination::new(shared));
-            run_node(limiter, Some(coordination), config, http_addr, grpc_addr).await
+            run_node(limiter, Some(coordination), listen).await
         }
     }
+}
+
+/// Where and how a node listens.
+struct Listen<'a> {
+    config: Option<&'a Path>,
+    http_addr: &'a str,
+    grpc_addr: &'a str,
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// Runs a node on `limiter` until a shutdown signal.
 async fn run_node<S: Store>(
     limiter: Limiter<S>,
     coordination: Option<Arc<Coordination>>,
-    config: Option<&Path>,
-    http_addr: &str,
-    grpc_addr: &str,
+    listen: Listen<'_>,
 ) -> anyhow::Result<()> {
+    let Listen {
+        config,
+        http_addr,
+        grpc_addr,
+        tls,
+    } = listen;
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_version(1);
     let admin_token = std::env::var(AdminToken::ENV)
@@ -300,7 +321,13 @@ async fn run_node<S: Store>(
     }
     let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
         .with_admin_token(admin_token)
-        .with_shared(coordination);
+        .with_shared(coordination)
+        .with_tls(tls.clone());
+    // The certificate files are polled while the node runs; a new pair serves new connections.
+    let _tls_watch = tls
+        .as_ref()
+        .map(|tls| drl_server::tls::watch(Arc::clone(tls), drl_server::tls::POLL_INTERVAL));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Reload triggers run until they are dropped, after the server has stopped.
     let mut triggers = Vec::new();
     if let Some(path) = config {
@@ -327,9 +354,20 @@ async fn run_node<S: Store>(
         .await
         .with_context(|| format!("cannot listen on {grpc_addr}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
+    tracing::info!("listening on {scheme}://{addr}");
     let grpc = grpc_listener.local_addr()?;
     tracing::info!("gRPC listening on {grpc}");
+    if let Some(tls) = &tls {
+        tracing::info!(
+            "TLS on both APIs with {}{}",
+            tls.files().cert.display(),
+            if tls.files().client_ca.is_some() {
+                "; client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
     drl_server::serve_all(listener, grpc_listener, node, shutdown).await?;
     drop(triggers);
     tracing::info!("stopped");
