@@ -180,11 +180,9 @@ pub fn watch(tls: Arc<ServerTls>, every: Duration) -> Watch {
                     "TLS certificate {} reloaded; new connections use it",
                     tls.files.cert.display()
                 ),
-                Ok((tls, Err(e))) => tracing::error!(
-                    "TLS files {} and {} refused; the certificate in force stays: {e}",
-                    tls.files.cert.display(),
-                    tls.files.key.display()
-                ),
+                Ok((_, Err(e))) => {
+                    tracing::error!("TLS files refused; the certificate in force stays: {e}");
+                }
                 Err(e) => tracing::error!("the TLS reload task failed: {e}"),
             }
         }
@@ -261,7 +259,7 @@ fn build(files: &TlsConfig) -> Result<Configs, TlsError> {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| {
                 TlsError::Rustls(format!(
-                    "{} and {}: {e}",
+                    "{} with the key {}: {e}",
                     files.cert.display(),
                     files.key.display()
                 ))
