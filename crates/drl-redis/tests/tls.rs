@@ -1,7 +1,9 @@
 //! The Redis store over TLS (`rediss://`) against a real `redis-server` with a TLS port, its
 //! certificates issued by a throwaway CA made in the test: the store trusts that CA (not the
 //! system's roots) and presents a client certificate, as Redis asks by default
-//! (`tls-auth-clients yes`); a CA that did not issue the server's certificate is refused.
+//! (`tls-auth-clients yes`); a CA that did not issue the server's certificate is refused. A
+//! Redis Cluster over TLS (`tls-cluster yes`) is reached through `rediss://` seeds, and every
+//! master gets its share of the counters.
 
 #![allow(clippy::unwrap_used)] // Test code.
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 use drl_core::{Algorithm, Limiter, Policy, Rules};
 use drl_redis::{ClientCert, Consistency, OnError, RedisConfig, RedisStore, RedisTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
-use support::Redis;
+use support::{Cluster, Redis};
 
 /// A throwaway CA, its certificate written to `dir/name.pem`.
 fn ca(dir: &Path, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
@@ -68,44 +70,82 @@ struct TlsRedis {
     dir: PathBuf,
 }
 
-impl TlsRedis {
-    fn start(test: &str) -> Self {
+/// A test's CA, the server certificate it issued (for 127.0.0.1) and a client certificate.
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+    server: ClientCert,
+    client: ClientCert,
+}
+
+impl Pki {
+    fn new(test: &str) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("drl-redis-tls-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (issuer, ca) = ca(&dir, "ca");
         let server = leaf(&dir, &issuer, "server", &["localhost", "127.0.0.1"]);
         let client = leaf(&dir, &issuer, "client", &["drl.test"]);
-        let tls_port = free_port();
+        Self {
+            dir,
+            ca,
+            server,
+            client,
+        }
+    }
+
+    /// The `redis-server` arguments of a TLS listener on `port` with these files.
+    fn server_args(&self, port: u16) -> Vec<String> {
         let arg = |p: &Path| p.display().to_string();
-        let (cert, key, ca_arg) = (arg(&server.cert), arg(&server.key), arg(&ca));
-        let redis = Redis::start_with(&[
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca_arg,
-        ]);
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            arg(&self.server.cert),
+            "--tls-key-file".into(),
+            arg(&self.server.key),
+            "--tls-ca-cert-file".into(),
+            arg(&self.ca),
+        ]
+    }
+
+    /// What the store needs to trust Redis and be trusted by it.
+    fn client_tls(&self) -> RedisTls {
+        RedisTls {
+            ca: Some(self.ca.clone()),
+            client: Some(self.client.clone()),
+        }
+    }
+}
+
+/// A store config for `urls`, with `tls`.
+fn store_config(urls: Vec<String>, tls: RedisTls) -> RedisConfig {
+    let mut config = RedisConfig::new(urls);
+    config.consistency = Consistency::Fast;
+    config.on_error = OnError::Deny;
+    // A TLS handshake on a loaded machine: far above the 50 ms default.
+    config.timeout = Duration::from_secs(5);
+    config.tls = Some(tls);
+    config
+}
+
+impl TlsRedis {
+    fn start(test: &str) -> Self {
+        let pki = Pki::new(test);
+        let tls_port = free_port();
+        let args = pki.server_args(tls_port);
+        let redis = Redis::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
         Self {
             redis,
             tls_port,
-            ca,
-            client,
-            dir,
+            ca: pki.ca,
+            client: pki.client,
+            dir: pki.dir,
         }
     }
 
     fn config(&self, tls: RedisTls) -> RedisConfig {
-        let mut config = RedisConfig::new(vec![format!("rediss://127.0.0.1:{}", self.tls_port)]);
-        config.consistency = Consistency::Fast;
-        config.on_error = OnError::Deny;
-        // A TLS handshake on a loaded machine: far above the 50 ms default.
-        config.timeout = Duration::from_secs(5);
-        config.tls = Some(tls);
-        config
+        store_config(vec![format!("rediss://127.0.0.1:{}", self.tls_port)], tls)
     }
 }
 
@@ -162,6 +202,67 @@ async fn without_a_client_certificate_redis_refuses_the_store() {
     });
     let store = RedisStore::new(&config).unwrap();
     assert!(store.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_reached_over_rediss() {
+    let pki = Pki::new("cluster");
+    let mut tls_ports = Vec::new();
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| {
+            let port = free_port();
+            tls_ports.push(port);
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "1000",
+                // The cluster bus over TLS too; Redis then tells TLS clients its TLS ports.
+                "--tls-cluster",
+                "yes",
+            ]
+            .map(String::from)
+            .into();
+            args.extend(pki.server_args(port));
+            Redis::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    // The cluster is made over the plaintext ports, as the support does.
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+        .arg("--cluster-yes")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let cluster = Cluster { nodes };
+    cluster.wait_healthy(3, 0, Duration::from_secs(20));
+
+    let urls = tls_ports
+        .iter()
+        .map(|p| format!("rediss://127.0.0.1:{p}"))
+        .collect();
+    let mut config = store_config(urls, pki.client_tls());
+    config.cluster = true;
+    let store = RedisStore::new(&config).unwrap();
+    store.ping().await.unwrap();
+    let policy = Policy::per(1, Duration::from_secs(60), Algorithm::default()).unwrap();
+    let limiter = Limiter::builder(Rules::only_default(policy)).build_with_store(store);
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        assert!(limiter.check_async(&user, "/api", 1).await.unwrap().allowed);
+        assert!(!limiter.check_async(&user, "/api", 1).await.unwrap().allowed);
+    }
+    // 30 users' counters land on every master (seen through the plaintext ports).
+    for node in &cluster.nodes {
+        let keys: u64 = node.cli(&["DBSIZE"]).parse().unwrap();
+        assert!(keys >= 1, "a master got no key over TLS");
+    }
 }
 
 #[test]

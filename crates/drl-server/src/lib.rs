@@ -53,18 +53,32 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    if let Some(tls) = &node.tls {
-        let incoming = tls.incoming(listener, tls::Api::Http);
-        return axum::serve(incoming, http::router(node))
-            .with_graceful_shutdown(shutdown)
-            .await;
-    }
-    // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
+    match node.tls.clone() {
+        Some(tls) => serve_on(tls.incoming(listener, tls::Api::Http), node, shutdown).await,
+        // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
+        // (The TLS listener sets it too.)
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
+            serve_on(listener, node, shutdown).await
         }
-    });
+    }
+}
+
+/// The HTTP server on accepted connections, plaintext or TLS alike: whatever the server does
+/// with a connection belongs here, so that both get it.
+async fn serve_on<S: Store, L>(
+    listener: L,
+    node: AppState<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, http::router(node))
         .with_graceful_shutdown(shutdown)
         .await
