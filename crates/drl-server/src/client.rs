@@ -2,12 +2,14 @@
 //! command, kept here so it is tested against a live server. [`grpc`] is the client of the
 //! native gRPC API.
 //!
-//! One connection per check, plain `http://` only: it is a command-line tool and a test aid,
-//! not a load generator.
+//! One connection per check, `http://` or `https://` (the system's root CAs, or a CA file given
+//! with [`Client::with_ca`]): it is a command-line tool and a test aid, not a load generator.
 
 pub mod grpc;
 
 use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -15,8 +17,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::api::{CheckRequest, CheckResponse, ErrorResponse};
 
@@ -50,6 +56,16 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The CA file given for `https://` is not usable.
+    #[error("CA file {path}: {reason}")]
+    Ca { path: String, reason: String },
+    /// The TLS handshake failed (e.g. a certificate the client does not trust).
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The HTTP exchange failed.
     #[error("HTTP error: {0}")]
     Http(#[from] hyper::Error),
@@ -74,6 +90,28 @@ pub struct Client {
     /// The check URL's path: the server URL's path (if any) + `/v1/check`.
     check_path: String,
     timeout: Duration,
+    /// Set for `https://`.
+    tls: Option<Tls>,
+}
+
+/// The client side of TLS: whom to trust, and the name the certificate must carry.
+#[derive(Debug, Clone)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+/// A client config trusting `roots`.
+fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        // Not input-dependent: fails only for a provider without those versions.
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 impl Client {
@@ -86,22 +124,65 @@ impl Client {
         let uri: Uri = server
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(invalid("only http:// is supported")),
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(_) => return Err(invalid("only http:// and https:// are supported")),
             None => return Err(invalid("expected a URL such as http://127.0.0.1:8080")),
-        }
+        };
         let authority = uri.authority().ok_or_else(|| invalid("it has no host"))?;
         if uri.query().is_some() {
             return Err(invalid("it must not have a query"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| invalid(&format!("not a TLS server name: {e}")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            // Certificates the system store cannot parse are skipped, as browsers do.
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            Some(Tls {
+                config: client_config(roots),
+                name,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             addr: format!("{}:{port}", authority.host()),
             authority: authority.as_str().to_owned(),
             check_path: format!("{}/v1/check", uri.path().trim_end_matches('/')),
             timeout: DEFAULT_TIMEOUT,
+            tls,
         })
+    }
+
+    /// For `https://`: trusts the CA certificates in the PEM file `ca` instead of the system's
+    /// root CAs. An error for an `http://` client, where it would silently do nothing.
+    pub fn with_ca(mut self, ca: &Path) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Ca {
+            path: ca.display().to_string(),
+            reason,
+        };
+        let Some(tls) = &mut self.tls else {
+            return Err(bad("a CA is for https:// servers".to_owned()));
+        };
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(bad("no usable CERTIFICATE in the file".to_owned()));
+        }
+        tls.config = client_config(roots);
+        Ok(self)
     }
 
     /// Gives up on a check after `timeout` instead of [`DEFAULT_TIMEOUT`].
@@ -147,15 +228,19 @@ impl Client {
                     addr: self.addr.clone(),
                     source,
                 })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // Drives the connection; ends when the sender is dropped after the response.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection to the drl server ended: {e}");
+        let response = match &self.tls {
+            Some(tls) => {
+                let stream = TlsConnector::from(Arc::clone(&tls.config))
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(|source| ClientError::Tls {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                send(stream, http_request).await?
             }
-        });
-        let response = sender.send_request(http_request).await?;
+            None => send(stream, http_request).await?,
+        };
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
@@ -167,6 +252,21 @@ impl Client {
             .to_bytes();
         decode(status, &body)
     }
+}
+
+/// Sends `request` on a new HTTP/1 connection over `io`.
+async fn send(
+    io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    // Drives the connection; ends when the sender is dropped after the response.
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection to the drl server ended: {e}");
+        }
+    });
+    Ok(sender.send_request(request).await?)
 }
 
 /// A check response from its status and body.
@@ -203,7 +303,20 @@ pub async fn run_check(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> u8 {
-    let result = match Client::new(server) {
+    run_check_with(Client::new(server), user_id, endpoint, hits, out, err).await
+}
+
+/// [`run_check`] with a client made by the caller (e.g. [`Client::with_ca`]), or the error
+/// of making it.
+pub async fn run_check_with(
+    client: Result<Client, ClientError>,
+    user_id: &str,
+    endpoint: &str,
+    hits: u64,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let result = match client {
         Ok(client) => client.check(user_id, endpoint, hits).await,
         Err(e) => Err(e),
     };
@@ -240,8 +353,18 @@ mod tests {
         assert_eq!(c.check_path, "/drl/v1/check");
         let c = Client::new("http://[::1]:9000").unwrap();
         assert_eq!(c.addr, "[::1]:9000");
+        let c = Client::new("https://localhost:8443").unwrap();
+        assert_eq!(c.addr, "localhost:8443");
+        assert!(c.tls.is_some());
+        assert_eq!(Client::new("https://[::1]").unwrap().addr, "[::1]:443");
+        assert!(matches!(
+            Client::new("http://x")
+                .unwrap()
+                .with_ca(Path::new("ca.pem")),
+            Err(ClientError::Ca { .. })
+        ));
         for bad in [
-            "https://x",
+            "ftp://x",
             "127.0.0.1:8080",
             "",
             "http://x/?q=1",

@@ -82,7 +82,7 @@ async fn unreachable_or_invalid_servers_exit_2() {
         "{err}"
     );
 
-    for url in ["https://127.0.0.1:1", "127.0.0.1:8080", "not a url"] {
+    for url in ["ftp://127.0.0.1:1", "127.0.0.1:8080", "not a url"] {
         let (code, _, err) = run(url, "u", "/e", 1).await;
         assert_eq!(code, EXIT_ERROR, "{url}");
         assert!(

@@ -65,6 +65,10 @@ enum Command {
         /// Requests to check (and count) at once, all or nothing; 0 only reads.
         #[arg(long, value_name = "N", default_value_t = 1)]
         hits: u64,
+        /// For an https:// server: trust the CA certificates in this PEM file instead of the
+        /// system's root CAs.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Work with config files.
     #[command(subcommand)]
@@ -174,10 +178,15 @@ async fn main() -> ExitCode {
             user_id,
             endpoint,
             hits,
+            ca,
         } => {
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let client = client::Client::new(&server).and_then(|c| match &ca {
+                Some(ca) => c.with_ca(ca),
+                None => Ok(c),
+            });
             let code =
-                client::run_check(&server, &user_id, &endpoint, hits, &mut out, &mut err).await;
+                client::run_check_with(client, &user_id, &endpoint, hits, &mut out, &mut err).await;
             ExitCode::from(code)
         }
         Command::Config(ConfigCommand::Validate { file }) => validate(&file),
