@@ -3,6 +3,14 @@
 //! workers share nothing.
 //!
 //! Key `i` is the pair (`u<i>`, [`ENDPOINT`]); with Zipf, key 0 is the most popular.
+//!
+//! A [`Roll`] moves the key set with the wall clock (`drl bench --roll`): the K keys in use at
+//! time t are `offset(t) .. offset(t) + K`, the offset growing by K every roll period, so keys
+//! fall out of use and expire on the server while the load goes on (the soak test's rolling key
+//! set). Wall-clock time, not time since the run began, so that consecutive runs continue one
+//! another's key set instead of starting over.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The endpoint of every benchmark key: the keys differ by user.
 pub const ENDPOINT: &str = "/bench";
@@ -31,6 +39,40 @@ impl std::fmt::Display for KeyDistribution {
 /// The user id of key `index`.
 pub fn user_id(index: u64) -> String {
     format!("u{index}")
+}
+
+/// A key set that slides by its own size every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    keys: u64,
+    period_ns: u128,
+}
+
+impl Roll {
+    /// `keys` ≥ 1 keys sliding by `keys` every `period` > 0 (checked by the caller; a zero
+    /// period is taken as 1 ns).
+    pub fn new(keys: u64, period: Duration) -> Self {
+        Self {
+            keys,
+            period_ns: period.as_nanos().max(1),
+        }
+    }
+
+    /// The first key index in use at `since_epoch` (wall-clock time since the Unix epoch):
+    /// ⌊t · K / period⌋, so it grows by K per period, steadily rather than in jumps.
+    pub fn offset_at(&self, since_epoch: Duration) -> u64 {
+        let offset = since_epoch.as_nanos().saturating_mul(u128::from(self.keys)) / self.period_ns;
+        // Wraps only some 10^19 keys later; wrapping keeps the keys distinct within a run.
+        offset as u64
+    }
+
+    /// [`Roll::offset_at`] now.
+    pub fn offset_now(&self) -> u64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        self.offset_at(since_epoch)
+    }
 }
 
 /// SplitMix64: a small, fast generator with good statistical quality, enough to pick keys.
@@ -232,6 +274,22 @@ mod tests {
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
         let mut one = KeyPicker::new(1, KeyDistribution::Zipf(1.0), 1);
         assert!((0..100).all(|_| one.next_key() == 0));
+    }
+
+    #[test]
+    fn a_rolling_key_set_slides_by_its_size_every_period() {
+        let roll = Roll::new(1_000, Duration::from_secs(60));
+        let at = |s: u64| roll.offset_at(Duration::from_secs(s));
+        assert_eq!(at(0), 0);
+        assert_eq!(at(60), 1_000);
+        assert_eq!(at(90), 1_500);
+        // Steady: one key per 60 ms here, never a jump of the whole set.
+        assert_eq!(roll.offset_at(Duration::from_millis(60_059)), 1_000);
+        assert_eq!(roll.offset_at(Duration::from_millis(60_060)), 1_001);
+        // Today's clock (about 1.8 · 10^18 ns) times many keys does not overflow.
+        let many = Roll::new(1_000_000_000, Duration::from_secs(1));
+        let today = Duration::from_secs(1_800_000_000);
+        assert_eq!(many.offset_at(today), 1_800_000_000 * 1_000_000_000);
     }
 
     #[test]

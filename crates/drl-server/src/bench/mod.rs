@@ -9,7 +9,9 @@
 //!   up to `concurrency` are in flight. Latency is measured from the time a request was due, so
 //!   when the server (or the generator) falls behind, the wait counts
 //!   (see [`schedule`](self::schedule)).
-//! - Keys: uniform over K, Zipf-skewed over K, or one hot key ([`keys`]); `hits` per check.
+//! - Keys: uniform over K, Zipf-skewed over K, or one hot key ([`keys`]); `hits` per check;
+//!   optionally rolling: the K keys slide with the clock, so old keys fall out of use
+//!   ([`Roll`], for soak tests of expiry).
 //! - A run ends after a duration or a number of requests. An open loop of a fixed duration
 //!   sends nothing after the duration plus the timeout: what is still due then counts as
 //!   errors, so a run against a server far behind the rate stays bounded in time.
@@ -36,6 +38,7 @@ use tokio::sync::Semaphore;
 
 pub use keys::KeyDistribution;
 use keys::KeyPicker;
+pub use keys::Roll;
 pub use schedule::{Pacer, Schedule};
 pub use target::{Caller, Callers, Outcome, Target};
 
@@ -85,6 +88,8 @@ pub struct BenchOptions {
     /// How many distinct keys.
     pub keys: u64,
     pub distribution: KeyDistribution,
+    /// Roll the key set: the keys in use slide by `keys` every this long ([`Roll`]).
+    pub roll: Option<Duration>,
     /// Hits per check.
     pub hits: u32,
     pub length: Length,
@@ -106,6 +111,7 @@ impl BenchOptions {
             batch: 1,
             keys: 10_000,
             distribution: KeyDistribution::Uniform,
+            roll: None,
             hits: 1,
             length: Length::Duration(Duration::from_secs(10)),
             timeout: Duration::from_secs(5),
@@ -180,6 +186,9 @@ impl BenchOptions {
             return invalid(format!(
                 "--zipf must be a positive exponent such as 1.1, not {s}"
             ));
+        }
+        if self.roll.is_some_and(|r| r.is_zero()) {
+            return invalid("--roll must be longer than 0".into());
         }
         if self.hits > MAX_HITS {
             return invalid(format!(
@@ -260,6 +269,8 @@ struct Plan {
     /// The next request's index.
     tickets: AtomicU64,
     batch: usize,
+    /// Where the rolling key set is now, if it rolls.
+    roll: Option<Roll>,
     hits: u32,
     timeout: Duration,
 }
@@ -308,6 +319,7 @@ async fn drive<C: Caller>(
         schedule: schedule.zip(permits),
         tickets: AtomicU64::new(0),
         batch: options.batch,
+        roll: options.roll.map(|period| Roll::new(options.keys, period)),
         hits: options.hits,
         timeout: options.timeout,
     });
@@ -398,7 +410,8 @@ async fn worker<C: Caller>(
             continue;
         }
         keys.clear();
-        keys.extend((0..plan.batch).map(|_| picker.next_key()));
+        let offset = plan.roll.map_or(0, |roll| roll.offset_now());
+        keys.extend((0..plan.batch).map(|_| picker.next_key().wrapping_add(offset)));
         let outcome = match tokio::time::timeout(plan.timeout, caller.call(&keys, plan.hits)).await
         {
             Ok(outcome) => outcome,
@@ -521,6 +534,8 @@ pub struct Report {
     pub batch: usize,
     pub keys: u64,
     pub key_distribution: String,
+    /// Seconds in which the key set slides by `keys`, if it rolls.
+    pub roll_s: Option<f64>,
     pub hits: u32,
     pub elapsed_s: f64,
     pub requests: u64,
@@ -587,6 +602,7 @@ impl Report {
                 _ => options.keys,
             },
             key_distribution: options.distribution.to_string(),
+            roll_s: options.roll.map(|r| r.as_secs_f64()),
             hits: options.hits,
             elapsed_s: elapsed.as_secs_f64(),
             requests: stats.requests,
@@ -646,9 +662,13 @@ impl fmt::Display for Report {
         };
         writeln!(f, "drl bench: {} at {}", self.target, self.server)?;
         writeln!(f, "  {load}, {connections}{batch}")?;
+        let roll = match self.roll_s {
+            Some(s) => format!(", rolling by {} every {s} s", self.keys),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "  keys: {} ({}), {} hit{} per check",
+            "  keys: {} ({}{roll}), {} hit{} per check",
             self.keys,
             self.key_distribution,
             self.hits,
@@ -799,6 +819,56 @@ mod tests {
         assert_eq!(report.first_error.as_deref(), Some(UNSENT));
     }
 
+    /// Records the keys it is asked about.
+    struct KeyRecorder {
+        seen: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Caller for KeyRecorder {
+        async fn call(&mut self, keys: &[u64], _hits: u32) -> Outcome {
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(keys);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Outcome {
+                allowed: keys.len() as u64,
+                answered: true,
+                ..Outcome::default()
+            }
+        }
+    }
+
+    /// 10 keys rolling every 10 ms (one key per ms), 30 requests one after another, each
+    /// answered no sooner than 1 ms later: at least 29 ms pass between the first request and
+    /// the last, so the set moves by at least 28 keys and the last key is at least 19 above the
+    /// first, however slow the machine. Without the roll every key stays below 10.
+    #[tokio::test]
+    async fn a_rolling_key_set_moves_during_the_run() {
+        for roll in [Some(Duration::from_millis(10)), None] {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let mut options = BenchOptions::new(Target::Native);
+            options.concurrency = 1;
+            options.keys = 10;
+            options.roll = roll;
+            options.length = Length::Requests(30);
+            let callers = vec![KeyRecorder {
+                seen: Arc::clone(&seen),
+            }];
+            let report = drive(&options, callers, Progress::Quiet).await.unwrap();
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            assert_eq!(seen.len() as u64, report.requests);
+            let (first, last) = (seen[0], seen[seen.len() - 1]);
+            match roll {
+                Some(_) => {
+                    assert!(last >= first + 19, "from {first} to {last}");
+                    assert_eq!(report.roll_s, Some(0.01));
+                }
+                None => assert!(seen.iter().all(|&k| k < 10), "{seen:?}"),
+            }
+        }
+    }
+
     #[test]
     fn options_are_checked() {
         let ok = BenchOptions::new(Target::Native);
@@ -818,6 +888,7 @@ mod tests {
                 "--zipf",
             ),
             (|o| o.hits = MAX_HITS + 1, "--hits"),
+            (|o| o.roll = Some(Duration::ZERO), "--roll"),
             (|o| o.length = Length::Requests(0), "--requests"),
             (
                 |o| o.length = Length::Duration(Duration::ZERO),
