@@ -21,11 +21,7 @@ use drl_server::tls::ServerTls;
 use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: the gRPC stack (tonic, h2, prost) allocates and
-/// frees several buffers per call, and glibc's malloc took a fifth of the server's CPU under load;
-/// with mimalloc a call costs the server about 18% less CPU (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 /// A rate-limit decision service: may user U call endpoint E now?
 #[derive(Debug, Parser)]
@@ -108,6 +104,10 @@ struct BenchArgs {
     /// Use one key for every check.
     #[arg(long)]
     hot: bool,
+    /// Roll the key set with the clock: the K keys in use slide by K every TIME (e.g. 1m), so
+    /// older keys fall out of use and expire on the node (soak tests).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    roll: Option<Duration>,
     /// Hits per check.
     #[arg(long, value_name = "N", default_value_t = 1)]
     hits: u32,
@@ -212,6 +212,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
             (None, true) => KeyDistribution::Hot,
             (None, false) => KeyDistribution::Uniform,
         },
+        roll: args.roll,
         hits: args.hits,
         length: match (args.requests, args.duration) {
             (Some(n), _) => Length::Requests(n),
@@ -260,6 +261,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyhow::Result<()> {
+    allocator::spawn_collector();
     let (store, rules, tls) = match config {
         Some(path) => {
             let config = Config::load(path)?;
