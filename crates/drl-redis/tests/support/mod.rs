@@ -38,6 +38,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// The extra arguments it was started with (a restart uses them again).
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -52,23 +54,39 @@ impl Redis {
         let dir = std::env::temp_dir().join(format!("drl-redis-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    /// Starts the process (on this port, in this directory, with these arguments) and waits
+    /// until it answers.
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
-            .arg(&dir)
-            .args(extra)
+            .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (scripts/test.sh installs it)");
-        let redis = Self {
-            child: Some(child),
-            port,
-            dir,
-        };
-        redis.wait_ready();
-        redis
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// `kill -9`, then a new process on the same port with the same directory and arguments
+    /// (so with the same data if they make it persistent, e.g. `--appendonly yes`). Returns when
+    /// the new one answers PING (its data loaded).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     pub fn url(&self) -> String {
@@ -289,5 +307,34 @@ pub fn command_calls(redis: &Redis, command: &str) -> u64 {
         .and_then(|l| l.split("calls=").nth(1))
         .and_then(|v| v.split(',').next())
         .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Admissions ever recorded by the `sliding_log` counters whose key name contains `needle` (the
+/// count in each ring's header: every admission the script counted, whatever the window).
+pub fn admissions_recorded(redis: &Redis, needle: &str) -> u64 {
+    let total = redis.cli(&[
+        "EVAL",
+        "local total = 0 for _, k in ipairs(redis.call('KEYS', 'drl:l*')) do \
+         if string.find(k, ARGV[1], 1, true) then \
+         local count = struct.unpack('>dd', redis.call('GETRANGE', k, 0, 15)) \
+         total = total + count end end return total",
+        "0",
+        needle,
+    ]);
+    total
+        .parse()
+        .unwrap_or_else(|_| panic!("admissions of {needle}: {total}"))
+}
+
+/// How many replies of error `code` (e.g. `NOSCRIPT`) `redis` gave since it started
+/// (INFO errorstats).
+pub fn error_replies(redis: &Redis, code: &str) -> u64 {
+    let prefix = format!("errorstat_{code}:count=");
+    redis
+        .cli(&["INFO", "errorstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
