@@ -1,16 +1,20 @@
-//! Two `drl serve` nodes on one real `redis-server` (`store.kind: redis`) share their counters:
-//! what one node admits counts against the other.
+//! `drl serve` nodes on one real `redis-server` (`store.kind: redis`): two share their counters
+//! (what one node admits counts against the other), and `kill -9` of one of three under load,
+//! clients retrying on the others, loses or doubles nothing beyond what the store recorded.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
 #[path = "../../drl-redis/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+use drl_server::client::{Client, ClientError};
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 
@@ -68,6 +72,34 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `kill -9`, reaped.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `drl_store_events_total{event="errors"}` from its `GET /metrics`: checks the store failed
+    /// to answer in time (their scripts may have run later).
+    fn store_errors(&self) -> u64 {
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("drl_store_events_total{event=\"errors\"} "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -104,4 +136,151 @@ fn two_nodes_share_one_budget_in_redis() {
     assert_eq!(b.check("bob", "/x"), Some(0));
     // The counters are in Redis.
     assert_ne!(redis.cli(&["DBSIZE"]), "0");
+}
+
+/// One answered check, as a client saw it.
+struct Seen {
+    user: usize,
+    sent: Instant,
+    received: Instant,
+    allowed: bool,
+}
+
+/// `kill -9` of one of three nodes under load while the clients retry a check on the next node
+/// when theirs fails. What is allowed, per key, with `recorded` the admissions Redis counted
+/// (the `sliding_log` ring's count of every admission it made):
+///
+/// - `seen ≤ recorded`: every admission a client was answered is in the store (none lost);
+/// - `recorded ≤ seen + lost + failed`: an admission the store counted but no client saw is
+///   either a check whose answer died with the node (`lost`: the request was sent, the
+///   connection broke; its retry on another node is a second request and may be counted too) or
+///   one a node answered by `on_error` after its timeout (`failed`, from the nodes' metrics; the
+///   script may have run late). A check refused at connect was never sent and counts nothing;
+/// - P for the admissions clients saw: never more than N in any interval of length T.
+#[test]
+fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record() {
+    const N: usize = 20;
+    const WINDOW: Duration = Duration::from_secs(1);
+    let redis = support::Redis::start();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("drl-node-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("drl.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n    \
+             on_error: deny\n    timeout: 2s\ndefault:\n  limit: {N}\n  window: 1s\n  \
+             algorithm: sliding_log\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&config)).collect();
+    let clients: Arc<Vec<Client>> = Arc::new(
+        nodes
+            .iter()
+            .map(|n| {
+                Client::new(&n.url)
+                    .unwrap()
+                    .with_timeout(Duration::from_secs(10))
+            })
+            .collect(),
+    );
+    let users = ["alpha", "bravo"];
+    let dead: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
+    let lost: Arc<Vec<AtomicU64>> = Arc::new(users.iter().map(|_| AtomicU64::new(0)).collect());
+    let refused = Arc::new(AtomicU64::new(0));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_runtime = runtime.enter();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..6_usize {
+        let (clients, dead, lost) = (Arc::clone(&clients), Arc::clone(&dead), Arc::clone(&lost));
+        let (refused, seen, stop) = (Arc::clone(&refused), Arc::clone(&seen), Arc::clone(&stop));
+        tasks.spawn(async move {
+            let user = t % users.len();
+            let mut target = t;
+            while !stop.load(Ordering::Relaxed) {
+                // One request, retried on the next node until one answers.
+                for _ in 0..30 {
+                    target = (target + 1) % clients.len();
+                    if dead[target].load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let sent = Instant::now();
+                    match clients[target].check(users[user], "/kill", 1).await {
+                        Ok(d) => {
+                            seen.lock().unwrap().push(Seen {
+                                user,
+                                sent,
+                                received: Instant::now(),
+                                allowed: d.allowed,
+                            });
+                            break;
+                        }
+                        Err(ClientError::Connect { .. }) => {
+                            dead[target].store(true, Ordering::Relaxed);
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            lost[user].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    drop(in_runtime);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let answered_before = seen.lock().unwrap().len();
+    // Its failed store checks so far (none expected with a 2 s timeout; read just before).
+    let failed_killed = nodes[0].store_errors();
+    nodes[0].kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(2_500));
+    stop.store(true, Ordering::Relaxed);
+    runtime.block_on(async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    });
+    let failed = failed_killed + nodes[1].store_errors() + nodes[2].store_errors();
+    let seen = seen.lock().unwrap();
+    let after = seen.iter().filter(|s| s.sent >= killed).count();
+    assert!(
+        answered_before >= 20,
+        "only {answered_before} checks before the kill"
+    );
+    assert!(after >= 20, "only {after} checks answered after the kill");
+    let refused = refused.load(Ordering::Relaxed);
+    assert!(refused >= 1, "no client noticed the kill");
+    for (u, user) in users.iter().enumerate() {
+        let admissions: Vec<(Instant, Instant)> = seen
+            .iter()
+            .filter(|s| s.user == u && s.allowed)
+            .map(|s| (s.sent, s.received))
+            .collect();
+        let admitted = admissions.len() as u64;
+        let worst = support::worst_window(admissions, WINDOW);
+        let recorded = support::admissions_recorded(&redis, user);
+        let lost = lost[u].load(Ordering::Relaxed);
+        println!(
+            "drl node kill -9, {user}: {admitted} admissions seen, {recorded} recorded in Redis, \
+             {lost} answers lost with the node, {failed} store timeouts (all keys), {refused} \
+             connects refused (all keys); worst {worst} in T (N = {N})"
+        );
+        assert!(admitted >= 2 * N as u64, "{user}: only {admitted} admitted");
+        assert!(
+            admitted <= recorded && recorded <= admitted + lost + failed,
+            "{user}: {admitted} seen, {recorded} recorded, {lost} lost, {failed} failed"
+        );
+        assert!(worst <= N, "{user}: {worst} admissions within T");
+    }
 }
