@@ -7,7 +7,8 @@
 //!   measured and printed, not asserted (it is the documented cost of the mode).
 //!
 //! Both print how long decisions failed or fell back (the window during which the store
-//! answered by `on_error`). Run with `--nocapture` to see the figures.
+//! answered by `on_error`) and the time to recover: from the kill to the last check answered by
+//! `on_error`. Run with `--nocapture` to see the figures.
 
 mod support;
 
@@ -30,6 +31,8 @@ struct Outcome {
     fallback_span: Duration,
     fallbacks: u64,
     admitted: usize,
+    /// From the kill to the last check answered by `on_error`.
+    recovered_after: Duration,
 }
 
 async fn run(cluster: &mut Cluster, consistency: Consistency, on_error: OnError) -> Outcome {
@@ -96,6 +99,7 @@ async fn run(cluster: &mut Cluster, consistency: Consistency, on_error: OnError)
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nodes[victim].kill();
+    let killed_at = started.elapsed().as_millis() as u64;
     while let Some(done) = tasks.join_next().await {
         done.expect("task");
     }
@@ -124,6 +128,7 @@ async fn run(cluster: &mut Cluster, consistency: Consistency, on_error: OnError)
         },
         fallbacks: nodes.iter().map(|n| n.store().stats().fallbacks).sum(),
         admitted: log.len(),
+        recovered_after: Duration::from_millis(last.saturating_sub(killed_at)),
     }
 }
 
@@ -132,8 +137,9 @@ async fn strict_mode_keeps_p_through_a_master_kill() {
     let mut cluster = Cluster::start(3, 2);
     let out = run(&mut cluster, Consistency::Strict, OnError::Deny).await;
     println!(
-        "strict failover: worst {} admissions in T (N = {N}), {} admitted, {} fallbacks over {:?}",
-        out.worst, out.admitted, out.fallbacks, out.fallback_span
+        "strict failover: worst {} admissions in T (N = {N}), {} admitted, {} fallbacks over {:?}, \
+         recovered {:?} after the kill",
+        out.worst, out.admitted, out.fallbacks, out.fallback_span, out.recovered_after
     );
     assert!(
         out.worst <= N as usize,
@@ -153,8 +159,9 @@ async fn fast_mode_failover_over_admission_is_measured() {
     let mut cluster = Cluster::start(3, 1);
     let out = run(&mut cluster, Consistency::Fast, OnError::Local).await;
     println!(
-        "fast failover (on_error: local, 3 nodes): worst {} admissions in T (N = {N}), {} admitted, {} fallbacks over {:?}",
-        out.worst, out.admitted, out.fallbacks, out.fallback_span
+        "fast failover (on_error: local, 3 nodes): worst {} admissions in T (N = {N}), {} admitted, {} fallbacks over {:?}, \
+         recovered {:?} after the kill",
+        out.worst, out.admitted, out.fallbacks, out.fallback_span, out.recovered_after
     );
     // Bounded by N per node's local store, N in Redis, and N more if the crash lost writes
     // that Redis had acknowledged before replicating them: 5N in any T with 3 nodes.
