@@ -190,6 +190,8 @@ impl<S: Store> AppState<S> {
         if request.domain.is_empty() {
             return Err(EnvoyError::EmptyDomain);
         }
+        drl_core::key::validate_id("domain", &request.domain)
+            .map_err(|e| EnvoyError::Limiter(e.into()))?;
         let request_hits = request.hits_addend.max(1);
         let entries: Vec<Vec<Entry<'_>>> = request
             .descriptors

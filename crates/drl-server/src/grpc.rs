@@ -13,6 +13,7 @@
 //! in this module: the limiter sees `&str` and `u32`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
@@ -28,6 +29,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
 use crate::http::AppState;
+use crate::limits::capped_incoming;
 use crate::tls::Api;
 
 pub use drl_proto::MAX_BATCH;
@@ -42,30 +44,37 @@ pub async fn serve<S: Store>(
 ) -> std::io::Result<()> {
     let node = node.into();
     let tls = node.tls.clone();
+    let limits = *node.gate.limits();
+    let (gate, metrics) = (Arc::clone(&node.gate), Arc::clone(&node.metrics));
     let api = GrpcApi(node);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RateLimiterServer<GrpcApi<S>>>().await;
     health
         .set_serving::<RateLimitServiceServer<GrpcApi<S>>>()
         .await;
+    let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     let router = tonic::transport::Server::builder()
-        .add_service(RateLimiterServer::new(api.clone()))
-        .add_service(RateLimitServiceServer::new(api))
+        .http2_max_header_list_size(max_header_list)
+        .add_service(
+            RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
+        )
+        .add_service(
+            RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
+        )
         .add_service(health_service);
     if let Some(tls) = tls {
+        let incoming = tls.incoming(listener, Api::Grpc).into_stream();
         return router
-            .serve_with_incoming_shutdown(tls.incoming(listener, Api::Grpc).into_stream(), shutdown)
+            .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
             .await
             .map_err(std::io::Error::other);
     }
+    // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream it is
+    // handed: without it, Nagle's algorithm holds small responses back while an earlier one is
+    // unacknowledged.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream
-        // it is handed: without it, Nagle's algorithm holds small responses back while an
-        // earlier one is unacknowledged.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
         .await
         .map_err(std::io::Error::other)
 }
@@ -88,6 +97,12 @@ pub enum GrpcError {
     /// The store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// [`Limits::max_in_flight`](crate::limits::Limits::max_in_flight) requests are being
+    /// answered: this one is shed.
+    #[error(
+        "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
+    )]
+    Overloaded(usize),
 }
 
 impl From<LimiterError> for GrpcError {
@@ -115,7 +130,7 @@ impl GrpcError {
             Self::TooManyItems(_) | Self::Envoy(_) | Self::HitsOutOfRange(_) | Self::Invalid(_) => {
                 Code::InvalidArgument
             }
-            Self::Store(_) => Code::Unavailable,
+            Self::Store(_) | Self::Overloaded(_) => Code::Unavailable,
         }
     }
 }
@@ -123,7 +138,7 @@ impl GrpcError {
 impl From<GrpcError> for Status {
     fn from(e: GrpcError) -> Self {
         let code = e.code();
-        if code == Code::Unavailable {
+        if matches!(e, GrpcError::Store(_)) {
             tracing::warn!("gRPC call failed: {e}");
         }
         Status::new(code, e.to_string())
@@ -155,6 +170,16 @@ impl<S> Clone for GrpcApi<S> {
     }
 }
 
+impl<S> GrpcApi<S> {
+    /// A place among the requests in flight, or the call is shed (UNAVAILABLE, at once).
+    fn admit(&self) -> Result<crate::limits::Place<'_>, GrpcError> {
+        self.0.gate.admit().ok_or_else(|| {
+            self.0.metrics.shed(crate::limits::Shed::InFlight);
+            GrpcError::Overloaded(self.0.gate.limits().max_in_flight)
+        })
+    }
+}
+
 /// `hits` as the limiter takes it, or the range error.
 fn hits(hits: u64) -> Result<u32, GrpcError> {
     Ok(checked_hits(hits)?)
@@ -166,6 +191,7 @@ impl<S: Store> RateLimiter for GrpcApi<S> {
         &self,
         request: Request<native::CheckRequest>,
     ) -> Result<Response<native::CheckResponse>, Status> {
+        let _place = self.admit()?;
         let checks = request.into_inner().checks;
         if checks.len() > MAX_BATCH {
             return Err(GrpcError::TooManyItems(checks.len()).into());
@@ -216,6 +242,7 @@ impl<S: Store> RateLimitService for GrpcApi<S> {
         &self,
         request: Request<rls::RateLimitRequest>,
     ) -> Result<Response<rls::RateLimitResponse>, Status> {
+        let _place = self.admit()?;
         let request = EnvoyRequest::from(&request.into_inner());
         let outcome = self
             .0

@@ -35,7 +35,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -53,13 +53,15 @@ use crate::api::{
 };
 use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
+use crate::limits::{Gate, Limits, Shed};
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloader;
 use crate::shared::Coordination;
 use crate::tls::ServerTls;
 
-/// Largest accepted request body. A check is a few hundred bytes; ids are capped at 1 KiB each.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
+/// hundred bytes; ids are capped at 1 KiB each.
+pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
 /// What the routes share: the limiter, the metrics, and for the admin routes the reloader and
 /// the admin token. Cheap to clone (reference counts), as axum does per request.
@@ -75,6 +77,8 @@ pub struct AppState<S = drl_core::MemoryStore> {
     pub shared: Option<Arc<Coordination>>,
     /// Set to serve both APIs over TLS.
     pub tls: Option<Arc<ServerTls>>,
+    /// The input limits and the in-flight and connection budgets of both APIs.
+    pub gate: Arc<Gate>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -86,6 +90,7 @@ impl<S> Clone for AppState<S> {
             admin_token: self.admin_token.clone(),
             shared: self.shared.clone(),
             tls: self.tls.clone(),
+            gate: Arc::clone(&self.gate),
         }
     }
 }
@@ -100,7 +105,14 @@ impl<S: Store> AppState<S> {
             admin_token: None,
             shared: None,
             tls: None,
+            gate: Arc::default(),
         }
+    }
+
+    /// Enforces `limits` (both APIs of the node share its budgets).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.gate = Arc::new(Gate::new(limits));
+        self
     }
 
     /// Serves both APIs over TLS with `tls` (plaintext when `None`).
@@ -202,6 +214,11 @@ impl<S: Store> AppState<S> {
         })
     }
 
+    /// [`Limits::max_body_bytes`].
+    fn max_body(&self) -> usize {
+        self.gate.limits().max_body_bytes
+    }
+
     /// The version of the config in force (1 when it cannot be reloaded).
     fn config_version(&self) -> u64 {
         self.reloader.as_ref().map_or(1, |r| r.version())
@@ -286,6 +303,10 @@ pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
+            (Arc::clone(&state.gate), Arc::clone(&state.metrics)),
+            enforce_limits,
+        ))
+        .layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             count_in_flight,
         ))
@@ -302,15 +323,57 @@ async fn count_in_flight(
     next.run(request).await
 }
 
+/// The header and in-flight limits, before anything else: a request whose headers are above
+/// [`Limits::max_header_bytes`] is answered 431, and one arriving while
+/// [`Limits::max_in_flight`] are in flight 503 with `Retry-After` (health and metrics routes
+/// excepted, so a saturated node still reports). The place is held until the response is made.
+async fn enforce_limits(
+    State((gate, metrics)): State<(Arc<Gate>, Arc<Metrics>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limits = gate.limits();
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > limits.max_header_bytes {
+        return ApiError::HeadersTooLarge {
+            size,
+            max: limits.max_header_bytes,
+        }
+        .into_response();
+    }
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let Some(_place) = gate.admit() else {
+        metrics.shed(Shed::InFlight);
+        return ApiError::Overloaded(limits.max_in_flight).into_response();
+    };
+    next.run(request).await
+}
+
 /// A request the API cannot answer normally.
 #[derive(Debug, Error)]
 pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("unsupported content type {0}: send the body as application/json")]
     ContentType(String),
-    /// The body is above [`MAX_BODY_BYTES`].
-    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
-    BodyTooLarge,
+    /// The body is above [`Limits::max_body_bytes`].
+    #[error("request body is larger than {0} bytes, the maximum (max_body_bytes)")]
+    BodyTooLarge(usize),
+    /// The headers are above [`Limits::max_header_bytes`].
+    #[error(
+        "request headers are {size} bytes (names and values); the maximum is {max} bytes (max_header_bytes)"
+    )]
+    HeadersTooLarge { size: usize, max: usize },
+    /// [`Limits::max_in_flight`] requests are being answered: this one is shed.
+    #[error(
+        "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
+    )]
+    Overloaded(usize),
     /// The body could not be read from the connection.
     #[error("cannot read the request body: {0}")]
     BodyUnreadable(String),
@@ -373,8 +436,10 @@ impl ApiError {
     /// The HTTP status of each error: the one place where errors become statuses.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentType(_)
-            | Self::BodyTooLarge
             | Self::BodyUnreadable(_)
             | Self::NotAnObject
             | Self::Json(_)
@@ -398,7 +463,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, Self::Overloaded(_)) {
             tracing::warn!("request failed: {self}");
         }
         let diagnostics = match &self {
@@ -415,6 +480,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, Self::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -424,7 +494,7 @@ async fn check<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: CheckRequest = json_object(&headers, body).await?;
+    let request: CheckRequest = json_object(&headers, body, state.max_body()).await?;
     let hits = checked_hits(request.hits)?;
     let decision = state
         .decide(&request.user_id, &request.endpoint, hits)
@@ -439,7 +509,7 @@ async fn envoy_json<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: EnvoyRequest = json_object(&headers, body).await?;
+    let request: EnvoyRequest = json_object(&headers, body, state.max_body()).await?;
     let outcome = state.check_envoy(&request).await.map_err(|e| match e {
         EnvoyError::Limiter(e) => ApiError::from(e),
         other => ApiError::Envoy(other),
@@ -452,14 +522,15 @@ async fn envoy_json<S: Store>(
     Ok((status, Json(json_response(&outcome))).into_response())
 }
 
-/// A JSON object body of type `T`: declared as JSON, within [`MAX_BODY_BYTES`], and an object
+/// A JSON object body of type `T`: declared as JSON, within `max` bytes, and an object
 /// (serde would also read a struct from an array such as `["alice", "/api"]`).
 async fn json_object<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
+    max: usize,
 ) -> Result<T, ApiError> {
     require_json(headers)?;
-    let body = read_body(body).await?;
+    let body = read_body(body, max).await?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(ApiError::NotAnObject);
     }
@@ -485,10 +556,10 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(max)),
         Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
     }
 }
@@ -638,7 +709,7 @@ async fn put_block<S: Store>(
 ) -> Result<Json<BlockView>, ApiError> {
     authorize(&state, &headers, &uri)?;
     drl_core::key::validate_id("user_id", &user_id)?;
-    let body = read_body(body).await?;
+    let body = read_body(body, state.max_body()).await?;
     let request: BlockRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BlockRequest::default()
     } else {
@@ -711,7 +782,7 @@ async fn report_load<S: Store>(
     body: Body,
 ) -> Result<Json<FactorView>, ApiError> {
     authorize(&state, &headers, &uri)?;
-    let report: LoadReport = json_object(&headers, body).await?;
+    let report: LoadReport = json_object(&headers, body, state.max_body()).await?;
     let load = report.load().map_err(ApiError::BadValue)?;
     let factor = state.limiter.report_load(&report.backend, load)?;
     state.metrics.set_factor(&report.backend, factor);

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the YAML config of DESIGN.md §4, validated once with line/column diagnostics.
 //! - [`api`]: the JSON wire types, shared by the server and the client.
+//! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
 //! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
 //!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
 //!   `GET /v1/config` and `POST /v1/config/reload`.
@@ -28,6 +29,7 @@ pub mod envoy;
 mod envoy_config;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod shared;
@@ -79,6 +81,11 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    let listener = limits::CappedListener::new(
+        listener,
+        std::sync::Arc::clone(&node.gate),
+        std::sync::Arc::clone(&node.metrics),
+    );
     axum::serve(listener, http::router(node))
         .with_graceful_shutdown(shutdown)
         .await

@@ -15,6 +15,8 @@
 use std::time::Duration;
 
 use drl_core::RuleLevel;
+
+use crate::limits::Shed;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -67,6 +69,8 @@ pub struct Metrics {
     factors: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     blocked: Counter,
     shadow_denied: Counter,
+    /// `[in_flight, connections]`: requests and connections shed by the limits.
+    shed: [Counter; 2],
 }
 
 /// `(rule, result)` of a descriptor decision.
@@ -179,6 +183,16 @@ impl Metrics {
             store_errors.clone(),
         );
 
+        let shed_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let shed = [Shed::InFlight, Shed::Connections]
+            .map(|why| shed_family.get_or_create_owned(&[("reason", why.name())]));
+        registry.register(
+            "shed",
+            "Requests refused at once because max_in_flight were in flight (reason=in_flight), \
+             and connections closed at once because max_connections were open (reason=connections)",
+            shed_family,
+        );
+
         Self {
             registry: root,
             decisions,
@@ -194,7 +208,13 @@ impl Metrics {
             factors,
             blocked,
             shadow_denied,
+            shed,
         }
+    }
+
+    /// Counts a request or connection shed by the limits.
+    pub fn shed(&self, why: Shed) {
+        self.shed[why as usize].inc();
     }
 
     /// Counts one decision and how long it took.

@@ -15,6 +15,7 @@ use drl_redis::shared::SharedState;
 use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
 use drl_server::client::{self, DEFAULT_SERVER};
 use drl_server::http::AdminToken;
+use drl_server::limits::{self, Limits};
 use drl_server::reload::{self, Reloader};
 use drl_server::shared::Coordination;
 use drl_server::tls::ServerTls;
@@ -22,6 +23,48 @@ use drl_server::{AppState, Config, Metrics, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
 mod allocator;
+
+/// The node's input limits and load shedding (docs/api.md, "Input limits"); each also from
+/// its environment variable.
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Largest HTTP request body, in bytes (above: 413).
+    #[arg(long, env = "DRL_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_BODY_BYTES, value_parser = at_least_one)]
+    max_body_bytes: usize,
+    /// Largest gRPC request message, in bytes (above: OUT_OF_RANGE).
+    #[arg(long, env = "DRL_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES, value_parser = at_least_one)]
+    max_message_bytes: usize,
+    /// Largest request header section, in bytes, HTTP and gRPC (above: 431 / refused stream).
+    #[arg(long, env = "DRL_MAX_HEADER_BYTES", value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_HEADER_BYTES, value_parser = at_least_one)]
+    max_header_bytes: usize,
+    /// Requests answered at once, HTTP and gRPC together; more are shed at once (503 with
+    /// Retry-After / UNAVAILABLE), never queued.
+    #[arg(long, env = "DRL_MAX_IN_FLIGHT", value_name = "N", default_value_t = limits::DEFAULT_MAX_IN_FLIGHT, value_parser = at_least_one)]
+    max_in_flight: usize,
+    /// Open connections, HTTP and gRPC together; a new one beyond is closed at once.
+    #[arg(long, env = "DRL_MAX_CONNECTIONS", value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(a: LimitArgs) -> Self {
+        Self {
+            max_body_bytes: a.max_body_bytes,
+            max_message_bytes: a.max_message_bytes,
+            max_header_bytes: a.max_header_bytes,
+            max_in_flight: a.max_in_flight,
+            max_connections: a.max_connections,
+        }
+    }
+}
+
+/// A whole number of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
 
 /// A rate-limit decision service: may user U call endpoint E now?
 #[derive(Debug, Parser)]
@@ -50,6 +93,8 @@ enum Command {
         /// Log lines as text or as one JSON object per line.
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Ask a running node; exit code 0 allowed, 1 denied, 2 error.
     Check {
@@ -165,8 +210,9 @@ async fn main() -> ExitCode {
             config,
             http_addr,
             grpc_addr,
+            limits,
             ..
-        } => match serve(config.as_deref(), &http_addr, &grpc_addr).await {
+        } => match serve(config.as_deref(), &http_addr, &grpc_addr, limits.into()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("drl serve: {e:#}");
@@ -260,7 +306,12 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyhow::Result<()> {
+async fn serve(
+    config: Option<&Path>,
+    http_addr: &str,
+    grpc_addr: &str,
+    limits: Limits,
+) -> anyhow::Result<()> {
     allocator::spawn_collector();
     let (store, rules, tls) = match config {
         Some(path) => {
@@ -283,6 +334,7 @@ async fn serve(config: Option<&Path>, http_addr: &str, grpc_addr: &str) -> anyho
         http_addr,
         grpc_addr,
         tls,
+        limits,
     };
     match store {
         StoreConfig::Memory => run_node(Limiter::new(rules), None, listen).await,
@@ -308,6 +360,7 @@ struct Listen<'a> {
     http_addr: &'a str,
     grpc_addr: &'a str,
     tls: Option<Arc<ServerTls>>,
+    limits: Limits,
 }
 
 /// Runs a node on `limiter` until a shutdown signal.
@@ -321,6 +374,7 @@ async fn run_node<S: Store>(
         http_addr,
         grpc_addr,
         tls,
+        limits,
     } = listen;
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_version(1);
@@ -333,7 +387,8 @@ async fn run_node<S: Store>(
     let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
         .with_admin_token(admin_token)
         .with_shared(coordination)
-        .with_tls(tls.clone());
+        .with_tls(tls.clone())
+        .with_limits(limits);
     // The certificate files are polled while the node runs; a new pair serves new connections.
     let _tls_watch = tls
         .as_ref()
