@@ -26,7 +26,9 @@
 //!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
-//! limiter sees it, so nothing is counted.
+//! limiter sees it, so nothing is counted. Before routing, every request passes the node's
+//! [`Limits`] (headers: 431; in flight: 503 with `Retry-After`), and bodies are read up to
+//! [`Limits::max_body_bytes`] (413).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -695,8 +695,9 @@ async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused()
     // well under 1 000 bytes.
     client.check(call(max - 1000)).await.unwrap();
     let status = client.check(call(max)).await.unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
-    eprintln!("over the header limit: {status:?}");
+    // HTTP/2 answers the stream 431 before any call is made; tonic maps that to UNKNOWN.
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(status.message().contains("431"), "{status:?}");
     assert_eq!(node.remaining("alice", "/a").await, 99);
     node.stop().await;
 }
