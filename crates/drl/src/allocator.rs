@@ -8,6 +8,14 @@
 //! resident for good: 1 000 000 keys left 215 MiB resident 20 s after they had expired, against
 //! 18 MiB at start (docs/soak.md). A thread that asks mimalloc to collect once a second lets the
 //! purges happen; a collection with nothing to purge costs a few microseconds.
+//!
+//! Transparent huge pages undo the purges: mimalloc marks its arenas `MADV_HUGEPAGE`, and the
+//! kernel's khugepaged then collapses any 2 MiB range with a page still in use back into a whole
+//! resident huge page (16 MiB scanned per 10 s by default), so RSS crept back up by about 10 MiB
+//! every 10 s after the keys had expired (47 to 69 MiB in 40 s; without huge pages it stayed
+//! at 49 MiB). The node therefore turns huge pages off for itself (`PR_SET_THP_DISABLE`) unless
+//! `DRL_ALLOW_THP=1` is set; their effect on speed could not be measured on the shared 2-core
+//! machine this was written on.
 
 use std::time::Duration;
 
@@ -16,6 +24,10 @@ use std::time::Duration;
 /// with mimalloc a call costs the server about 18% less CPU (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Set to `1` to keep transparent huge pages (faster page walks for a large key set, at the cost
+/// of memory that is not returned after the keys expire).
+pub(crate) const ALLOW_THP_ENV: &str = "DRL_ALLOW_THP";
 
 /// How often the collector thread runs: mimalloc's default purge delay, so a range freed now is
 /// purged within about two seconds.
@@ -32,11 +44,32 @@ mod ffi {
         /// be called from any thread at any time, so calling it is safe.
         pub(super) safe fn mi_collect(force: bool);
     }
+
+    /// Turns transparent huge pages off for the whole process (new and existing mappings, and
+    /// khugepaged), as `prctl(2)` documents for `PR_SET_THP_DISABLE`; Linux only. Returns
+    /// whether the kernel accepted it.
+    #[cfg(target_os = "linux")]
+    pub(super) fn disable_thp() -> bool {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and no pointer; it only sets a flag
+        // of the process's memory map.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn disable_thp() -> bool {
+        true
+    }
 }
 
-/// Starts the collector thread; it runs until the process exits. Without it (if no thread can
-/// be started) the node works as before and keeps freed memory for reuse.
-pub(crate) fn spawn_collector() {
+/// Lets the node return freed memory: huge pages off (unless [`ALLOW_THP_ENV`] is `1`) and the
+/// collector thread started; it runs until the process exits. Without it (if no thread can be
+/// started) the node works as before and keeps freed memory for reuse.
+pub(crate) fn return_freed_memory() {
+    if std::env::var(ALLOW_THP_ENV).is_ok_and(|v| v == "1") {
+        tracing::info!("{ALLOW_THP_ENV}=1: transparent huge pages stay on");
+    } else if !ffi::disable_thp() {
+        tracing::warn!("cannot turn transparent huge pages off (PR_SET_THP_DISABLE)");
+    }
     let spawned = std::thread::Builder::new()
         .name("drl-mi-collect".into())
         .spawn(|| {

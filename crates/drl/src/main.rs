@@ -312,7 +312,7 @@ async fn serve(
     grpc_addr: &str,
     limits: Limits,
 ) -> anyhow::Result<()> {
-    allocator::spawn_collector();
+    allocator::return_freed_memory();
     let (store, rules, tls) = match config {
         Some(path) => {
             let config = Config::load(path)?;
