@@ -111,6 +111,11 @@ impl Validator<'_> {
             self.error(raw.domain.referenced, "domain must not be empty");
             return None;
         }
+        // A longer domain could never be asked for: requests are limited to this length.
+        if let Err(e) = drl_core::key::validate_id("domain", &raw.domain.value) {
+            self.error(raw.domain.referenced, e);
+            return None;
+        }
         let descriptors = self.descriptors(raw.descriptors.as_deref().unwrap_or_default())?;
         Some(DomainRules {
             domain: raw.domain.value.clone(),

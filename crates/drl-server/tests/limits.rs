@@ -907,3 +907,16 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     assert_eq!(reply.json()["remaining"], 98, "{reply:?}");
     node.stop().await;
 }
+
+#[test]
+fn a_config_domain_longer_than_a_request_may_name_is_refused() {
+    let at_limit = format!("domain: {}\ndescriptors: []\n", "d".repeat(MAX_ID));
+    Config::from_yaml("long.yaml", &at_limit).unwrap();
+    let over = format!("domain: {}\ndescriptors: []\n", "d".repeat(MAX_ID + 1));
+    let e = Config::from_yaml("long.yaml", &over).unwrap_err();
+    let messages: Vec<_> = e.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["domain is 1025 bytes long; the maximum is 1024 bytes"]
+    );
+}

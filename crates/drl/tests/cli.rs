@@ -455,3 +455,57 @@ fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
     let status = node.stop_with("-INT");
     assert!(status.success(), "{status:?}");
 }
+
+/// Sends `body` to `POST /v1/check` of `url` and returns the response's status line.
+fn post_status(url: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn limits_come_from_flags_and_the_environment() {
+    let config = write_file("flag-limits.yaml", "default:\n  limit: 10\n  window: 1m\n");
+    let node = Node::start_with(
+        &config,
+        &["--max-body-bytes", "100"],
+        &[("DRL_MAX_IN_FLIGHT", "8")],
+    );
+    let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
+    let padded = |len: usize| format!("{check}{}", " ".repeat(len - check.len()));
+    assert_eq!(post_status(&node.url, &padded(100)), "HTTP/1.1 200 OK");
+    assert_eq!(
+        post_status(&node.url, &padded(101)),
+        "HTTP/1.1 413 Payload Too Large"
+    );
+    drop(node);
+
+    // A limit of 0 is a usage error, from a flag or from the environment.
+    let out = drl(&["serve", "--max-in-flight", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-in-flight"));
+    let out = Command::new(DRL)
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DRL_MAX_CONNECTIONS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+}
