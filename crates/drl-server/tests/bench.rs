@@ -197,8 +197,143 @@ async fn an_open_loop_sends_its_requests_and_reports_json() {
         assert!(json["latency_us"][p].as_f64().unwrap() > 0.0, "{p}");
     }
     assert_eq!(json["latency_us"]["count"], 200);
+    assert_eq!(json["first_key"], 0);
+    // The percentile curve: [percentile, µs] pairs from the least (0) to the most (100).
+    let curve = json["percentiles_us"].as_array().unwrap();
+    assert_eq!(curve.len(), bench::CURVE_PERCENTILES.len());
+    let points: Vec<(f64, f64)> = curve
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(points[0].0, 0.0);
+    assert_eq!(points[points.len() - 1].0, 100.0);
+    assert!(
+        points
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+    );
+    assert_eq!(
+        points[points.len() - 1].1,
+        json["latency_us"]["max"].as_f64().unwrap()
+    );
     assert!(json["first_error"].is_null());
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_keys_from_an_offset_are_counted_exactly() {
+    let node = Node::start().await;
+    // 120 batches of 10 over 20 keys in order: 60 checks of each key, whatever the workers'
+    // interleaving, so each admits exactly its 50.
+    let mut options = node.options(Target::Native);
+    options.batch = 10;
+    options.keys = 20;
+    options.distribution = KeyDistribution::Sequential;
+    options.length = Length::Requests(120);
+    let report = run(&options).await;
+    assert_adds_up(&report, 120, 10);
+    assert_eq!(
+        (report.allowed, report.denied),
+        (20 * LIMIT, 200),
+        "{report:?}"
+    );
+
+    // The next 20 keys are new: all admitted.
+    options.first_key = 20;
+    options.length = Length::Requests(2);
+    let report = run(&options).await;
+    assert_eq!((report.allowed, report.denied), (20, 0), "{report:?}");
+    assert_eq!(report.first_key, 20);
+    assert_eq!(report.key_distribution, "sequential");
+
+    // Envoy and HTTP ask about the same keys: u0..u19 are full, u40.. are new.
+    for (target, first_key, allowed) in [(Target::Envoy, 0, 0), (Target::Http, 40, 5)] {
+        let mut options = node.options(target);
+        options.keys = 5;
+        options.first_key = first_key;
+        options.distribution = KeyDistribution::Sequential;
+        options.length = Length::Requests(5);
+        let report = run(&options).await;
+        assert_eq!(report.allowed, allowed, "{target:?}: {report:?}");
+        assert_eq!(report.allowed + report.denied, 5, "{target:?}: {report:?}");
+    }
+    node.stop().await;
+}
+
+/// An HTTP/1.1 server on a loopback port that answers every request `200 {}` after `delay`,
+/// one request at a time per connection.
+async fn slow_http_server(delay: Duration) -> (SocketAddr, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One whole request (headers and a Content-Length body) is in the buffer.
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buffer.len() >= end + 4 + length {
+                            buffer.drain(..end + 4 + length);
+                            tokio::time::sleep(delay).await;
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                           content-length: 2\r\n\r\n{}";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Coordinated omission, over a real socket: a server taking 20 ms per request, asked at
+/// 1 000/s by one worker. Request i is due at i ms but cannot start before 20·i ms, so its
+/// latency is at least 19·i + 20 ms; a generator timing from the send would see 20 ms for
+/// every request, and a closed loop of the same server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_shows_a_slow_server_in_its_latencies() {
+    let (addr, server) = slow_http_server(Duration::from_millis(20)).await;
+    let mut options = BenchOptions::new(Target::Http);
+    options.server = Some(format!("http://{addr}"));
+    options.concurrency = 1;
+    options.rate = Some(1_000);
+    options.length = Length::Requests(20);
+    let report = run(&options).await;
+    assert_eq!((report.requests, report.allowed), (20, 20), "{report:?}");
+    let ms = |us: f64| us / 1_000.0;
+    assert!(
+        ms(report.latency_us.max) >= (19.0 * 19.0 + 20.0) * 0.999,
+        "{report:?}"
+    );
+    assert!(
+        ms(report.latency_us.p50) >= (19.0 * 9.0 + 20.0) * 0.999,
+        "{report:?}"
+    );
+
+    // The same server in a closed loop: each request waits only for itself.
+    options.rate = None;
+    let report = run(&options).await;
+    assert!(ms(report.latency_us.p50) >= 20.0 * 0.999, "{report:?}");
+    assert!(ms(report.latency_us.p50) < 19.0 * 9.0 + 20.0, "{report:?}");
+    server.abort();
 }
 
 #[tokio::test]

@@ -140,19 +140,26 @@ struct BenchArgs {
     /// Checks per request (native target only).
     #[arg(long, value_name = "N", default_value_t = 1)]
     batch: usize,
-    /// Distinct keys (users), drawn uniformly unless --zipf or --hot.
+    /// Distinct keys (users), drawn uniformly unless --zipf, --hot or --sequential.
     #[arg(long, value_name = "K", default_value_t = 10_000)]
     keys: u64,
+    /// Index of the first key: the keys are users u<first>..u<first + K - 1>.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    first_key: u64,
     /// Draw the K keys Zipf-skewed with this exponent (e.g. 1.1).
     #[arg(long, value_name = "S", conflicts_with = "hot")]
     zipf: Option<f64>,
     /// Use one key for every check.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sequential")]
     hot: bool,
     /// Roll the key set with the clock: the K keys in use slide by K every TIME (e.g. 1m), so
     /// older keys fall out of use and expire on the node (soak tests).
     #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     roll: Option<Duration>,
+    /// Ask about the K keys in order (check j of request i: key (i·batch + j) mod K), so the
+    /// first K checks touch every key once: fills a store with exactly K keys.
+    #[arg(long, conflicts_with = "zipf")]
+    sequential: bool,
     /// Hits per check.
     #[arg(long, value_name = "N", default_value_t = 1)]
     hits: u32,
@@ -253,12 +260,14 @@ async fn bench(args: BenchArgs) -> ExitCode {
         rate: args.rate,
         batch: args.batch,
         keys: args.keys,
-        distribution: match (args.zipf, args.hot) {
-            (Some(s), _) => KeyDistribution::Zipf(s),
-            (None, true) => KeyDistribution::Hot,
-            (None, false) => KeyDistribution::Uniform,
+        distribution: match (args.zipf, args.hot, args.sequential) {
+            (Some(s), _, _) => KeyDistribution::Zipf(s),
+            (None, true, _) => KeyDistribution::Hot,
+            (None, false, true) => KeyDistribution::Sequential,
+            (None, false, false) => KeyDistribution::Uniform,
         },
         roll: args.roll,
+        first_key: args.first_key,
         hits: args.hits,
         length: match (args.requests, args.duration) {
             (Some(n), _) => Length::Requests(n),

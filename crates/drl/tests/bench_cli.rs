@@ -109,7 +109,7 @@ async fn json_output_against_a_live_node() {
 
 #[tokio::test]
 async fn bad_options_are_refused_with_exit_code_2() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["bench", "--batch", "10"],
             "--batch is for --target native",
@@ -124,6 +124,17 @@ async fn bad_options_are_refused_with_exit_code_2() {
         ),
         (&["bench", "--rate", "0"], "--rate must be from 1 to"),
         (&["bench", "--zipf", "1.1", "--hot"], "cannot be used with"),
+        (&["bench", "--hot", "--sequential"], "cannot be used with"),
+        (
+            &[
+                "bench",
+                "--first-key",
+                "18446744073709551615",
+                "--keys",
+                "2",
+            ],
+            "is past the last key index",
+        ),
         (&["bench", "--duration", "soon"], "invalid value 'soon'"),
     ];
     for (args, expected) in cases {

@@ -1,8 +1,9 @@
-//! Which keys a benchmark asks about: uniform over K keys, Zipf-skewed over K keys, or one hot
-//! key; drawn by each worker from its own seeded generator, so a run is reproducible and the
-//! workers share nothing.
+//! Which keys a benchmark asks about: uniform over K keys, Zipf-skewed over K keys, one hot key,
+//! or the K keys in order; the random ones drawn by each worker from its own seeded generator, so
+//! a run is reproducible and the workers share nothing.
 //!
-//! Key `i` is the pair (`u<i>`, [`ENDPOINT`]); with Zipf, key 0 is the most popular.
+//! Key `i` is the pair (`u<i>`, [`ENDPOINT`]); with Zipf, key 0 is the most popular. A run may
+//! start its keys at an offset (`first_key`), so that a second run asks about other keys.
 //!
 //! A [`Roll`] moves the key set with the wall clock (`drl bench --roll`): the K keys in use at
 //! time t are `offset(t) .. offset(t) + K`, the offset growing by K every roll period, so keys
@@ -24,6 +25,10 @@ pub enum KeyDistribution {
     Zipf(f64),
     /// Always key 0.
     Hot,
+    /// Check `j` of request `i` (of batches of B) asks about key (i·B + j) mod K: the first K
+    /// checks of a run touch every key once, whatever the workers' interleaving. For filling a
+    /// store with exactly K keys.
+    Sequential,
 }
 
 impl std::fmt::Display for KeyDistribution {
@@ -32,6 +37,7 @@ impl std::fmt::Display for KeyDistribution {
             Self::Uniform => f.write_str("uniform"),
             Self::Zipf(s) => write!(f, "zipf {s}"),
             Self::Hot => f.write_str("hot"),
+            Self::Sequential => f.write_str("sequential"),
         }
     }
 }
@@ -190,6 +196,7 @@ pub struct KeyPicker {
     keys: u64,
     zipf: Option<Zipf>,
     hot: bool,
+    sequential: bool,
     rng: SplitMix64,
 }
 
@@ -203,11 +210,22 @@ impl KeyPicker {
                 _ => None,
             },
             hot: distribution == KeyDistribution::Hot,
+            sequential: distribution == KeyDistribution::Sequential,
             rng: SplitMix64::new(seed),
         }
     }
 
-    /// The next key index, in 0..keys.
+    /// The key indexes of request `ticket`'s `batch` checks, in 0..keys, into `out`.
+    pub fn fill(&mut self, ticket: u64, batch: usize, out: &mut Vec<u64>) {
+        if self.sequential {
+            let first = ticket.wrapping_mul(batch as u64);
+            out.extend((0..batch as u64).map(|j| first.wrapping_add(j) % self.keys));
+        } else {
+            out.extend((0..batch).map(|_| self.next_key()));
+        }
+    }
+
+    /// The next random key index, in 0..keys.
     pub fn next_key(&mut self) -> u64 {
         if self.hot {
             0
@@ -290,6 +308,23 @@ mod tests {
         let many = Roll::new(1_000_000_000, Duration::from_secs(1));
         let today = Duration::from_secs(1_800_000_000);
         assert_eq!(many.offset_at(today), 1_800_000_000 * 1_000_000_000);
+    }
+
+    #[test]
+    fn sequential_keys_take_every_key_once_per_round() {
+        // Batches of 3 over 7 keys: request i asks about 3i, 3i + 1, 3i + 2 (mod 7), whichever
+        // worker sends it.
+        let mut picker = KeyPicker::new(7, KeyDistribution::Sequential, 1);
+        let mut keys = Vec::new();
+        for ticket in [0, 1, 2, 3] {
+            picker.fill(ticket, 3, &mut keys);
+        }
+        assert_eq!(keys, [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]);
+        let mut random = KeyPicker::new(7, KeyDistribution::Uniform, 1);
+        keys.clear();
+        random.fill(0, 5, &mut keys);
+        assert_eq!(keys.len(), 5);
+        assert!(keys.iter().all(|&k| k < 7));
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //!   up to `concurrency` are in flight. Latency is measured from the time a request was due, so
 //!   when the server (or the generator) falls behind, the wait counts
 //!   (see [`schedule`](self::schedule)).
-//! - Keys: uniform over K, Zipf-skewed over K, or one hot key ([`keys`]); `hits` per check;
-//!   optionally rolling: the K keys slide with the clock, so old keys fall out of use
-//!   ([`Roll`], for soak tests of expiry).
+//! - Keys: uniform over K, Zipf-skewed over K, one hot key, or the K keys in order
+//!   ([`keys`]), from `first_key` on; `hits` per check; optionally rolling: the K keys slide
+//!   with the clock, so old keys fall out of use ([`Roll`], for soak tests of expiry).
 //! - A run ends after a duration or a number of requests. An open loop of a fixed duration
 //!   sends nothing after the duration plus the timeout: what is still due then counts as
 //!   errors, so a run against a server far behind the rate stays bounded in time.
@@ -90,6 +90,8 @@ pub struct BenchOptions {
     pub distribution: KeyDistribution,
     /// Roll the key set: the keys in use slide by `keys` every this long ([`Roll`]).
     pub roll: Option<Duration>,
+    /// Index of the first key: the run asks about keys `first_key..first_key + keys`.
+    pub first_key: u64,
     /// Hits per check.
     pub hits: u32,
     pub length: Length,
@@ -112,6 +114,7 @@ impl BenchOptions {
             keys: 10_000,
             distribution: KeyDistribution::Uniform,
             roll: None,
+            first_key: 0,
             hits: 1,
             length: Length::Duration(Duration::from_secs(10)),
             timeout: Duration::from_secs(5),
@@ -179,6 +182,14 @@ impl BenchOptions {
         }
         if self.keys == 0 {
             return invalid("--keys must be at least 1".into());
+        }
+        if self.first_key.checked_add(self.keys).is_none() {
+            return invalid(format!(
+                "--first-key {} + --keys {} is past the last key index {}",
+                self.first_key,
+                self.keys,
+                u64::MAX
+            ));
         }
         if let KeyDistribution::Zipf(s) = self.distribution
             && !(s.is_finite() && s > 0.0)
@@ -271,6 +282,7 @@ struct Plan {
     batch: usize,
     /// Where the rolling key set is now, if it rolls.
     roll: Option<Roll>,
+    first_key: u64,
     hits: u32,
     timeout: Duration,
 }
@@ -320,6 +332,7 @@ async fn drive<C: Caller>(
         tickets: AtomicU64::new(0),
         batch: options.batch,
         roll: options.roll.map(|period| Roll::new(options.keys, period)),
+        first_key: options.first_key,
         hits: options.hits,
         timeout: options.timeout,
     });
@@ -410,8 +423,14 @@ async fn worker<C: Caller>(
             continue;
         }
         keys.clear();
-        let offset = plan.roll.map_or(0, |roll| roll.offset_now());
-        keys.extend((0..plan.batch).map(|_| picker.next_key().wrapping_add(offset)));
+        picker.fill(ticket, plan.batch, &mut keys);
+        let offset = plan
+            .roll
+            .map_or(0, |roll| roll.offset_now())
+            .wrapping_add(plan.first_key);
+        for key in &mut keys {
+            *key = key.wrapping_add(offset);
+        }
         let outcome = match tokio::time::timeout(plan.timeout, caller.call(&keys, plan.hits)).await
         {
             Ok(outcome) => outcome,
@@ -536,6 +555,7 @@ pub struct Report {
     pub key_distribution: String,
     /// Seconds in which the key set slides by `keys`, if it rolls.
     pub roll_s: Option<f64>,
+    pub first_key: u64,
     pub hits: u32,
     pub elapsed_s: f64,
     pub requests: u64,
@@ -548,6 +568,9 @@ pub struct Report {
     pub decisions_per_s: f64,
     /// Of the answered requests, from the time each was due.
     pub latency_us: Latency,
+    /// The latency distribution: `[percentile, µs]` at each of [`CURVE_PERCENTILES`] (0 is
+    /// the least, 100 the most); empty when no request was answered. For plotting.
+    pub percentiles_us: Vec<[f64; 2]>,
     /// The first error of the run, if any.
     pub first_error: Option<String>,
 }
@@ -563,6 +586,33 @@ pub struct Latency {
     pub p99: f64,
     pub p99_9: f64,
     pub max: f64,
+}
+
+/// The percentiles of [`Report::percentiles_us`]: denser towards the tail, where latency
+/// distributions differ.
+pub const CURVE_PERCENTILES: [f64; 19] = [
+    0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.0, 99.0, 99.5, 99.9, 99.95,
+    99.99, 99.999, 100.0,
+];
+
+/// `[percentile, µs]` of `histogram` at each of [`CURVE_PERCENTILES`].
+fn percentile_curve(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    CURVE_PERCENTILES
+        .iter()
+        .map(|&p| {
+            let ns = if p <= 0.0 {
+                histogram.min()
+            } else if p >= 100.0 {
+                histogram.max()
+            } else {
+                histogram.value_at_percentile(p)
+            };
+            [p, ns as f64 / 1_000.0]
+        })
+        .collect()
 }
 
 impl Latency {
@@ -603,6 +653,7 @@ impl Report {
             },
             key_distribution: options.distribution.to_string(),
             roll_s: options.roll.map(|r| r.as_secs_f64()),
+            first_key: options.first_key,
             hits: options.hits,
             elapsed_s: elapsed.as_secs_f64(),
             requests: stats.requests,
@@ -613,6 +664,7 @@ impl Report {
             requests_per_s: stats.requests as f64 / seconds,
             decisions_per_s: decisions as f64 / seconds,
             latency_us: Latency::of(&stats.latency),
+            percentiles_us: percentile_curve(&stats.latency),
             first_error: stats.first_error.clone(),
         }
     }
@@ -668,8 +720,13 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "  keys: {} ({}{roll}), {} hit{} per check",
+            "  keys: {}{} ({}{roll}), {} hit{} per check",
             self.keys,
+            if self.first_key > 0 {
+                format!(" from u{}", self.first_key)
+            } else {
+                String::new()
+            },
             self.key_distribution,
             self.hits,
             if self.hits == 1 { "" } else { "s" }
@@ -916,6 +973,61 @@ mod tests {
             let message = options.validate().unwrap_err().to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
         }
+    }
+
+    /// The histogram: percentiles of a known distribution within its 3 significant digits,
+    /// merged over workers; calls without an answer are counted but not timed; a latency past
+    /// the 1 h range is kept at the top, not dropped.
+    #[test]
+    fn the_latency_histogram_reports_percentiles_over_all_workers() {
+        let answered = Outcome {
+            allowed: 1,
+            answered: true,
+            ..Outcome::default()
+        };
+        let (mut odd, mut even) = (WorkerStats::new(), WorkerStats::new());
+        for ms in 1..=1_000u64 {
+            let stats = if ms % 2 == 1 { &mut odd } else { &mut even };
+            stats.record(&answered, Duration::from_millis(ms));
+        }
+        even.record(
+            &Outcome::failed(1, "lost".into()),
+            Duration::from_millis(5_000),
+        );
+        odd.add(&even);
+        assert_eq!((odd.requests, odd.allowed, odd.errors), (1_001, 1_000, 1));
+        assert_eq!(odd.first_error.as_deref(), Some("lost"));
+        let latency = Latency::of(&odd.latency);
+        assert_eq!(latency.count, 1_000);
+        let near = |us: f64, ms: f64| (us - ms * 1_000.0).abs() <= ms * 1_000.0 * 0.001;
+        for (us, ms) in [
+            (latency.mean, 500.5),
+            (latency.p50, 500.0),
+            (latency.p90, 900.0),
+            (latency.p99, 990.0),
+            (latency.p99_9, 999.0),
+            (latency.max, 1_000.0),
+        ] {
+            assert!(near(us, ms), "{us} µs, expected {ms} ms: {latency:?}");
+        }
+
+        let curve = percentile_curve(&odd.latency);
+        assert_eq!(curve.len(), CURVE_PERCENTILES.len());
+        assert_eq!(curve[0][0], 0.0);
+        assert!(near(curve[0][1], 1.0), "{curve:?}");
+        assert_eq!(curve[curve.len() - 1][0], 100.0);
+        assert!(near(curve[curve.len() - 1][1], 1_000.0), "{curve:?}");
+        assert!(
+            curve
+                .windows(2)
+                .all(|w| w[0][0] < w[1][0] && w[0][1] <= w[1][1])
+        );
+        assert!(percentile_curve(&new_histogram()).is_empty());
+
+        let mut slow = WorkerStats::new();
+        slow.record(&answered, Duration::from_secs(7_200));
+        let top = Latency::of(&slow.latency).max;
+        assert!(top >= 3_600e6 * 0.999, "{top} µs");
     }
 
     #[test]
