@@ -204,11 +204,12 @@ wait "$load_pid" || true
 stop_server
 
 # --- 2. key-count series --------------------------------------------------------------------------
-# A node per row; its window outlasts filling and measuring, so exactly K keys are live when the
-# RSS after load is read. Limit 60 000 per window: every check is allowed, and the state is the
+# A node per row; its window W outlasts filling (and, on a machine not too busy, measuring), so
+# exactly K keys are live when the RSS after filling is read. Limit 60 000 per window: every check is allowed, and the state is the
 # default inline u16 ring (limits up to 65 535).
 for keys in $series; do
-  if [ "$keys" -ge 10000000 ]; then window=60; elif [ "$keys" -ge 1000000 ]; then window=20; else window=8; fi
+  if [ "$keys" -ge 10000000 ]; then window=90; elif [ "$keys" -ge 1000000 ]; then window=25
+  elif [ "$quick" = 1 ]; then window=8; else window=15; fi
   name="keys-$keys"
   memory_config "$name" 60000 "${window}s"
   start_server "$name"
@@ -219,6 +220,7 @@ for keys in $series; do
     --keys "$keys" --sequential --requests $(((keys + 99) / 100)) --timeout 30s --json \
     > "$out/series/$name-fill.json"
   rss_load=$(rss_kib "$server_pid")
+  t_fill=$(date +%s.%N)
   scenario "$name" series "native Check, batches of 100, 8 workers, $keys keys" \
     --target native --batch 100 --concurrency 8 --server "http://$GRPC" --keys "$keys"
   t1=$(date +%s.%N)
@@ -238,8 +240,9 @@ for keys in $series; do
     > "$out/series/$name-refill.json"
   rss_refill=$(rss_kib "$server_pid")
   load_s=$(echo "$t1 - $t0" | bc -l)
-  printf 'keys=%s\nwindow_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
-    "$keys" "$window" "$load_s" "$rss0" "$rss_load" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
+  fill_s=$(echo "$t_fill - $t0" | bc -l)
+  printf 'keys=%s\nwindow_s=%s\nfill_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
+    "$keys" "$window" "$fill_s" "$load_s" "$rss0" "$rss_load" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
   cat "$out/series/$name.env" >&2
   stop_server
 done
