@@ -109,6 +109,41 @@ def profile_tables(out):
     )
 
 
+COMPONENTS = [
+    ("kernel and system calls (TCP, epoll, scheduling)",
+     lambda dso, f: dso == "[kernel.kallsyms]" or f.startswith(("__GI___writev", "epoll_wait", "syscall", "__libc_recv", "__libc_send", "read", "write"))),
+    ("allocator (mimalloc)", lambda dso, f: f.startswith(("mi_", "_mi_", "malloc", "free", "cfree", "__rustc::__rust_", "alloc::raw_vec"))),
+    ("buffers and copies (memmove/memcpy, bytes)", lambda dso, f: "memmove" in f or "memcpy" in f or "memcmp" in f or f.startswith("bytes::")),
+    ("h2 (HTTP/2 frames, streams, HPACK)", lambda dso, f: f.startswith(("h2::", "slab::", "indexmap::"))),
+    ("hyper / http / axum / tower", lambda dso, f: f.startswith(("hyper", "http::", "http_body", "axum", "tower", "matchit", "percent_encoding"))),
+    ("tonic / prost (gRPC, protobuf)", lambda dso, f: f.startswith(("tonic", "prost"))),
+    ("tokio runtime and codecs", lambda dso, f: f.startswith(("tokio", "mio::", "parking_lot"))),
+    ("drl-core (rules, store, algorithm)", lambda dso, f: f.startswith(("drl_core", "papaya", "arc_swap"))),
+    ("drl-server / drl-proto (handlers, metrics, clocks)",
+     lambda dso, f: f.startswith(("drl_server", "drl_proto", "prometheus_client", "quanta", "__vdso_clock_gettime", "clock_gettime", "std::time", "std::sys::pal::unix::time"))),
+]
+
+
+def components(out):
+    """Self time by component, from perf's dso,symbol report: [(percent, component)]."""
+    shares = {}
+    try:
+        with open(os.path.join(out, "profile", "symbols.txt")) as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    for line in lines:
+        m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*\S)\s*$", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        dso, name = m.group(2), re.sub(r"( +-)+$", "", m.group(3)).lstrip("<&")
+        while name.startswith("core::ptr::drop_in_place<"):
+            name = name[len("core::ptr::drop_in_place<"):].lstrip("<&")
+        label = next((label for label, test in COMPONENTS if test(dso, name)), "other")
+        shares[label] = shares.get(label, 0.0) + float(m.group(1))
+    return sorted(((v, k) for k, v in shares.items()), reverse=True)
+
+
 def gnuplot(script, cwd):
     try:
         subprocess.run(["gnuplot"], input=script, text=True, check=True, cwd=cwd,
@@ -463,13 +498,16 @@ def section(out, plots):
         w(
             f"`{command}` on the server while `drl bench --target envoy --concurrency 64` ran "
             "(software clock: this VM has no hardware counters), then `perf report --stdio "
-            "--no-children --sort dso[,symbol]`: self time, where the CPU was when sampled."
+            "--no-children --sort dso,symbol`: self time, where the CPU was when sampled, summed "
+            "by the crate of each function (a drop of a type counts for the type's crate)."
         )
         w("")
-        w("| share | binary |")
+        w("| share | component (by the function's crate) |")
         w("|--:|---|")
-        for share, name in dsos:
+        for share, name in components(out):
             w(f"| {share:.1f}% | {name} |")
+        w("")
+        w("Top functions:")
         w("")
         w("| share | binary, function |")
         w("|--:|---|")
