@@ -1,6 +1,6 @@
 //! The built `drl` binary end to end: `serve` on a free port, `check` against it, `config
 //! validate`, a graceful stop on SIGTERM, reloads (file change, SIGHUP, admin route with the
-//! token from the environment) and JSON logs.
+//! token from the environment), JSON logs, and transparent huge pages turned off for the node.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
@@ -508,4 +508,33 @@ fn limits_come_from_flags_and_the_environment() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+}
+
+/// The value of `THP_enabled` in a process's `/proc/<pid>/status` (absent before Linux 5.0).
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// A node turns transparent huge pages off for itself, so memory freed after keys expire stays
+/// returned (docs/soak.md); `DRL_ALLOW_THP=1` leaves them as the system has them.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_node_turns_huge_pages_off_unless_allowed() {
+    let Some(ours) = thp_enabled("self") else {
+        return;
+    };
+    let config = write_file("thp.yaml", "default:\n  limit: 10\n  window: 1m\n");
+    let node = Node::start(&config);
+    let pid = node.child.as_ref().unwrap().id().to_string();
+    assert_eq!(thp_enabled(&pid).as_deref(), Some("0"));
+    assert!(node.terminate().success());
+    let node = Node::start_with(&config, &[], &[("DRL_ALLOW_THP", "1")]);
+    let pid = node.child.as_ref().unwrap().id().to_string();
+    assert_eq!(thp_enabled(&pid), Some(ours));
+    assert!(node.terminate().success());
 }
