@@ -18,6 +18,8 @@ pub mod algorithm;
 pub mod clock;
 pub mod decision;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod limiter;
 pub mod policy;

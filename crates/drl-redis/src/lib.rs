@@ -12,6 +12,8 @@ pub mod config;
 mod conn;
 mod deny_cache;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 mod scripts;
 pub mod shared;

@@ -163,7 +163,7 @@ impl Config {
     }
 
     /// Validates several files as one config: every file's problems are reported.
-    fn from_sources(sources: &[(String, Vec<u8>)]) -> Result<Self, ConfigError> {
+    pub(crate) fn from_sources(sources: &[(String, Vec<u8>)]) -> Result<Self, ConfigError> {
         let mut diagnostics = Vec::new();
         let mut native: Option<(&str, Config)> = None;
         let mut domains: Vec<(&str, DomainRules)> = Vec::new();

@@ -46,7 +46,7 @@ pub async fn serve<S: Store>(
     let tls = node.tls.clone();
     let limits = *node.gate.limits();
     let (gate, metrics) = (Arc::clone(&node.gate), Arc::clone(&node.metrics));
-    let api = GrpcApi(node);
+    let api = GrpcApi::new(node);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RateLimiterServer<GrpcApi<S>>>().await;
     health
@@ -163,6 +163,13 @@ impl From<GrpcError> for native::CheckError {
 /// Both services over one node. Cheap to clone: the state is reference counted.
 #[derive(Debug)]
 pub struct GrpcApi<S>(AppState<S>);
+
+impl<S: Store> GrpcApi<S> {
+    /// Both services over `node`.
+    pub fn new(node: impl Into<AppState<S>>) -> Self {
+        Self(node.into())
+    }
+}
 
 impl<S> Clone for GrpcApi<S> {
     fn clone(&self) -> Self {

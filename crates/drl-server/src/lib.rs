@@ -27,6 +27,8 @@ pub mod client;
 pub mod config;
 pub mod envoy;
 mod envoy_config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod limits;

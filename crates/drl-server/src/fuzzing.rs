@@ -1,0 +1,451 @@
+//! Entry points of the fuzz targets in `fuzz/` and of the test that replays their corpora and
+//! regression inputs (`tests/fuzz_regressions.rs`). Each takes arbitrary bytes, runs them
+//! through a whole parsing path, and panics only when a property fails. Not part of the API.
+//!
+//! - [`config`]: one to four YAML files (split at `\0\0`) through [`Config`]'s loader, native
+//!   and envoyproxy/ratelimit format alike: a config is valid, or refused with diagnostics at a
+//!   line and column inside the file.
+//! - [`http_check`], [`http_envoy_json`], [`http_admin`]: request bodies through the real axum
+//!   router ([`crate::http::router`]) of a node on the memory store, in process: never a 5xx,
+//!   every answer's body is the JSON its status promises.
+//! - [`grpc_native`], [`grpc_envoy`]: protobuf messages through the tonic services, their
+//!   [`StrictCodec`](drl_proto::codec::StrictCodec) and the request validation: OK or
+//!   INVALID_ARGUMENT, one result per item asked.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use drl_core::{Limiter, ManualClock};
+use drl_proto::drl::v1 as native;
+use drl_proto::envoy::service::ratelimit::v3 as rls;
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use tower_service::Service;
+
+use crate::api::{CheckResponse, ErrorResponse};
+use crate::config::{Config, ConfigError};
+use crate::envoy::{EnvoyRequest, JsonResponse};
+use crate::grpc::GrpcApi;
+use crate::http::{AdminToken, AppState};
+
+/// Fuzz target `config`: up to four files, separated by two NUL bytes.
+pub fn config(data: &[u8]) {
+    let sources = split_files(data);
+    match Config::from_sources(&sources) {
+        Ok(config) => {
+            // A valid config is usable: its view renders, and a limiter built on it decides.
+            let view = crate::api::ConfigView::new(&config.rules, 1, None);
+            if let Err(e) = serde_json::to_vec(&view) {
+                panic!("the view of a valid config does not render: {e}");
+            }
+            let limiter = Limiter::builder(config.rules)
+                .clock(ManualClock::new(0))
+                .sweep_interval(None)
+                .build();
+            let _ = limiter.check("fuzz", "/fuzz", 1);
+        }
+        Err(ConfigError::Invalid(diagnostics)) => {
+            assert!(!diagnostics.is_empty(), "refused without a diagnostic");
+            for d in &diagnostics {
+                let Some((_, text)) = sources.iter().find(|(name, _)| *name == d.file) else {
+                    panic!("diagnostic names no file: {d}");
+                };
+                let lines = text.split(|&b| b == b'\n').count() as u64;
+                assert!(d.line >= 1 && d.column >= 1, "{d}");
+                assert!(d.line <= lines + 1, "past the file's end ({lines} lines): {d}");
+                assert!(!d.message.is_empty(), "empty message: {d}");
+                assert!(!d.message.chars().any(char::is_control), "{d:?}");
+            }
+        }
+        Err(e @ ConfigError::Read { .. }) => panic!("read error without a file: {e}"),
+    }
+}
+
+fn split_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut rest = data;
+    while files.len() < 3 {
+        let Some(at) = rest.windows(2).position(|w| w == [0, 0]) else {
+            break;
+        };
+        files.push(rest[..at].to_vec());
+        rest = &rest[at + 2..];
+    }
+    files.push(rest.to_vec());
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| (format!("fuzz-{i}.yaml"), bytes))
+        .collect()
+}
+
+/// The admin token of the fuzzed node.
+pub const ADMIN_TOKEN: &str = "fuzz-admin-token";
+
+/// The fuzzed node's native config: rules at every level, several algorithms, abuse protection,
+/// a blocklist and an adaptive backend, so that requests reach every branch of the limiter.
+pub const NODE_CONFIG: &str = "\
+default: {limit: 5, window: 1m}
+abuse: {threshold: 3, interval: 10s, ban: 1m, max_ban: 10m}
+blocklist: [mallory]
+adaptive:
+  db: {high: 0.8, low: 0.6, min_factor: 0.1, decrease: 0.5, increase: 0.1, stale_after: 30s}
+rules:
+  - endpoint: /api/search
+    limit: 3
+    window: 1s
+    algorithm: sliding_log
+  - user_id: alice
+    limit: 10
+    window: 1h
+    algorithm: token_bucket
+    burst: 4
+  - user_id: alice
+    endpoint: /api/upload
+    limits: [{limit: 2, window: 1s, algorithm: fixed_window}, {limit: 100, window: 1d}]
+  - endpoint: /api/report
+    limit: 20
+    window: 1m
+    backends: [db]
+  - endpoint: /healthz
+    limit: 600
+    window: 1m
+    abuse: false
+  - endpoint: /api/new
+    limit: 1
+    window: 1m
+    shadow_mode: true
+";
+
+/// The fuzzed node's Envoy domain (`edge`), in the envoyproxy/ratelimit format.
+pub const NODE_DOMAIN: &str = "\
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: path
+    value: \"/static/*\"
+    rate_limit: {unlimited: true}
+  - key: path
+    value: \"/api/*/export\"
+    share_threshold: true
+    rate_limit: {window: 10m, requests_per_unit: 20, algorithm: sliding_log}
+  - key: api_key
+    rate_limits:
+      - {unit: second, requests_per_unit: 10}
+      - {unit: day, requests_per_unit: 10000}
+    descriptors:
+      - key: path
+        value: /api/search
+        rate_limit: {name: search, unit: minute, requests_per_unit: 60}
+        shadow_mode: true
+";
+
+/// A node on the memory store with a manual clock, its router and gRPC services, and a
+/// runtime to drive them in process (one per thread: the fuzzer's, or a test's).
+struct Node {
+    runtime: tokio::runtime::Runtime,
+    state: AppState,
+    clock: ManualClock,
+}
+
+thread_local! {
+    static NODE: RefCell<Option<Node>> = const { RefCell::new(None) };
+}
+
+impl Node {
+    fn new() -> Self {
+        let sources = [
+            ("drl.yaml".to_owned(), NODE_CONFIG.as_bytes().to_vec()),
+            ("edge.yaml".to_owned(), NODE_DOMAIN.as_bytes().to_vec()),
+        ];
+        let config = match Config::from_sources(&sources) {
+            Ok(config) => config,
+            Err(e) => panic!("the fuzzed node's config is refused: {e}"),
+        };
+        let clock = ManualClock::new(0);
+        let limiter = Limiter::builder(config.rules)
+            .clock(clock.clone())
+            .sweep_interval(None)
+            .build();
+        let state = AppState::from(limiter).with_admin_token(AdminToken::new(ADMIN_TOKEN));
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => panic!("no runtime: {e}"),
+        };
+        Self {
+            runtime,
+            state,
+            clock,
+        }
+    }
+
+    /// Runs `f` on this thread's node; time moves on by 100 ms per call, so windows and bans
+    /// pass over a long run.
+    fn with<R>(f: impl FnOnce(&Node) -> R) -> R {
+        NODE.with(|node| {
+            let mut node = node.borrow_mut();
+            let node = node.get_or_insert_with(Node::new);
+            node.clock.advance(Duration::from_millis(100));
+            f(node)
+        })
+    }
+
+    /// One HTTP request through the router: status, headers and the whole body.
+    fn http(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+        let mut router = crate::http::router(self.state.clone());
+        self.runtime.block_on(async move {
+            let response = match router.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => panic!("response body unreadable: {e}"),
+            };
+            (parts.status, parts.headers, body)
+        })
+    }
+
+    /// One unary gRPC call of `path` with `message` as its request: the status code, and the
+    /// response message when there is one.
+    fn grpc<Svc>(&self, mut service: Svc, path: &str, message: &[u8]) -> (tonic::Code, Bytes)
+    where
+        Svc: Service<
+                Request<Full<Bytes>>,
+                Response = axum::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            >,
+    {
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.push(0);
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://node{path}"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers")
+            .body(Full::new(Bytes::from(frame)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => panic!("cannot build the request: {e}"),
+        };
+        self.runtime.block_on(async move {
+            let response = match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            let collected = match body.collect().await {
+                Ok(collected) => collected,
+                Err(e) => panic!("response body unreadable: {e}"),
+            };
+            let status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .or_else(|| parts.headers.get("grpc-status"))
+                .and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
+            let Some(status) = status else {
+                panic!("no grpc-status: {parts:?}");
+            };
+            let body = collected.to_bytes();
+            // The response message, without its 5-byte frame header.
+            let message = body.get(5..).map_or_else(Bytes::new, Bytes::copy_from_slice);
+            (tonic::Code::from(status), message)
+        })
+    }
+}
+
+/// What every HTTP answer of the fuzzed node must be: no server error, and a JSON error body
+/// whenever it is not a success.
+fn assert_answer(status: StatusCode, body: &[u8]) {
+    assert!(
+        !status.is_server_error(),
+        "{status}: {}",
+        String::from_utf8_lossy(body)
+    );
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        match serde_json::from_slice::<ErrorResponse>(body) {
+            Ok(error) => assert!(!error.error.is_empty(), "{status}: empty error"),
+            Err(e) => panic!(
+                "{status} without a JSON error ({e}): {}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+}
+
+fn json_post(path: &str, body: &[u8]) -> Request<Body> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_vec()));
+    match request {
+        Ok(request) => request,
+        Err(e) => panic!("cannot build the request: {e}"),
+    }
+}
+
+/// Fuzz target `http_check`: the input as the body of `POST /v1/check`.
+pub fn http_check(data: &[u8]) {
+    let (status, headers, body) = Node::with(|node| node.http(json_post("/v1/check", data)));
+    assert_answer(status, &body);
+    if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
+        let decision: CheckResponse = match serde_json::from_slice(&body) {
+            Ok(decision) => decision,
+            Err(e) => panic!("{status} without a decision ({e})"),
+        };
+        assert_eq!(decision.allowed, status == StatusCode::OK);
+        assert!(headers.contains_key("ratelimit-limit"), "{headers:?}");
+        if !decision.allowed {
+            assert!(headers.contains_key(header::RETRY_AFTER), "{headers:?}");
+        }
+    } else {
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE,
+            "{status}"
+        );
+    }
+}
+
+/// Fuzz target `http_envoy_json`: the input as the body of `POST /json`.
+pub fn http_envoy_json(data: &[u8]) {
+    let (status, _, body) = Node::with(|node| node.http(json_post("/json", data)));
+    assert_answer(status, &body);
+    if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
+        let response: JsonResponse = match serde_json::from_slice(&body) {
+            Ok(response) => response,
+            Err(e) => panic!("{status} without a response ({e})"),
+        };
+        let request: EnvoyRequest = match serde_json::from_slice(data) {
+            Ok(request) => request,
+            Err(e) => panic!("{status} for a request that does not parse ({e})"),
+        };
+        assert_eq!(response.statuses.len(), request.descriptors.len());
+        let over = response.overall_code == "OVER_LIMIT";
+        assert_eq!(over, status == StatusCode::TOO_MANY_REQUESTS);
+    } else {
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE,
+            "{status}"
+        );
+    }
+}
+
+/// Fuzz target `http_admin`: the first byte picks an admin route (and, with its top bit set,
+/// leaves the token out); up to the first newline the rest is the route's user id or query,
+/// after it the body.
+pub fn http_admin(data: &[u8]) {
+    let (&selector, rest) = data.split_first().unwrap_or((&0, &[]));
+    let (param, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let param = percent_encode(param);
+    let (method, uri) = match selector % 6 {
+        0 => (Method::PUT, format!("/v1/blocks/{param}")),
+        1 => (Method::DELETE, format!("/v1/blocks/{param}")),
+        2 => (Method::POST, "/v1/load".to_owned()),
+        3 => (Method::GET, format!("/v1/offenders?{param}")),
+        4 => (Method::GET, "/v1/blocks".to_owned()),
+        _ => (Method::GET, "/v1/config".to_owned()),
+    };
+    let authorized = selector & 0x80 == 0;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(&uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if authorized {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"));
+    }
+    let request = match request.body(Body::from(body.to_vec())) {
+        Ok(request) => request,
+        Err(e) => panic!("cannot build {uri}: {e}"),
+    };
+    let (status, _, body) = Node::with(|node| node.http(request));
+    assert_answer(status, &body);
+    if authorized {
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    } else {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+}
+
+/// Every byte but unreserved ones as `%XX`, so any input makes a valid path or query.
+fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~=&".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Fuzz target `grpc_native`: the input as a `drl.v1.CheckRequest` message.
+pub fn grpc_native(data: &[u8]) {
+    let (code, message) = Node::with(|node| {
+        let service = native::rate_limiter_server::RateLimiterServer::new(GrpcApi::new(
+            node.state.clone(),
+        ));
+        node.grpc(service, "/drl.v1.RateLimiter/Check", data)
+    });
+    match native::CheckRequest::decode(data) {
+        Err(_) => assert_eq!(code, tonic::Code::InvalidArgument, "undecodable request"),
+        Ok(request) if request.checks.len() > crate::grpc::MAX_BATCH => {
+            assert_eq!(code, tonic::Code::InvalidArgument);
+        }
+        Ok(request) => {
+            assert_eq!(code, tonic::Code::Ok);
+            let response = match native::CheckResponse::decode(message) {
+                Ok(response) => response,
+                Err(e) => panic!("OK without a response ({e})"),
+            };
+            assert_eq!(response.results.len(), request.checks.len());
+            assert!(response.results.iter().all(|r| r.outcome.is_some()));
+        }
+    }
+}
+
+/// Fuzz target `grpc_envoy`: the input as an Envoy `RateLimitRequest` message.
+pub fn grpc_envoy(data: &[u8]) {
+    let (code, message) = Node::with(|node| {
+        let service = rls::rate_limit_service_server::RateLimitServiceServer::new(GrpcApi::new(
+            node.state.clone(),
+        ));
+        node.grpc(
+            service,
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            data,
+        )
+    });
+    match rls::RateLimitRequest::decode(data) {
+        Err(_) => assert_eq!(code, tonic::Code::InvalidArgument, "undecodable request"),
+        Ok(request) => {
+            assert!(
+                code == tonic::Code::Ok || code == tonic::Code::InvalidArgument,
+                "{code:?}"
+            );
+            if code == tonic::Code::Ok {
+                let response = match rls::RateLimitResponse::decode(message) {
+                    Ok(response) => response,
+                    Err(e) => panic!("OK without a response ({e})"),
+                };
+                assert_eq!(response.statuses.len(), request.descriptors.len());
+            }
+        }
+    }
+}
