@@ -48,7 +48,9 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1
   status=$?
-  took=$(($(date +%s) - start))
+  # libFuzzer's own count of its running time; the wall time when it stopped at a failure.
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*')
+  took=${took:-$(($(date +%s) - start))}
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   corpus=$(find "fuzz/work/$target" -type f | wc -l)
   found=$(($(find "fuzz/artifacts/$target" -type f | wc -l) - before))

@@ -171,7 +171,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, PolicyError> {
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = s.parse().map_err(|_| err("the number is too large"))?;
-        return Ok(Duration::from_secs(secs));
+        // The same bound as with units (milliseconds in a u64): "N" reads like "Ns".
+        let ms = secs
+            .checked_mul(1_000)
+            .ok_or_else(|| err("the duration is too large"))?;
+        return Ok(Duration::from_millis(ms));
     }
     let mut total_ms: u64 = 0;
     let mut rest = s;
@@ -243,6 +247,9 @@ mod tests {
             "-1s",
             "10 s",
             "99999999999999999999",
+            // Found by fuzzing: bare seconds above u64::MAX milliseconds were accepted,
+            // though the same number with `s` was refused.
+            "6000036000300360003",
         ] {
             let e = parse_duration(bad).expect_err(bad);
             assert!(e.to_string().contains("invalid duration"), "{bad}: {e}");

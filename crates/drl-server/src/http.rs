@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -701,15 +702,25 @@ async fn list_blocks<S: Store>(
     Ok(Json(BlocksView { blocks }))
 }
 
+/// The `{user_id}` of a block route, read once the caller is authorized: a path that does not
+/// decode (invalid UTF-8 after percent-decoding) is a 400 with a JSON error like any other,
+/// not axum's plain-text rejection (found by fuzzing, `fuzz/regressions/http_admin/`).
+fn path_user_id(user_id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    user_id
+        .map(|Path(user_id)| user_id)
+        .map_err(|e| ApiError::BadValue(e.body_text()))
+}
+
 /// `PUT /v1/blocks/{user_id}`, body optional `{"duration": "1h"}` (permanent without).
 async fn put_block<S: Store>(
     State(state): State<AppState<S>>,
-    Path(user_id): Path<String>,
+    user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Json<BlockView>, ApiError> {
     authorize(&state, &headers, &uri)?;
+    let user_id = path_user_id(user_id)?;
     drl_core::key::validate_id("user_id", &user_id)?;
     let body = read_body(body, state.max_body()).await?;
     let request: BlockRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -756,11 +767,12 @@ async fn put_block<S: Store>(
 /// `DELETE /v1/blocks/{user_id}`: lifts a ban or block (not a config blocklist entry).
 async fn delete_block<S: Store>(
     State(state): State<AppState<S>>,
-    Path(user_id): Path<String>,
+    user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, &uri)?;
+    let user_id = path_user_id(user_id)?;
     let mut lifted = state.limiter.bans().unblock(&user_id);
     if let Some(shared) = &state.shared {
         match shared.publish_unblock(&user_id).await {
