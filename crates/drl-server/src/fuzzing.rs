@@ -54,7 +54,10 @@ pub fn config(data: &[u8]) {
                 };
                 let lines = yaml_lines(text);
                 assert!(d.line >= 1 && d.column >= 1, "{d}");
-                assert!(d.line <= lines + 1, "past the file's end ({lines} lines): {d}");
+                assert!(
+                    d.line <= lines + 1,
+                    "past the file's end ({lines} lines): {d}"
+                );
                 assert!(!d.message.is_empty(), "empty message: {d}");
                 assert!(!d.message.chars().any(char::is_control), "{d:?}");
             }
@@ -270,7 +273,9 @@ impl Node {
             };
             let body = collected.to_bytes();
             // The response message, without its 5-byte frame header.
-            let message = body.get(5..).map_or_else(Bytes::new, Bytes::copy_from_slice);
+            let message = body
+                .get(5..)
+                .map_or_else(Bytes::new, Bytes::copy_from_slice);
             (tonic::Code::from(status), message)
         })
     }
@@ -408,9 +413,8 @@ fn percent_encode(bytes: &[u8]) -> String {
 /// Fuzz target `grpc_native`: the input as a `drl.v1.CheckRequest` message.
 pub fn grpc_native(data: &[u8]) {
     let (code, message) = Node::with(|node| {
-        let service = native::rate_limiter_server::RateLimiterServer::new(GrpcApi::new(
-            node.state.clone(),
-        ));
+        let service =
+            native::rate_limiter_server::RateLimiterServer::new(GrpcApi::new(node.state.clone()));
         node.grpc(service, "/drl.v1.RateLimiter/Check", data)
     });
     match native::CheckRequest::decode(data) {
