@@ -142,7 +142,7 @@ pub fn key_encoding(data: &[u8]) {
     );
     assert_ne!(counter_a, group_b);
     assert_ne!(group_a, counter_b);
-    let f = Fingerprinter::with_key(0x6472_6c, 0x6675_7a7a);
+    let f = Fingerprinter::with_key(0x0064_726c, 0x6675_7a7a);
     let (print_a, print_b) = (a.with(|k| f.fingerprint(k)), b.with(|k| f.fingerprint(k)));
     assert_eq!(print_a == print_b, a == b, "{a:?} {b:?}");
 }
