@@ -65,3 +65,4 @@ promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts_test.yaml
 "$venv/bin/python" tests/e2e/prometheus_test.py
+"$venv/bin/python" tests/e2e/kubernetes_test.py
