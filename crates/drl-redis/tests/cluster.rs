@@ -165,7 +165,10 @@ async fn tricky_identities_live_in_one_slot_and_strict_nodes_keep_p() {
             .map(|n| support::command_calls(n, command))
             .sum()
     };
-    let cached: u64 = nodes.iter().map(|n| n.store().stats().deny_cache_hits).sum();
+    let cached: u64 = nodes
+        .iter()
+        .map(|n| n.store().stats().deny_cache_hits)
+        .sum();
     let sent = checks.load(std::sync::atomic::Ordering::Relaxed) - cached;
     let waits = calls("wait");
     println!("strict: {sent} checks sent to Redis, {waits} WAITs");
