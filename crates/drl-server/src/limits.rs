@@ -107,6 +107,16 @@ impl Gate {
         &self.limits
     }
 
+    /// Requests in flight now, HTTP and gRPC together.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now, HTTP and gRPC together.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// A place for one request in flight, held until it is dropped; `None` when all are taken
     /// (the request is to be shed, not queued).
     pub fn admit(&self) -> Option<Place<'_>> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use drl_core::RuleLevel;
 
-use crate::limits::Shed;
+use crate::limits::{Gate, Shed};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -71,6 +71,9 @@ pub struct Metrics {
     shadow_denied: Counter,
     /// `[in_flight, connections]`: requests and connections shed by the limits.
     shed: [Counter; 2],
+    /// `[in_flight, connections]`: places of the gate taken now, and its budgets.
+    gate_used: [Gauge; 2],
+    gate_max: [Gauge; 2],
 }
 
 /// `(rule, result)` of a descriptor decision.
@@ -193,6 +196,25 @@ impl Metrics {
             shed_family,
         );
 
+        let used_family = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        let max_family = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        let gate_used = [Shed::InFlight, Shed::Connections]
+            .map(|what| used_family.get_or_create_owned(&[("budget", what.name())]));
+        let gate_max = [Shed::InFlight, Shed::Connections]
+            .map(|what| max_family.get_or_create_owned(&[("budget", what.name())]));
+        registry.register(
+            "gate_used",
+            "Requests in flight (budget=in_flight, HTTP and gRPC, health and metrics excepted) and \
+             connections open (budget=connections) now, read at each scrape",
+            used_family,
+        );
+        registry.register(
+            "gate_limit",
+            "The node's max_in_flight (budget=in_flight) and max_connections (budget=connections): \
+             beyond them requests and connections are shed",
+            max_family,
+        );
+
         Self {
             registry: root,
             decisions,
@@ -209,6 +231,21 @@ impl Metrics {
             blocked,
             shadow_denied,
             shed,
+            gate_used,
+            gate_max,
+        }
+    }
+
+    /// Brings `drl_gate_used` and `drl_gate_limit` up to the gate's state (read at each scrape).
+    pub fn sync_gate(&self, gate: &Gate) {
+        let limits = gate.limits();
+        let gauges = [
+            (gate.in_flight(), limits.max_in_flight),
+            (gate.connections(), limits.max_connections),
+        ];
+        for (i, (used, max)) in gauges.into_iter().enumerate() {
+            self.gate_used[i].set(i64::try_from(used).unwrap_or(i64::MAX));
+            self.gate_max[i].set(i64::try_from(max).unwrap_or(i64::MAX));
         }
     }
 
@@ -481,6 +518,35 @@ mod tests {
         assert!(metrics.encode().contains("drl_http_requests_in_flight 2\n"));
         drop((a, b));
         assert!(metrics.encode().contains("drl_http_requests_in_flight 0\n"));
+    }
+
+    #[test]
+    fn the_gate_gauges_follow_the_gate_at_each_sync() {
+        use crate::limits::Limits;
+        let metrics = Metrics::new();
+        let gate = Gate::new(Limits {
+            max_in_flight: 3,
+            max_connections: 7,
+            ..Limits::default()
+        });
+        let place = gate.admit();
+        metrics.sync_gate(&gate);
+        let text = metrics.encode();
+        for line in [
+            "drl_gate_used{budget=\"in_flight\"} 1\n",
+            "drl_gate_used{budget=\"connections\"} 0\n",
+            "drl_gate_limit{budget=\"in_flight\"} 3\n",
+            "drl_gate_limit{budget=\"connections\"} 7\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        drop(place);
+        metrics.sync_gate(&gate);
+        assert!(
+            metrics
+                .encode()
+                .contains("drl_gate_used{budget=\"in_flight\"} 0\n")
+        );
     }
 
     #[test]
