@@ -194,8 +194,11 @@ impl Follower {
                 addresses.push(seed);
             }
         }
+        // Nodes that left the cluster are asked no more.
+        connector.retain_nodes(&addresses);
         let mut waited_for = {
-            let silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+            silent.retain(|a| addresses.contains(a));
             addresses.iter().filter(|a| !silent.contains(a)).count()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -233,7 +236,8 @@ impl Follower {
         drop(tx);
         let mut views = Vec::new();
         let mut answered = Vec::new();
-        while waited_for > 0 {
+        // Until every node that answered last time has, or any node at all if none did.
+        while waited_for > 0 || views.is_empty() {
             let Some((address, view, was_silent)) = rx.recv().await else {
                 break;
             };
