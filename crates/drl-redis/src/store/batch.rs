@@ -22,7 +22,7 @@ use drl_core::Policy;
 use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Failure, Inner, refresh_slot_map};
+use super::{Failure, Inner, follow_soon};
 use crate::config::Consistency;
 use crate::conn::Conn;
 use crate::scripts::{ManyError, Part, Reply, parse_many, parse_reply};
@@ -89,7 +89,7 @@ async fn run(store: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>, in_flight
     let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
     let mut open = true;
     if let Some(inner) = store.upgrade() {
-        refresh_slot_map(&inner);
+        follow_soon(&inner);
     }
     while open || !tasks.is_empty() {
         tokio::select! {
@@ -134,7 +134,7 @@ async fn run(store: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>, in_flight
             let inner = Arc::clone(&inner);
             tasks.spawn(async move {
                 if !run_group(&inner, jobs).await {
-                    refresh_slot_map(&inner);
+                    follow_soon(&inner);
                 }
                 lane
             });
