@@ -24,7 +24,11 @@
 #  4. the baselines on the same cluster: redis-benchmark running drl's own sliding-window script
 #     (the exact bytes drl loads, EVALSHA with the arguments drl sends for the same limit, random
 #     keys; one call in flight per connection, and again pipelined by 16) and a hand-written
-#     sorted-set sliding log (ZREMRANGEBYSCORE/ZCARD/ZADD/PEXPIRE).
+#     sorted-set sliding log (ZREMRANGEBYSCORE/ZCARD/ZADD/PEXPIRE);
+#  5. scripts/bench-redis.sh on a cluster of its own: wrk on HTTP /v1/check through one node
+#     (fast, strict) and native batches of 100, alternated with the sorted-set log from
+#     redis-benchmark, with Redis and node CPU per decision and the keys' spread over masters
+#     (3 rounds, medians; 1 round with --quick). Its table goes to target/bench/redis-path.md.
 # Everything started here (drl nodes, the Redis Cluster, perf) is stopped on exit. Raw results
 # are kept in target/bench/. Installs redis-server/redis-tools, gnuplot-nox and linux-perf with
 # apt-get when they are missing.
@@ -349,6 +353,14 @@ echo "sha_drl=$sha_drl" >> "$out/machine.env"
 echo "sha_zset=$sha_zset" >> "$out/machine.env"
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.env"
 echo "elapsed_s=$(($(date +%s) - started_at))" >> "$out/machine.env"
+
+# --- 5. the distributed path against the sorted-set log, costs per decision -----------------------
+say "the distributed path: scripts/bench-redis.sh"
+rounds=3
+[ "$quick" = 1 ] && rounds=1
+DRL="$drl" scripts/bench-redis.sh --runs "$rounds" --duration "${duration%s}" --out "$out/redis-path" \
+  > "$out/redis-path.md"
+cat "$out/redis-path.md" >&2
 
 # --- report ---------------------------------------------------------------------------------------
 say "report"
