@@ -1,29 +1,34 @@
 //! [`RedisStore`]: the [`Store`] over a single Redis or a Redis Cluster.
 //!
-//! A check goes: local deny cache → (slot marked failing? → `on_error`) → the algorithm's script
-//! on the key's master, bounded by the timeout → in strict mode, `WAIT 1` on that master's
-//! connection, batched → decision. Any error or timeout answers with the `on_error` policy and
+//! A check goes: local deny cache → (slot marked failing? → `on_error`) → the key's master's
+//! queue, where the checks in flight for one master are decided together by one script call
+//! (see [`batch`]), bounded by the timeout → in strict mode, `WAIT 1` on that master's
+//! connection in the same pipeline → decision. Any error or timeout answers with the `on_error` policy and
 //! marks the key's slot as failing: checks of that slot are then answered by the policy at once,
 //! with no round trip, while a background prober PINGs the slot's master every
 //! [`PROBE_EVERY`] and clears the mark when it answers. As a safety net a mark also lapses after
 //! [`MAX_DOWN`], so a check tries the store itself even if probing cannot get through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
 use redis::{Cmd, RedisError, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{Consistency, OnError, RedisConfig};
 use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
+use crate::follow::{FOLLOW_EVERY, Follower, REFRESH_EVERY};
 use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
-use crate::topology::{REFRESH_EVERY, SlotMap};
+use crate::topology::SlotMap;
+
+mod batch;
+use batch::{Batcher, Job, Work};
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -31,8 +36,6 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 pub const MAX_DOWN: Duration = Duration::from_secs(1);
 /// Most failing slots probed per round (a dead master fails many; the hot ones come first).
 const PROBES_PER_ROUND: usize = 64;
-/// Most script calls in one strict batch (one pipeline and one WAIT per slot in it).
-const MAX_BATCH: usize = 1_024;
 /// Least time [`RedisStore::ping`] may take to warm the store up.
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// `retry_after` of a denial given because the store failed.
@@ -49,6 +52,9 @@ pub struct RedisStats {
     pub deny_cache_hits: u64,
     /// Strict admissions turned into denials because `WAIT` found no replica in time.
     pub wait_shortfalls: u64,
+    /// Cluster connections replaced because they sent slots to a node that no longer served
+    /// them (a master that hung and was replaced by its replica).
+    pub reroutes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +73,7 @@ pub struct RedisStore {
 
 #[derive(Debug)]
 struct Inner {
-    connector: Connector,
+    connector: Arc<Connector>,
     scripts: Scripts,
     consistency: Consistency,
     on_error: OnError,
@@ -85,11 +91,10 @@ struct Inner {
     local: MemoryStore,
     counters: Counters,
     started: Instant,
-    strict: OnceLock<mpsc::UnboundedSender<Job>>,
-    /// Master of each slot (cluster, strict mode), for batching per master.
-    slot_map: RwLock<Option<Arc<SlotMap>>>,
-    /// Local time of the last slot-map refresh (0: never).
-    slot_map_at: AtomicU64,
+    /// Per-master batching of single checks (and of strict commits), started on first use.
+    batcher: OnceLock<Batcher>,
+    /// The cluster's slot map, kept current, and the connection kept following it.
+    follower: Follower,
 }
 
 /// Why a check got no decision from Redis.
@@ -115,7 +120,7 @@ impl RedisStore {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                connector,
+                connector: Arc::new(connector),
                 scripts: Scripts::new(),
                 consistency: config.consistency,
                 on_error: config.on_error,
@@ -128,9 +133,8 @@ impl RedisStore {
                 local: MemoryStore::new(),
                 counters: Counters::default(),
                 started: Instant::now(),
-                strict: OnceLock::new(),
-                slot_map: RwLock::new(None),
-                slot_map_at: AtomicU64::new(0),
+                batcher: OnceLock::new(),
+                follower: Follower::new(),
             }),
         })
     }
@@ -143,6 +147,7 @@ impl RedisStore {
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             deny_cache_hits: c.deny_cache_hits.load(Ordering::Relaxed),
             wait_shortfalls: c.wait_shortfalls.load(Ordering::Relaxed),
+            reroutes: self.inner.follower.replaced(),
         }
     }
 
@@ -158,29 +163,20 @@ impl RedisStore {
         let inner = &self.inner;
         let budget = inner.timeout.max(WARM_UP);
         let work = async {
-            let mut conn = inner.connector.get().await?;
-            inner.load_scripts(&mut conn).await?;
             let mut slots = vec![0];
             if inner.cluster {
-                let reply = conn
-                    .query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
-                    .await?;
-                if let Some(map) = SlotMap::parse(&reply) {
+                self.follow();
+                if let Some(map) = inner.follow_now().await {
                     slots = map.one_slot_per_master();
-                    *inner
-                        .slot_map
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
-                    inner
-                        .slot_map_at
-                        .store(inner.now().max(1), Ordering::Relaxed);
                 }
             }
+            let mut conn = inner.connector.get().await?;
+            inner.load_scripts(&mut conn).await?;
             for &slot in &slots {
                 conn.ping(slot).await?;
             }
             if inner.consistency == Consistency::Strict {
-                self.strict_sender();
+                self.batcher();
                 let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
                 for &slot in &slots {
                     let mut pipe = redis::pipe();
@@ -234,6 +230,7 @@ impl RedisStore {
     }
 
     async fn decide(&self, request: StoreRequest<'_>) -> Decision {
+        self.follow();
         let inner = &self.inner;
         let key = redis_key(&request.key, request.policy.algorithm());
         let limit = request.policy.requests();
@@ -288,10 +285,19 @@ impl RedisStore {
 
     async fn run(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Result<Reply, Failure> {
         let inner = &self.inner;
-        let cmd = inner.script_cmd(key, request);
-        let (value, replicated) = self.execute(key.slot, cmd, true).await?;
-        let mut reply =
-            parse_reply(&value, request.policy.requests()).map_err(|e| Failure::Reply(e.0))?;
+        let (tx, rx) = oneshot::channel();
+        self.batcher().send(Job {
+            slot: if inner.cluster { key.slot } else { 0 },
+            work: Work::Check {
+                key: key.name.clone(),
+                policy: request.policy.clone(),
+                hits: request.hits,
+                reply: tx,
+            },
+        })?;
+        let (mut reply, replicated) = rx
+            .await
+            .map_err(|_| Failure::Reply("batch dropped".into()))??;
         if reply.decision.allowed && !replicated {
             self.shortfall(&mut reply);
         }
@@ -313,7 +319,7 @@ impl RedisStore {
     }
 
     /// Runs a script call on the master of `slot`: directly, or (strict mode, when it `writes`)
-    /// through the batcher that confirms it with WAIT. Returns the reply and whether it is
+    /// through the batcher, which confirms it with WAIT. Returns the reply and whether it is
     /// replicated (always true in fast mode or for a call that writes nothing).
     async fn execute(&self, slot: u16, cmd: Cmd, writes: bool) -> Result<(Value, bool), Failure> {
         let inner = &self.inner;
@@ -323,16 +329,12 @@ impl RedisStore {
             return Ok((value, true));
         }
         let (tx, rx) = oneshot::channel();
-        let job = Job {
+        self.batcher().send(Job {
             slot: if inner.cluster { slot } else { 0 },
-            cmd,
-            reply: tx,
-        };
-        self.strict_sender()
-            .send(job)
-            .map_err(|_| Failure::Reply("strict batcher stopped".into()))?;
+            work: Work::Call { cmd, reply: tx },
+        })?;
         rx.await
-            .map_err(|_| Failure::Reply("strict batch dropped".into()))?
+            .map_err(|_| Failure::Reply("batch dropped".into()))?
     }
 
     /// `check_all`: see [`Store::check_all`] on [`RedisStore`].
@@ -342,6 +344,7 @@ impl RedisStore {
             [one] => return vec![self.decide(*one).await],
             _ => {}
         }
+        self.follow();
         let inner = &self.inner;
         // One entry per distinct counter, with the hits of all its requests.
         let mut counters: Vec<Counter<'_>> = Vec::with_capacity(requests.len());
@@ -537,34 +540,53 @@ impl RedisStore {
         if !inner.probing.swap(true, Ordering::SeqCst) {
             tokio::spawn(prober(Arc::downgrade(&self.inner)));
         }
+        follow_soon(inner);
     }
 
-    /// The strict batcher's queue, started on first use (inside the runtime).
-    fn strict_sender(&self) -> &mpsc::UnboundedSender<Job> {
-        self.inner.strict.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(strict_batcher(Arc::downgrade(&self.inner), rx));
-            tx
-        })
+    /// Starts the periodic refresh of the cluster's map (once; cluster only).
+    fn follow(&self) {
+        let inner = &self.inner;
+        if inner.cluster && inner.follower.start_periodic() {
+            tokio::spawn(follower(Arc::downgrade(inner)));
+        }
+    }
+
+    /// The batcher, started on first use (inside the runtime).
+    fn batcher(&self) -> &Batcher {
+        self.inner
+            .batcher
+            .get_or_init(|| Batcher::start(Arc::downgrade(&self.inner), self.inner.consistency))
     }
 }
 
 impl Inner {
+    /// Refreshes the cluster's map now (see [`Follower::refresh`]). When the connection was
+    /// replaced, the failing slots are cleared at once: their checks go to the new one.
+    async fn follow_now(&self) -> Option<Arc<SlotMap>> {
+        let now = self.now();
+        let failing = |slot: u16| {
+            let since = self.failing[usize::from(slot)].load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) < MAX_DOWN.as_nanos() as u64
+        };
+        let refreshed = self
+            .follower
+            .refresh(&self.connector, self.timeout, failing)
+            .await?;
+        if refreshed.replaced {
+            for slot in lock(&self.down).drain() {
+                self.failing[usize::from(slot)].store(0, Ordering::Relaxed);
+            }
+        }
+        Some(refreshed.map)
+    }
+
     fn current_slot_map(&self) -> Option<Arc<SlotMap>> {
-        self.slot_map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.follower.map()
     }
 
     /// Local monotonic time in ns since the store was made.
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
-    }
-
-    fn script_cmd(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Cmd {
-        self.scripts
-            .call(&key.name, request.policy, request.hits, None)
     }
 
     /// EVALSHA, loading the script and retrying once on NOSCRIPT.
@@ -658,219 +680,39 @@ async fn prober(store: std::sync::Weak<Inner>) {
             if let Ok(Ok(())) = tokio::time::timeout(inner.timeout, ping).await {
                 inner.failing[usize::from(slot)].store(0, Ordering::Relaxed);
                 lock(&inner.down).remove(&slot);
-            }
-        }
-    }
-}
-
-/// One strict script call waiting for its batch.
-struct Job {
-    slot: u16,
-    cmd: Cmd,
-    /// The script's reply and whether `WAIT` confirmed a replica.
-    reply: oneshot::Sender<Result<(Value, bool), Failure>>,
-}
-
-/// Group commit: strict calls queue per master (per slot until the cluster's slot map is
-/// known); each master has at most one pipeline in flight, `EVALSHA…; WAIT 1 t` (WAIT covers
-/// every earlier write on that master's connection, and blocks it anyway). Calls that arrive
-/// while a master's pipeline is out form its next batch, so under load one WAIT covers many
-/// admissions, and a slow or dead master holds up only its own slots.
-async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut pending: HashMap<u32, Vec<Job>> = HashMap::new();
-    let mut busy: HashSet<u32> = HashSet::new();
-    let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
-    let mut open = true;
-    if let Some(inner) = store.upgrade() {
-        refresh_slot_map(&inner);
-    }
-    while open || !tasks.is_empty() {
-        tokio::select! {
-            job = rx.recv(), if open => match job {
-                Some(job) => {
-                    let map = store.upgrade().and_then(|inner| inner.current_slot_map());
-                    let lane = |slot| SlotMap::lane(map.as_deref(), slot);
-                    pending.entry(lane(job.slot)).or_default().push(job);
-                    while let Ok(job) = rx.try_recv() {
-                        pending.entry(lane(job.slot)).or_default().push(job);
-                    }
-                }
-                None => open = false,
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(lane) = done {
-                    busy.remove(&lane);
-                }
-            }
-        }
-        let Some(inner) = store.upgrade() else { return };
-        let ready: Vec<u32> = pending
-            .keys()
-            .copied()
-            .filter(|lane| !busy.contains(lane))
-            .collect();
-        for lane in ready {
-            let Some(queue) = pending.get_mut(&lane) else {
-                continue;
-            };
-            let jobs: Vec<Job> = if queue.len() > MAX_BATCH {
-                queue.drain(..MAX_BATCH).collect()
             } else {
-                pending.remove(&lane).unwrap_or_default()
-            };
-            busy.insert(lane);
-            let inner = Arc::clone(&inner);
-            tasks.spawn(async move {
-                if !run_group(&inner, jobs).await {
-                    refresh_slot_map(&inner);
-                }
-                lane
-            });
-        }
-    }
-}
-
-/// Refreshes the slot map in the background (cluster only; at most every [`REFRESH_EVERY`]).
-fn refresh_slot_map(inner: &Arc<Inner>) {
-    if !inner.cluster {
-        return;
-    }
-    let now = inner.now().max(1);
-    let last = inner.slot_map_at.load(Ordering::Relaxed);
-    if last != 0 && now.saturating_sub(last) < REFRESH_EVERY.as_nanos() as u64 {
-        return;
-    }
-    if inner
-        .slot_map_at
-        .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        let fetch = async {
-            let mut conn = inner.connector.get().await?;
-            conn.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
-                .await
-        };
-        if let Ok(Ok(value)) = tokio::time::timeout(inner.timeout, fetch).await
-            && let Some(map) = SlotMap::parse(&value)
-        {
-            *inner
-                .slot_map
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
-        }
-    });
-}
-
-/// Sends one batch (jobs of one master) and answers every job; false if any failed.
-async fn run_group(inner: &Inner, jobs: Vec<Job>) -> bool {
-    let Some(slot) = jobs.first().map(|j| j.slot) else {
-        return true;
-    };
-    let work = async {
-        let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
-        let mut values = send_with_wait(inner, &mut conn, slot, &jobs).await?;
-        // A promoted or restarted master has an empty script cache: load and rerun those calls
-        // (a NOSCRIPT call ran nothing, so rerunning cannot count twice).
-        let missing: Vec<usize> = (0..jobs.len())
-            .filter(|&i| is_noscript(&values.0[i]))
-            .collect();
-        if !missing.is_empty() {
-            inner
-                .load_scripts(&mut conn)
-                .await
-                .map_err(Failure::Redis)?;
-            let again: Vec<&Job> = missing.iter().map(|&i| &jobs[i]).collect();
-            let rerun = send_with_wait(inner, &mut conn, slot, &again).await?;
-            for (k, &i) in missing.iter().enumerate() {
-                values.0[i] = rerun.0[k].clone();
+                follow_soon(&inner);
             }
-            values.1 &= rerun.1;
-        }
-        Ok::<_, Failure>(values)
-    };
-    match tokio::time::timeout(inner.timeout, work).await {
-        Ok(Ok((values, replicated))) => {
-            let mut all_ok = true;
-            for (job, value) in jobs.into_iter().zip(values) {
-                let answer = match value {
-                    // MOVED/ASK after a failover or a stale slot map, or a script error.
-                    Value::ServerError(e) => {
-                        all_ok = false;
-                        Err(Failure::Reply(format!("{e:?}")))
-                    }
-                    value => Ok((value, replicated)),
-                };
-                let _ = job.reply.send(answer);
-            }
-            all_ok
-        }
-        Ok(Err(failure)) => {
-            let message = failure.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(Failure::Reply(message.clone())));
-            }
-            false
-        }
-        Err(_) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(Failure::Timeout));
-            }
-            false
         }
     }
 }
 
-trait AsJob {
-    fn cmd(&self) -> &Cmd;
-}
-impl AsJob for Job {
-    fn cmd(&self) -> &Cmd {
-        &self.cmd
-    }
-}
-impl AsJob for &Job {
-    fn cmd(&self) -> &Cmd {
-        &self.cmd
+/// Asks the cluster for its map soon, in the background (cluster only; at most every
+/// [`crate::follow::REFRESH_EVERY`]): an error or a timeout may mean that the connection sends a
+/// slot to a hung master the cluster has replaced.
+fn follow_soon(inner: &Arc<Inner>) {
+    if inner.cluster && inner.follower.claim() {
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            inner.follow_now().await;
+        });
     }
 }
 
-/// One pipeline of the jobs' scripts and a trailing `WAIT 1 t`: the scripts' replies, and
-/// whether a replica acknowledged them.
-async fn send_with_wait<J: AsJob>(
-    inner: &Inner,
-    conn: &mut Conn,
-    slot: u16,
-    jobs: &[J],
-) -> Result<(Vec<Value>, bool), Failure> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for job in jobs {
-        pipe.add_command(job.cmd().clone());
+/// Refreshes the cluster's map every [`FOLLOW_EVERY`] until the store is dropped, so the node
+/// follows a failover even when no check fails; every [`REFRESH_EVERY`] while slots are failing
+/// (their checks are answered by `on_error` without trying Redis, so they ask for nothing).
+async fn follower(store: std::sync::Weak<Inner>) {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let Some(inner) = store.upgrade() else { return };
+        let due = last.elapsed() >= FOLLOW_EVERY || !lock(&inner.down).is_empty();
+        if due && inner.follower.claim() {
+            last = Instant::now();
+            inner.follow_now().await;
+        }
     }
-    // WAIT gets most of the budget; its own timeout keeps it from outliving the check.
-    let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
-    pipe.cmd("WAIT").arg(1).arg(wait_ms);
-    let mut values = conn
-        .pipeline_on(pipe, slot, jobs.len() + 1)
-        .await
-        .map_err(Failure::Redis)?;
-    let replicated = matches!(values.pop(), Some(Value::Int(n)) if n >= 1);
-    if values.len() != jobs.len() {
-        return Err(Failure::Reply(format!(
-            "{} replies for {} calls",
-            values.len(),
-            jobs.len()
-        )));
-    }
-    Ok((values, replicated))
-}
-
-fn is_noscript(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
 /// One distinct counter of a `check_all`.
@@ -912,6 +754,7 @@ impl Store for RedisStore {
             ("fallbacks", s.fallbacks),
             ("deny_cache_hits", s.deny_cache_hits),
             ("wait_shortfalls", s.wait_shortfalls),
+            ("reroutes", s.reroutes),
         ]
     }
 
