@@ -42,10 +42,10 @@ pub fn redis_key_names(data: &[u8]) {
 
 fn letter(algorithm: Algorithm) -> u8 {
     match algorithm {
-        Algorithm::SlidingWindow { .. } => b'w',
+        Algorithm::SlidingWindow { .. } => b'W',
         Algorithm::SlidingLog => b'l',
-        Algorithm::FixedWindow => b'f',
-        Algorithm::TokenBucket { .. } => b't',
+        Algorithm::FixedWindow => b'F',
+        Algorithm::TokenBucket { .. } => b'T',
     }
 }
 

@@ -8,7 +8,10 @@
 //! the tag: every limit of one identity lives in one slot whatever characters the user sends (a
 //! user id full of `{` and `}` cannot choose its slot), and identities spread evenly over slots.
 //! The algorithm's letter keeps states of different shapes apart when a reload switches a key's
-//! algorithm (the memory store keeps one table per algorithm for the same reason).
+//! algorithm (the memory store keeps one table per algorithm for the same reason). It is upper
+//! case for the states this version writes as one string (`W`, `F`, `T`); older versions kept
+//! hashes under the lower-case letters, which the scripts read once when a key is new, and the
+//! sliding log's ring (`l`) has not changed.
 
 use std::hash::Hasher;
 
@@ -60,10 +63,10 @@ pub fn redis_key(key: &CounterKey<'_>, algorithm: Algorithm) -> RedisKey {
 pub fn key_for(identity: &[u8], group: &[u8], algorithm: Algorithm) -> RedisKey {
     let tag = hash_tag(group);
     let letter = match algorithm {
-        Algorithm::SlidingWindow { .. } => b'w',
+        Algorithm::SlidingWindow { .. } => b'W',
         Algorithm::SlidingLog => b'l',
-        Algorithm::FixedWindow => b'f',
-        Algorithm::TokenBucket { .. } => b't',
+        Algorithm::FixedWindow => b'F',
+        Algorithm::TokenBucket { .. } => b'T',
     };
     let mut name = Vec::with_capacity(PREFIX.len() + 3 + tag.len() + identity.len());
     name.extend_from_slice(PREFIX.as_bytes());
@@ -111,7 +114,7 @@ mod tests {
         let k = key_for(identity, identity, Algorithm::default());
         let tag = &k.name[6..22];
         assert!(tag.iter().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(&k.name[..6], b"drl:w{");
+        assert_eq!(&k.name[..6], b"drl:W{");
         assert_eq!(k.name[22], b'}');
         assert!(k.name.ends_with(identity));
         assert_eq!(k.name.len(), 23 + identity.len());

@@ -11,6 +11,17 @@
 //! Numbers in Redis Lua are doubles, so the scripts keep absolute times as (seconds,
 //! nanoseconds) pairs and compute on differences: exact for windows up to 2⁵³ ns (104 days);
 //! beyond, durations may be off by nanoseconds.
+//!
+//! A counter's state is one short string (read with one GET, written with one SET that also
+//! sets its expiry), so a check costs the script call, `TIME`, a GET and at most a SET, whatever
+//! the precision. Every script declares Redis 7 flags (`#!lua`): Redis refuses a call before it
+//! runs when it could not write, so a check is never cut between two writes. Older `drl`
+//! versions kept hashes under lower-case letters (`keys`): a script whose key is missing reads
+//! that state once, so an upgrade keeps running windows (docs/redis.md, "Upgrading").
+//!
+//! [`Scripts::call_many`] carries many independent checks, for keys of any slots one master
+//! serves, in one call (`allow-cross-slot-keys`): one round trip for all the checks in flight
+//! on a master.
 
 use std::time::Duration;
 
@@ -27,7 +38,8 @@ const FIXED_WINDOW: &str = include_str!("lua/fixed_window.lua");
 const TOKEN_BUCKET: &str = include_str!("lua/token_bucket.lua");
 
 /// The scripts, compiled once per store: one per algorithm for single checks, one for
-/// all-or-nothing checks of several counters of one slot, one to refund admissions.
+/// all-or-nothing checks of several counters of one slot, one to refund admissions, and one for
+/// many independent checks on one master.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     sliding_window: Script,
@@ -36,6 +48,7 @@ pub(crate) struct Scripts {
     token_bucket: Script,
     all: Script,
     refund: Script,
+    many: Script,
 }
 
 /// A counter in an all-or-nothing call: its key, policy and hits.
@@ -59,23 +72,27 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         let single = |body: &str, step: &str| {
             let trailer = include_str!("lua/single.lua").replace("STEP", step);
-            Script::new(&format!("{PRELUDE}\n{body}\n{trailer}"))
+            Script::new(&format!("#!lua\n{PRELUDE}\n{body}\n{trailer}"))
+        };
+        let every = |flags: &str, trailer: &str| {
+            Script::new(&format!(
+                "#!lua{flags}\n{PRELUDE}\n{SLIDING_WINDOW}\n{SLIDING_LOG}\n{FIXED_WINDOW}\n\
+                 {TOKEN_BUCKET}\n{trailer}"
+            ))
         };
         Self {
             sliding_window: single(SLIDING_WINDOW, "sliding_window"),
             sliding_log: single(SLIDING_LOG, "sliding_log"),
             fixed_window: single(FIXED_WINDOW, "fixed_window"),
             token_bucket: single(TOKEN_BUCKET, "token_bucket"),
-            all: Script::new(&format!(
-                "{PRELUDE}\n{SLIDING_WINDOW}\n{SLIDING_LOG}\n{FIXED_WINDOW}\n{TOKEN_BUCKET}\n{}",
-                include_str!("lua/all.lua")
-            )),
-            refund: Script::new(&format!("{PRELUDE}\n{}", include_str!("lua/refund.lua"))),
+            all: every("", include_str!("lua/all.lua")),
+            refund: every("", include_str!("lua/refund.lua")),
+            many: every(" flags=allow-cross-slot-keys", include_str!("lua/many.lua")),
         }
     }
 
     /// Every script, for preloading with SCRIPT LOAD.
-    pub(crate) fn all(&self) -> [&Script; 6] {
+    pub(crate) fn all(&self) -> [&Script; 7] {
         [
             &self.sliding_window,
             &self.sliding_log,
@@ -83,7 +100,17 @@ impl Scripts {
             &self.token_bucket,
             &self.all,
             &self.refund,
+            &self.many,
         ]
+    }
+
+    fn script(&self, policy: &Policy) -> &Script {
+        match policy.algorithm() {
+            Algorithm::SlidingWindow { .. } => &self.sliding_window,
+            Algorithm::SlidingLog => &self.sliding_log,
+            Algorithm::FixedWindow => &self.fixed_window,
+            Algorithm::TokenBucket { .. } => &self.token_bucket,
+        }
     }
 
     /// The EVALSHA of `policy`'s script on `key` for `hits`. `test_now_ns` replaces the server
@@ -95,12 +122,7 @@ impl Scripts {
         hits: u32,
         test_now_ns: Option<u64>,
     ) -> Cmd {
-        let script = match policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => &self.sliding_window,
-            Algorithm::SlidingLog => &self.sliding_log,
-            Algorithm::FixedWindow => &self.fixed_window,
-            Algorithm::TokenBucket { .. } => &self.token_bucket,
-        };
+        let script = self.script(policy);
         let mut call = redis::cmd("EVALSHA");
         call.arg(script.get_hash()).arg(1).arg(key);
         call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
@@ -132,6 +154,31 @@ impl Scripts {
                 .arg(part.hits)
                 .arg(part.policy.requests())
                 .arg(part.policy.window_ns())
+                .arg(&params[..]);
+        }
+        call
+    }
+
+    /// The EVALSHA of one call carrying every check of `checks`, in order: keys of any slots,
+    /// all served by the master of the first one (the call is routed by it). Each check decides
+    /// exactly as [`Scripts::call`] would, one after another at one instant of the server clock;
+    /// read the reply with [`parse_many`]. A check whose key this master does not serve (a stale
+    /// slot map, a slot moving) gets an error and changes nothing; the others still run.
+    /// `test_now_ns` replaces the server clock (tests only). `checks` must not be empty.
+    // Not yet called by the store: the building block of its per-master batching.
+    #[allow(dead_code)]
+    pub(crate) fn call_many(&self, checks: &[Part<'_>], test_now_ns: Option<u64>) -> Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.many.get_hash()).arg(1);
+        call.arg(checks.first().map_or(&b""[..], |c| c.key));
+        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
+        for check in checks {
+            let (letter, params) = params(check.policy);
+            call.arg(check.key)
+                .arg(letter)
+                .arg(check.hits)
+                .arg(check.policy.requests())
+                .arg(check.policy.window_ns())
                 .arg(&params[..]);
         }
         call
@@ -208,6 +255,52 @@ pub(crate) fn parse_all(value: &Value, limits: &[u32]) -> Result<(bool, Vec<Repl
     Ok((admitted, replies))
 }
 
+/// Why one check of a [`Scripts::call_many`] call got no decision.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ManyError {
+    /// The key is not served by the node the call went to (its slot is another master's, or is
+    /// moving): send the check to the slot's master. Nothing was counted.
+    #[error("key not served by this node: {0}")]
+    NotLocal(String),
+    /// Any other error reply for this check (e.g. a key holding something else).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Reads the reply of [`Scripts::call_many`]: one result per check, given each check's N.
+#[allow(dead_code)]
+pub(crate) fn parse_many(
+    value: &Value,
+    limits: &[u32],
+) -> Result<Vec<Result<Reply, ManyError>>, ReplyError> {
+    let Value::Array(items) = value else {
+        return Err(ReplyError(format!("expected an array, got {value:?}")));
+    };
+    if items.len() != limits.len() {
+        return Err(ReplyError(format!(
+            "{} replies for {} checks",
+            items.len(),
+            limits.len()
+        )));
+    }
+    items
+        .iter()
+        .zip(limits)
+        .map(|(item, &limit)| match item {
+            Value::BulkString(text) => {
+                let text = String::from_utf8_lossy(text).into_owned();
+                Ok(Err(if text.contains("non local key") {
+                    ManyError::NotLocal(text)
+                } else {
+                    ManyError::Other(text)
+                }))
+            }
+            other => parse_reply(other, limit).map(Ok),
+        })
+        .collect()
+}
+
 /// Reads `{allowed, remaining, reset_after_ns, retry_after_ns, never, token}`, rounding the durations
 /// up to whole milliseconds exactly as `Decision::new` does.
 pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError> {
@@ -240,6 +333,7 @@ pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError
         token: match items.get(5) {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             Some(Value::SimpleString(t)) => t.clone(),
+            Some(Value::Int(v)) => v.to_string(),
             _ => String::new(),
         },
     })
@@ -247,4 +341,317 @@ pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError
 
 fn ceil_ms(ns: u64) -> Duration {
     Duration::from_millis(ns.div_ceil(1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::key_for;
+    use crate::test_support::{Cluster, Redis};
+
+    const SEC: u64 = 1_000_000_000;
+    /// 2025-11-28, where Redis Lua's doubles are not exact.
+    const T0: u64 = 1_764_300_000 * SEC;
+
+    fn policies() -> Vec<Policy> {
+        let per = |n, secs, algorithm| Policy::per(n, Duration::from_secs(secs), algorithm);
+        vec![
+            per(5, 10, Algorithm::SlidingWindow { precision: 10 }).expect("policy"),
+            per(4, 7, Algorithm::SlidingWindow { precision: 3 }).expect("policy"),
+            per(3, 10, Algorithm::SlidingLog).expect("policy"),
+            per(4, 10, Algorithm::FixedWindow).expect("policy"),
+            per(4, 10, Algorithm::TokenBucket { burst: None }).expect("policy"),
+        ]
+    }
+
+    /// A check of the sequence both ways run: (identity, policy, hits) per round, at
+    /// T0 + round·0.7 s.
+    fn rounds(identities: &[Vec<u8>]) -> Vec<Vec<(usize, usize, u32)>> {
+        let policies = policies().len();
+        (0..24)
+            .map(|round| {
+                (0..identities.len())
+                    .flat_map(|i| {
+                        let p = (i + round) % policies;
+                        // Two checks of one key in a call, and reads (0 hits) now and then.
+                        let hits = [1, 2, 0, 1][(i + round) % 4];
+                        [(i, p, hits), (i, p, 1)]
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn eval(conn: &mut redis::aio::MultiplexedConnection, cmd: &Cmd) -> Value {
+        let hash_missing = |v: &Value| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT");
+        let value: Value = cmd.query_async(conn).await.unwrap_or_else(|e| {
+            panic!(
+                "{e}: {:?}",
+                String::from_utf8_lossy(&cmd.get_packed_command())
+            )
+        });
+        assert!(!hash_missing(&value), "scripts are loaded first");
+        value
+    }
+
+    async fn load(conn: &mut redis::aio::MultiplexedConnection, scripts: &Scripts) {
+        for script in scripts.all() {
+            script.load_async(conn).await.expect("SCRIPT LOAD");
+        }
+    }
+
+    /// Runs `rounds` with one single-script call per check on keys `a:…` and with one many-call
+    /// per round on keys `b:…`, and checks that every reply is the same.
+    async fn same_as_singles(
+        single: &mut redis::aio::MultiplexedConnection,
+        many: &mut redis::aio::MultiplexedConnection,
+        identities: &[Vec<u8>],
+    ) -> usize {
+        let scripts = Scripts::new();
+        let policies = policies();
+        let key = |prefix: &str, i: usize, p: usize| {
+            let id = [prefix.as_bytes(), &identities[i]].concat();
+            key_for(&id, &identities[i], policies[p].algorithm()).name
+        };
+        let mut compared = 0;
+        for (round, checks) in rounds(identities).iter().enumerate() {
+            let now = T0 + round as u64 * 700_000_000;
+            let mut want = Vec::new();
+            for &(i, p, hits) in checks {
+                let value = eval(
+                    single,
+                    &scripts.call(&key("a:", i, p), &policies[p], hits, Some(now)),
+                )
+                .await;
+                want.push(parse_reply(&value, policies[p].requests()).expect("reply"));
+            }
+            let names: Vec<Vec<u8>> = checks.iter().map(|&(i, p, _)| key("b:", i, p)).collect();
+            let parts: Vec<Part<'_>> = checks
+                .iter()
+                .zip(&names)
+                .map(|(&(_, p, hits), name)| Part {
+                    key: name,
+                    policy: &policies[p],
+                    hits,
+                })
+                .collect();
+            let limits: Vec<u32> = parts.iter().map(|p| p.policy.requests()).collect();
+            let value = eval(many, &scripts.call_many(&parts, Some(now))).await;
+            let got = parse_many(&value, &limits).expect("many reply");
+            for (k, (got, want)) in got.into_iter().zip(want).enumerate() {
+                assert_eq!(got, Ok(want), "round {round}, check {k}: {:?}", checks[k]);
+                compared += 1;
+            }
+        }
+        compared
+    }
+
+    #[tokio::test]
+    async fn many_checks_in_one_call_decide_as_single_calls() {
+        let redis = Redis::start();
+        let client = redis::Client::open(redis.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        load(&mut conn, &Scripts::new()).await;
+        let identities: Vec<Vec<u8>> = (0..6).map(|i| format!("user{i}").into_bytes()).collect();
+        let mut other = conn.clone();
+        let compared = same_as_singles(&mut conn, &mut other, &identities).await;
+        assert_eq!(compared, 24 * 12);
+        // Both sets of keys hold states of the same shapes.
+        let denied: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .expect("dbsize");
+        assert!(denied >= 2 * 6, "{denied} keys");
+    }
+
+    /// Masters of a cluster by port, from CLUSTER NODES: (port, slot ranges).
+    fn masters(cluster: &Cluster) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let nodes = cluster.nodes[0].cli(&["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let port = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                let ranges = fields[8..]
+                    .iter()
+                    .filter_map(|r| {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .collect();
+                (port, ranges)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn on_a_cluster_one_call_carries_one_masters_slots_and_refuses_others() {
+        let cluster = Cluster::start(3, 0);
+        let masters = masters(&cluster);
+        assert_eq!(masters.len(), 3);
+        let owner = |slot: u16| {
+            masters
+                .iter()
+                .position(|(_, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+                .expect("every slot is served")
+        };
+        // Identities whose keys (under both prefixes) land on master 0, in different slots.
+        let policies = &policies();
+        let on = |m: usize| {
+            (0..)
+                .map(|i| format!("user{i}").into_bytes())
+                .filter(move |id| {
+                    ["a:", "b:"].iter().all(|prefix| {
+                        let full = [prefix.as_bytes(), id].concat();
+                        policies
+                            .iter()
+                            .all(|p| owner(key_for(&full, id, p.algorithm()).slot) == m)
+                    })
+                })
+        };
+        let identities: Vec<Vec<u8>> = on(0).take(5).collect();
+        let slots: std::collections::HashSet<u16> = identities
+            .iter()
+            .map(|id| key_for(id, id, Algorithm::SlidingLog).slot)
+            .collect();
+        assert_eq!(slots.len(), identities.len(), "different slots");
+
+        let connect = |port: u16| async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            load(&mut conn, &Scripts::new()).await;
+            conn
+        };
+        let mut first = connect(masters[0].0).await;
+        let mut second = connect(masters[1].0).await;
+        let compared = same_as_singles(&mut first.clone(), &mut first, &identities).await;
+        assert_eq!(compared, 24 * 10);
+
+        // A key of master 1 in a call sent to master 0: that check alone is refused, and
+        // nothing is written for it anywhere; the others decide as usual.
+        let stranger = on(1).next().expect("an identity of master 1");
+        let scripts = Scripts::new();
+        let policy = &policies[0];
+        let names = [
+            key_for(b"x:local", &identities[0], policy.algorithm()).name,
+            key_for(&stranger, &stranger, policy.algorithm()).name,
+            key_for(b"x:local2", &identities[1], policy.algorithm()).name,
+        ];
+        let parts: Vec<Part<'_>> = names
+            .iter()
+            .map(|key| Part {
+                key,
+                policy,
+                hits: 1,
+            })
+            .collect();
+        let value = eval(&mut first, &scripts.call_many(&parts, None)).await;
+        let got = parse_many(&value, &[5, 5, 5]).expect("many reply");
+        assert!(matches!(&got[1], Err(ManyError::NotLocal(_))), "{got:?}");
+        for ok in [&got[0], &got[2]] {
+            let reply = ok.as_ref().expect("local keys decide");
+            assert!(reply.decision.allowed);
+            assert_eq!(reply.decision.remaining, 4);
+        }
+        // Its master never saw it (master 0 only answers MOVED for it).
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&names[1][..])
+            .query_async(&mut second)
+            .await
+            .expect("exists");
+        assert_eq!(exists, 0);
+    }
+
+    /// What an older drl left (hashes under the lower-case letters) is read when the new key is
+    /// made: the windows keep running across an upgrade.
+    #[tokio::test]
+    async fn an_older_versions_state_is_read_once() {
+        let redis = Redis::start();
+        let client = redis::Client::open(redis.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let scripts = Scripts::new();
+        load(&mut conn, &scripts).await;
+        let policies = policies();
+        let now = T0 + 500_000_000;
+        let old = |key: &[u8]| {
+            let mut name = key.to_vec();
+            name[4] = name[4].to_ascii_lowercase();
+            name
+        };
+        let hset = |name: Vec<u8>, fields: &[(&str, String)]| {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(name);
+            for (f, v) in fields {
+                cmd.arg(*f).arg(v);
+            }
+            cmd
+        };
+        // Sliding window, 5 per 10 s in 1 s buckets: 2 admissions 3 s ago, 1 now (old bucket
+        // indices are time / g), as the older script stored them.
+        let window = &policies[0];
+        let w = key_for(b"w", b"w", window.algorithm()).name;
+        let b = now / SEC;
+        let fields = [
+            ("g", SEC.to_string()),
+            ("s", "11".to_owned()),
+            ("n", b.to_string()),
+            ("i", b.to_string()),
+            (&*(b - 3).to_string(), "2".to_owned()),
+            (&*b.to_string(), "1".to_owned()),
+        ];
+        let _: () = hset(old(&w), &fields)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        // Fixed window, 4 per 10 s: 3 counted in the window that started at T0.
+        let fixed = &policies[3];
+        let f = key_for(b"f", b"f", fixed.algorithm()).name;
+        let fields = [
+            ("ss", (T0 / SEC).to_string()),
+            ("sn", "0".to_owned()),
+            ("c", "3".to_owned()),
+        ];
+        let _: () = hset(old(&f), &fields)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        // Token bucket, 4 per 10 s (one token per 2.5 s): the arrival time 5 s ahead.
+        let bucket = &policies[4];
+        let t = key_for(b"t", b"t", bucket.algorithm()).name;
+        let fields = [
+            ("ts", (now / SEC + 5).to_string()),
+            ("tn", (now % SEC).to_string()),
+        ];
+        let _: () = hset(old(&t), &fields)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+
+        for (key, policy, remaining) in [(&w, window, 1), (&f, fixed, 0), (&t, bucket, 1)] {
+            let value = eval(&mut conn, &scripts.call(key, policy, 1, Some(now))).await;
+            let reply = parse_reply(&value, policy.requests()).expect("reply");
+            assert!(reply.decision.allowed, "{policy:?}");
+            assert_eq!(reply.decision.remaining, remaining, "{policy:?}");
+            let value = eval(&mut conn, &scripts.call(key, policy, 2, Some(now))).await;
+            let reply = parse_reply(&value, policy.requests()).expect("reply");
+            assert!(
+                !reply.decision.allowed,
+                "{policy:?}: the old admissions count"
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@ for i, key in ipairs(KEYS) do
     {ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]}}
   local allowed, remaining, reset, retry, never, token =
     step(key, s0, n0, args[1], args[2], args[3], args[4], true)
+  if allowed == nil then return remaining end
   all = all and allowed
   results[i] = {step, args, reply(allowed, remaining, reset, retry, never, token)}
 end

@@ -5,15 +5,19 @@
 --
 -- Each algorithm is a function step(key, s0, n0, hits, N, T, params, dry) that decides (and,
 -- unless `dry`, writes) and returns allowed, remaining, reset_after_ns, retry_after_ns, never,
--- and a refund token (what `refund.lua` needs to take an admission back). `dry` runs the check
--- without writing anything: the trial of an all-or-nothing check.
+-- and a refund token (what `refund.lua` needs to take an admission back), or nil and the error
+-- reply when the key cannot be read here (a key of another node, in a call carrying several
+-- slots); the key is then left untouched. `dry` runs the check without writing anything: the
+-- trial of an all-or-nothing check.
+--
+-- Every script starts with a `#!lua` line (Redis 7 script flags): Redis then refuses a call
+-- whole, before it runs, when it could not write (out of memory, a read-only replica), instead
+-- of failing between two writes.
 --
 -- A single check: KEYS[1] the counter; ARGV[1] '' (read the server clock, production) or a
 -- decimal time in ns (test vectors only); ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; ARGV[5..7]
 -- the algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never,
 -- token}.
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-
 local E9 = 1000000000
 -- A test time was given: expiries are then set in the server's real time, which the test's
 -- clock does not follow, so they are made long enough to outlast the test.
@@ -31,14 +35,19 @@ local function clock(arg)
   return tonumber(t[1]), tonumber(t[2]) * 1000
 end
 
--- floor((s*1e9 + n) / m) and the remainder, exactly for m < 2^49 ns (6.5 days) by long
--- division over the nine decimal digits of n; beyond, m must be whole seconds (every configured
--- window is), and the remainder is exact below 2^53 ns.
+-- floor((s*1e9 + n) / m) and the remainder, exactly. Whole-second widths and widths dividing a
+-- second (every default geometry) take one division; others, below 2^49 ns (6.5 days), a long
+-- division over the nine decimal digits of n; beyond, m must be whole seconds (every
+-- configured window is), and the remainder is exact below 2^53 ns.
 local function divmod(s, n, m)
-  if m >= 562949953421312 and m % E9 == 0 then
+  if m % E9 == 0 then
     local ms = m / E9
     local rs = math.fmod(s, ms)
     return (s - rs) / ms, rs * E9 + n
+  end
+  if E9 % m == 0 and s * (E9 / m) < 9007199254740992 then
+    local rn = math.fmod(n, m)
+    return s * (E9 / m) + (n - rn) / m, rn
   end
   local r = math.fmod(s, m)
   local q = (s - r) / m
@@ -69,6 +78,35 @@ local function expire_in(key, ns)
   end
 end
 
+-- Stores `value` in the string `key` for `ns` from now (as `expire_in`), or deletes the key: a
+-- state in one SET.
+local function store(key, value, ns)
+  if ns <= 0 then
+    redis.call('DEL', key)
+  elseif TEST_CLOCK then
+    redis.call('SET', key, value, 'PX', 600000)
+  else
+    redis.call('SET', key, value, 'PX', math.ceil(ns / 1000000) + 1)
+  end
+end
+
+-- A key's state as one string: the reply of GET, or nil for a missing key; a second value, the
+-- error reply, when the key cannot be read here (not local in a cluster, wrong type).
+local function read_state(key)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then return nil, raw end
+  if raw == false then return nil end
+  return raw
+end
+
+-- The key of an older drl's state of the same counter: its letter in lower case (`drl:W{...`
+-- was `drl:w{...`), or nil for a key that has none.
+local function legacy(key)
+  local letter = string.sub(key, 5, 5)
+  if string.sub(key, 1, 4) ~= 'drl:' or letter == string.lower(letter) then return nil end
+  return 'drl:' .. string.lower(letter) .. string.sub(key, 6)
+end
+
 local function reply(allowed, remaining, reset_ns, retry_ns, never, token)
   if remaining < 0 then remaining = 0 end
   if reset_ns < 0 then reset_ns = 0 end
@@ -77,3 +115,4 @@ local function reply(allowed, remaining, reset_ns, retry_ns, never, token)
 end
 
 local function field(x) return string.format('%.0f', x) end
+

@@ -2,18 +2,37 @@
 -- one string: a 16-byte header (admissions ever counted, ring size) and 8 bytes per slot
 -- (seconds, nanoseconds as big-endian u32s); admission k is in slot k mod N. The newest N
 -- admissions are all that can matter, and they are sorted by time, so the oldest one still in
--- the window is found by binary search: O(log N) GETRANGEs per check. No refund token: an
+-- the window is found by binary search. A ring of up to LOG_WHOLE bytes is read with one GET and
+-- written with one SET; a larger one with O(log N) GETRANGEs and two SETRANGEs, so a check never
+-- copies a long ring. The layout is the one older drl versions wrote. No refund token: an
 -- admission in the middle of the ring cannot be taken back, so a refunded one stays counted
 -- (under-admission, never over-admission).
+local LOG_WHOLE = 4096
+
 local function sliding_log(key, s0, n0, hits, limit, window, params, dry)
   local count, size = 0, limit
-  local header = redis.call('GETRANGE', key, 0, 15)
+  -- `whole`: the entire string, when the ring is short enough to read at once.
+  local whole = nil
+  local header
+  local small = 16 + 8 * limit <= LOG_WHOLE
+  if small then
+    local raw, err = read_state(key)
+    if err then return nil, err end
+    header = raw and string.sub(raw, 1, 16) or ''
+    whole = raw
+  else
+    header = redis.pcall('GETRANGE', key, 0, 15)
+    if type(header) == 'table' then return nil, header end
+  end
   local exists = #header == 16
   if exists then count, size = struct.unpack('>dd', header) end
+  -- A ring an older drl wrote slot by slot may be shorter than its size: read it by ranges.
+  if whole and 16 + 8 * size ~= #whole then whole = nil end
 
   local cache = {}
   local function slot_at(k)
     local pos = math.fmod(k, size)
+    if whole then return struct.unpack('>I4I4', whole, 17 + 8 * pos) end
     if cache[pos] == nil then
       local off = 16 + 8 * pos
       local s, n = struct.unpack('>I4I4', redis.call('GETRANGE', key, off, off + 7))
@@ -33,6 +52,7 @@ local function sliding_log(key, s0, n0, hits, limit, window, params, dry)
     end
     if not dry then redis.call('SET', key, table.concat(parts), 'KEEPTTL') end
     local ring = table.concat(parts)
+    whole = nil
     cache = {}
     for k = 0, keep - 1 do
       cache[k] = {struct.unpack('>I4I4', string.sub(ring, 17 + 8 * k, 24 + 8 * k))}
@@ -74,10 +94,21 @@ local function sliding_log(key, s0, n0, hits, limit, window, params, dry)
       local slot = struct.pack('>I4I4', s0, n0)
       local pos = math.fmod(count, size)
       local head = math.min(hits, size - pos)
-      redis.call('SETRANGE', key, 0, struct.pack('>dd', count + hits, size))
-      redis.call('SETRANGE', key, 16 + 8 * pos, string.rep(slot, head))
-      if hits > head then redis.call('SETRANGE', key, 16, string.rep(slot, hits - head)) end
-      expire_in(key, window + 1)
+      if small and (whole or not exists) then
+        -- The whole ring in one SET: header, the slots before, the new ones, the slots after.
+        local ring = whole and string.sub(whole, 17) or string.rep('\0', 8 * size)
+        local wrapped = hits - head
+        store(key, struct.pack('>dd', count + hits, size)
+          .. string.rep(slot, wrapped)
+          .. string.sub(ring, 8 * wrapped + 1, 8 * pos)
+          .. string.rep(slot, head)
+          .. string.sub(ring, 8 * (pos + head) + 1), window + 1)
+      else
+        redis.call('SETRANGE', key, 0, struct.pack('>dd', count + hits, size))
+        redis.call('SETRANGE', key, 16 + 8 * pos, string.rep(slot, head))
+        if hits > head then redis.call('SETRANGE', key, 16, string.rep(slot, hits - head)) end
+        expire_in(key, window + 1)
+      end
     end
     count = count + hits
     used = used + hits

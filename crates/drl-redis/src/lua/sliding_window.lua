@@ -1,52 +1,130 @@
 -- sliding_window: the conservative sub-bucketed window of drl_core::algorithm::sliding_window,
--- with the same bucket geometry. params: bucket width g (ns), ring slots, T mod g (strings).
--- State: a hash; field 'g'/'s' the geometry it was built with, 'n' the newest bucket index (time
--- never goes back past its start), 'i' the bucket of the newest admission, and one field per
--- bucket index holding its count. Buckets older than the ring are deleted as time moves on.
+-- with the same bucket geometry and the same ring: bucket b in slot b mod `slots`, and a running
+-- total, so a check reads and rewrites one short string and touches only the current slot and
+-- the slots that expired since the previous check (a denial also walks the ring from the oldest
+-- slot, only until enough has left to say when to retry).
+-- params: bucket width g (ns), ring slots, T mod g (strings).
+-- State: one string, a 33-byte header (g, slots, count width, newest bucket, bucket of the
+-- newest admission or -1, total; SW_HEAD) and `slots` counts of 2 bytes (N ≤ 65 535) or 4.
 -- Refund token: the bucket the hits went into.
+local SW_HEAD = '<dI4BddI4'
+local SW_HEAD_LEN = 33
+
+-- The ring position of bucket b.
+local function sw_pos(b, slots)
+  local p = math.fmod(b, slots)
+  if p < 0 then p = p + slots end
+  return p
+end
+
+-- The count at ring position p of the state string `ring` (nil: an empty ring).
+local function sw_count(ring, p, width, cell)
+  if ring == nil then return 0 end
+  return (struct.unpack(cell, ring, SW_HEAD_LEN + 1 + p * width))
+end
+
+-- The bytes of ring positions [from, to) of `ring` (zeros for an empty ring).
+local function sw_span(ring, from, to, width)
+  if to <= from then return '' end
+  if ring == nil then return string.rep('\0', (to - from) * width) end
+  return string.sub(ring, SW_HEAD_LEN + 1 + from * width, SW_HEAD_LEN + to * width)
+end
+
+-- A ring (with a header to be replaced) holding `counts` (bucket -> count) and nothing else.
+local function sw_ring(counts, slots, width, cell)
+  local parts = {string.rep('\0', SW_HEAD_LEN)}
+  for p = 0, slots - 1 do parts[p + 2] = struct.pack(cell, counts[p] or 0) end
+  return table.concat(parts)
+end
+
 local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   local g = tonumber(params[1])
   local slots = tonumber(params[2])
   local rem = tonumber(params[3])
+  local width, cell, most = 2, '<I2', 65535
+  if limit > 65535 then width, cell, most = 4, '<I4', 4294967295 end
 
-  local flat = redis.call('HGETALL', key)
-  local exists = #flat > 0
-  local state_g, state_slots, newest, idle = nil, nil, 0, nil
-  local buckets = {}
-  for i = 1, #flat, 2 do
-    local f, v = flat[i], flat[i + 1]
-    if f == 'g' then state_g = v
-    elseif f == 's' then state_slots = v
-    elseif f == 'n' then newest = tonumber(v)
-    elseif f == 'i' then idle = tonumber(v)
-    else buckets[tonumber(f)] = tonumber(v) end
-  end
-
+  local ring, err = read_state(key)
+  if err then return nil, err end
   local current, offset = divmod(s0, n0, g)
-  local rewrite = not exists
-  if exists and (state_g ~= params[1] or state_slots ~= params[2]) then
-    -- The rules changed the geometry: every admission still held moves into the bucket of
-    -- now, so it stays counted for at least a full window (under-admits, never over-admits).
-    local held = 0
-    for _, c in pairs(buckets) do held = held + c end
-    local moved = math.floor(newest * tonumber(state_g) / g)
+  local exists = ring ~= nil
+  local newest, idle, total = 0, -1, 0
+  local rewrite = false
+  local held, from_newest, from_g = nil, 0, g
+  if exists then
+    local sg, sslots, swidth
+    sg, sslots, swidth, newest, idle, total = struct.unpack(SW_HEAD, ring)
+    if sg ~= g or sslots ~= slots or swidth ~= width then
+      held, from_newest, from_g = total, newest, sg
+    end
+  else
+    -- An older drl kept this counter in a hash under the lower-case letter (a field per bucket,
+    -- 'g'/'s' the geometry, 'n' the newest bucket, 'i' the newest admission's): read once, when
+    -- this key is made, so an upgrade keeps the windows running.
+    local old = legacy(key)
+    local flat = old and redis.pcall('HGETALL', old)
+    if type(flat) == 'table' and flat.err == nil and #flat > 0 then
+      local og, oslots, onewest, oidle, sum = nil, nil, 0, -1, 0
+      local buckets = {}
+      for i = 1, #flat, 2 do
+        local f, v = flat[i], flat[i + 1]
+        if f == 'g' then og = tonumber(v)
+        elseif f == 's' then oslots = tonumber(v)
+        elseif f == 'n' then onewest = tonumber(v)
+        elseif f == 'i' then oidle = tonumber(v)
+        elseif tonumber(f) then buckets[tonumber(f)] = tonumber(v); sum = sum + tonumber(v) end
+      end
+      exists, rewrite = true, true
+      if og == g and oslots == slots and sum <= most then
+        newest, idle = onewest, oidle
+        local counts = {}
+        for b, c in pairs(buckets) do
+          if b > onewest - slots and b <= onewest then
+            counts[sw_pos(b, slots)] = c
+            total = total + c
+          end
+        end
+        ring = sw_ring(counts, slots, width, cell)
+      else
+        held, from_newest, from_g = sum, onewest, og or g
+      end
+    end
+  end
+  if held ~= nil then
+    -- A state of another geometry: every admission it holds moves into the bucket of now (or
+    -- of its newest bucket, if later), so it stays counted for at least a full window: the
+    -- change under-admits, never over-admits.
+    local moved = math.floor(from_newest * from_g / g)
     if moved > current then current = moved; offset = 0 end
-    newest = current
-    buckets = {}
-    idle = nil
-    if held > 0 then buckets[current] = held; idle = current end
-    rewrite = true
+    newest, idle, total, ring, rewrite = current, -1, 0, nil, true
+    if held > 0 then
+      total = math.min(held, most)
+      ring = sw_ring({[sw_pos(current, slots)] = total}, slots, width, cell)
+      idle = current
+    end
   end
 
   -- Time never runs backwards for a key: an earlier reading is the newest bucket's start.
   if current < newest then current = newest; offset = 0 end
+  local here = sw_pos(current, slots)
   local moved_on = current > newest
-  local stale = {}
   if moved_on then
-    for idx, _ in pairs(buckets) do
-      if idx <= current - slots then table.insert(stale, idx) end
+    -- The slots from after the newest bucket to now held buckets that have left the ring.
+    local stale = current - newest
+    if total == 0 or stale >= slots then
+      ring, total = nil, 0
+    else
+      local from = here - stale + 1
+      for p = math.max(from, 0), here do total = total - sw_count(ring, p, width, cell) end
+      if from >= 0 then
+        ring = string.sub(ring, 1, SW_HEAD_LEN + from * width) .. string.rep('\0', stale * width)
+          .. sw_span(ring, here + 1, slots, width)
+      else
+        for p = slots + from, slots - 1 do total = total - sw_count(ring, p, width, cell) end
+        ring = string.rep('\0', SW_HEAD_LEN + (here + 1) * width)
+          .. sw_span(ring, here + 1, slots + from, width) .. string.rep('\0', -from * width)
+      end
     end
-    for _, idx in ipairs(stale) do buckets[idx] = nil end
     newest = current
   end
 
@@ -61,40 +139,32 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   else
     span = current + 1
   end
-  local used = 0
-  for idx, c in pairs(buckets) do
-    if idx > current - span then used = used + c end
+  local used = total
+  if total > 0 then
+    for age = span, slots - 1 do
+      used = used - sw_count(ring, sw_pos(current - age, slots), width, cell)
+    end
   end
 
   local want = math.max(hits, 1)
   local allowed = used + want <= limit
   local admitted = allowed and hits > 0
+  local mine = sw_count(ring, here, width, cell)
   if admitted then
-    buckets[current] = (buckets[current] or 0) + hits
+    mine = mine + hits
+    total = total + hits
     used = used + hits
     idle = current
   end
 
   local idle_in = 0
-  if idle ~= nil then idle_in = (idle + 1 - current) * g + window - offset end
-  if not dry and (exists or admitted) then
-    if rewrite then
-      redis.call('DEL', key)
-      local args = {'g', params[1], 's', params[2], 'n', field(newest)}
-      if idle ~= nil then table.insert(args, 'i'); table.insert(args, field(idle)) end
-      for idx, c in pairs(buckets) do table.insert(args, field(idx)); table.insert(args, c) end
-      redis.call('HSET', key, unpack(args))
-    else
-      for _, idx in ipairs(stale) do redis.call('HDEL', key, field(idx)) end
-      if admitted then
-        redis.call('HINCRBY', key, field(current), hits)
-        redis.call('HSET', key, 'n', field(newest), 'i', field(idle))
-      elseif moved_on then
-        redis.call('HSET', key, 'n', field(newest))
-      end
-    end
-    -- The bucket of the newest admission is the last to leave: at (idle + 1)·g + T.
-    expire_in(key, idle_in)
+  if idle >= 0 then idle_in = (idle + 1 - current) * g + window - offset end
+  if not dry and (admitted or (exists and (moved_on or rewrite))) then
+    -- The header, then the ring with the current slot's count spliced in. The bucket of the
+    -- newest admission is the last to leave: at (idle + 1)·g + T.
+    store(key, struct.pack(SW_HEAD, g, slots, width, newest, idle, total)
+      .. sw_span(ring, 0, here, width) .. struct.pack(cell, mine)
+      .. sw_span(ring, here + 1, slots, width), idle_in)
   end
   local reset_after = 0
   if used > 0 then reset_after = idle_in end
@@ -109,7 +179,7 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     local must_free = used + want - limit
     retry_after = reset_after
     for age = span - 1, 0, -1 do
-      local c = buckets[current - age] or 0
+      local c = sw_count(ring, sw_pos(current - age, slots), width, cell)
       if c >= must_free then
         retry_after = (1 - age) * g + window - offset
         break
@@ -117,5 +187,5 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
       must_free = must_free - c
     end
   end
-  return allowed, limit - used, reset_after, retry_after, want > limit, field(current)
+  return allowed, limit - used, reset_after, retry_after, want > limit, current
 end

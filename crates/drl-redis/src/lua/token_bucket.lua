@@ -1,12 +1,27 @@
 -- token_bucket: the GCRA of drl_core::algorithm::token_bucket. params: emission interval e
--- (ns), burst. State: a hash; 'ts'/'tn' the theoretical arrival time. Refund token: e.
+-- (ns), burst. State: one string packing the theoretical arrival time (seconds, nanoseconds;
+-- TB_STATE). Refund token: e.
+local TB_STATE = '<dd'
+
 local function token_bucket(key, s0, n0, hits, limit, window, params, dry)
   local e = tonumber(params[1])
   local burst = tonumber(params[2])
 
-  local st = redis.call('HMGET', key, 'ts', 'tn')
+  local raw, err = read_state(key)
+  if err then return nil, err end
+  local ts, tn
+  if raw ~= nil then
+    ts, tn = struct.unpack(TB_STATE, raw)
+  else
+    -- An older drl kept the arrival time in a hash under the lower-case letter: read once.
+    local old = legacy(key)
+    local st = old and redis.pcall('HMGET', old, 'ts', 'tn')
+    if type(st) == 'table' and st.err == nil and st[1] then
+      ts, tn = tonumber(st[1]), tonumber(st[2])
+    end
+  end
   local tat = -(s0 * E9 + n0)
-  if st[1] then tat = (tonumber(st[1]) - s0) * E9 + (tonumber(st[2]) - n0) end
+  if ts then tat = (ts - s0) * E9 + (tn - n0) end
 
   local capacity = burst * e
   local want = math.max(hits, 1)
@@ -17,8 +32,7 @@ local function token_bucket(key, s0, n0, hits, limit, window, params, dry)
     if not dry then
       local total = n0 + after
       local carry = math.floor(total / E9)
-      redis.call('HSET', key, 'ts', s0 + carry, 'tn', total - carry * E9)
-      expire_in(key, after)
+      store(key, struct.pack(TB_STATE, s0 + carry, total - carry * E9), after)
     end
   end
   local full = math.max(tat, 0)
