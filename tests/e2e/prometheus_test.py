@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from pathlib import Path
 
 from harness import (ROOT, Failed, Processes, check, drl_binary, equal, port_open, request, run,
                      wait_until)
@@ -185,7 +184,7 @@ adaptive:
             if out.returncode != 0:
                 raise Failed(f"cluster.sh up --prometheus: {out.returncode}\n{out.stdout}{out.stderr}")
             check("prometheus: http://127.0.0.1:" in out.stdout, "cluster.sh up reports Prometheus")
-            measure(Prometheus(prom_port), http_ports, instances, env, procs.dir)
+            measure(Prometheus(prom_port), http_ports, instances, env)
         except Exception:
             for log in sorted((procs.dir / "nodes").glob("*.log")):
                 lines = log.read_text(errors="replace").splitlines()[-20:]
@@ -199,8 +198,7 @@ adaptive:
               "cluster.sh down stopped every node and Prometheus")
 
 
-def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict,
-            workdir: Path) -> None:
+def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict) -> None:
     # One Envoy-API check on node 2 first: its series (drl_descriptor_decisions_total{rule,
     # result}) is created by it, at 1, and rate() counts from a series' first sample, so it is
     # in the totals but not in the rates (Prometheus's way with a series born above 0).
