@@ -8,12 +8,21 @@
 # Settings suited to a limiter: cluster-node-timeout 2000 ms (fast failover),
 # cluster-require-full-coverage no (a failed shard does not stop the others), appendonly yes
 # (a restarted master does not come back empty and wipe its replicas), noeviction (an evicted
-# counter would reset a limit). State lives in ${DRL_CLUSTER_DIR:-/tmp/drl-redis-cluster};
+# counter would reset a limit). APPENDFSYNC (default everysec) is Redis's appendfsync: `always`
+# is the setting for a strict limiter (a restart loses nothing that was answered); `everysec`,
+# cheaper, can lose up to ~2 s of answered writes even on kill -9 when the disk is busy
+# (docs/redis.md, Persistence). The default stays everysec: this is a local cluster for
+# development, the demos and the benchmarks, whose figures were measured with it. State lives in ${DRL_CLUSTER_DIR:-/tmp/drl-redis-cluster};
 # `down` stops every process that `up` started (by the pid files there) and removes it.
 set -euo pipefail
 
 BASE_PORT=${BASE_PORT:-7000}
 REPLICAS=${REPLICAS:-2}
+APPENDFSYNC=${APPENDFSYNC:-everysec}
+case "$APPENDFSYNC" in
+  always | everysec | no) ;;
+  *) echo "APPENDFSYNC must be always, everysec or no, not '$APPENDFSYNC'" >&2; exit 2 ;;
+esac
 DIR=${DRL_CLUSTER_DIR:-/tmp/drl-redis-cluster}
 COUNT=$((3 * (1 + REPLICAS)))
 
@@ -43,7 +52,7 @@ up() {
     redis-server --port "$port" --bind 127.0.0.1 --dir "$DIR/$port" --daemonize yes \
       --pidfile "$DIR/$port/redis.pid" --logfile "$DIR/$port/redis.log" \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-      --cluster-require-full-coverage no --appendonly yes --appendfsync everysec \
+      --cluster-require-full-coverage no --appendonly yes --appendfsync "$APPENDFSYNC" \
       --maxmemory-policy noeviction --save ""
   done
   for port in $(ports); do

@@ -3,7 +3,12 @@
 //! are made lazily and remade after a failure, and every step is bounded by the store timeout:
 //! redis-rs's defaults (no response timeout, 1.28 s minimum retry wait for clusters) are
 //! replaced, and connecting is wrapped in a timeout as well (redis-rs#1953).
+//!
+//! In a cluster the connector also reaches single nodes by address (to ask each for its view of
+//! the cluster) and can make a new cluster connection from chosen seeds, which
+//! [`crate::follow`] swaps in when the current one routes slots to a master the cluster replaced.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,8 +17,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, Pipeline, RedisError, TlsCertificates,
-    Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, Pipeline, RedisError, TlsCertificates, Value,
 };
 use tokio::sync::Mutex;
 
@@ -47,14 +52,17 @@ impl Conn {
 
     /// PING the master of `slot` (the one instance, in single mode).
     pub(crate) async fn ping(&mut self, slot: u16) -> Result<(), RedisError> {
-        let ping = redis::cmd("PING");
+        self.on_master(redis::cmd("PING"), slot).await.map(drop)
+    }
+
+    /// One keyless command, sent where this connection routes `slot`: to its master (to the one
+    /// instance, in single mode).
+    pub(crate) async fn on_master(&mut self, cmd: Cmd, slot: u16) -> Result<Value, RedisError> {
         match self {
-            Conn::Single(c) => ping.query_async::<()>(c).await,
+            Conn::Single(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => {
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                c.route_command(ping, RoutingInfo::SingleNode(route))
-                    .await
-                    .map(drop)
+                c.route_command(cmd, RoutingInfo::SingleNode(route)).await
             }
         }
     }
@@ -88,6 +96,12 @@ pub(crate) struct Connector {
     target: Target,
     timeout: Duration,
     current: Mutex<Option<Conn>>,
+    /// The cluster's seed URLs, parsed: a node found later is reached with the first one's
+    /// credentials and TLS settings, as redis-rs reaches every node.
+    seeds: Vec<ConnectionInfo>,
+    certs: Option<TlsCertificates>,
+    /// Connections to single cluster nodes, by address.
+    nodes: std::sync::Mutex<HashMap<(String, u16), MultiplexedConnection>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -123,21 +137,17 @@ impl Connector {
             Some(certs) => Client::build_with_tls(url.as_str(), certs.clone()),
             None => Client::open(url.as_str()),
         };
+        let mut seeds = Vec::new();
         let target = if cluster {
             for url in urls {
                 open(url).map_err(|e| bad(url, e))?;
+                seeds.push(
+                    url.as_str()
+                        .into_connection_info()
+                        .map_err(|e| bad(url, e))?,
+                );
             }
-            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
-            if let Some(certs) = certs {
-                builder = builder.certs(certs);
-            }
-            let client = builder
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .retries(3)
-                .min_retry_wait(5)
-                .max_retry_wait(50)
-                .build()
+            let client = cluster_client(seeds.clone(), certs.clone(), timeout)
                 .map_err(|e| bad(&urls[0], e))?;
             Target::Cluster(Box::new(client))
         } else {
@@ -150,7 +160,100 @@ impl Connector {
             target,
             timeout,
             current: Mutex::new(None),
+            seeds,
+            certs,
+            nodes: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The configured seeds' addresses (cluster only).
+    pub(crate) fn seed_addresses(&self) -> Vec<(String, u16)> {
+        self.seeds
+            .iter()
+            .filter_map(|info| match info.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How to reach the cluster node at `host:port`: the first seed's settings, that address.
+    fn node_info(&self, host: &str, port: u16) -> Option<ConnectionInfo> {
+        let seed = self.seeds.first()?;
+        let mut addr = seed.addr().clone();
+        match &mut addr {
+            ConnectionAddr::Tcp(h, p)
+            | ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => {
+                *h = host.to_owned();
+                *p = port;
+            }
+            _ => return None,
+        }
+        Some(seed.clone().set_addr(addr))
+    }
+
+    /// A connection to the single cluster node at `host:port`, made if there is none (bounded by
+    /// the timeout) and kept until [`Connector::forget_node`].
+    pub(crate) async fn node(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let key = (host.to_owned(), port);
+        if let Some(conn) = lock(&self.nodes).get(&key) {
+            return Ok(conn.clone());
+        }
+        let info = self.node_info(host, port).ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::InvalidClientConfig, "no TCP seed"))
+        })?;
+        let client = match &self.certs {
+            Some(certs) => Client::build_with_tls(info, certs.clone())?,
+            None => Client::open(info)?,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let conn = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| timed_out())??;
+        lock(&self.nodes).insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the connection to one node (after it failed: the next use reconnects).
+    pub(crate) fn forget_node(&self, host: &str, port: u16) {
+        lock(&self.nodes).remove(&(host.to_owned(), port));
+    }
+
+    /// A new cluster connection seeded with `nodes` (bounded by `budget`), not yet in use.
+    pub(crate) async fn connect_cluster(
+        &self,
+        nodes: &[(String, u16)],
+        budget: Duration,
+    ) -> Result<Conn, RedisError> {
+        let seeds: Vec<ConnectionInfo> = nodes
+            .iter()
+            .filter_map(|(host, port)| self.node_info(host, *port))
+            .collect();
+        if seeds.is_empty() {
+            return Err((redis::ErrorKind::InvalidClientConfig, "no seeds").into());
+        }
+        let client = cluster_client(seeds, self.certs.clone(), self.timeout)?;
+        let conn = tokio::time::timeout(budget, client.get_async_connection())
+            .await
+            .map_err(|_| timed_out())??;
+        Ok(Conn::Cluster(conn))
+    }
+
+    /// Makes `conn` the connection every later check uses. Calls in flight on the previous one
+    /// finish there; it closes when the last of them drops it.
+    pub(crate) async fn replace(&self, conn: Conn) {
+        *self.current.lock().await = Some(conn);
     }
 
     /// The connection, connecting first if there is none (bounded by the timeout).
@@ -159,7 +262,6 @@ impl Connector {
         if let Some(conn) = current.as_ref() {
             return Ok(conn.clone());
         }
-        let timed_out = || RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         let conn = match &self.target {
             Target::Single(client) => {
                 let config = AsyncConnectionConfig::new()
@@ -191,6 +293,35 @@ impl Connector {
             *self.current.lock().await = None;
         }
     }
+}
+
+/// redis-rs's cluster client for `seeds`, with every step bounded by `timeout`.
+fn cluster_client(
+    seeds: Vec<ConnectionInfo>,
+    certs: Option<TlsCertificates>,
+    timeout: Duration,
+) -> Result<ClusterClient, RedisError> {
+    let mut builder = ClusterClient::builder(seeds);
+    if let Some(certs) = certs {
+        builder = builder.certs(certs);
+    }
+    builder
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
+        .build()
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The PEM files of `tls`, read, as redis-rs takes them; every URL must be `rediss://`.

@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 mod deny_cache;
 pub mod error;
+mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

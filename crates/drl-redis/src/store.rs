@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
@@ -21,9 +21,10 @@ use crate::config::{Consistency, OnError, RedisConfig};
 use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
+use crate::follow::{FOLLOW_EVERY, Follower, REFRESH_EVERY};
 use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
-use crate::topology::{REFRESH_EVERY, SlotMap};
+use crate::topology::SlotMap;
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -49,6 +50,9 @@ pub struct RedisStats {
     pub deny_cache_hits: u64,
     /// Strict admissions turned into denials because `WAIT` found no replica in time.
     pub wait_shortfalls: u64,
+    /// Cluster connections replaced because they sent slots to a node that no longer served
+    /// them (a master that hung and was replaced by its replica).
+    pub reroutes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +71,7 @@ pub struct RedisStore {
 
 #[derive(Debug)]
 struct Inner {
-    connector: Connector,
+    connector: Arc<Connector>,
     scripts: Scripts,
     consistency: Consistency,
     on_error: OnError,
@@ -86,10 +90,8 @@ struct Inner {
     counters: Counters,
     started: Instant,
     strict: OnceLock<mpsc::UnboundedSender<Job>>,
-    /// Master of each slot (cluster, strict mode), for batching per master.
-    slot_map: RwLock<Option<Arc<SlotMap>>>,
-    /// Local time of the last slot-map refresh (0: never).
-    slot_map_at: AtomicU64,
+    /// The cluster's slot map, kept current, and the connection kept following it.
+    follower: Follower,
 }
 
 /// Why a check got no decision from Redis.
@@ -115,7 +117,7 @@ impl RedisStore {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                connector,
+                connector: Arc::new(connector),
                 scripts: Scripts::new(),
                 consistency: config.consistency,
                 on_error: config.on_error,
@@ -129,8 +131,7 @@ impl RedisStore {
                 counters: Counters::default(),
                 started: Instant::now(),
                 strict: OnceLock::new(),
-                slot_map: RwLock::new(None),
-                slot_map_at: AtomicU64::new(0),
+                follower: Follower::new(),
             }),
         })
     }
@@ -143,6 +144,7 @@ impl RedisStore {
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             deny_cache_hits: c.deny_cache_hits.load(Ordering::Relaxed),
             wait_shortfalls: c.wait_shortfalls.load(Ordering::Relaxed),
+            reroutes: self.inner.follower.replaced(),
         }
     }
 
@@ -158,24 +160,15 @@ impl RedisStore {
         let inner = &self.inner;
         let budget = inner.timeout.max(WARM_UP);
         let work = async {
-            let mut conn = inner.connector.get().await?;
-            inner.load_scripts(&mut conn).await?;
             let mut slots = vec![0];
             if inner.cluster {
-                let reply = conn
-                    .query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
-                    .await?;
-                if let Some(map) = SlotMap::parse(&reply) {
+                self.follow();
+                if let Some(map) = inner.follow_now().await {
                     slots = map.one_slot_per_master();
-                    *inner
-                        .slot_map
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
-                    inner
-                        .slot_map_at
-                        .store(inner.now().max(1), Ordering::Relaxed);
                 }
             }
+            let mut conn = inner.connector.get().await?;
+            inner.load_scripts(&mut conn).await?;
             for &slot in &slots {
                 conn.ping(slot).await?;
             }
@@ -234,6 +227,7 @@ impl RedisStore {
     }
 
     async fn decide(&self, request: StoreRequest<'_>) -> Decision {
+        self.follow();
         let inner = &self.inner;
         let key = redis_key(&request.key, request.policy.algorithm());
         let limit = request.policy.requests();
@@ -342,6 +336,7 @@ impl RedisStore {
             [one] => return vec![self.decide(*one).await],
             _ => {}
         }
+        self.follow();
         let inner = &self.inner;
         // One entry per distinct counter, with the hits of all its requests.
         let mut counters: Vec<Counter<'_>> = Vec::with_capacity(requests.len());
@@ -537,6 +532,15 @@ impl RedisStore {
         if !inner.probing.swap(true, Ordering::SeqCst) {
             tokio::spawn(prober(Arc::downgrade(&self.inner)));
         }
+        follow_soon(inner);
+    }
+
+    /// Starts the periodic refresh of the cluster's map (once; cluster only).
+    fn follow(&self) {
+        let inner = &self.inner;
+        if inner.cluster && inner.follower.start_periodic() {
+            tokio::spawn(follower(Arc::downgrade(inner)));
+        }
     }
 
     /// The strict batcher's queue, started on first use (inside the runtime).
@@ -550,11 +554,28 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// Refreshes the cluster's map now (see [`Follower::refresh`]). When the connection was
+    /// replaced, the failing slots are cleared at once: their checks go to the new one.
+    async fn follow_now(&self) -> Option<Arc<SlotMap>> {
+        let now = self.now();
+        let failing = |slot: u16| {
+            let since = self.failing[usize::from(slot)].load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) < MAX_DOWN.as_nanos() as u64
+        };
+        let refreshed = self
+            .follower
+            .refresh(&self.connector, self.timeout, failing)
+            .await?;
+        if refreshed.replaced {
+            for slot in lock(&self.down).drain() {
+                self.failing[usize::from(slot)].store(0, Ordering::Relaxed);
+            }
+        }
+        Some(refreshed.map)
+    }
+
     fn current_slot_map(&self) -> Option<Arc<SlotMap>> {
-        self.slot_map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.follower.map()
     }
 
     /// Local monotonic time in ns since the store was made.
@@ -658,6 +679,8 @@ async fn prober(store: std::sync::Weak<Inner>) {
             if let Ok(Ok(())) = tokio::time::timeout(inner.timeout, ping).await {
                 inner.failing[usize::from(slot)].store(0, Ordering::Relaxed);
                 lock(&inner.down).remove(&slot);
+            } else {
+                follow_soon(&inner);
             }
         }
     }
@@ -682,7 +705,7 @@ async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRe
     let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
     let mut open = true;
     if let Some(inner) = store.upgrade() {
-        refresh_slot_map(&inner);
+        follow_soon(&inner);
     }
     while open || !tasks.is_empty() {
         tokio::select! {
@@ -722,7 +745,7 @@ async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRe
             let inner = Arc::clone(&inner);
             tasks.spawn(async move {
                 if !run_group(&inner, jobs).await {
-                    refresh_slot_map(&inner);
+                    follow_soon(&inner);
                 }
                 lane
             });
@@ -730,39 +753,32 @@ async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRe
     }
 }
 
-/// Refreshes the slot map in the background (cluster only; at most every [`REFRESH_EVERY`]).
-fn refresh_slot_map(inner: &Arc<Inner>) {
-    if !inner.cluster {
-        return;
+/// Asks the cluster for its map soon, in the background (cluster only; at most every
+/// [`crate::follow::REFRESH_EVERY`]): an error or a timeout may mean that the connection sends a
+/// slot to a hung master the cluster has replaced.
+fn follow_soon(inner: &Arc<Inner>) {
+    if inner.cluster && inner.follower.claim() {
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            inner.follow_now().await;
+        });
     }
-    let now = inner.now().max(1);
-    let last = inner.slot_map_at.load(Ordering::Relaxed);
-    if last != 0 && now.saturating_sub(last) < REFRESH_EVERY.as_nanos() as u64 {
-        return;
-    }
-    if inner
-        .slot_map_at
-        .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        let fetch = async {
-            let mut conn = inner.connector.get().await?;
-            conn.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
-                .await
-        };
-        if let Ok(Ok(value)) = tokio::time::timeout(inner.timeout, fetch).await
-            && let Some(map) = SlotMap::parse(&value)
-        {
-            *inner
-                .slot_map
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(map));
+}
+
+/// Refreshes the cluster's map every [`FOLLOW_EVERY`] until the store is dropped, so the node
+/// follows a failover even when no check fails; every [`REFRESH_EVERY`] while slots are failing
+/// (their checks are answered by `on_error` without trying Redis, so they ask for nothing).
+async fn follower(store: std::sync::Weak<Inner>) {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let Some(inner) = store.upgrade() else { return };
+        let due = last.elapsed() >= FOLLOW_EVERY || !lock(&inner.down).is_empty();
+        if due && inner.follower.claim() {
+            last = Instant::now();
+            inner.follow_now().await;
         }
-    });
+    }
 }
 
 /// Sends one batch (jobs of one master) and answers every job; false if any failed.
@@ -912,6 +928,7 @@ impl Store for RedisStore {
             ("fallbacks", s.fallbacks),
             ("deny_cache_hits", s.deny_cache_hits),
             ("wait_shortfalls", s.wait_shortfalls),
+            ("reroutes", s.reroutes),
         ]
     }
 

@@ -6,7 +6,8 @@
 //! - **hung**: SIGSTOP of the Redis mid-load, SIGCONT 1.5 s later, with nodes of each
 //!   `on_error` policy (`deny`, `allow`, `local`) on it at once;
 //! - **restarted with its data**: `kill -9` mid-load and a restart on the same port with
-//!   `appendonly yes` (its script cache empty: the first EVALSHA meets `NOSCRIPT`);
+//!   `appendonly yes` and `appendfsync always`, the setting under which Redis loses nothing it
+//!   answered (its script cache empty: the first EVALSHA meets `NOSCRIPT`);
 //! - **slow**: a delaying TCP proxy (written here) between the nodes and Redis, first below the
 //!   timeout, then above it, then gone.
 //!
@@ -421,9 +422,13 @@ fn a_restarted_redis_keeps_its_counters_and_nodes_reconnect() {
         // Longer than the outage: had the counters been lost, the restarted Redis would admit
         // N more inside one window and the oracle would see it.
         let window = Duration::from_secs(2);
-        // `kill -9` loses nothing the process had written: every reply leaves after its write
-        // reached the append-only file (the kernel's page cache); `everysec` is about power loss.
-        let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+        // `appendfsync always` is the setting under which Redis promises that a reply leaves only
+        // after its write reached the append-only file (written and fdatasync'ed in the same
+        // event-loop turn, before the replies are sent), so a killed process loses nothing it
+        // answered. `everysec` makes no such promise even for kill -9: while a background fsync
+        // is still running, Redis holds its writes back for up to 2 s yet still sends the
+        // replies (`flushAppendOnlyFile`), and a kill then loses answered admissions.
+        let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
         let nodes: Arc<Vec<Node>> = Arc::new(
             (0..3)
                 .map(|_| node(&redis.url(), OnError::Deny, timeout, window, 0))
@@ -442,6 +447,7 @@ fn a_restarted_redis_keeps_its_counters_and_nodes_reconnect() {
                 support::admissions_recorded(&redis, "ledger-0"),
             ]
         });
+        let read = Instant::now();
         load.wait_recovered(ready, Duration::from_secs(10)).await;
         tokio::time::sleep(window).await;
         let (answers, probes) = load.stop().await;
@@ -453,14 +459,27 @@ fn a_restarted_redis_keeps_its_counters_and_nodes_reconnect() {
                 .count() as u64
         };
         let seen_before = [admitted_before(&answers), admitted_before(&probes)];
+        // The user's key may have expired by the time it was read if the restart took nearly
+        // a window (a loaded machine): its count is then only asserted if the read came before
+        // the newest admission's expiry could have passed. The ledger never expires.
+        let newest_user_admission = answers
+            .iter()
+            .filter(|a| a.allowed && a.source == Source::Redis && a.received <= killed)
+            .map(|a| a.sent)
+            .max();
+        let user_alive = newest_user_admission.is_some_and(|sent| read < sent + window);
         for (k, key) in ["user", "ledger"].iter().enumerate() {
             assert!(
                 seen_before[k] > 0,
                 "{key}: nothing admitted before the kill"
             );
+            if k == 0 && !user_alive {
+                continue;
+            }
             assert!(
                 recorded_at_restart[k] >= seen_before[k],
-                "{key}: counters lost: {} admitted before the kill, {} after",
+                "{key}: counters lost: {} admitted (and answered) before the kill, {} recorded \
+                 after the restart",
                 seen_before[k],
                 recorded_at_restart[k]
             );
@@ -491,9 +510,9 @@ fn a_restarted_redis_keeps_its_counters_and_nodes_reconnect() {
         let (seen, recorded, failed) = check_record(&redis, &nodes, &probes, &group);
         let reconnected = recovery_times(&probes, nodes.len(), ready);
         println!(
-            "restart (kill -9, appendonly): down {} ms until the new process answered; nodes \
+            "restart (kill -9, appendfsync always): down {} ms until the new process answered; nodes \
              answered by Redis again {} ms later (slowest of {}); admissions (user, ledger) \
-             before the kill {seen_before:?}, recorded at restart {recorded_at_restart:?}; NOSCRIPT {noscript}, SCRIPT LOAD \
+             before the kill {seen_before:?}, recorded at restart {recorded_at_restart:?} (user's read in time: {user_alive}); NOSCRIPT {noscript}, SCRIPT LOAD \
              {loads}; worst in T: {all} (N = {N}); Redis admitted {seen} seen, {recorded} \
              recorded, {failed} failed checks",
             ms(ready - killed),

@@ -9,6 +9,9 @@
 -- Refund token: the bucket the hits went into.
 local SW_HEAD = '<dI4BddI4'
 local SW_HEAD_LEN = 33
+-- The header's last three fields, which checks change, and where they start.
+local SW_TAIL = '<ddI4'
+local SW_MUTABLE = 13
 
 -- The ring position of bucket b.
 local function sw_pos(b, slots)
@@ -23,10 +26,35 @@ local function sw_count(ring, p, width, cell)
   return (struct.unpack(cell, ring, SW_HEAD_LEN + 1 + p * width))
 end
 
--- The bytes of ring positions [from, to) of `ring` (zeros for an empty ring).
-local function sw_span(ring, from, to, width)
+-- The count at ring position p, but 0 in the `cleared` slots up to position `here`: those whose
+-- buckets left the ring since the state was read.
+local function sw_live(ring, p, width, cell, here, cleared, slots)
+  if cleared then
+    local d = here - p
+    if d < 0 then d = d + slots end
+    if d < cleared then return 0 end
+  end
+  return sw_count(ring, p, width, cell)
+end
+
+-- The bytes of ring positions [from, to) of `ring` (zeros for an empty ring), with the `cleared`
+-- slots up to position `here` zeroed.
+local function sw_span(ring, from, to, width, here, cleared, slots)
   if to <= from then return '' end
   if ring == nil then return string.rep('\0', (to - from) * width) end
+  if cleared then
+    local parts = {}
+    for p = from, to - 1 do
+      local d = here - p
+      if d < 0 then d = d + slots end
+      if d < cleared then
+        parts[#parts + 1] = string.rep('\0', width)
+      else
+        parts[#parts + 1] = string.sub(ring, SW_HEAD_LEN + 1 + p * width, SW_HEAD_LEN + (p + 1) * width)
+      end
+    end
+    return table.concat(parts)
+  end
   return string.sub(ring, SW_HEAD_LEN + 1 + from * width, SW_HEAD_LEN + to * width)
 end
 
@@ -108,21 +136,18 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   if current < newest then current = newest; offset = 0 end
   local here = sw_pos(current, slots)
   local moved_on = current > newest
+  local last_idle = idle
+  -- How many slots up to the current one were emptied (time moved on), for an in-place write.
+  local cleared = nil
   if moved_on then
     -- The slots from after the newest bucket to now held buckets that have left the ring.
     local stale = current - newest
     if total == 0 or stale >= slots then
-      ring, total = nil, 0
+      ring, total, rewrite = nil, 0, exists
     else
-      local from = here - stale + 1
-      for p = math.max(from, 0), here do total = total - sw_count(ring, p, width, cell) end
-      if from >= 0 then
-        ring = string.sub(ring, 1, SW_HEAD_LEN + from * width) .. string.rep('\0', stale * width)
-          .. sw_span(ring, here + 1, slots, width)
-      else
-        for p = slots + from, slots - 1 do total = total - sw_count(ring, p, width, cell) end
-        ring = string.rep('\0', SW_HEAD_LEN + (here + 1) * width)
-          .. sw_span(ring, here + 1, slots + from, width) .. string.rep('\0', -from * width)
+      cleared = stale
+      for age = 0, stale - 1 do
+        total = total - sw_count(ring, sw_pos(current - age, slots), width, cell)
       end
     end
     newest = current
@@ -142,14 +167,14 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   local used = total
   if total > 0 then
     for age = span, slots - 1 do
-      used = used - sw_count(ring, sw_pos(current - age, slots), width, cell)
+      used = used - sw_live(ring, sw_pos(current - age, slots), width, cell, here, cleared, slots)
     end
   end
 
   local want = math.max(hits, 1)
   local allowed = used + want <= limit
   local admitted = allowed and hits > 0
-  local mine = sw_count(ring, here, width, cell)
+  local mine = sw_live(ring, here, width, cell, here, cleared, slots)
   if admitted then
     mine = mine + hits
     total = total + hits
@@ -159,12 +184,27 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
 
   local idle_in = 0
   if idle >= 0 then idle_in = (idle + 1 - current) * g + window - offset end
-  if not dry and (admitted or (exists and (moved_on or rewrite))) then
-    -- The header, then the ring with the current slot's count spliced in. The bucket of the
-    -- newest admission is the last to leave: at (idle + 1)·g + T.
+  if dry or not (admitted or (exists and (moved_on or rewrite))) then
+    -- Nothing to write.
+  elseif exists and not rewrite and idle_in > 0 then
+    -- In place: the header's counters, then the slots from the first expired one to the
+    -- current one (the current one alone when time has not moved on).
+    redis.call('SETRANGE', key, SW_MUTABLE, struct.pack(SW_TAIL, newest, idle, total))
+    local from = here - (cleared or 1) + 1
+    if from >= 0 then
+      redis.call('SETRANGE', key, SW_HEAD_LEN + from * width,
+        string.rep('\0', (here - from) * width) .. struct.pack(cell, mine))
+    else
+      redis.call('SETRANGE', key, SW_HEAD_LEN, string.rep('\0', here * width) .. struct.pack(cell, mine))
+      redis.call('SETRANGE', key, SW_HEAD_LEN + (slots + from) * width, string.rep('\0', -from * width))
+    end
+    -- The bucket of the newest admission is the last to leave: at (idle + 1)·g + T.
+    if admitted and idle ~= last_idle then expire_in(key, idle_in) end
+  else
+    -- The whole string: the header, then the ring with the current slot's count spliced in.
     store(key, struct.pack(SW_HEAD, g, slots, width, newest, idle, total)
-      .. sw_span(ring, 0, here, width) .. struct.pack(cell, mine)
-      .. sw_span(ring, here + 1, slots, width), idle_in)
+      .. sw_span(ring, 0, here, width, here, cleared, slots) .. struct.pack(cell, mine)
+      .. sw_span(ring, here + 1, slots, width, here, cleared, slots), idle_in)
   end
   local reset_after = 0
   if used > 0 then reset_after = idle_in end
@@ -179,7 +219,7 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     local must_free = used + want - limit
     retry_after = reset_after
     for age = span - 1, 0, -1 do
-      local c = sw_count(ring, sw_pos(current - age, slots), width, cell)
+      local c = sw_live(ring, sw_pos(current - age, slots), width, cell, here, cleared, slots)
       if c >= must_free then
         retry_after = (1 - age) * g + window - offset
         break
