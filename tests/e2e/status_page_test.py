@@ -1,12 +1,13 @@
 """The status page (`GET /`) in a real headless Chromium, driven by chromedriver over WebDriver.
 
-A node (memory store, abuse protection on, an admin token) serves steady traffic from a thread:
+A node (on a real redis-server, abuse protection on, an admin token) serves steady traffic from a thread:
 users within their limit, and one (mallory) far over it, who gets banned. The page is loaded and
 the test checks what it shows (the DOM) against the node's own figures:
 
 - under traffic, decisions/s allowed and denied are both above 0;
 - once the traffic stops, the totals allowed and denied, the checks, the latency percentiles
-  (the upper bound of the histogram bucket) and the config version equal what `/metrics` says;
+  (the upper bound of the histogram bucket), the store's counts (errors, fallbacks, deny-cache
+  hits, WAIT shortfalls, reroutes) and the config version equal what `/metrics` says;
 - without the token, no admin data is shown; a wrong token is refused;
 - with the token: the rules in force are those of `/v1/config`, the top offenders those of
   `/v1/offenders`, the bans and blocks those of `/v1/blocks`, and a user id holding HTML is
@@ -32,8 +33,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from harness import (Failed, Processes, check, equal, free_port, request, run, start_drl,
-                     wait_until)
+from harness import (Failed, Processes, check, equal, free_port, port_open, request, run,
+                     start_drl, wait_until)
 
 TOKEN = "status-page-token"
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
@@ -127,7 +128,10 @@ def node_figures(port: int) -> dict:
     def bound(q: float) -> float:
         return next(le for le, n in buckets if n >= q * count)
 
+    events = {e: m.get(f'drl_store_events_total{{event="{e}"}}', -1.0)
+              for e in ("errors", "fallbacks", "deny_cache_hits", "wait_shortfalls", "reroutes")}
     return {"allowed": total["allowed"], "denied": total["denied"],
+            **{f"store {e}": v for e, v in events.items()},
             "checks": m["drl_check_duration_seconds_count"],
             "version": m["drl_config_version"],
             "p50": bound(0.5), "p90": bound(0.9), "p99": bound(0.99)}
@@ -146,7 +150,11 @@ def page_figures(browser: Browser) -> dict:
             "denied": float(browser.text("denied-total")),
             "checks": float(browser.text("checks-total")),
             "version": float(browser.text("config-version")),
-            **{q: shown_seconds(browser.text(q)) for q in ("p50", "p90", "p99")}}
+            **{q: shown_seconds(browser.text(q)) for q in ("p50", "p90", "p99")},
+            **{f"store {e}": float(browser.text(element)) for e, element in (
+                ("errors", "store-errors"), ("fallbacks", "store-fallbacks"),
+                ("deny_cache_hits", "deny-cache-hits"), ("wait_shortfalls", "wait-shortfalls"),
+                ("reroutes", "reroutes"))}}
 
 
 def same(page: dict, node: dict) -> bool:
@@ -166,9 +174,17 @@ def admin(port: int, method: str, path: str):
 
 def test() -> None:
     with Processes("status-page") as procs:
-        config = procs.write("status.yaml", """\
+        redis = free_port()
+        procs.start("redis", ["redis-server", "--port", str(redis), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"])
+        wait_until(lambda: port_open(redis), f"redis-server on {redis}")
+        config = procs.write("status.yaml", f"""\
 store:
-  kind: memory
+  kind: redis
+  redis:
+    urls: ["redis://127.0.0.1:{redis}"]
+    consistency: fast
+    timeout: 2s
 default:
   limit: 100000
   window: 1h
@@ -221,15 +237,18 @@ abuse:
                        timeout=20)
             allowed, denied = rates()
             check(True, f"under traffic the page shows {allowed}/s allowed, {denied}/s denied")
-            equal(browser.text("store-kind"), "memory (in the node)", "the store")
+            equal(browser.text("store-kind"), "Redis", "the store")
             check(browser.js("return document.getElementById('admin-body').hidden"),
                   "no admin data without the token")
 
             stop.set()
             sender.join(timeout=10)
             node = node_figures(port)
-            wait_until(lambda: same(page_figures(browser), node),
-                       f"the page shows the node's figures {node}", timeout=15)
+            try:
+                wait_until(lambda: same(page_figures(browser), node), "", timeout=15)
+            except Failed:
+                raise Failed(f"the page shows {page_figures(browser)}, "
+                             f"not the node's figures {node}") from None
             check(True, f"the page shows the node's figures: {page_figures(browser)}")
 
             browser.type("#token", "wrong")
