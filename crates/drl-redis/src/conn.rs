@@ -225,6 +225,11 @@ impl Connector {
         Ok(conn)
     }
 
+    /// Drops the connections to nodes not in `addresses` (nodes that left the cluster).
+    pub(crate) fn retain_nodes(&self, addresses: &[(String, u16)]) {
+        lock(&self.nodes).retain(|address, _| addresses.contains(address));
+    }
+
     /// Drops the connection to one node (after it failed: the next use reconnects).
     pub(crate) fn forget_node(&self, host: &str, port: u16) {
         lock(&self.nodes).remove(&(host.to_owned(), port));

@@ -13,10 +13,12 @@
 //!    the promoted one. A node that did not answer the previous round is asked but not waited
 //!    for (a hung node would hold every round up by a timeout);
 //! 2. the connection in use is checked: `CLUSTER MYID`, routed to the first slot of every run of
-//!    slots with one master that answered step 1, must come back from that master within the
-//!    timeout (a quarter of it for a run where checks are failing: its master just answered a
-//!    connection of its own, so this one is not getting through). If another node answers, or
-//!    none does, the connection routes around the cluster;
+//!    slots with one master that answered step 1, must come back from that master. If another
+//!    node answers, the connection routes around the cluster. If none answers within the timeout
+//!    (a quarter of it for a run where checks are failing: its master just answered a connection
+//!    of its own, so this one is not getting through), it does too, but only for a run whose
+//!    master changed since the connection last passed this check: a busy connection that is
+//!    slow to answer is no reason to replace it;
 //! 3. then a new connection is made, seeded with the nodes that answered, checked the same way
 //!    and swapped in. Calls in flight on the old one finish (or time out) there.
 //!
@@ -66,6 +68,8 @@ pub(crate) struct Follower {
     replaced: AtomicU64,
     /// Nodes that did not answer their last `CLUSTER NODES`.
     silent: Arc<Mutex<HashSet<(String, u16)>>>,
+    /// The map the connection in use last passed the check against (None: not yet).
+    verified: Mutex<Option<Arc<SlotMap>>>,
 }
 
 impl Follower {
@@ -78,6 +82,7 @@ impl Follower {
             periodic: AtomicBool::new(false),
             replaced: AtomicU64::new(0),
             silent: Arc::default(),
+            verified: Mutex::new(None),
         }
     }
 
@@ -143,7 +148,20 @@ impl Follower {
         let Ok(Ok(current)) = tokio::time::timeout(timeout, connector.get()).await else {
             return Some(kept);
         };
-        if routes_to_masters(&current, &map, &answered, timeout, &failing).await {
+        let verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // A run's master changed since the last check passed (with none passed yet, a fresh
+        // connection routes by the cluster's own map: only a wrong answer counts).
+        let changed = |slot: u16, id: &str| {
+            verified
+                .as_ref()
+                .is_some_and(|v| v.master_of(slot).is_none_or(|m| m.id != id))
+        };
+        if routes_to_masters(&current, &map, &answered, timeout, &failing, &changed).await {
+            *self.verified.lock().unwrap_or_else(PoisonError::into_inner) = Some(map);
             return Some(kept);
         }
         // Seeds: the masters that answered first, then the other nodes that did.
@@ -161,8 +179,9 @@ impl Follower {
                 return Some(kept);
             }
         };
-        if routes_to_masters(&fresh, &map, &answered, timeout, &|_| false).await {
+        if routes_to_masters(&fresh, &map, &answered, timeout, &|_| false, &|_, _| true).await {
             connector.replace(fresh).await;
+            *self.verified.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&map));
             self.replaced.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 "following the cluster: the connection sent slots to a node that no longer \
@@ -194,8 +213,11 @@ impl Follower {
                 addresses.push(seed);
             }
         }
+        // Nodes that left the cluster are asked no more.
+        connector.retain_nodes(&addresses);
         let mut waited_for = {
-            let silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+            silent.retain(|a| addresses.contains(a));
             addresses.iter().filter(|a| !silent.contains(a)).count()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -233,7 +255,8 @@ impl Follower {
         drop(tx);
         let mut views = Vec::new();
         let mut answered = Vec::new();
-        while waited_for > 0 {
+        // Until every node that answered last time has, or any node at all if none did.
+        while waited_for > 0 || views.is_empty() {
             let Some((address, view, was_silent)) = rx.recv().await else {
                 break;
             };
@@ -250,13 +273,15 @@ impl Follower {
 }
 
 /// Steps 2 and 3's check: does `conn` send every run of slots to the master `map` names? Runs
-/// whose master did not answer the cluster's question (`answered`) are not checked.
+/// whose master did not answer the cluster's question (`answered`) are not checked; no answer
+/// counts against the connection only where `changed(first slot, master id)`.
 async fn routes_to_masters(
     conn: &Conn,
     map: &SlotMap,
     answered: &[(String, u16)],
     timeout: Duration,
     failing: &(dyn Fn(u16) -> bool + Sync),
+    changed: &(dyn Fn(u16, &str) -> bool + Sync),
 ) -> bool {
     let mut checks = JoinSet::new();
     let runs = map
@@ -271,12 +296,14 @@ async fn routes_to_masters(
         } else {
             timeout
         };
+        let silence_is_wrong = changed(first, &id);
         checks.spawn(async move {
             let myid = conn.on_master(redis::cmd("CLUSTER").arg("MYID").clone(), first);
             match tokio::time::timeout(patience, myid).await {
                 Ok(Ok(Value::BulkString(answer))) => answer == id.as_bytes(),
                 Ok(Ok(Value::SimpleString(answer))) => answer == id,
-                _ => false,
+                Ok(Ok(_)) => false,
+                Ok(Err(_)) | Err(_) => !silence_is_wrong,
             }
         });
     }

@@ -165,8 +165,6 @@ impl Scripts {
     /// read the reply with [`parse_many`]. A check whose key this master does not serve (a stale
     /// slot map, a slot moving) gets an error and changes nothing; the others still run.
     /// `test_now_ns` replaces the server clock (tests only). `checks` must not be empty.
-    // Not yet called by the store: the building block of its per-master batching.
-    #[allow(dead_code)]
     pub(crate) fn call_many(&self, checks: &[Part<'_>], test_now_ns: Option<u64>) -> Cmd {
         let mut call = redis::cmd("EVALSHA");
         call.arg(self.many.get_hash()).arg(1);
@@ -256,7 +254,6 @@ pub(crate) fn parse_all(value: &Value, limits: &[u32]) -> Result<(bool, Vec<Repl
 }
 
 /// Why one check of a [`Scripts::call_many`] call got no decision.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ManyError {
     /// The key is not served by the node the call went to (its slot is another master's, or is
@@ -269,7 +266,6 @@ pub(crate) enum ManyError {
 }
 
 /// Reads the reply of [`Scripts::call_many`]: one result per check, given each check's N.
-#[allow(dead_code)]
 pub(crate) fn parse_many(
     value: &Value,
     limits: &[u32],

@@ -1,21 +1,22 @@
 //! [`RedisStore`]: the [`Store`] over a single Redis or a Redis Cluster.
 //!
-//! A check goes: local deny cache → (slot marked failing? → `on_error`) → the algorithm's script
-//! on the key's master, bounded by the timeout → in strict mode, `WAIT 1` on that master's
-//! connection, batched → decision. Any error or timeout answers with the `on_error` policy and
+//! A check goes: local deny cache → (slot marked failing? → `on_error`) → the key's master's
+//! queue, where the checks in flight for one master are decided together by one script call
+//! (see [`batch`]), bounded by the timeout → in strict mode, `WAIT 1` on that master's
+//! connection in the same pipeline → decision. Any error or timeout answers with the `on_error` policy and
 //! marks the key's slot as failing: checks of that slot are then answered by the policy at once,
 //! with no round trip, while a background prober PINGs the slot's master every
 //! [`PROBE_EVERY`] and clears the mark when it answers. As a safety net a mark also lapses after
 //! [`MAX_DOWN`], so a check tries the store itself even if probing cannot get through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use drl_core::{Decision, MemoryStore, Policy, Store, StoreError, StoreRequest};
 use redis::{Cmd, RedisError, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::{Consistency, OnError, RedisConfig};
 use crate::conn::{Conn, Connector};
@@ -26,14 +27,15 @@ use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
 use crate::topology::SlotMap;
 
+mod batch;
+use batch::{Batcher, Job, Work};
+
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Longest a slot is answered by `on_error` without a check trying the store itself.
 pub const MAX_DOWN: Duration = Duration::from_secs(1);
 /// Most failing slots probed per round (a dead master fails many; the hot ones come first).
 const PROBES_PER_ROUND: usize = 64;
-/// Most script calls in one strict batch (one pipeline and one WAIT per slot in it).
-const MAX_BATCH: usize = 1_024;
 /// Least time [`RedisStore::ping`] may take to warm the store up.
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// `retry_after` of a denial given because the store failed.
@@ -89,7 +91,8 @@ struct Inner {
     local: MemoryStore,
     counters: Counters,
     started: Instant,
-    strict: OnceLock<mpsc::UnboundedSender<Job>>,
+    /// Per-master batching of single checks (and of strict commits), started on first use.
+    batcher: OnceLock<Batcher>,
     /// The cluster's slot map, kept current, and the connection kept following it.
     follower: Follower,
 }
@@ -130,7 +133,7 @@ impl RedisStore {
                 local: MemoryStore::new(),
                 counters: Counters::default(),
                 started: Instant::now(),
-                strict: OnceLock::new(),
+                batcher: OnceLock::new(),
                 follower: Follower::new(),
             }),
         })
@@ -173,7 +176,7 @@ impl RedisStore {
                 conn.ping(slot).await?;
             }
             if inner.consistency == Consistency::Strict {
-                self.strict_sender();
+                self.batcher();
                 let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
                 for &slot in &slots {
                     let mut pipe = redis::pipe();
@@ -282,10 +285,19 @@ impl RedisStore {
 
     async fn run(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Result<Reply, Failure> {
         let inner = &self.inner;
-        let cmd = inner.script_cmd(key, request);
-        let (value, replicated) = self.execute(key.slot, cmd, true).await?;
-        let mut reply =
-            parse_reply(&value, request.policy.requests()).map_err(|e| Failure::Reply(e.0))?;
+        let (tx, rx) = oneshot::channel();
+        self.batcher().send(Job {
+            slot: if inner.cluster { key.slot } else { 0 },
+            work: Work::Check {
+                key: key.name.clone(),
+                policy: request.policy.clone(),
+                hits: request.hits,
+                reply: tx,
+            },
+        })?;
+        let (mut reply, replicated) = rx
+            .await
+            .map_err(|_| Failure::Reply("batch dropped".into()))??;
         if reply.decision.allowed && !replicated {
             self.shortfall(&mut reply);
         }
@@ -307,7 +319,7 @@ impl RedisStore {
     }
 
     /// Runs a script call on the master of `slot`: directly, or (strict mode, when it `writes`)
-    /// through the batcher that confirms it with WAIT. Returns the reply and whether it is
+    /// through the batcher, which confirms it with WAIT. Returns the reply and whether it is
     /// replicated (always true in fast mode or for a call that writes nothing).
     async fn execute(&self, slot: u16, cmd: Cmd, writes: bool) -> Result<(Value, bool), Failure> {
         let inner = &self.inner;
@@ -317,16 +329,12 @@ impl RedisStore {
             return Ok((value, true));
         }
         let (tx, rx) = oneshot::channel();
-        let job = Job {
+        self.batcher().send(Job {
             slot: if inner.cluster { slot } else { 0 },
-            cmd,
-            reply: tx,
-        };
-        self.strict_sender()
-            .send(job)
-            .map_err(|_| Failure::Reply("strict batcher stopped".into()))?;
+            work: Work::Call { cmd, reply: tx },
+        })?;
         rx.await
-            .map_err(|_| Failure::Reply("strict batch dropped".into()))?
+            .map_err(|_| Failure::Reply("batch dropped".into()))?
     }
 
     /// `check_all`: see [`Store::check_all`] on [`RedisStore`].
@@ -543,13 +551,11 @@ impl RedisStore {
         }
     }
 
-    /// The strict batcher's queue, started on first use (inside the runtime).
-    fn strict_sender(&self) -> &mpsc::UnboundedSender<Job> {
-        self.inner.strict.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(strict_batcher(Arc::downgrade(&self.inner), rx));
-            tx
-        })
+    /// The batcher, started on first use (inside the runtime).
+    fn batcher(&self) -> &Batcher {
+        self.inner
+            .batcher
+            .get_or_init(|| Batcher::start(Arc::downgrade(&self.inner), self.inner.consistency))
     }
 }
 
@@ -581,11 +587,6 @@ impl Inner {
     /// Local monotonic time in ns since the store was made.
     fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
-    }
-
-    fn script_cmd(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Cmd {
-        self.scripts
-            .call(&key.name, request.policy, request.hits, None)
     }
 
     /// EVALSHA, loading the script and retrying once on NOSCRIPT.
@@ -686,73 +687,6 @@ async fn prober(store: std::sync::Weak<Inner>) {
     }
 }
 
-/// One strict script call waiting for its batch.
-struct Job {
-    slot: u16,
-    cmd: Cmd,
-    /// The script's reply and whether `WAIT` confirmed a replica.
-    reply: oneshot::Sender<Result<(Value, bool), Failure>>,
-}
-
-/// Group commit: strict calls queue per master (per slot until the cluster's slot map is
-/// known); each master has at most one pipeline in flight, `EVALSHA…; WAIT 1 t` (WAIT covers
-/// every earlier write on that master's connection, and blocks it anyway). Calls that arrive
-/// while a master's pipeline is out form its next batch, so under load one WAIT covers many
-/// admissions, and a slow or dead master holds up only its own slots.
-async fn strict_batcher(store: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut pending: HashMap<u32, Vec<Job>> = HashMap::new();
-    let mut busy: HashSet<u32> = HashSet::new();
-    let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
-    let mut open = true;
-    if let Some(inner) = store.upgrade() {
-        follow_soon(&inner);
-    }
-    while open || !tasks.is_empty() {
-        tokio::select! {
-            job = rx.recv(), if open => match job {
-                Some(job) => {
-                    let map = store.upgrade().and_then(|inner| inner.current_slot_map());
-                    let lane = |slot| SlotMap::lane(map.as_deref(), slot);
-                    pending.entry(lane(job.slot)).or_default().push(job);
-                    while let Ok(job) = rx.try_recv() {
-                        pending.entry(lane(job.slot)).or_default().push(job);
-                    }
-                }
-                None => open = false,
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(lane) = done {
-                    busy.remove(&lane);
-                }
-            }
-        }
-        let Some(inner) = store.upgrade() else { return };
-        let ready: Vec<u32> = pending
-            .keys()
-            .copied()
-            .filter(|lane| !busy.contains(lane))
-            .collect();
-        for lane in ready {
-            let Some(queue) = pending.get_mut(&lane) else {
-                continue;
-            };
-            let jobs: Vec<Job> = if queue.len() > MAX_BATCH {
-                queue.drain(..MAX_BATCH).collect()
-            } else {
-                pending.remove(&lane).unwrap_or_default()
-            };
-            busy.insert(lane);
-            let inner = Arc::clone(&inner);
-            tasks.spawn(async move {
-                if !run_group(&inner, jobs).await {
-                    follow_soon(&inner);
-                }
-                lane
-            });
-        }
-    }
-}
-
 /// Asks the cluster for its map soon, in the background (cluster only; at most every
 /// [`crate::follow::REFRESH_EVERY`]): an error or a timeout may mean that the connection sends a
 /// slot to a hung master the cluster has replaced.
@@ -779,114 +713,6 @@ async fn follower(store: std::sync::Weak<Inner>) {
             inner.follow_now().await;
         }
     }
-}
-
-/// Sends one batch (jobs of one master) and answers every job; false if any failed.
-async fn run_group(inner: &Inner, jobs: Vec<Job>) -> bool {
-    let Some(slot) = jobs.first().map(|j| j.slot) else {
-        return true;
-    };
-    let work = async {
-        let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
-        let mut values = send_with_wait(inner, &mut conn, slot, &jobs).await?;
-        // A promoted or restarted master has an empty script cache: load and rerun those calls
-        // (a NOSCRIPT call ran nothing, so rerunning cannot count twice).
-        let missing: Vec<usize> = (0..jobs.len())
-            .filter(|&i| is_noscript(&values.0[i]))
-            .collect();
-        if !missing.is_empty() {
-            inner
-                .load_scripts(&mut conn)
-                .await
-                .map_err(Failure::Redis)?;
-            let again: Vec<&Job> = missing.iter().map(|&i| &jobs[i]).collect();
-            let rerun = send_with_wait(inner, &mut conn, slot, &again).await?;
-            for (k, &i) in missing.iter().enumerate() {
-                values.0[i] = rerun.0[k].clone();
-            }
-            values.1 &= rerun.1;
-        }
-        Ok::<_, Failure>(values)
-    };
-    match tokio::time::timeout(inner.timeout, work).await {
-        Ok(Ok((values, replicated))) => {
-            let mut all_ok = true;
-            for (job, value) in jobs.into_iter().zip(values) {
-                let answer = match value {
-                    // MOVED/ASK after a failover or a stale slot map, or a script error.
-                    Value::ServerError(e) => {
-                        all_ok = false;
-                        Err(Failure::Reply(format!("{e:?}")))
-                    }
-                    value => Ok((value, replicated)),
-                };
-                let _ = job.reply.send(answer);
-            }
-            all_ok
-        }
-        Ok(Err(failure)) => {
-            let message = failure.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(Failure::Reply(message.clone())));
-            }
-            false
-        }
-        Err(_) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(Failure::Timeout));
-            }
-            false
-        }
-    }
-}
-
-trait AsJob {
-    fn cmd(&self) -> &Cmd;
-}
-impl AsJob for Job {
-    fn cmd(&self) -> &Cmd {
-        &self.cmd
-    }
-}
-impl AsJob for &Job {
-    fn cmd(&self) -> &Cmd {
-        &self.cmd
-    }
-}
-
-/// One pipeline of the jobs' scripts and a trailing `WAIT 1 t`: the scripts' replies, and
-/// whether a replica acknowledged them.
-async fn send_with_wait<J: AsJob>(
-    inner: &Inner,
-    conn: &mut Conn,
-    slot: u16,
-    jobs: &[J],
-) -> Result<(Vec<Value>, bool), Failure> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for job in jobs {
-        pipe.add_command(job.cmd().clone());
-    }
-    // WAIT gets most of the budget; its own timeout keeps it from outliving the check.
-    let wait_ms = (inner.timeout.as_millis() as u64 * 3 / 4).max(1);
-    pipe.cmd("WAIT").arg(1).arg(wait_ms);
-    let mut values = conn
-        .pipeline_on(pipe, slot, jobs.len() + 1)
-        .await
-        .map_err(Failure::Redis)?;
-    let replicated = matches!(values.pop(), Some(Value::Int(n)) if n >= 1);
-    if values.len() != jobs.len() {
-        return Err(Failure::Reply(format!(
-            "{} replies for {} calls",
-            values.len(),
-            jobs.len()
-        )));
-    }
-    Ok((values, replicated))
-}
-
-fn is_noscript(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
 /// One distinct counter of a `check_all`.

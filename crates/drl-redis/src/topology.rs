@@ -129,6 +129,12 @@ impl SlotMap {
         Some(Self { owner, nodes })
     }
 
+    /// The master of `slot`, if one is known.
+    pub(crate) fn master_of(&self, slot: u16) -> Option<&Node> {
+        let owner = *self.owner.get(usize::from(slot))?;
+        self.nodes.get(usize::from(owner))
+    }
+
     /// Every node any view named (masters first).
     pub(crate) fn nodes(&self) -> &[Node] {
         &self.nodes

@@ -12,6 +12,7 @@
 //! ([`GrpcError::code`]); the per-item errors of a batch use the same codes. Protobuf types stay
 //! in this module: the limiter sees `&str` and `u32`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::service::ratelimit::v3 as rls;
+use futures_util::future::join_all;
 use native::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use thiserror::Error;
@@ -203,25 +205,50 @@ impl<S: Store> RateLimiter for GrpcApi<S> {
         if checks.len() > MAX_BATCH {
             return Err(GrpcError::TooManyItems(checks.len()).into());
         }
-        let mut results = Vec::with_capacity(checks.len());
-        for check in &checks {
-            let decision = match hits(check.hits.map_or(1, u64::from)) {
-                Ok(hits) => self
-                    .0
-                    .decide(&check.user_id, &check.endpoint, hits)
-                    .await
-                    .map_err(GrpcError::from),
-                Err(e) => Err(e),
-            };
-            let outcome = match decision {
-                Ok(decision) => native::check_result::Outcome::Decision(native_decision(decision)),
-                Err(e) => native::check_result::Outcome::Error(e.into()),
-            };
-            results.push(native::CheckResult {
-                outcome: Some(outcome),
-            });
+        // Items of one (user_id, endpoint), i.e. of one counter, are decided one after another
+        // in order; different counters concurrently, so a networked store gets them together
+        // (the Redis store decides each master's share in one script call).
+        let mut lanes: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, check) in checks.iter().enumerate() {
+            lanes
+                .entry((check.user_id.as_str(), check.endpoint.as_str()))
+                .or_default()
+                .push(i);
+        }
+        let checks = &checks;
+        let lanes = lanes.into_values().map(|items| async move {
+            let mut out = Vec::with_capacity(items.len());
+            for i in items {
+                out.push((i, self.item(&checks[i]).await));
+            }
+            out
+        });
+        let mut results = vec![native::CheckResult::default(); checks.len()];
+        for (i, result) in join_all(lanes).await.into_iter().flatten() {
+            results[i] = result;
         }
         Ok(Response::new(native::CheckResponse { results }))
+    }
+}
+
+impl<S: Store> GrpcApi<S> {
+    /// One item of a native batch: its decision or its own error.
+    async fn item(&self, check: &native::Check) -> native::CheckResult {
+        let decision = match hits(check.hits.map_or(1, u64::from)) {
+            Ok(hits) => self
+                .0
+                .decide(&check.user_id, &check.endpoint, hits)
+                .await
+                .map_err(GrpcError::from),
+            Err(e) => Err(e),
+        };
+        let outcome = match decision {
+            Ok(decision) => native::check_result::Outcome::Decision(native_decision(decision)),
+            Err(e) => native::check_result::Outcome::Error(e.into()),
+        };
+        native::CheckResult {
+            outcome: Some(outcome),
+        }
     }
 }
 

@@ -163,6 +163,27 @@ async fn native_batch_is_answered_in_order_until_the_limit() {
 }
 
 #[tokio::test]
+async fn interleaved_keys_of_a_batch_keep_each_keys_order() {
+    // Keys are decided concurrently, the items of each key one after another in batch order:
+    // each key's first three items are admitted, its later ones denied.
+    let server = GrpcServer::start(per_minute(3)).await;
+    let mut client = server.native().await;
+    let users = ["alice", "bob", "carol"];
+    let checks = (0..15)
+        .map(|i| item(users[i % 3], "/a", None))
+        .collect::<Vec<_>>();
+    let outcomes = check_batch(&mut client, checks).await.unwrap();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let d = decision(outcome);
+        assert_eq!(d.allowed, i < 9, "item {i} ({})", users[i % 3]);
+        if d.allowed {
+            assert_eq!(d.remaining, 2 - (i / 3) as u32, "item {i}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_invalid_item_gets_its_own_error_and_is_not_counted() {
     let server = GrpcServer::start(per_minute(5)).await;
     let mut client = server.native().await;

@@ -181,6 +181,10 @@ impl Cluster {
                     "0",
                     "--repl-ping-replica-period",
                     "1",
+                    // A replica's full sync starts at once, not after the default 5 s wait for
+                    // more replicas (a rejoining old master syncs in milliseconds, not seconds).
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect();
