@@ -362,6 +362,22 @@ def section(out, plots):
             f"{zset['p99_ms'] / max(direct['p99_ms'], 1e-9):.2f}× the p99."
         )
         w("")
+    scripts_table = os.path.join(out, "scripts", "table.md")
+    if os.path.exists(scripts_table):
+        w("### Each script alone, next to the sorted-set log")
+        w("")
+        w(
+            "`scripts/bench-redis-scripts.sh`: limit 100 per 60 s, 64 clients, keys drawn from "
+            "10 000, every run from empty masters; each of drl's single-check scripts and the "
+            "sliding window through the many-checks call (16 checks per call), on a single "
+            "redis-server and on the cluster above, the scripts in turn and the targets "
+            "alternated, medians of 3 rounds. *Redis CPU* is `used_cpu_sys + used_cpu_user` of "
+            "the masters (INFO cpu) after minus before, per decision; ratios are per round, then "
+            "the median."
+        )
+        with open(scripts_table) as f:
+            w(f.read().rstrip("\n"))
+        w("")
 
     # Goals.
     w("### Goals")

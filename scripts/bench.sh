@@ -24,7 +24,10 @@
 #  4. the baselines on the same cluster: redis-benchmark running drl's own sliding-window script
 #     (the exact bytes drl loads, EVALSHA with the arguments drl sends for the same limit, random
 #     keys; one call in flight per connection, and again pipelined by 16) and a hand-written
-#     sorted-set sliding log (ZREMRANGEBYSCORE/ZCARD/ZADD/PEXPIRE);
+#     sorted-set sliding log (ZREMRANGEBYSCORE/ZCARD/ZADD/PEXPIRE); then every algorithm's script
+#     alone next to that log, limit 100 per 60 s, on a single redis-server and on this cluster
+#     (scripts/bench-redis-scripts.sh: alternated, medians of 3, calls/s, Redis CPU per decision
+#     and the ratios to the log);
 #  5. scripts/bench-redis.sh on a cluster of its own: wrk on HTTP /v1/check through one node
 #     (fast, strict) and native batches of 100, alternated with the sorted-set log from
 #     redis-benchmark, with Redis and node CPU per decision and the keys' spread over masters
@@ -288,7 +291,7 @@ say "baselines: redis-benchmark on the same cluster"
 # drl's sliding-window script, byte for byte as drl-redis builds it (prelude, the algorithm, the
 # single-check trailer), and the hand-written sorted-set log.
 lua=crates/drl-redis/src/lua
-{ cat "$lua/prelude.lua"; echo; cat "$lua/sliding_window.lua"; echo; sed 's/STEP/sliding_window/g' "$lua/single.lua"; } \
+{ printf '#!lua\n'; cat "$lua/prelude.lua"; echo; cat "$lua/sliding_window.lua"; echo; sed 's/STEP/sliding_window/g' "$lua/single.lua"; } \
   > "$out/drl-sliding-window.lua"
 cat > "$out/zset-sliding-log.lua" <<'EOF'
 -- The common hand-written sliding-window limiter: a sorted set of request timestamps.
@@ -343,11 +346,20 @@ baseline() {
 }
 # shellcheck disable=SC2086
 baseline direct-drl "redis-benchmark: drl's sliding-window script (EVALSHA), random keys" \
-  EVALSHA "$sha_drl" 1 'drl:w{tag}:__rand_int__' '' 1 1000000 60000000000 1000000000 61 0
+  EVALSHA "$sha_drl" 1 'drl:W{tag}:__rand_int__' '' 1 1000000 60000000000 1000000000 61 0
 baseline direct-drl-p16 "redis-benchmark: drl's sliding-window script (EVALSHA), random keys, pipelined by 16" \
-  -P 16 EVALSHA "$sha_drl" 1 'drl:w{tag}:__rand_int__' '' 1 1000000 60000000000 1000000000 61 0
+  -P 16 EVALSHA "$sha_drl" 1 'drl:W{tag}:__rand_int__' '' 1 1000000 60000000000 1000000000 61 0
 baseline direct-zset "redis-benchmark: hand-written sorted-set sliding log (EVALSHA), random keys" \
   EVALSHA "$sha_zset" 1 'rl:{tag}:__rand_int__' 60000 1000000 __rand_int__
+# Every algorithm's script alone next to the sorted-set log, on a single redis-server and on this
+# cluster, alternated, medians of 3 (its own script: scripts/bench-redis-scripts.sh --help).
+say "each script alone: scripts/bench-redis-scripts.sh"
+scripts_quick=()
+[ "$quick" = 1 ] && scripts_quick=(--quick)
+mkdir -p "$out/scripts"
+scripts/bench-redis-scripts.sh "${scripts_quick[@]}" --cluster-port "$cluster_port" --out "$out/scripts" \
+  > "$out/scripts/table.md"
+cat "$out/scripts/table.md" >&2
 echo "drl_args=$drl_args" >> "$out/machine.env"
 echo "sha_drl=$sha_drl" >> "$out/machine.env"
 echo "sha_zset=$sha_zset" >> "$out/machine.env"

@@ -4,7 +4,8 @@
 # official generated protos (xds-protos) calling ShouldRateLimit, and that Envoy again over TLS;
 # the operator's kit against the real tools: deploy/prometheus/'s alert rules under promtool, a
 # real Prometheus scraping a cluster of `scripts/cluster.sh up --prometheus` with every query of
-# deploy/grafana/drl.json run against it, and deploy/kubernetes/ against the Kubernetes schema.
+# deploy/grafana/drl.json run against it, deploy/kubernetes/ against the Kubernetes schema, and
+# the status page (GET /) in a headless Chromium.
 # Called by scripts/test.sh.
 #
 # Installs what is missing into a virtualenv (target/e2e-venv, or $DRL_E2E_VENV), reinstalled
@@ -32,9 +33,12 @@ if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
-# Prometheus and promtool (Debian's package), and redis-server for the cluster.
+# Prometheus and promtool (Debian's package), redis-server for the cluster, and Chromium with
+# chromedriver for the status page.
 apt_missing=()
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server redis-tools)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   apt-get update -qq
@@ -66,3 +70,4 @@ promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts_test.yaml
 "$venv/bin/python" tests/e2e/prometheus_test.py
 "$venv/bin/python" tests/e2e/kubernetes_test.py
+"$venv/bin/python" tests/e2e/status_page_test.py

@@ -12,8 +12,9 @@ sends more (every check answered by `on_error: deny`), and asks Prometheus's HTT
 - the store error rate: node 0's checks answered by `on_error` (fallbacks) over its checks;
 - that the alert rules loaded and evaluate without error, and that the fallbacks put
   DrlOnErrorFallbacks in `pending` for node 0 and no other;
-- every query of deploy/grafana/drl.json (Grafana's variables substituted): no error, and no
-  name of a metric that the nodes do not export (read from their live /metrics).
+- every query of deploy/grafana/drl.json (Grafana's variables substituted): no error, some
+  series, and no name of a metric that the nodes do not export (read from their live /metrics);
+- once node 1 is stopped, DrlNodeDown goes pending for it and no other.
 
 Also checks, without Prometheus, that every alert of deploy/prometheus/alerts.yaml has a
 promtool test case in which it fires (`promtool test rules` itself runs in scripts/e2e.sh).
@@ -29,6 +30,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -185,7 +187,7 @@ adaptive:
             if out.returncode != 0:
                 raise Failed(f"cluster.sh up --prometheus: {out.returncode}\n{out.stdout}{out.stderr}")
             check("prometheus: http://127.0.0.1:" in out.stdout, "cluster.sh up reports Prometheus")
-            measure(Prometheus(prom_port), http_ports, instances, env, procs.dir)
+            measure(Prometheus(prom_port), http_ports, instances, env)
         except Exception:
             for log in sorted((procs.dir / "nodes").glob("*.log")):
                 lines = log.read_text(errors="replace").splitlines()[-20:]
@@ -199,8 +201,7 @@ adaptive:
               "cluster.sh down stopped every node and Prometheus")
 
 
-def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict,
-            workdir: Path) -> None:
+def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict) -> None:
     # One Envoy-API check on node 2 first: its series (drl_descriptor_decisions_total{rule,
     # result}) is created by it, at 1, and rate() counts from a series' first sample, so it is
     # in the totals but not in the rates (Prometheus's way with a series born above 0).
@@ -306,6 +307,17 @@ def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict,
     equal(firing, [], "DrlNodeDown with every node up")
 
     dashboard_queries(prom, ports)
+
+    # A node stopped: DrlNodeDown goes pending for it, and for no other.
+    pid = int((Path(env["DRL_NODES_DIR"]) / "node1.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+
+    def down() -> dict[str, str]:
+        return {a["labels"]["instance"]: a["state"] for a in prom.get("alerts")["alerts"]
+                if a["labels"]["alertname"] == "DrlNodeDown"}
+
+    wait_until(lambda: down() != {}, "DrlNodeDown once node 1 is stopped", timeout=30)
+    equal(down(), {instances[1]: "pending"}, "DrlNodeDown, by node")
 
 
 def dashboard_queries(prom: Prometheus, ports: list[int]) -> None:

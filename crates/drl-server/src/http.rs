@@ -4,6 +4,7 @@
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `POST /json` → an Envoy `RateLimitRequest` as JSON, answered 200 / 429 with the
 //!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
+//! - `GET /` → the status page ([`crate::status`]).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)
@@ -289,6 +290,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
     let state = state.into();
     Router::new()
+        .route("/", get(crate::status::page))
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
         .route("/healthz", get(healthz))

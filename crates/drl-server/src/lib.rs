@@ -16,6 +16,7 @@
 //!   [`client::grpc`], a client of the native gRPC API.
 //! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
+//! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
 //!
 //! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod shared;
+pub mod status;
 pub mod tls;
 
 use std::future::Future;

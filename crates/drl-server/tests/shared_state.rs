@@ -172,7 +172,9 @@ async fn the_redis_stores_events_are_exported() {
 }
 
 /// Through the HTTP admin API of two nodes: a block made on node A is enforced by node B after
-/// B's next sync, and an unblock on B is lifted on A after A's.
+/// B's next sync, and an unblock on B is lifted on A after A's. (Each server also syncs by
+/// itself once a second, so whether B still answers 200 just before its sync depends on where
+/// that second stands: only the state after a sync is asserted.)
 #[tokio::test]
 async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
     use drl_server::AppState;
@@ -198,7 +200,6 @@ async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
     let auth = ["authorization: Bearer t0ken"];
     let put = a.request("PUT", "/v1/blocks/eve", &auth, b"").await;
     assert_eq!(put.status, 200, "{}", put.body);
-    assert_eq!(eve_status(&b).await, 200, "not synced yet");
     link_b.sync(&b.limiter).await.unwrap();
     assert_eq!(
         eve_status(&b).await,
@@ -210,7 +211,6 @@ async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
 
     let deleted = b.request("DELETE", "/v1/blocks/eve", &auth, b"").await;
     assert_eq!(deleted.status, 204);
-    assert_eq!(eve_status(&a).await, 429, "A not synced yet");
     link_a.sync(&a.limiter).await.unwrap();
     assert_eq!(eve_status(&a).await, 200, "A lifted the block");
     a.stop().await;

@@ -2,9 +2,9 @@
 -- one string: a 16-byte header (admissions ever counted, ring size) and 8 bytes per slot
 -- (seconds, nanoseconds as big-endian u32s); admission k is in slot k mod N. The newest N
 -- admissions are all that can matter, and they are sorted by time, so the oldest one still in
--- the window is found by binary search. A ring of up to LOG_WHOLE bytes is read with one GET and
--- written with one SET; a larger one with O(log N) GETRANGEs and two SETRANGEs, so a check never
--- copies a long ring. The layout is the one older drl versions wrote. No refund token: an
+-- the window is found by binary search. A ring of up to LOG_WHOLE bytes is read with one GET, a
+-- larger one with O(log N) GETRANGEs, so a check never copies a long ring; an admission writes the
+-- header and its slots in place (SETRANGE), a new key with one SET. The layout is the one older drl versions wrote. No refund token: an
 -- admission in the middle of the ring cannot be taken back, so a refunded one stays counted
 -- (under-admission, never over-admission).
 local LOG_WHOLE = 4096
@@ -94,9 +94,9 @@ local function sliding_log(key, s0, n0, hits, limit, window, params, dry)
       local slot = struct.pack('>I4I4', s0, n0)
       local pos = math.fmod(count, size)
       local head = math.min(hits, size - pos)
-      if small and (whole or not exists) then
-        -- The whole ring in one SET: header, the slots before, the new ones, the slots after.
-        local ring = whole and string.sub(whole, 17) or string.rep('\0', 8 * size)
+      if small and not exists then
+        -- A new ring in one SET: header, the slots before, the new ones, the slots after.
+        local ring = string.rep('\0', 8 * size)
         local wrapped = hits - head
         store(key, struct.pack('>dd', count + hits, size)
           .. string.rep(slot, wrapped)
