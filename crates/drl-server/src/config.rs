@@ -50,6 +50,10 @@ pub struct Config {
     pub rules: Rules,
     /// `server.tls`: serve both APIs over TLS (plaintext when `None`).
     pub tls: Option<TlsConfig>,
+    /// The file that held the native part (store, default, rules), if any: a reload that loses
+    /// it (the file deleted from a config directory) is refused rather than falling back to the
+    /// built-in default.
+    native_file: Option<String>,
 }
 
 /// The store a node keeps its counters in.
@@ -147,6 +151,14 @@ impl Config {
                 .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
                 .collect();
             files.sort();
+            if files.is_empty() {
+                return Err(ConfigError::Invalid(vec![diagnostic(
+                    &path.display().to_string(),
+                    Location::UNKNOWN,
+                    "the config directory holds no *.yaml or *.yml file: a config that names \
+                     nothing is refused (to run on the built-in default, start without --config)",
+                )]));
+            }
             let sources = files
                 .iter()
                 .map(|f| read(f))
@@ -155,6 +167,12 @@ impl Config {
         } else {
             Self::from_sources(&[read(path)?])
         }
+    }
+
+    /// The file that held the native part (store, default, rules); `None` for a directory of
+    /// envoyproxy/ratelimit-format domains only, which run under the built-in default.
+    pub fn native_file(&self) -> Option<&str> {
+        self.native_file.as_deref()
     }
 
     /// Validates a config given as text; `source_name` names it in diagnostics.
@@ -217,8 +235,12 @@ impl Config {
                 store: StoreConfig::default(),
                 rules: Rules::builtin(),
                 tls: None,
+                native_file: None,
             },
-            |(_, c)| c,
+            |(name, c)| Config {
+                native_file: Some(name.to_owned()),
+                ..c
+            },
         );
         let names: Vec<&str> = domains.iter().map(|(n, _)| *n).collect();
         match config
@@ -253,10 +275,21 @@ impl Config {
             diagnostics: Vec::new(),
             backend_refs: Vec::new(),
         };
-        let is_domain = serde_saphyr::from_slice_with_options::<
-            HashMap<String, serde::de::IgnoredAny>,
-        >(yaml, options.clone())
-        .is_ok_and(|top| top.contains_key("domain"));
+        let top = serde_saphyr::from_slice_with_options::<
+            Option<HashMap<String, serde::de::IgnoredAny>>,
+        >(yaml, options.clone());
+        // An empty file (a truncated copy, a careless editor, /dev/null) is no config: taken as
+        // one, it would replace the rules in force with the built-in default.
+        if matches!(&top, Ok(None)) || matches!(&top, Ok(Some(keys)) if keys.is_empty()) {
+            return Err(ConfigError::Invalid(vec![diagnostic(
+                source_name,
+                Location::UNKNOWN,
+                "the config is empty: it names no store, default, rules or domain, and a \
+                 config that names nothing is refused (to run on the built-in default, start \
+                 without --config)",
+            )]));
+        }
+        let is_domain = top.is_ok_and(|top| top.is_some_and(|top| top.contains_key("domain")));
         let part = if is_domain {
             let raw: RawDomain =
                 serde_saphyr::from_slice_with_options(yaml, options).map_err(located)?;
@@ -519,6 +552,7 @@ impl Validator<'_> {
             Ok(rules) => Some(Config {
                 store,
                 tls,
+                native_file: None,
                 rules: rules
                     .with_backends(backends)
                     .with_abuse(abuse)
@@ -1176,11 +1210,23 @@ rules:
 
     #[test]
     fn without_default_the_builtin_applies() {
-        for yaml in ["", "# nothing\n", "rules:\n", "store:\n  kind: memory\n"] {
+        for yaml in ["rules:\n", "store:\n  kind: memory\n"] {
             let config = Config::from_yaml("x.yaml", yaml).unwrap();
             assert_eq!(
                 config.rules.default_policy(),
                 Rules::builtin().default_policy()
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_that_names_nothing_is_refused() {
+        for yaml in ["", "# nothing\n", "\n\n", "---\n", "{}\n", "~\n"] {
+            let e = Config::from_yaml("x.yaml", yaml).unwrap_err();
+            assert_eq!(e.diagnostics().len(), 1, "{yaml:?}: {e}");
+            assert!(
+                e.to_string().starts_with("x.yaml:1:1: the config is empty"),
+                "{yaml:?}: {e}"
             );
         }
     }

@@ -37,20 +37,37 @@ pub struct Reloader<S> {
     path: PathBuf,
     limiter: Limiter<S>,
     metrics: Arc<Metrics>,
-    /// The version in force; the lock also serialises reloads, so versions follow the order in
+    /// The config in force; the lock also serialises reloads, so versions follow the order in
     /// which rules were swapped in.
-    version: Mutex<u64>,
+    in_force: Mutex<InForce>,
+}
+
+/// What a reload compares against and then replaces.
+#[derive(Debug)]
+struct InForce {
+    version: u64,
+    /// The file that held the native part (store, default, rules), if the config had one.
+    native_file: Option<String>,
 }
 
 impl<S: Store> Reloader<S> {
     /// A reloader for `limiter`, whose rules were loaded from `path`: that config is version 1.
-    pub fn new(path: impl Into<PathBuf>, limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
+    /// `native_file` is its [`Config::native_file`].
+    pub fn new(
+        path: impl Into<PathBuf>,
+        native_file: Option<&str>,
+        limiter: Limiter<S>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.set_config_version(1);
         Self {
             path: path.into(),
             limiter,
             metrics,
-            version: Mutex::new(1),
+            in_force: Mutex::new(InForce {
+                version: 1,
+                native_file: native_file.map(str::to_owned),
+            }),
         }
     }
 
@@ -61,29 +78,52 @@ impl<S: Store> Reloader<S> {
 
     /// The version of the config in force: 1 at start, +1 per successful reload.
     pub fn version(&self) -> u64 {
-        *self.version.lock().unwrap_or_else(PoisonError::into_inner)
+        self.in_force
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version
     }
 
     /// Reads and validates the file, then swaps its rules in; returns the new version. On
-    /// error nothing changes. Blocking (file I/O and parsing): from async code, use
-    /// [`Reloader::reload_async`].
+    /// error nothing changes. A config that has lost the native part the one in force had (its
+    /// file deleted from a config directory) is refused too: it would put the built-in default
+    /// in place of the rules and drop the blocklist. Blocking (file I/O and parsing): from
+    /// async code, use [`Reloader::reload_async`].
     pub fn reload(&self) -> Result<u64, ConfigError> {
-        let mut version = self.version.lock().unwrap_or_else(PoisonError::into_inner);
-        match Config::load(&self.path) {
+        let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
+        let loaded = Config::load(&self.path).and_then(|config| {
+            match (&in_force.native_file, config.native_file()) {
+                (Some(was), None) => Err(ConfigError::Invalid(vec![crate::config::diagnostic(
+                    &self.path.display().to_string(),
+                    serde_saphyr::Location::UNKNOWN,
+                    &format!(
+                        "the native config ({was}) is gone: a config without store, default \
+                         and rules would replace the rules in force with the built-in default; \
+                         restore the file (or restart to run without it)"
+                    ),
+                )])),
+                _ => Ok(config),
+            }
+        });
+        let version = &mut in_force.version;
+        match loaded {
             Ok(config) => {
+                let native_file = config.native_file().map(str::to_owned);
                 // The store is chosen at start: a reload swaps the rules only, and a changed
                 // `store:` section takes effect at the next restart.
                 let rules = config.rules.rules().len();
                 let domains = config.rules.domains().len();
                 self.limiter.set_rules(config.rules);
                 *version += 1;
-                self.metrics.reload_succeeded(*version);
+                let version = *version;
+                in_force.native_file = native_file;
+                self.metrics.reload_succeeded(version);
                 tracing::info!(
-                    "config {} reloaded: version {}, {rules} rules, {domains} descriptor domains",
+                    "config {} reloaded: version {version}, {rules} rules, {domains} descriptor \
+                     domains",
                     self.path.display(),
-                    *version
                 );
-                Ok(*version)
+                Ok(version)
             }
             Err(e) => {
                 self.metrics.reload_failed();
@@ -269,9 +309,15 @@ mod tests {
     fn a_valid_file_is_swapped_in_and_an_invalid_one_changes_nothing() {
         let dir = temp_dir("unit");
         let path = write(&dir, "default:\n  limit: 5\n  window: 1m\n");
-        let limiter = Limiter::new(Config::load(&path).unwrap().rules);
+        let loaded = Config::load(&path).unwrap();
+        let limiter = Limiter::new(loaded.rules.clone());
         let metrics = Arc::new(Metrics::new());
-        let reloader = Reloader::new(&path, limiter.clone(), Arc::clone(&metrics));
+        let reloader = Reloader::new(
+            &path,
+            loaded.native_file(),
+            limiter.clone(),
+            Arc::clone(&metrics),
+        );
         assert_eq!(reloader.version(), 1);
 
         write(&dir, "default:\n  limit: 7\n  window: 1m\n");
@@ -294,8 +340,14 @@ mod tests {
     fn a_config_directory_reloads_as_a_whole() {
         let dir = temp_dir("directory");
         write(&dir, "default:\n  limit: 5\n  window: 1m\n");
-        let limiter = Limiter::new(Config::load(&dir).unwrap().rules);
-        let reloader = Reloader::new(&dir, limiter.clone(), Arc::new(Metrics::new()));
+        let loaded = Config::load(&dir).unwrap();
+        let limiter = Limiter::new(loaded.rules.clone());
+        let reloader = Reloader::new(
+            &dir,
+            loaded.native_file(),
+            limiter.clone(),
+            Arc::new(Metrics::new()),
+        );
         assert!(limiter.rules().domain("web").is_none());
         let web = "domain: web\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
         std::fs::write(dir.join("web.yaml"), web).unwrap();

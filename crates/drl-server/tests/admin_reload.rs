@@ -50,11 +50,18 @@ struct Node {
 }
 
 async fn start(path: &Path, token: Option<&str>) -> Node {
-    let rules = Config::load(path).unwrap().rules;
+    let loaded = Config::load(path).unwrap();
+    let native_file = loaded.native_file().map(str::to_owned);
+    let rules = loaded.rules;
     let metrics = Arc::new(Metrics::new());
     let mut reloader = None;
     let server = TestServer::start_with(rules, |limiter| {
-        let r = Arc::new(Reloader::new(path, limiter.clone(), Arc::clone(&metrics)));
+        let r = Arc::new(Reloader::new(
+            path,
+            native_file.as_deref(),
+            limiter.clone(),
+            Arc::clone(&metrics),
+        ));
         reloader = Some(Arc::clone(&r));
         AppState::new(limiter, Arc::clone(&metrics))
             .with_reloader(r)
@@ -163,6 +170,66 @@ async fn a_refused_file_changes_nothing_and_is_reported() {
         "{metrics}"
     );
     assert!(metrics.contains("drl_config_version 1\n"), "{metrics}");
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_that_names_nothing_never_replaces_the_rules_in_force() {
+    // A truncated file (0 bytes), one of blanks and comments, and an empty mapping: each would
+    // have reloaded as "0 rules", the built-in 100/min in place of the rules and the blocklist.
+    let path = config_file("empty", &config(5));
+    let node = start(&path, Some(TOKEN)).await;
+    for (n, empty) in ["", "\n  \n# nothing here\n", "{}\n"]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&path, empty).unwrap();
+        let response = reload(&node.server, &[AUTH]).await;
+        assert_eq!(response.status, 422, "{empty:?}: {response:?}");
+        let body = response.json();
+        let message = body["diagnostics"][0]["message"].as_str().unwrap();
+        assert!(message.contains("config is empty"), "{empty:?}: {body}");
+        assert_eq!(limit_of(&node.server, "bob").await, 5, "{empty:?}");
+        assert_eq!(limit_of(&node.server, "alice").await, 1000, "{empty:?}");
+        assert_eq!(node.reloader.version(), 1);
+        let metrics = node.server.get("/metrics").await.body;
+        let refused = format!("drl_config_reloads_total{{result=\"error\"}} {}\n", n + 1);
+        assert!(metrics.contains(&refused), "{metrics}");
+    }
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_directory_that_loses_its_native_file_is_refused() {
+    let path = config_file("lost-native", &config(5));
+    let dir = path.parent().unwrap().to_owned();
+    let web = "domain: web\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+    std::fs::write(dir.join("web.yaml"), web).unwrap();
+    let node = start(&dir, Some(TOKEN)).await;
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+    std::fs::remove_file(&path).unwrap();
+    let response = reload(&node.server, &[AUTH]).await;
+    assert_eq!(response.status, 422, "{response:?}");
+    let body = response.json();
+    assert!(
+        body["diagnostics"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("native config"),
+        "{body}"
+    );
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+    assert_eq!(limit_of(&node.server, "alice").await, 1000);
+    // Every file gone: an empty directory names nothing either.
+    std::fs::remove_file(dir.join("web.yaml")).unwrap();
+    let response = reload(&node.server, &[AUTH]).await;
+    assert_eq!(response.status, 422, "{response:?}");
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+    // The file back: reloads as usual.
+    std::fs::write(&path, config(7)).unwrap();
+    let response = reload(&node.server, &[AUTH]).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(limit_of(&node.server, "bob").await, 7);
     node.server.stop().await;
 }
 

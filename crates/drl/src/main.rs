@@ -322,7 +322,7 @@ async fn serve(
     limits: Limits,
 ) -> anyhow::Result<()> {
     allocator::return_freed_memory();
-    let (store, rules, tls) = match config {
+    let (store, rules, tls, native_file) = match config {
         Some(path) => {
             let config = Config::load(path)?;
             tracing::info!(
@@ -330,9 +330,10 @@ async fn serve(
                 path.display(),
                 config.rules.rules().len()
             );
-            (config.store, config.rules, config.tls)
+            let native_file = config.native_file().map(str::to_owned);
+            (config.store, config.rules, config.tls, native_file)
         }
-        None => (StoreConfig::Memory, Rules::builtin(), None),
+        None => (StoreConfig::Memory, Rules::builtin(), None, None),
     };
     let tls = match tls {
         Some(files) => Some(Arc::new(ServerTls::load(files).context("server.tls")?)),
@@ -340,6 +341,7 @@ async fn serve(
     };
     let listen = Listen {
         config,
+        native_file,
         http_addr,
         grpc_addr,
         tls,
@@ -366,6 +368,8 @@ async fn serve(
 /// Where and how a node listens.
 struct Listen<'a> {
     config: Option<&'a Path>,
+    /// The file of `config` that held the native part, if any (see `Config::native_file`).
+    native_file: Option<String>,
     http_addr: &'a str,
     grpc_addr: &'a str,
     tls: Option<Arc<ServerTls>>,
@@ -380,6 +384,7 @@ async fn run_node<S: Store>(
 ) -> anyhow::Result<()> {
     let Listen {
         config,
+        native_file,
         http_addr,
         grpc_addr,
         tls,
@@ -406,7 +411,12 @@ async fn run_node<S: Store>(
     // Reload triggers run until they are dropped, after the server has stopped.
     let mut triggers = Vec::new();
     if let Some(path) = config {
-        let reloader = Arc::new(Reloader::new(path, limiter, metrics));
+        let reloader = Arc::new(Reloader::new(
+            path,
+            native_file.as_deref(),
+            limiter,
+            metrics,
+        ));
         triggers.push(
             reload::watch_file(Arc::clone(&reloader)).context("cannot watch the config file")?,
         );

@@ -336,6 +336,42 @@ fn config_validate_reports_every_error_with_its_position() {
     assert_eq!(missing.status.code(), Some(1));
 }
 
+#[test]
+fn a_config_that_names_nothing_does_not_start_a_node() {
+    // `--config` on an empty file, /dev/null or an empty directory used to start silently on
+    // the built-in default; running on it takes the explicit choice of giving no --config.
+    let empty_dir = std::env::temp_dir().join(format!("drl-cli-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let empty_file = write_file("empty.yaml", "");
+    for (path, says) in [
+        (empty_file.to_str().unwrap(), "config is empty"),
+        ("/dev/null", "config is empty"),
+        (empty_dir.to_str().unwrap(), "no *.yaml or *.yml file"),
+    ] {
+        let out = drl(&["config", "validate", path]);
+        assert_eq!(out.status.code(), Some(1), "validate {path}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{out:?}"
+        );
+        let out = drl(&[
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--config",
+            path,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "serve {path}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{out:?}"
+        );
+    }
+    std::fs::remove_dir_all(empty_dir).unwrap();
+}
+
 /// `POST /v1/config/reload` with an `Authorization` header; the status code.
 fn reload_status(url: &str, authorization: &str) -> u16 {
     use std::io::{Read, Write};
