@@ -12,7 +12,9 @@
 //!
 //! The file watcher watches the file's *directory*, not the file: editors and config managers
 //! replace a file by writing a new one and renaming it over the old, which a watch on the old
-//! inode would miss. Bursts of events (an editor's write, rename and chmod) are debounced into
+//! inode would miss. A file reached through symlinks is also reloaded when what it resolves to
+//! changes (Kubernetes swaps a ConfigMap volume's `..data` link, and no event names the file),
+//! and the directory of the file it resolves to at start is watched too. Bursts of events (an editor's write, rename and chmod) are debounced into
 //! one reload.
 
 use std::ffi::OsString;
@@ -184,17 +186,45 @@ pub fn watch_file<S: Store>(reloader: Arc<Reloader<S>>) -> notify::Result<Trigge
         };
         (Watched::File(file_name), dir)
     };
+    // What the path resolves to through symlinks. A Kubernetes ConfigMap mounted as a volume
+    // is `drl.yaml -> ..data/drl.yaml` with `..data -> ..<timestamp>`; an update swaps `..data`,
+    // and no event names `drl.yaml`: the file is reloaded when its resolution changes.
+    let file = path.to_owned();
+    let mut resolved = std::fs::canonicalize(&file).ok();
+    let target_dir = resolved
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|target_dir| std::fs::canonicalize(&dir).ok().as_deref() != Some(*target_dir))
+        .map(Path::to_owned);
     // One pending signal is enough: the task reloads the file as it is when it gets there.
     let (changed, mut changes) = mpsc::channel::<()>(1);
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if concerns(&event, &watched) => {
-                let _ = changed.try_send(());
+            Ok(event) => {
+                let mut relevant = concerns(&event, &watched);
+                if let Watched::File(_) = watched {
+                    let now = std::fs::canonicalize(&file).ok();
+                    // An edit of the target itself, in another directory.
+                    relevant |= now.is_some()
+                        && event.paths.iter().any(|p| Some(p) == now.as_ref())
+                        && !matches!(event.kind, EventKind::Access(_));
+                    // The path now leads to another file (or to one again).
+                    if now != resolved {
+                        resolved = now;
+                        relevant |= resolved.is_some();
+                    }
+                }
+                if relevant {
+                    let _ = changed.try_send(());
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!("config file watch: {e}"),
         })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // A config file linked from another directory: watch where it lives too.
+    if let Some(target_dir) = target_dir {
+        watcher.watch(&target_dir, RecursiveMode::NonRecursive)?;
+    }
     let task = tokio::spawn(async move {
         while changes.recv().await.is_some() {
             // Wait for the burst to end.

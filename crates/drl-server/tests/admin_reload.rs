@@ -265,6 +265,61 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
     node.server.stop().await;
 }
 
+/// Lays out `dir` as the kubelet lays out a ConfigMap volume: `drl.yaml -> ..data/drl.yaml`,
+/// `..data -> ..<version>`, the data in `..<version>/drl.yaml`; a later call is an update, made
+/// the kubelet's way (a new version directory, a `..data_tmp` link renamed over `..data`, the
+/// old directory removed).
+#[cfg(unix)]
+fn configmap_update(dir: &Path, version: u32, contents: &str) {
+    let data = format!("..2026_12_04_00_00_{version:02}.000000001");
+    std::fs::create_dir_all(dir.join(&data)).unwrap();
+    std::fs::write(dir.join(&data).join("drl.yaml"), contents).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if !dir.join("drl.yaml").exists() {
+        std::os::unix::fs::symlink("..data/drl.yaml", dir.join("drl.yaml")).unwrap();
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_update_is_picked_up_through_the_file_path() {
+    // `--config /etc/drl/drl.yaml` on a mounted ConfigMap: the update swaps `..data` and no
+    // event names `drl.yaml`; the node used to keep the old rules forever.
+    let dir = config_file("configmap", "").parent().unwrap().to_owned();
+    std::fs::remove_file(dir.join("drl.yaml")).unwrap();
+    configmap_update(&dir, 1, &config(5));
+    let path = dir.join("drl.yaml");
+    let node = start(&path, None).await;
+    let _watch = reload::watch_file(Arc::clone(&node.reloader)).unwrap();
+    assert_eq!(limit_of(&node.server, "bob").await, 5);
+    configmap_update(&dir, 2, &config(6));
+    wait_for_limit(&node.server, "bob", 6).await;
+    configmap_update(&dir, 3, &config(8));
+    wait_for_limit(&node.server, "bob", 8).await;
+    node.server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_config_file_linked_from_another_directory_is_watched_where_it_lives() {
+    let target = config_file("linked-target", &config(5));
+    let link_dir = config_file("linked-link", "").parent().unwrap().to_owned();
+    let link = link_dir.join("drl.yaml");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let node = start(&link, None).await;
+    let _watch = reload::watch_file(Arc::clone(&node.reloader)).unwrap();
+    // Edited where it lives: no event in the link's directory.
+    replace(&target, &config(6));
+    wait_for_limit(&node.server, "bob", 6).await;
+    node.server.stop().await;
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_bearer_token() {
     let path = config_file("auth", &config(5));
