@@ -1,5 +1,5 @@
 //! Abuse protection: automatic, escalating bans for users that keep hitting their limits, and
-//! manual blocks (DESIGN.md §7).
+//! manual blocks (docs/design.md, "Abuse protection and adaptive limits").
 //!
 //! - **Offenses.** Every denial of a user counts one offense in a sliding window of its own
 //!   (a [`MemoryStore`] counter per user, `threshold` per `interval`): the denial that finds that

@@ -1,4 +1,4 @@
-//! Load-adaptive limits (DESIGN.md §7): backends report their load, and every rule that names a
+//! Load-adaptive limits (docs/design.md, "Abuse protection and adaptive limits"): backends report their load, and every rule that names a
 //! backend enforces ⌊N × factor⌋ (at least 1) instead of N, the factor being the lowest of its
 //! backends'.
 //!

@@ -1,4 +1,4 @@
-//! The identity of a counter (DESIGN.md §5): (domain, rule, limit, values).
+//! The identity of a counter (docs/design.md, "Keys"): (domain, rule, limit, values).
 //!
 //! - `domain`: the built-in domain of the native API, or the Envoy request's `domain`;
 //! - `rule`: the identity of the rule that matched (its path in the rule tree, see

@@ -9,7 +9,7 @@
 //! - [`limiter`]: the [`Limiter`] handle that ties them together:
 //!   `limiter.check_and_increment("alice", "/api/search")`.
 //!
-//! The guarantee of the default algorithm (DESIGN.md §2): no interval of length T ever holds more
+//! The guarantee of the default algorithm (docs/design.md, "The guarantee first"): no interval of length T ever holds more
 //! than N admitted requests for one key, under any concurrency.
 
 pub mod abuse;

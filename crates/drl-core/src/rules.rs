@@ -18,7 +18,7 @@
 //!
 //! The native user/endpoint rules are the domain [`NATIVE_DOMAIN`](crate::limiter::NATIVE_DOMAIN)
 //! with two levels, `user_id` then `endpoint`; walking it most-specific-first gives exactly
-//! pair > user > endpoint > default (DESIGN.md §4). So both rule formats share this one engine, and
+//! pair > user > endpoint > default (docs/configuration.md). So both rule formats share this one engine, and
 //! an Envoy request in that domain with entries `user_id` and `endpoint` is answered by the
 //! native rules.
 //!

@@ -1,4 +1,4 @@
-//! Counter identities are injective (DESIGN.md §5): different (domain, rule, limit, values)
+//! Counter identities are injective (docs/design.md, "Keys"): different (domain, rule, limit, values)
 //! never share an encoding, whatever characters they hold, and the fingerprint of an identity
 //! is a function of its encoding alone.
 

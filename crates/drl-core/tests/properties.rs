@@ -5,7 +5,7 @@
 //! idle gaps far beyond T) and keeps the time of every admitted hit: `h` hits admitted at `t`
 //! are `h` admissions at `t`. After every decision it checks
 //!
-//! - the bound the algorithm claims (DESIGN.md §2): P — no closed interval [a, a + T] holds more
+//! - the bound the algorithm claims (docs/design.md, "The guarantee first"): P — no closed interval [a, a + T] holds more
 //!   than N admissions — for `sliding_window` and `sliding_log`; N per aligned window (so 2N in
 //!   any interval of length T) for `fixed_window`; B + ⌊T/e⌋ for `token_bucket`;
 //! - the algorithm's exact model: which admissions it counts, hence exactly when it admits;

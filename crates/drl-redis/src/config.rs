@@ -1,4 +1,4 @@
-//! The store's settings: `store.redis` of the config file (DESIGN.md §4).
+//! The store's settings: `store.redis` of the config file (docs/configuration.md).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Redis key names for counters (DESIGN.md §5).
+//! Redis key names for counters (docs/design.md, "Keys").
 //!
 //! A key is `drl:` + the algorithm's letter + `{` + a hash tag + `}` + the raw bytes of
 //! [`CounterKey::encode`]. The encoding is injective, and everything before it has a fixed

@@ -2,7 +2,7 @@
 //! Cluster, which shards the counters over masters, replicates them and fails over.
 //!
 //! - [`scripts`]: one atomic Lua script per algorithm, on the Redis server clock.
-//! - [`keys`]: injective key names whose hash tag is a hash of the identity (DESIGN.md §5).
+//! - [`keys`]: injective key names whose hash tag is a hash of the identity (docs/design.md, "Keys").
 //! - [`RedisStore`]: the [`drl_core::Store`]: timeouts, `consistency: strict` (WAIT, batched),
 //!   `on_error: deny | allow | local`, and the local deny cache.
 //! - [`RedisConfig`]: `store.redis` of the config.

@@ -1,4 +1,4 @@
-//! The JSON bodies of the HTTP API (DESIGN.md §3), shared by the server and the client so the
+//! The JSON bodies of the HTTP API (docs/api.md), shared by the server and the client so the
 //! two cannot drift apart.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The YAML configuration of a node (DESIGN.md §4), loaded and validated once, up front.
+//! The YAML configuration of a node (docs/configuration.md), loaded and validated once, up front.
 //!
 //! ```yaml
 //! store:

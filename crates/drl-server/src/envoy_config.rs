@@ -1,4 +1,4 @@
-//! Rule files in the envoyproxy/ratelimit format, used by the Envoy API (DESIGN.md §4):
+//! Rule files in the envoyproxy/ratelimit format, used by the Envoy API (docs/configuration.md):
 //!
 //! ```yaml
 //! domain: web

@@ -1,4 +1,4 @@
-//! The gRPC API (DESIGN.md §3) as tonic services over the same [`AppState`] as the HTTP API:
+//! The gRPC API (docs/api.md) as tonic services over the same [`AppState`] as the HTTP API:
 //!
 //! - `drl.v1.RateLimiter/Check`: a batch of up to [`MAX_BATCH`] `(user_id, endpoint, hits)`
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the

@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md §3) as an axum [`Router`] over a [`Limiter`].
+//! The HTTP API (docs/api.md) as an axum [`Router`] over a [`Limiter`].
 //!
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).

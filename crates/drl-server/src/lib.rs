@@ -1,7 +1,7 @@
 //! `drl-server`: a `drl` node — its configuration, its HTTP API, and the client that `drl check`
 //! uses to ask one.
 //!
-//! - [`config`]: the YAML config of DESIGN.md §4, validated once with line/column diagnostics.
+//! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
 //! - [`api`]: the JSON wire types, shared by the server and the client.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
 //! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):

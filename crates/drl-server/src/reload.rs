@@ -1,4 +1,4 @@
-//! Hot reload of the config file (DESIGN.md §4): on a change of the file, on `SIGHUP`, and on
+//! Hot reload of the config file (docs/configuration.md): on a change of the file, on `SIGHUP`, and on
 //! `POST /v1/config/reload`, all through one [`Reloader::reload`].
 //!
 //! A reload parses and validates the whole file first; only a valid config reaches
