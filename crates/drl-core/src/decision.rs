@@ -52,19 +52,24 @@ pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
 pub const RATELIMIT_RESET: &str = "ratelimit-reset";
 /// `Retry-After`: seconds until a denied request could be admitted.
 pub const RETRY_AFTER: &str = "retry-after";
+/// The largest number of seconds a header field reports: `i32::MAX` (about 68 years), what every
+/// client's integer parser takes. Longer waits (a permanent block) are reported as this.
+pub const MAX_HEADER_SECONDS: u64 = i32::MAX as u64;
 
 impl Decision {
     /// The HTTP header fields that report this decision, as every HTTP surface of drl writes
     /// them (the server's `POST /v1/check`, the tower layer): `RateLimit-Limit`,
     /// `RateLimit-Remaining`, `RateLimit-Reset`, and `Retry-After` when denied. Names are lower
     /// case; durations are whole seconds rounded up, so a client that waits that long is never
-    /// early.
+    /// early, and at most [`MAX_HEADER_SECONDS`] (a permanent block would otherwise say
+    /// 18 446 743 660 s, which parsers of 32-bit integers refuse).
     pub fn header_fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let retry = (!self.allowed).then(|| (RETRY_AFTER, whole_seconds(self.retry_after)));
+        let seconds = |d| whole_seconds(d).min(MAX_HEADER_SECONDS);
+        let retry = (!self.allowed).then(|| (RETRY_AFTER, seconds(self.retry_after)));
         [
             (RATELIMIT_LIMIT, u64::from(self.limit)),
             (RATELIMIT_REMAINING, u64::from(self.remaining)),
-            (RATELIMIT_RESET, whole_seconds(self.reset_after)),
+            (RATELIMIT_RESET, seconds(self.reset_after)),
         ]
         .into_iter()
         .chain(retry)
@@ -98,6 +103,21 @@ mod tests {
         let allowed = Decision::new(true, 10, 3, 0, 5_000_000);
         assert_eq!(allowed.retry_after, Duration::ZERO);
         assert_eq!(allowed.reset_after, Duration::ZERO);
+    }
+
+    #[test]
+    fn header_fields_are_capped_for_a_permanent_block() {
+        let forever = Decision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset_after: Duration::MAX,
+            retry_after: Duration::from_nanos(u64::MAX),
+        };
+        let fields: Vec<_> = forever.header_fields().collect();
+        assert_eq!(fields[2], (RATELIMIT_RESET, MAX_HEADER_SECONDS));
+        assert_eq!(fields[3], (RETRY_AFTER, MAX_HEADER_SECONDS));
+        assert_eq!(MAX_HEADER_SECONDS, 2_147_483_647);
     }
 
     #[test]

@@ -118,6 +118,12 @@ async fn blocks_are_made_listed_and_lifted_through_the_admin_api() {
     let put = server.request("PUT", "/v1/blocks/zed", &[AUTH], b"").await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert!(put.json()["remaining_ms"].is_null());
+    // Denied with a Retry-After that 32-bit parsers take (it was 18446743660).
+    let r = server
+        .check(r#"{"user_id": "zed", "endpoint": "/a"}"#)
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("2147483647"), "{r:?}");
     let deleted = server
         .request("DELETE", "/v1/blocks/eve", &[AUTH], b"")
         .await;
