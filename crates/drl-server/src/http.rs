@@ -289,22 +289,30 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The routes of a node.
 pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
     let state = state.into();
-    Router::new()
+    let routes = Router::new()
         .route("/", get(crate::status::page))
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
-        .route("/metrics", get(metrics_text::<S>))
-        .route("/v1/config", get(show_config::<S>))
-        .route("/v1/config/reload", post(reload_config::<S>))
-        .route("/v1/blocks", get(list_blocks::<S>))
-        .route("/v1/load", post(report_load::<S>))
-        .route("/v1/offenders", get(list_offenders::<S>))
-        .route(
-            "/v1/blocks/{user_id}",
-            put(put_block::<S>).delete(delete_block::<S>),
-        )
+        .route("/metrics", get(metrics_text::<S>));
+    // Without a token the admin routes do not exist: not even a 405 with `Allow:` for a wrong
+    // method may show that they would.
+    let routes = if state.admin_token.is_some() {
+        routes
+            .route("/v1/config", get(show_config::<S>))
+            .route("/v1/config/reload", post(reload_config::<S>))
+            .route("/v1/blocks", get(list_blocks::<S>))
+            .route("/v1/load", post(report_load::<S>))
+            .route("/v1/offenders", get(list_offenders::<S>))
+            .route(
+                "/v1/blocks/{user_id}",
+                put(put_block::<S>).delete(delete_block::<S>),
+            )
+    } else {
+        routes
+    };
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -362,9 +362,23 @@ async fn admin_routes_need_the_bearer_token() {
 async fn without_a_token_the_admin_routes_do_not_exist() {
     let path = config_file("disabled", &config(5));
     let node = start(&path, None).await;
-    for (method, route) in [("GET", "/v1/config"), ("POST", "/v1/config/reload")] {
+    for (method, route) in [
+        ("GET", "/v1/config"),
+        ("POST", "/v1/config/reload"),
+        // A wrong method used to answer 405 with `Allow:`, which showed the routes exist.
+        ("DELETE", "/v1/config"),
+        ("GET", "/v1/config/reload"),
+        ("POST", "/v1/blocks"),
+        ("GET", "/v1/load"),
+        ("PUT", "/v1/offenders"),
+        ("GET", "/v1/blocks/eve"),
+    ] {
         let response = node.server.request(method, route, &[AUTH], b"").await;
         assert_eq!(response.status, 404, "{method} {route}: {response:?}");
+        assert!(
+            response.header("allow").is_none(),
+            "{method} {route}: {response:?}"
+        );
     }
     node.server.stop().await;
 }
