@@ -646,6 +646,23 @@ impl Inner {
     }
 }
 
+/// The number of replicas a master's `ROLE` reply lists (`None` for a reply that is not a
+/// master's, e.g. a replica answering during a failover: not a reason to call the node unready).
+fn replicas_attached(role: &Value) -> Option<usize> {
+    let Value::Array(parts) = role else {
+        return None;
+    };
+    let is_master = match parts.first() {
+        Some(Value::BulkString(name)) => name.as_slice() == b"master",
+        Some(Value::SimpleString(name)) => name == "master",
+        _ => false,
+    };
+    match parts.get(2) {
+        Some(Value::Array(replicas)) if is_master => Some(replicas.len()),
+        _ => None,
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -759,14 +776,35 @@ impl Store for RedisStore {
     }
 
     /// Connects if needed and PINGs, bounded by the timeout (`GET /readyz`).
+    /// Reachable, and in strict mode every master has a replica attached: without one, WAIT
+    /// confirms nothing and every admission on that master is denied (a single Redis with no
+    /// replica under the default `consistency: strict`), which is no node to send traffic to.
     async fn ready(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let ping = async {
+        let check = async {
             let mut conn = inner.connector.get().await?;
-            conn.query(&redis::cmd("PING")).await.map(drop)
+            conn.query(&redis::cmd("PING")).await?;
+            if inner.consistency == Consistency::Strict {
+                let slots = match inner.current_slot_map() {
+                    Some(map) if inner.cluster => map.one_slot_per_master(),
+                    _ => vec![0],
+                };
+                for slot in slots {
+                    let role = conn.on_master(redis::cmd("ROLE"), slot).await?;
+                    if replicas_attached(&role) == Some(0) {
+                        return Ok(Some(slot));
+                    }
+                }
+            }
+            Ok::<_, RedisError>(None)
         };
-        match tokio::time::timeout(inner.timeout, ping).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(inner.timeout, check).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(slot))) => Err(StoreError::Unavailable(format!(
+                "consistency: strict, but the master of slot {slot} has no replica: WAIT can \
+                 confirm nothing, so every admission there is denied; add a replica or use \
+                 consistency: fast"
+            ))),
             Ok(Err(e)) => {
                 inner.connector.reset_after(&e).await;
                 Err(StoreError::Unavailable(e.to_string()))

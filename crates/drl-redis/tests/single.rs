@@ -263,3 +263,37 @@ async fn repeated_denials_are_answered_from_the_deny_cache() {
             .allowed
     );
 }
+
+#[tokio::test]
+async fn strict_mode_on_a_redis_without_a_replica_is_not_ready() {
+    // The default `consistency: strict` on a lone Redis: WAIT confirms nothing, every
+    // admission is denied; /readyz (and so a load balancer) must not send traffic to it.
+    let master = Redis::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let mut config = RedisConfig::new(vec![master.url()]);
+    config.consistency = Consistency::Strict;
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::new(&config).expect("store");
+    let error = store
+        .ready()
+        .await
+        .expect_err("not ready without a replica");
+    assert!(error.to_string().contains("has no replica"), "{error}");
+
+    // A replica attached: ready (the replica's link comes up in a moment; poll, bounded).
+    let port = master.port.to_string();
+    let _replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = store.ready().await {
+        assert!(Instant::now() < deadline, "still not ready: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Fast mode needs no replica.
+    config.consistency = Consistency::Fast;
+    let lone = Redis::start();
+    config.urls = vec![lone.url()];
+    let fast = RedisStore::new(&config).expect("store");
+    fast.ready()
+        .await
+        .expect("fast mode is ready without a replica");
+}
