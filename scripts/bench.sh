@@ -293,20 +293,8 @@ say "baselines: redis-benchmark on the same cluster"
 lua=crates/drl-redis/src/lua
 { printf '#!lua\n'; cat "$lua/prelude.lua"; echo; cat "$lua/sliding_window.lua"; echo; sed 's/STEP/sliding_window/g' "$lua/single.lua"; } \
   > "$out/drl-sliding-window.lua"
-cat > "$out/zset-sliding-log.lua" <<'EOF'
--- The common hand-written sliding-window limiter: a sorted set of request timestamps.
--- KEYS[1] the user's key; ARGV[1] window (ms), ARGV[2] limit, ARGV[3] a unique request id.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local window = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now, t[1] .. t[2] .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return 1
-end
-return 0
-EOF
+# The baseline every Redis comparison uses: scripts/baselines/zset-sliding-log.lua.
+cp scripts/baselines/zset-sliding-log.lua "$out/zset-sliding-log.lua"
 sha_drl=""; sha_zset=""
 for m in $masters; do
   port=${m##*:}
