@@ -396,6 +396,17 @@ mod tests {
         }
     }
 
+    /// A connection to the Redis at `url` with every script loaded.
+    async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(url).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        load(&mut conn, &Scripts::new()).await;
+        conn
+    }
+
     /// Runs `rounds` with one single-script call per check on keys `a:…` and with one many-call
     /// per round on keys `b:…`, and checks that every reply is the same.
     async fn same_as_singles(
@@ -445,12 +456,7 @@ mod tests {
     #[tokio::test]
     async fn many_checks_in_one_call_decide_as_single_calls() {
         let redis = Redis::start();
-        let client = redis::Client::open(redis.url()).expect("client");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        load(&mut conn, &Scripts::new()).await;
+        let mut conn = connect(&redis.url()).await;
         let identities: Vec<Vec<u8>> = (0..6).map(|i| format!("user{i}").into_bytes()).collect();
         let mut other = conn.clone();
         let compared = same_as_singles(&mut conn, &mut other, &identities).await;
@@ -520,17 +526,9 @@ mod tests {
             .collect();
         assert_eq!(slots.len(), identities.len(), "different slots");
 
-        let connect = |port: u16| async move {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
-            load(&mut conn, &Scripts::new()).await;
-            conn
-        };
-        let mut first = connect(masters[0].0).await;
-        let mut second = connect(masters[1].0).await;
+        let url = |port: u16| format!("redis://127.0.0.1:{port}");
+        let mut first = connect(&url(masters[0].0)).await;
+        let mut second = connect(&url(masters[1].0)).await;
         let compared = same_as_singles(&mut first.clone(), &mut first, &identities).await;
         assert_eq!(compared, 24 * 10);
 
@@ -574,13 +572,8 @@ mod tests {
     #[tokio::test]
     async fn an_older_versions_state_is_read_once() {
         let redis = Redis::start();
-        let client = redis::Client::open(redis.url()).expect("client");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
+        let mut conn = connect(&redis.url()).await;
         let scripts = Scripts::new();
-        load(&mut conn, &scripts).await;
         let policies = policies();
         let now = T0 + 500_000_000;
         let old = |key: &[u8]| {
