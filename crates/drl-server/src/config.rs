@@ -289,7 +289,11 @@ impl Config {
                  without --config)",
             )]));
         }
-        let is_domain = top.is_ok_and(|top| top.is_some_and(|top| top.contains_key("domain")));
+        // A file that is not even a YAML map (a duplicate key, an alias bomb, bad syntax) is
+        // reported as itself: parsed again as a native config, it would be blamed on `domain:`.
+        let is_domain = top
+            .map_err(located)?
+            .is_some_and(|top| top.contains_key("domain"));
         let part = if is_domain {
             let raw: RawDomain =
                 serde_saphyr::from_slice_with_options(yaml, options).map_err(located)?;

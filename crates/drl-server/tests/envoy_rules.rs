@@ -598,3 +598,16 @@ fn a_config_directory_holds_the_native_config_and_domains() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_domain_file_error_is_reported_as_itself() {
+    // A duplicate key: the YAML error with its line, not a native config's "unknown field".
+    let e = Config::from_yaml(
+        "web.yaml",
+        "domain: web\ndescriptors: []\ndescriptors: []\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains("unknown field"), "{e}");
+    assert!(e.contains("web.yaml:3:") && e.contains("duplicate"), "{e}");
+}
