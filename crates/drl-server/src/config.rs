@@ -267,7 +267,13 @@ impl Config {
         let located = |e: serde_saphyr::Error| {
             let e = e.without_snippet();
             let location = e.location().unwrap_or(Location::UNKNOWN);
-            let message = UserMessageFormatter.format_message(e);
+            let mut message = UserMessageFormatter.format_message(e).into_owned();
+            if matches!(e, serde_saphyr::Error::Budget { .. }) {
+                message.push_str(
+                    " (a config file holds at most 250 000 YAML nodes, about 35 000 rules; \
+                     use fewer, wider rules, or split domains over a config directory's files)",
+                );
+            }
             ConfigError::Invalid(vec![diagnostic(source_name, location, &message)])
         };
         let mut validator = Validator {

@@ -611,3 +611,17 @@ fn a_domain_file_error_is_reported_as_itself() {
     assert!(!e.contains("unknown field"), "{e}");
     assert!(e.contains("web.yaml:3:") && e.contains("duplicate"), "{e}");
 }
+
+#[test]
+fn a_config_over_the_yaml_size_cap_says_what_the_cap_is() {
+    let mut yaml = String::from("rules:\n");
+    for i in 0..40_000 {
+        yaml.push_str(&format!(
+            "  - endpoint: /e{i}\n    limit: 5\n    window: 1s\n"
+        ));
+    }
+    let e = Config::from_yaml("big.yaml", &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 250 000 YAML nodes"), "{e}");
+}
