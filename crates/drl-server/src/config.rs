@@ -112,6 +112,12 @@ impl ConfigError {
             Self::Invalid(diagnostics) => diagnostics,
         }
     }
+
+    /// One problem with a file (or directory) as a whole, at no particular line: reported at
+    /// its start.
+    pub(crate) fn whole(file: &str, message: &str) -> Self {
+        Self::Invalid(vec![diagnostic(file, Location::UNKNOWN, message)])
+    }
 }
 
 /// Displays diagnostics one per line.
@@ -152,12 +158,11 @@ impl Config {
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(ConfigError::Invalid(vec![diagnostic(
+                return Err(ConfigError::whole(
                     &path.display().to_string(),
-                    Location::UNKNOWN,
                     "the config directory holds no *.yaml or *.yml file: a config that names \
                      nothing is refused (to run on the built-in default, start without --config)",
-                )]));
+                ));
             }
             let sources = files
                 .iter()
@@ -287,13 +292,12 @@ impl Config {
         // An empty file (a truncated copy, a careless editor, /dev/null) is no config: taken as
         // one, it would replace the rules in force with the built-in default.
         if matches!(&top, Ok(None)) || matches!(&top, Ok(Some(keys)) if keys.is_empty()) {
-            return Err(ConfigError::Invalid(vec![diagnostic(
+            return Err(ConfigError::whole(
                 source_name,
-                Location::UNKNOWN,
                 "the config is empty: it names no store, default, rules or domain, and a \
                  config that names nothing is refused (to run on the built-in default, start \
                  without --config)",
-            )]));
+            ));
         }
         // A file that is not even a YAML map (a duplicate key, an alias bomb, bad syntax) is
         // reported as itself: parsed again as a native config, it would be blamed on `domain:`.

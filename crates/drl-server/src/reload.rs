@@ -14,8 +14,8 @@
 //! replace a file by writing a new one and renaming it over the old, which a watch on the old
 //! inode would miss. A file reached through symlinks is also reloaded when what it resolves to
 //! changes (Kubernetes swaps a ConfigMap volume's `..data` link, and no event names the file),
-//! and the directory of the file it resolves to at start is watched too. Bursts of events (an editor's write, rename and chmod) are debounced into
-//! one reload.
+//! and the directory of the file it resolves to at start is watched too. Bursts of events (an
+//! editor's write, rename and chmod) are debounced into one reload.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -95,30 +95,27 @@ impl<S: Store> Reloader<S> {
         let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
         let loaded = Config::load(&self.path).and_then(|config| {
             match (&in_force.native_file, config.native_file()) {
-                (Some(was), None) => Err(ConfigError::Invalid(vec![crate::config::diagnostic(
+                (Some(was), None) => Err(ConfigError::whole(
                     &self.path.display().to_string(),
-                    serde_saphyr::Location::UNKNOWN,
                     &format!(
                         "the native config ({was}) is gone: a config without store, default \
                          and rules would replace the rules in force with the built-in default; \
                          restore the file (or restart to run without it)"
                     ),
-                )])),
+                )),
                 _ => Ok(config),
             }
         });
-        let version = &mut in_force.version;
         match loaded {
             Ok(config) => {
-                let native_file = config.native_file().map(str::to_owned);
                 // The store is chosen at start: a reload swaps the rules only, and a changed
                 // `store:` section takes effect at the next restart.
                 let rules = config.rules.rules().len();
                 let domains = config.rules.domains().len();
+                in_force.native_file = config.native_file().map(str::to_owned);
                 self.limiter.set_rules(config.rules);
-                *version += 1;
-                let version = *version;
-                in_force.native_file = native_file;
+                in_force.version += 1;
+                let version = in_force.version;
                 self.metrics.reload_succeeded(version);
                 tracing::info!(
                     "config {} reloaded: version {version}, {rules} rules, {domains} descriptor \
@@ -132,7 +129,7 @@ impl<S: Store> Reloader<S> {
                 tracing::error!(
                     "config {} refused; version {} stays in force:\n{e}",
                     self.path.display(),
-                    *version
+                    in_force.version
                 );
                 Err(e)
             }
