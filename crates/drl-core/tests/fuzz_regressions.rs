@@ -5,10 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-#[path = "../../../fuzz/replay.rs"]
-mod replay;
-
-use replay::replay;
+use drl_testkit::fuzz::replay;
 
 #[test]
 fn duration() {

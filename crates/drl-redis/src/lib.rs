@@ -21,10 +21,6 @@ pub mod shared;
 mod store;
 mod topology;
 
-#[cfg(test)]
-#[path = "../tests/support/mod.rs"]
-mod test_support;
-
 pub use config::{ClientCert, Consistency, OnError, RedisConfig, RedisTls};
 pub use error::ConfigError;
 pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore, WARM_UP};

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::api::{CheckRequest, CheckResponse, ErrorResponse};
+use drl_proto::json::{CheckRequest, CheckResponse, ErrorResponse};
 
 /// The server `drl check` asks when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";

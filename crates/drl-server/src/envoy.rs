@@ -21,7 +21,7 @@ use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HitsOutOfRange, checked_hits};
+use drl_proto::json::{HitsOutOfRange, checked_hits};
 use crate::http::AppState;
 
 /// One descriptor, owned, as read from either wire format.

@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tower_service::Service;
 
-use crate::api::{CheckResponse, ErrorResponse};
+use drl_proto::json::{CheckResponse, ErrorResponse};
 use crate::config::{Config, ConfigError};
 use crate::envoy::{EnvoyRequest, JsonResponse};
 use crate::grpc::GrpcApi;
@@ -36,7 +36,7 @@ pub fn config(data: &[u8]) {
     match Config::from_sources(&sources) {
         Ok(config) => {
             // A valid config is usable: its view renders, and a limiter built on it decides.
-            let view = crate::api::ConfigView::new(&config.rules, 1, None);
+            let view = drl_proto::json::ConfigView::new(&config.rules, 1, None);
             if let Err(e) = serde_json::to_vec(&view) {
                 panic!("the view of a valid config does not render: {e}");
             }

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
+use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
 use crate::http::AppState;
 use crate::limits::capped_incoming;
@@ -90,7 +90,7 @@ pub enum GrpcError {
     /// An Envoy request the limiter refuses (no domain, unknown domain, bad descriptors).
     #[error(transparent)]
     Envoy(EnvoyError),
-    /// `hits` (or `hits_addend`) above [`MAX_HITS`](crate::api::MAX_HITS).
+    /// `hits` (or `hits_addend`) above [`MAX_HITS`](drl_proto::json::MAX_HITS).
     #[error(transparent)]
     HitsOutOfRange(#[from] HitsOutOfRange),
     /// An identifier the limiter refuses (empty, or above 1 KiB).

@@ -50,7 +50,7 @@ use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
-use crate::api::{
+use drl_proto::json::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
     ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
     ReloadResponse, checked_hits,

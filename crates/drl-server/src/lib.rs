@@ -2,7 +2,6 @@
 //! uses to ask one.
 //!
 //! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
-//! - [`api`]: the JSON wire types, shared by the server and the client.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
 //! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
 //!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
@@ -22,7 +21,6 @@
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
 //! port 0 and talk to real sockets.
 
-pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;

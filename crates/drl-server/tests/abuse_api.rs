@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::sync::Arc;
 use std::time::Duration;

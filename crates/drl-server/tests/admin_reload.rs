@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{DEADLINE, RawResponse, TestServer};
+use common::{RawResponse, TestServer};
+use drl_testkit::DEADLINE;
 use drl_core::Rules;
-use drl_server::api::CheckResponse;
+use drl_proto::json::CheckResponse;
 use drl_server::http::{AdminToken, constant_time_eq};
 use drl_server::reload::{self, Reloader};
 use drl_server::{AppState, Config, Metrics};

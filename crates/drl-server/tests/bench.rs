@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::DEADLINE;
+use drl_testkit::DEADLINE;
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
 use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
 use drl_server::{AppState, Metrics};

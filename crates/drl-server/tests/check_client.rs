@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::time::Duration;
 

@@ -5,13 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{DEADLINE, TestServer};
+use common::TestServer;
+use drl_testkit::DEADLINE;
 use drl_core::{Limiter, ManualClock};
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,

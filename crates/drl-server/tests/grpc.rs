@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::DEADLINE;
+use drl_testkit::DEADLINE;
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::extensions::common::ratelimit::v3::{

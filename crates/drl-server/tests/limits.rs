@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::DEADLINE;
+use drl_testkit::DEADLINE;
 use drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES};
 use drl_core::{Limiter, ManualClock};
 use drl_proto::drl::v1 as native;
@@ -17,7 +16,7 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
-use drl_server::api::MAX_HITS;
+use drl_proto::json::MAX_HITS;
 use drl_server::grpc::MAX_BATCH;
 use drl_server::limits::Limits;
 use drl_server::{AppState, Config, Metrics};

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

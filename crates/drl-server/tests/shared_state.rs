@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-#[path = "../../drl-redis/tests/support/mod.rs"]
-mod support;
+use drl_testkit::redis as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;

@@ -42,7 +42,7 @@ pub use keys::Roll;
 pub use schedule::{Pacer, Schedule};
 pub use target::{Caller, Callers, Outcome, Target};
 
-use crate::api::MAX_HITS;
+use drl_proto::json::MAX_HITS;
 use crate::grpc::MAX_BATCH;
 
 /// Most workers of one run.

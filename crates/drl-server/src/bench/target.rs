@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::BenchError;
 use super::keys::{ENDPOINT, user_id};
-use crate::api::CheckRequest;
+use drl_proto::json::CheckRequest;
 
 /// The domain of the Envoy requests: the built-in domain of the native (user, endpoint) pairs,
 /// so that the node's native rules decide them.

@@ -26,7 +26,7 @@ use native::rate_limiter_client::RateLimiterClient;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::api::{CheckRequest, CheckResponse, HitsOutOfRange, checked_hits};
+use drl_proto::json::{CheckRequest, CheckResponse, HitsOutOfRange, checked_hits};
 
 /// The server a client asks when none is given.
 pub const DEFAULT_GRPC_SERVER: &str = "http://127.0.0.1:8081";

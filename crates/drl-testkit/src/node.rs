@@ -1,10 +1,7 @@
 //! A node on a real loopback socket (port 0), with a manual clock, and a raw HTTP/1.1 client
 //! that can send anything, malformed requests included.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // Test code; each binary uses a part.
-
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use drl_core::{Limiter, ManualClock, Rules};
 use drl_server::AppState;
@@ -13,10 +10,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Upper bound for anything a test waits for; reached only when something is broken.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+use crate::DEADLINE;
 
 /// A running node.
+#[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
     /// Shares its store with the server's limiter, to inspect counters directly.
