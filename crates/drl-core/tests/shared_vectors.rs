@@ -48,7 +48,10 @@ fn the_rust_algorithms_reproduce_the_shared_vectors() {
             }
             out.push('\n');
         }
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../drl-testkit/src/vectors/algorithms.txt");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../drl-testkit/src/vectors/algorithms.txt"
+        );
         std::fs::write(path, out).expect("write the table");
         return;
     }

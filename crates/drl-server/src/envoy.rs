@@ -21,8 +21,8 @@ use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use serde::{Deserialize, Serialize};
 
-use drl_proto::json::{HitsOutOfRange, checked_hits};
 use crate::http::AppState;
+use drl_proto::json::{HitsOutOfRange, checked_hits};
 
 /// One descriptor, owned, as read from either wire format.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

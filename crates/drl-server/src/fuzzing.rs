@@ -24,11 +24,11 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tower_service::Service;
 
-use drl_proto::json::{CheckResponse, ErrorResponse};
 use crate::config::{Config, ConfigError};
 use crate::envoy::{EnvoyRequest, JsonResponse};
 use crate::grpc::GrpcApi;
 use crate::http::{AdminToken, AppState};
+use drl_proto::json::{CheckResponse, ErrorResponse};
 
 /// Fuzz target `config`: up to four files, separated by two NUL bytes.
 pub fn config(data: &[u8]) {

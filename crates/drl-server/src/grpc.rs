@@ -28,11 +28,11 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
 use crate::http::AppState;
 use crate::limits::capped_incoming;
 use crate::tls::Api;
+use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 
 pub use drl_proto::MAX_BATCH;
 

@@ -50,11 +50,6 @@ use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
-use drl_proto::json::{
-    BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
-    ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
-    ReloadResponse, checked_hits,
-};
 use crate::config::ConfigError;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
 use crate::limits::{Gate, Limits, Shed};
@@ -62,6 +57,11 @@ use crate::metrics::{self, Metrics};
 use crate::reload::Reloader;
 use crate::shared::Coordination;
 use crate::tls::ServerTls;
+use drl_proto::json::{
+    BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
+    ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
+    ReloadResponse, checked_hits,
+};
 
 /// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
 /// hundred bytes; ids are capped at 1 KiB each.

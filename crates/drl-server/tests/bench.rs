@@ -5,15 +5,14 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drl_testkit::DEADLINE;
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
 use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
 use drl_server::{AppState, Metrics};
+use drl_testkit::DEADLINE;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServer;
-use drl_testkit::DEADLINE;
 use drl_core::{Limiter, ManualClock};
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
@@ -20,6 +19,7 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::config::Config;
 use drl_server::{AppState, Metrics};
+use drl_testkit::DEADLINE;
 use rls::rate_limit_response::Code;
 use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_service_client::RateLimitServiceClient;

@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-
 use std::time::Duration;
 
-use drl_testkit::DEADLINE;
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules};
 use drl_proto::drl::v1::check_error::Code;
 use drl_proto::json::CheckRequest;
 use drl_server::client::grpc::{GrpcClient, GrpcClientError};
+use drl_testkit::DEADLINE;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::TestServer;
 use drl_core::{Algorithm, Policy, Rules};
-use drl_server::Config;
 use drl_proto::json::CheckResponse;
+use drl_server::Config;
 
 fn per_minute(n: u64) -> Rules {
     Rules::only_default(Policy::per(n, Duration::from_secs(60), Algorithm::default()).unwrap())

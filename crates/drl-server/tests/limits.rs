@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use drl_testkit::DEADLINE;
 use drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES};
 use drl_core::{Limiter, ManualClock};
 use drl_proto::drl::v1 as native;
@@ -20,6 +18,7 @@ use drl_proto::json::MAX_HITS;
 use drl_server::grpc::MAX_BATCH;
 use drl_server::limits::Limits;
 use drl_server::{AppState, Config, Metrics};
+use drl_testkit::DEADLINE;
 use native::rate_limiter_client::RateLimiterClient;
 use prost::Message;
 use rls::rate_limit_service_client::RateLimitServiceClient;

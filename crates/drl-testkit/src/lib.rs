@@ -40,7 +40,11 @@ pub async fn wait_until(what: impl Display, mut ready: impl AsyncFnMut() -> bool
 
 /// [`wait_until`] with a bound of its own.
 #[cfg(feature = "node")]
-pub async fn wait_within(within: Duration, what: impl Display, mut ready: impl AsyncFnMut() -> bool) {
+pub async fn wait_within(
+    within: Duration,
+    what: impl Display,
+    mut ready: impl AsyncFnMut() -> bool,
+) {
     let deadline = Instant::now() + within;
     while !ready().await {
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");

@@ -42,8 +42,8 @@ pub use keys::Roll;
 pub use schedule::{Pacer, Schedule};
 pub use target::{Caller, Callers, Outcome, Target};
 
-use drl_proto::json::MAX_HITS;
 use crate::grpc::MAX_BATCH;
+use drl_proto::json::MAX_HITS;
 
 /// Most workers of one run.
 pub const MAX_CONCURRENCY: usize = 100_000;
