@@ -1,5 +1,5 @@
-//! `drl-server`: a `drl` node — its configuration, its HTTP API, and the client that `drl check`
-//! uses to ask one.
+//! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
+//! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
 //! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
@@ -11,9 +11,6 @@
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
-//! - [`client`]: a small HTTP client for `POST /v1/check`, the `drl check` command, and
-//!   [`client::grpc`], a client of the native gRPC API.
-//! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
 //!
@@ -21,8 +18,6 @@
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
 //! port 0 and talk to real sockets.
 
-pub mod bench;
-pub mod client;
 pub mod config;
 pub mod envoy;
 mod envoy_config;

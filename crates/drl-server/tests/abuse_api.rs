@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-use drl_testkit::node as common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
 use drl_server::config::Config;
 use drl_server::http::AdminToken;
 use drl_server::{AppState, Metrics};
+use drl_testkit::node::TestServer;
 
 const TOKEN: &str = "s3cret-token";
 const AUTH: &str = "authorization: Bearer s3cret-token";

@@ -4,19 +4,17 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-use drl_testkit::node as common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{RawResponse, TestServer};
 use drl_core::Rules;
 use drl_proto::json::CheckResponse;
 use drl_server::http::{AdminToken, constant_time_eq};
 use drl_server::reload::{self, Reloader};
 use drl_server::{AppState, Config, Metrics};
 use drl_testkit::DEADLINE;
+use drl_testkit::node::{RawResponse, TestServer};
 
 const TOKEN: &str = "s3cret-token";
 const AUTH: &str = "authorization: Bearer s3cret-token";

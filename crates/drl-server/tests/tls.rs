@@ -548,21 +548,21 @@ async fn the_check_client_speaks_tls_with_a_ca_file() {
     replace(&ca_file, &ca.pem());
     let url = format!("https://127.0.0.1:{}", node.http.port());
 
-    let client = drl_server::client::Client::new(&url)
+    let client = drl_client::Client::new(&url)
         .unwrap()
         .with_ca(&ca_file)
         .unwrap();
     assert!(client.check("alice", "/api", 1).await.unwrap().allowed);
 
     // The system's roots do not include the test CA.
-    let e = drl_server::client::Client::new(&url)
+    let e = drl_client::Client::new(&url)
         .unwrap()
         .check("alice", "/api", 1)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("TLS with"), "{e}");
     // Plain http:// to a TLS port gets no decision either.
-    let plain = drl_server::client::Client::new(&format!("http://127.0.0.1:{}", node.http.port()))
+    let plain = drl_client::Client::new(&format!("http://127.0.0.1:{}", node.http.port()))
         .unwrap()
         .with_timeout(Duration::from_secs(5));
     assert!(plain.check("alice", "/api", 1).await.is_err());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use drl_server::client::{Client, ClientError};
+use drl_client::{Client, ClientError};
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 

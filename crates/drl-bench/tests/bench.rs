@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
-use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
 use drl_server::{AppState, Metrics};
 use drl_testkit::DEADLINE;
 use tokio::net::TcpListener;

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use drl_client::grpc::{GrpcClient, GrpcClientError};
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules};
 use drl_proto::drl::v1::check_error::Code;
 use drl_proto::json::CheckRequest;
-use drl_server::client::grpc::{GrpcClient, GrpcClientError};
 use drl_testkit::DEADLINE;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
