@@ -13,6 +13,7 @@ mod conn;
 mod deny_cache;
 pub mod error;
 mod follow;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
