@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod reload;
 pub mod shared;
 pub mod status;
@@ -41,15 +42,15 @@ use drl_core::Store;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
-pub use http::AppState;
 pub use metrics::Metrics;
+pub use node::{AdminToken, Node};
 
-/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with
+/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
 /// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
-/// requests in flight are answered. Over TLS if the node has [`AppState::tls`].
+/// requests in flight are answered. Over TLS if the node has [`Node::tls`].
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
@@ -72,7 +73,7 @@ pub async fn serve<S: Store>(
 /// with a connection belongs here, so that both get it.
 async fn serve_on<S: Store, L>(
     listener: L,
-    node: AppState<S>,
+    node: Node<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -100,7 +101,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_all<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_all_draining(http, grpc, node, shutdown, DRAIN_TIMEOUT).await
@@ -110,7 +111,7 @@ pub async fn serve_all<S: Store>(
 pub async fn serve_all_draining<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -160,10 +161,7 @@ pub async fn serve_all_draining<S: Store>(
 
 /// Once a second while the node runs: silent backends' adaptive factors recover (and the
 /// metric follows), ended bans are dropped, and on Redis the shared bans and factors are synced.
-async fn housekeeping<S: Store>(
-    node: AppState<S>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+async fn housekeeping<S: Store>(node: Node<S>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

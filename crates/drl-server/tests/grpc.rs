@@ -14,7 +14,7 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::grpc::MAX_BATCH;
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
 use drl_testkit::DEADLINE;
 use native::check_error::Code as ItemCode;
 use native::check_result::Outcome;
@@ -57,7 +57,7 @@ impl GrpcServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(drl_server::grpc::serve(
             listener,
-            AppState::new(limiter.clone(), metrics),
+            Node::new(limiter.clone(), metrics),
             async {
                 let _ = stopped.await;
             },

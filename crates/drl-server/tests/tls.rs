@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use drl_core::{Limiter, Rules};
 use drl_proto::drl::v1 as native;
 use drl_server::tls::{ServerTls, TlsConfig};
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -120,8 +120,7 @@ impl TlsNode {
     async fn start(files: TlsConfig) -> Self {
         let tls = Arc::new(ServerTls::load(files).unwrap());
         let limiter = Limiter::new(Rules::builtin());
-        let node =
-            AppState::new(limiter, Arc::new(Metrics::new())).with_tls(Some(Arc::clone(&tls)));
+        let node = Node::new(limiter, Arc::new(Metrics::new())).with_tls(Some(Arc::clone(&tls)));
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());

@@ -14,12 +14,12 @@ use drl_client::DEFAULT_SERVER;
 use drl_core::{Limiter, Rules, Store};
 use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
-use drl_server::http::AdminToken;
+use drl_server::AdminToken;
 use drl_server::limits::{self, Limits};
 use drl_server::reload::{self, Reloader};
 use drl_server::shared::Coordination;
 use drl_server::tls::ServerTls;
-use drl_server::{AppState, Config, Metrics, StoreConfig};
+use drl_server::{Config, Metrics, Node, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
 mod allocator;
@@ -398,7 +398,7 @@ async fn run_node<S: Store>(
     if admin_token.is_none() {
         tracing::info!("{} is not set: admin routes disabled", AdminToken::ENV);
     }
-    let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
+    let mut node = Node::new(limiter.clone(), Arc::clone(&metrics))
         .with_admin_token(admin_token)
         .with_shared(coordination)
         .with_tls(tls.clone())
