@@ -8,15 +8,18 @@
 //!   `GET /v1/config` and `POST /v1/config/reload`.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
+//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
 //!
-//! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
-//! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
-//! port 0 and talk to real sockets.
+//! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
+//! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
+//! and [`serve_all`] (both) serve a [`Node`] built by hand. All take bound listeners and a
+//! shutdown future, so the binary only parses arguments and tests bind port 0 and talk to real
+//! sockets.
 
 pub mod config;
 pub mod envoy;
@@ -30,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod reload;
+mod run;
 pub mod shared;
 pub mod status;
 pub mod tls;
@@ -44,6 +48,7 @@ use tokio::net::TcpListener;
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
 pub use metrics::Metrics;
 pub use node::{AdminToken, Node};
+pub use run::{Listeners, Settings, run};
 
 /// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
 /// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
