@@ -18,6 +18,7 @@ pub mod algorithm;
 pub mod clock;
 pub mod decision;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod key;

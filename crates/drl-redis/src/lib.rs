@@ -13,6 +13,7 @@ mod conn;
 mod deny_cache;
 pub mod error;
 mod follow;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
@@ -20,10 +21,6 @@ mod scripts;
 pub mod shared;
 mod store;
 mod topology;
-
-#[cfg(test)]
-#[path = "../tests/support/mod.rs"]
-mod test_support;
 
 pub use config::{ClientCert, Consistency, OnError, RedisConfig, RedisTls};
 pub use error::ConfigError;

@@ -1,7 +1,7 @@
 //! The Redis store on a real Redis Cluster (3 masters, 3 replicas): slot placement of tricky
 //! identities, and strict admissions (WAIT) from several nodes hammering hot keys.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

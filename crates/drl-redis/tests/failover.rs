@@ -10,7 +10,7 @@
 //! answered by `on_error`) and the time to recover: from the kill to the last check answered by
 //! `on_error`. Run with `--nocapture` to see the figures.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -25,7 +25,7 @@
 //! Times to recover are printed (`--nocapture`); docs/faults.md has the figures. The tests take
 //! one lock, so they run one after another (each measures times).
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::future::Future;
 use std::net::SocketAddr;

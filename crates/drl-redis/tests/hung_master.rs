@@ -13,7 +13,7 @@
 //! a replica left to `WAIT` for (with one replica, strict mode denies that shard until the old
 //! master returns: `docs/redis.md`). Run with `--nocapture` to see the figures.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

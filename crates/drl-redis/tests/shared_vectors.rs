@@ -1,10 +1,9 @@
-//! The Redis Lua scripts against the shared test vectors (`drl-core/tests/vectors/`), on a real
+//! The Redis Lua scripts against the shared test vectors (`drl-testkit/src/vectors/`), on a real
 //! `redis-server`: the same (time, hits) sequences must give the same decisions as the Rust
 //! algorithms, field for field.
 
-mod support;
-#[path = "../../drl-core/tests/vectors/mod.rs"]
-mod vectors;
+use drl_testkit::redis as support;
+use drl_testkit::vectors;
 
 use drl_redis::{Consistency, RedisConfig, RedisStore};
 

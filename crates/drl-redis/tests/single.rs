@@ -1,7 +1,7 @@
 //! The Redis store on one real `redis-server`: concurrency exactness with several nodes, expiry,
 //! and the `on_error` policies with the server stopped and hung.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

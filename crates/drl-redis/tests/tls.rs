@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -79,6 +79,18 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// A diagnostic as the admin API's JSON shows it.
+impl From<&Diagnostic> for drl_proto::json::DiagnosticView {
+    fn from(d: &Diagnostic) -> Self {
+        Self {
+            file: d.file.clone(),
+            line: d.line,
+            column: d.column,
+            message: d.message.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

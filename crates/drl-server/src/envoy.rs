@@ -1,6 +1,6 @@
 //! The Envoy rate-limit request, as both APIs take it: `ShouldRateLimit` over gRPC and `POST /json`
 //! over HTTP (envoyproxy/ratelimit's JSON form of the same message). Both are read into one
-//! [`EnvoyRequest`], checked by [`AppState::check_descriptors`] through the limiter's rule engine
+//! [`EnvoyRequest`], checked by [`Node::check_descriptors`] through the limiter's rule engine
 //! (all or nothing over the request's descriptors), and written back from one [`Outcome`].
 //!
 //! Semantics follow envoyproxy/ratelimit: the request-level `hits_addend` (0 or unset: 1) unless a
@@ -21,8 +21,8 @@ use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_response::{Code, DescriptorStatus, RateLimit};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HitsOutOfRange, checked_hits};
-use crate::http::AppState;
+use crate::node::Node;
+use drl_proto::json::{HitsOutOfRange, checked_hits};
 
 /// One descriptor, owned, as read from either wire format.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -184,7 +184,7 @@ impl From<&rls::RateLimitRequest> for EnvoyRequest {
     }
 }
 
-impl<S: Store> AppState<S> {
+impl<S: Store> Node<S> {
     /// Checks an Envoy request through the rule engine and counts it in the metrics.
     pub async fn check_envoy(&self, request: &EnvoyRequest) -> Result<Outcome, EnvoyError> {
         if request.domain.is_empty() {

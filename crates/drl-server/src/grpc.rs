@@ -1,4 +1,4 @@
-//! The gRPC API (docs/api.md) as tonic services over the same [`AppState`] as the HTTP API:
+//! The gRPC API (docs/api.md) as tonic services over the same [`Node`] as the HTTP API:
 //!
 //! - `drl.v1.RateLimiter/Check`: a batch of up to [`MAX_BATCH`] `(user_id, endpoint, hits)`
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the
@@ -28,20 +28,20 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
-use crate::http::AppState;
 use crate::limits::capped_incoming;
+use crate::node::Node;
 use crate::tls::Api;
+use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 
 pub use drl_proto::MAX_BATCH;
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
 /// connections and returns once the calls in flight are answered. Over TLS if the node has
-/// [`AppState::tls`].
+/// [`Node::tls`].
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let node = node.into();
@@ -90,7 +90,7 @@ pub enum GrpcError {
     /// An Envoy request the limiter refuses (no domain, unknown domain, bad descriptors).
     #[error(transparent)]
     Envoy(EnvoyError),
-    /// `hits` (or `hits_addend`) above [`MAX_HITS`](crate::api::MAX_HITS).
+    /// `hits` (or `hits_addend`) above [`MAX_HITS`](drl_proto::json::MAX_HITS).
     #[error(transparent)]
     HitsOutOfRange(#[from] HitsOutOfRange),
     /// An identifier the limiter refuses (empty, or above 1 KiB).
@@ -164,11 +164,11 @@ impl From<GrpcError> for native::CheckError {
 
 /// Both services over one node. Cheap to clone: the state is reference counted.
 #[derive(Debug)]
-pub struct GrpcApi<S>(AppState<S>);
+pub struct GrpcApi<S>(Node<S>);
 
 impl<S: Store> GrpcApi<S> {
     /// Both services over `node`.
-    pub fn new(node: impl Into<AppState<S>>) -> Self {
+    pub fn new(node: impl Into<Node<S>>) -> Self {
         Self(node.into())
     }
 }

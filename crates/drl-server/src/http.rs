@@ -9,10 +9,10 @@
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)
 //!   and the store answers ([`Store::ready`]); 503 otherwise.
-//! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`]); without a token configured
+//! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`](crate::AdminToken)); without a token configured
 //!   these answer 404, as if they did not exist:
 //!   - `GET /v1/config` → the config in force and its version ([`ConfigView`]);
-//!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`]): 200 with the new
+//!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`](crate::reload::Reloader)): 200 with the new
 //!     version, 422 with the diagnostics when the file is refused (the old config stays), 409
 //!     when the node was started without a config file;
 //!   - `POST /v1/load` `{"backend", "utilization"}` or `{"backend", "latency_ms", "target_ms"}`
@@ -32,7 +32,7 @@
 //! [`Limits::max_body_bytes`] (413).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -46,248 +46,27 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use drl_core::limiter::LimiterError;
-use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
+use drl_core::{CheckError, Decision, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
-use crate::api::{
+use crate::config::ConfigError;
+use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
+use crate::limits::{Gate, Shed};
+use crate::metrics::{self, Metrics};
+use crate::node::Node;
+use drl_proto::json::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
     ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
     ReloadResponse, checked_hits,
 };
-use crate::config::ConfigError;
-use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
-use crate::limits::{Gate, Limits, Shed};
-use crate::metrics::{self, Metrics};
-use crate::reload::Reloader;
-use crate::shared::Coordination;
-use crate::tls::ServerTls;
 
 /// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
 /// hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
-/// What the routes share: the limiter, the metrics, and for the admin routes the reloader and
-/// the admin token. Cheap to clone (reference counts), as axum does per request.
-#[derive(Debug)]
-pub struct AppState<S = drl_core::MemoryStore> {
-    pub limiter: Limiter<S>,
-    pub metrics: Arc<Metrics>,
-    /// Set when the node was started from a config file, which can then be reloaded.
-    pub reloader: Option<Arc<Reloader<S>>>,
-    /// Set to enable the admin routes.
-    pub admin_token: Option<AdminToken>,
-    /// Set on the Redis store: bans, blocks and load factors shared with the other nodes.
-    pub shared: Option<Arc<Coordination>>,
-    /// Set to serve both APIs over TLS.
-    pub tls: Option<Arc<ServerTls>>,
-    /// The input limits and the in-flight and connection budgets of both APIs.
-    pub gate: Arc<Gate>,
-}
-
-impl<S> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            limiter: self.limiter.clone(),
-            metrics: Arc::clone(&self.metrics),
-            reloader: self.reloader.clone(),
-            admin_token: self.admin_token.clone(),
-            shared: self.shared.clone(),
-            tls: self.tls.clone(),
-            gate: Arc::clone(&self.gate),
-        }
-    }
-}
-
-impl<S: Store> AppState<S> {
-    /// A node answering with `limiter`, counting into `metrics`; no reloader, no admin routes.
-    pub fn new(limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            limiter,
-            metrics,
-            reloader: None,
-            admin_token: None,
-            shared: None,
-            tls: None,
-            gate: Arc::default(),
-        }
-    }
-
-    /// Enforces `limits` (both APIs of the node share its budgets).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.gate = Arc::new(Gate::new(limits));
-        self
-    }
-
-    /// Serves both APIs over TLS with `tls` (plaintext when `None`).
-    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// Shares bans, blocks and load factors with the other nodes through `coordination`.
-    pub fn with_shared(mut self, coordination: Option<Arc<Coordination>>) -> Self {
-        self.shared = coordination;
-        self
-    }
-
-    /// Writes a ban made by a check to the shared state, off the request's path.
-    pub(crate) fn share_ban(&self, ban: &drl_core::abuse::Ban) {
-        if let Some(shared) = &self.shared {
-            let (shared, limiter, ban) = (Arc::clone(shared), self.limiter.clone(), ban.clone());
-            tokio::spawn(async move {
-                if let Err(e) = shared.publish_ban(&limiter, &ban).await {
-                    tracing::warn!(
-                        "ban of {:?} not shared with the other nodes: {e}",
-                        ban.user_id
-                    );
-                }
-            });
-        }
-    }
-
-    /// Reloads through `reloader` (which should hold the same limiter and metrics).
-    pub fn with_reloader(mut self, reloader: Arc<Reloader<S>>) -> Self {
-        self.reloader = Some(reloader);
-        self
-    }
-
-    /// Enables the admin routes behind `token`.
-    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
-        self.admin_token = token;
-        self
-    }
-
-    /// One check through the limiter, counted in the metrics: what every API (HTTP, gRPC)
-    /// calls to decide.
-    pub async fn decide(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Decision, LimiterError> {
-        let checked = self.check(user_id, endpoint, hits).await?;
-        self.metrics
-            .decision(checked.decision.allowed, checked.level, checked.took);
-        Ok(checked.decision)
-    }
-
-    /// Counts what a check says beyond its decision: bans, blocks, shadow denials.
-    pub(crate) fn count_abuse(&self, banned: bool, shadow_denied: bool, new_bans: usize) {
-        if banned {
-            self.metrics.blocked();
-        }
-        if shadow_denied {
-            self.metrics.shadow_denied();
-        }
-        for _ in 0..new_bans {
-            self.metrics.ban(false);
-        }
-    }
-
-    /// The limiter's check with its rule level and duration, store failures counted, the
-    /// decision not yet: for callers that decide what to record (a probe with `hits = 0`).
-    pub async fn check(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Checked, LimiterError> {
-        let started = Instant::now();
-        let checked = self
-            .limiter
-            .check_async_ruled(user_id, endpoint, hits)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, LimiterError::Store(_)) {
-                    self.metrics.store_error();
-                }
-            })?;
-        self.count_abuse(
-            checked.banned,
-            checked.shadow_denied,
-            usize::from(checked.new_ban.is_some()),
-        );
-        if let Some(ban) = &checked.new_ban {
-            self.share_ban(ban);
-        }
-        Ok(Checked {
-            level: checked.level,
-            decision: checked.decision,
-            took: started.elapsed(),
-        })
-    }
-
-    /// [`Limits::max_body_bytes`].
-    fn max_body(&self) -> usize {
-        self.gate.limits().max_body_bytes
-    }
-
-    /// The version of the config in force (1 when it cannot be reloaded).
-    fn config_version(&self) -> u64 {
-        self.reloader.as_ref().map_or(1, |r| r.version())
-    }
-}
-
-/// A decision with the level of the rule that made it and how long it took.
-#[derive(Debug, Clone, Copy)]
-pub struct Checked {
-    pub level: RuleLevel,
-    pub decision: Decision,
-    pub took: Duration,
-}
-
-impl<S: Store> From<Limiter<S>> for AppState<S> {
-    /// A node with fresh metrics, the config version at 1.
-    fn from(limiter: Limiter<S>) -> Self {
-        let metrics = Metrics::new();
-        metrics.set_config_version(1);
-        Self::new(limiter, Arc::new(metrics))
-    }
-}
-
-/// The secret of the admin routes. Its `Debug` does not show it.
-#[derive(Clone)]
-pub struct AdminToken(Arc<[u8]>);
-
-impl AdminToken {
-    /// Name of the environment variable `drl serve` reads the token from.
-    pub const ENV: &str = "DRL_ADMIN_TOKEN";
-
-    /// A token; `None` for an empty one (which would let an empty `Bearer` through).
-    pub fn new(token: &str) -> Option<Self> {
-        (!token.is_empty()).then(|| Self(token.as_bytes().into()))
-    }
-
-    /// Whether `presented` is the token, in time independent of where they differ.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        constant_time_eq(&self.0, presented)
-    }
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-/// Compares two byte strings in time that depends only on the longer one's length, not on
-/// their contents: every byte is visited and differences are folded together, no early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    // Folding the length difference in makes unequal lengths unequal without returning early.
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    // Keep the optimiser from turning the fold back into a short-circuiting comparison.
-    std::hint::black_box(diff) == 0
-}
-
 /// The routes of a node.
-pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
+pub fn router<S: Store>(state: impl Into<Node<S>>) -> Router {
     let state = state.into();
     let routes = Router::new()
         .route("/", get(crate::status::page))
@@ -503,7 +282,7 @@ impl IntoResponse for ApiError {
 }
 
 async fn check<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -518,7 +297,7 @@ async fn check<S: Store>(
 /// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
 /// `RateLimitResponse` as JSON (envoyproxy/ratelimit's HTTP form).
 async fn envoy_json<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -598,17 +377,13 @@ async fn healthz() -> &'static str {
 }
 
 /// Ready once the config is loaded (the state exists only then) and the store answers.
-async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Result<&'static str, ApiError> {
+async fn readyz<S: Store>(State(state): State<Node<S>>) -> Result<&'static str, ApiError> {
     state.limiter.store().ready().await?;
     Ok("ready")
 }
 
 /// Lets an admin request through, or answers 404 (admin disabled) or 401.
-fn authorize<S: Store>(
-    state: &AppState<S>,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<(), ApiError> {
+fn authorize<S: Store>(state: &Node<S>, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Err(ApiError::NotFound(uri.path().to_owned()));
     };
@@ -628,7 +403,7 @@ fn authorize<S: Store>(
 }
 
 async fn show_config<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ConfigView>, ApiError> {
@@ -644,7 +419,7 @@ async fn show_config<S: Store>(
 }
 
 async fn reload_config<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ReloadResponse>, ApiError> {
@@ -660,7 +435,7 @@ async fn reload_config<S: Store>(
     }))
 }
 
-async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
+async fn metrics_text<S: Store>(State(state): State<Node<S>>) -> Response {
     state.metrics.sync_store(&state.limiter.store().stats());
     state.metrics.sync_gate(&state.gate);
     (
@@ -683,7 +458,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// `GET /v1/blocks`: automatic bans, manual blocks and the config's blocklist, with time left.
 async fn list_blocks<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<BlocksView>, ApiError> {
@@ -724,7 +499,7 @@ fn path_user_id(user_id: Result<Path<String>, PathRejection>) -> Result<String, 
 
 /// `PUT /v1/blocks/{user_id}`, body optional `{"duration": "1h"}` (permanent without).
 async fn put_block<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -777,7 +552,7 @@ async fn put_block<S: Store>(
 
 /// `DELETE /v1/blocks/{user_id}`: lifts a ban or block (not a config blocklist entry).
 async fn delete_block<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -801,7 +576,7 @@ async fn delete_block<S: Store>(
 
 /// `POST /v1/load`: a backend's load report; answers the backend's factor now in force.
 async fn report_load<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
@@ -829,7 +604,7 @@ async fn report_load<S: Store>(
 /// `GET /v1/offenders?limit=N`: the users denied most often (offenses, counted while abuse
 /// protection is on), most first; `limit` from 1 to 1000, default 20.
 async fn list_offenders<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<OffendersView>, ApiError> {

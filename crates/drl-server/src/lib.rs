@@ -1,8 +1,7 @@
-//! `drl-server`: a `drl` node — its configuration, its HTTP API, and the client that `drl check`
-//! uses to ask one.
+//! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
+//! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
 //! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
-//! - [`api`]: the JSON wire types, shared by the server and the client.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
 //! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
 //!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
@@ -12,9 +11,6 @@
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
-//! - [`client`]: a small HTTP client for `POST /v1/check`, the `drl check` command, and
-//!   [`client::grpc`], a client of the native gRPC API.
-//! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
 //!
@@ -22,18 +18,17 @@
 //! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
 //! port 0 and talk to real sockets.
 
-pub mod api;
-pub mod bench;
-pub mod client;
 pub mod config;
 pub mod envoy;
 mod envoy_config;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod reload;
 pub mod shared;
 pub mod status;
@@ -47,15 +42,15 @@ use drl_core::Store;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
-pub use http::AppState;
 pub use metrics::Metrics;
+pub use node::{AdminToken, Node};
 
-/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with
+/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
 /// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
-/// requests in flight are answered. Over TLS if the node has [`AppState::tls`].
+/// requests in flight are answered. Over TLS if the node has [`Node::tls`].
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
@@ -78,7 +73,7 @@ pub async fn serve<S: Store>(
 /// with a connection belongs here, so that both get it.
 async fn serve_on<S: Store, L>(
     listener: L,
-    node: AppState<S>,
+    node: Node<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -106,7 +101,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_all<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_all_draining(http, grpc, node, shutdown, DRAIN_TIMEOUT).await
@@ -116,7 +111,7 @@ pub async fn serve_all<S: Store>(
 pub async fn serve_all_draining<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -166,10 +161,7 @@ pub async fn serve_all_draining<S: Store>(
 
 /// Once a second while the node runs: silent backends' adaptive factors recover (and the
 /// metric follows), ended bans are dropped, and on Redis the shared bans and factors are synced.
-async fn housekeeping<S: Store>(
-    node: AppState<S>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+async fn housekeeping<S: Store>(node: Node<S>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

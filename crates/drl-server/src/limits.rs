@@ -12,7 +12,7 @@
 //! The fixed limits of a request's contents (identifier lengths, descriptors, entries, batch
 //! size, hits) live where they are checked: `drl_core::key::MAX_ID_LEN`,
 //! `drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES}`, [`crate::grpc::MAX_BATCH`] and
-//! [`crate::api::MAX_HITS`].
+//! [`drl_proto::json::MAX_HITS`].
 
 use std::io;
 use std::pin::Pin;

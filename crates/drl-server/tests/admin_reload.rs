@@ -4,18 +4,17 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{DEADLINE, RawResponse, TestServer};
 use drl_core::Rules;
-use drl_server::api::CheckResponse;
-use drl_server::http::{AdminToken, constant_time_eq};
+use drl_proto::json::CheckResponse;
+use drl_server::node::{AdminToken, constant_time_eq};
 use drl_server::reload::{self, Reloader};
-use drl_server::{AppState, Config, Metrics};
+use drl_server::{Config, Metrics, Node};
+use drl_testkit::DEADLINE;
+use drl_testkit::node::{RawResponse, TestServer};
 
 const TOKEN: &str = "s3cret-token";
 const AUTH: &str = "authorization: Bearer s3cret-token";
@@ -43,13 +42,13 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-struct Node {
+struct TestNode {
     server: TestServer,
     reloader: Arc<Reloader<drl_core::MemoryStore>>,
     metrics: Arc<Metrics>,
 }
 
-async fn start(path: &Path, token: Option<&str>) -> Node {
+async fn start(path: &Path, token: Option<&str>) -> TestNode {
     let loaded = Config::load(path).unwrap();
     let native_file = loaded.native_file().map(str::to_owned);
     let rules = loaded.rules;
@@ -63,12 +62,12 @@ async fn start(path: &Path, token: Option<&str>) -> Node {
             Arc::clone(&metrics),
         ));
         reloader = Some(Arc::clone(&r));
-        AppState::new(limiter, Arc::clone(&metrics))
+        Node::new(limiter, Arc::clone(&metrics))
             .with_reloader(r)
             .with_admin_token(token.and_then(AdminToken::new))
     })
     .await;
-    Node {
+    TestNode {
         server,
         reloader: reloader.unwrap(),
         metrics,
@@ -386,7 +385,7 @@ async fn without_a_token_the_admin_routes_do_not_exist() {
 #[tokio::test]
 async fn a_node_without_a_config_file_cannot_reload() {
     let server = TestServer::start_with(Rules::builtin(), |limiter| {
-        AppState::from(limiter).with_admin_token(AdminToken::new(TOKEN))
+        Node::from(limiter).with_admin_token(AdminToken::new(TOKEN))
     })
     .await;
     let response = reload(&server, &[AUTH]).await;

@@ -5,20 +5,21 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{DEADLINE, TestServer};
+use common::TestServer;
 use drl_core::{Limiter, ManualClock};
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::config::Config;
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
+use drl_testkit::DEADLINE;
 use rls::rate_limit_response::Code;
 use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_service_client::RateLimitServiceClient;
@@ -27,14 +28,14 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// A node on `yaml` (one envoyproxy/ratelimit-format file), with a manual clock.
-struct Node {
+struct TestNode {
     client: RateLimitServiceClient<Channel>,
     clock: ManualClock,
     metrics: Arc<Metrics>,
     _stop: oneshot::Sender<()>,
 }
 
-impl Node {
+impl TestNode {
     async fn start(yaml: &str) -> Self {
         let config = Config::from_yaml("rules.yaml", yaml).unwrap();
         let clock = ManualClock::new(0);
@@ -48,7 +49,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(drl_server::grpc::serve(
             listener,
-            AppState::new(limiter, Arc::clone(&metrics)),
+            Node::new(limiter, Arc::clone(&metrics)),
             async {
                 let _ = stopped.await;
             },
@@ -118,7 +119,7 @@ fn status(response: &rls::RateLimitResponse, i: usize) -> (Code, u32, Unit, u32)
 
 #[tokio::test]
 async fn key_and_value_select_a_rule() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: mongo_cps
 descriptors:
   - key: database
@@ -142,7 +143,7 @@ descriptors:
 
 #[tokio::test]
 async fn nested_descriptors_and_several_descriptors_per_request() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: messaging
 descriptors:
   - key: message_type
@@ -182,7 +183,7 @@ descriptors:
 
 #[tokio::test]
 async fn key_and_value_beat_key_alone_and_zero_denies() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: edge_proxy_per_ip
 descriptors:
   - key: remote_address
@@ -206,7 +207,7 @@ descriptors:
 
 #[tokio::test]
 async fn a_request_matches_only_rules_of_its_own_depth() {
-    let mut shallow = Node::start(
+    let mut shallow = TestNode::start(
         "domain: example4
 descriptors:
   - key: key
@@ -219,7 +220,7 @@ descriptors:
     let r = shallow.ask("example4", &[two]).await;
     assert_eq!(status(&r, 0), (Code::Ok, 0, Unit::Unknown, 0));
 
-    let mut nested = Node::start(
+    let mut nested = TestNode::start(
         "domain: example4
 descriptors:
   - key: key
@@ -239,7 +240,7 @@ descriptors:
 
 #[tokio::test]
 async fn unlimited_descriptors_answer_ok_with_max_remaining() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: internal
 descriptors:
   - key: ldap
@@ -262,7 +263,7 @@ descriptors:
 
 #[tokio::test]
 async fn shadow_mode_counts_but_never_denies() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: example6
 descriptors:
   - key: service
@@ -300,7 +301,7 @@ descriptors:
 
 #[tokio::test]
 async fn replaces_drops_the_named_limit_and_leaves_it_untouched() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: example7
 descriptors:
   - key: key_1
@@ -336,7 +337,7 @@ descriptors:
 
 #[tokio::test]
 async fn wildcards_match_anywhere_and_exact_values_win() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: example9
 descriptors:
   - key: key1
@@ -385,7 +386,7 @@ descriptors:
 
 #[tokio::test]
 async fn share_threshold_puts_every_match_on_one_counter() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: example11
 descriptors:
   - key: files
@@ -413,7 +414,7 @@ descriptors:
 
 #[tokio::test]
 async fn any_window_and_several_limits_on_one_descriptor() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: api
 descriptors:
   - key: client
@@ -443,7 +444,7 @@ descriptors:
 
 #[tokio::test]
 async fn hits_addend_and_per_descriptor_hits() {
-    let mut node = Node::start(
+    let mut node = TestNode::start(
         "domain: d
 descriptors:
   - key: k
@@ -473,7 +474,7 @@ descriptors:
 
 #[tokio::test]
 async fn the_native_rules_answer_in_their_domain() {
-    let mut node = Node::start("domain: other\ndescriptors: []\n").await;
+    let mut node = TestNode::start("domain: other\ndescriptors: []\n").await;
     let pair: &[(&str, &str)] = &[("user_id", "alice"), ("endpoint", "/a")];
     let r = node.ask("drl", &[pair]).await;
     // The built-in default: 100 per minute.

@@ -3,13 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::DEADLINE;
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
@@ -17,7 +14,8 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::grpc::MAX_BATCH;
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
+use drl_testkit::DEADLINE;
 use native::check_error::Code as ItemCode;
 use native::check_result::Outcome;
 use native::rate_limiter_client::RateLimiterClient;
@@ -59,7 +57,7 @@ impl GrpcServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(drl_server::grpc::serve(
             listener,
-            AppState::new(limiter.clone(), metrics),
+            Node::new(limiter.clone(), metrics),
             async {
                 let _ = stopped.await;
             },

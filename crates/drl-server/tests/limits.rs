@@ -4,12 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::DEADLINE;
 use drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES};
 use drl_core::{Limiter, ManualClock};
 use drl_proto::drl::v1 as native;
@@ -17,10 +14,11 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
-use drl_server::api::MAX_HITS;
+use drl_proto::json::MAX_HITS;
 use drl_server::grpc::MAX_BATCH;
 use drl_server::limits::Limits;
-use drl_server::{AppState, Config, Metrics};
+use drl_server::{Config, Metrics, Node};
+use drl_testkit::DEADLINE;
 use native::rate_limiter_client::RateLimiterClient;
 use prost::Message;
 use rls::rate_limit_service_client::RateLimitServiceClient;
@@ -41,14 +39,14 @@ fn domain() -> String {
 
 /// A node serving HTTP and gRPC with `limits`: the native default rule (100 per minute) and
 /// the domain [`domain()`], whose `user` key allows 10 per minute.
-struct Node {
+struct TestNode {
     http: SocketAddr,
     grpc: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
-impl Node {
+impl TestNode {
     async fn start(limits: Limits) -> Self {
         let yaml = format!(
             "domain: {}\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: 10}}\n",
@@ -60,7 +58,7 @@ impl Node {
             .sweep_interval(None)
             .build();
         let metrics = Arc::new(Metrics::new());
-        let node = AppState::new(limiter, Arc::clone(&metrics)).with_limits(limits);
+        let node = Node::new(limiter, Arc::clone(&metrics)).with_limits(limits);
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -259,7 +257,7 @@ fn envoy_json(descriptors: &[Vec<(String, String)>]) -> String {
 
 #[tokio::test]
 async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
-    let node = Node::start(Limits::default()).await;
+    let node = TestNode::start(Limits::default()).await;
     let max = Limits::default().max_body_bytes;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
     let padded = |len: usize| format!("{check}{}", " ".repeat(len - check.len()));
@@ -287,7 +285,7 @@ async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
 
 #[tokio::test]
 async fn http_body_limit_is_configurable() {
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_body_bytes: 100,
         ..Limits::default()
     })
@@ -329,7 +327,7 @@ fn batch_of_size(size: usize) -> native::CheckRequest {
 #[tokio::test]
 async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range() {
     let max = 8 * 1024;
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_message_bytes: max,
         ..Limits::default()
     })
@@ -363,7 +361,7 @@ async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range(
 
 #[tokio::test]
 async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every_api() {
-    let node = Node::start(Limits::default()).await;
+    let node = TestNode::start(Limits::default()).await;
     let max = "x".repeat(MAX_ID);
     let over = "x".repeat(MAX_ID + 1);
 
@@ -462,7 +460,7 @@ async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every
 
 #[tokio::test]
 async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refused() {
-    let node = Node::start(Limits::default()).await;
+    let node = TestNode::start(Limits::default()).await;
     let counted = || vec![("user".to_owned(), "u".to_owned())];
     let other = |i: usize| vec![("other".to_owned(), i.to_string())];
     let deep = |n: usize| -> Vec<(String, String)> {
@@ -536,7 +534,7 @@ async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refuse
 
 #[tokio::test]
 async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
-    let node = Node::start(Limits::default()).await;
+    let node = TestNode::start(Limits::default()).await;
     let mut client = node.native().await;
     let mut batch = vec![item("alice", "/a", 0); MAX_BATCH - 1];
     batch.push(item("alice", "/a", 1));
@@ -565,7 +563,7 @@ async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
 
 #[tokio::test]
 async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api() {
-    let node = Node::start(Limits::default()).await;
+    let node = TestNode::start(Limits::default()).await;
     let range = format!("it must be from 0 to {MAX_HITS}");
 
     // HTTP: MAX_HITS is a valid request (denied: more than the limit, nothing counted); 0 only
@@ -640,7 +638,7 @@ async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api(
 #[tokio::test]
 async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
     let max = 1024;
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_header_bytes: max,
         ..Limits::default()
     })
@@ -675,7 +673,7 @@ async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
 #[tokio::test]
 async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused() {
     let max = 4096;
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_header_bytes: max,
         ..Limits::default()
     })
@@ -711,7 +709,7 @@ struct Held {
 }
 
 impl Held {
-    async fn start(node: &Node) -> Self {
+    async fn start(node: &TestNode) -> Self {
         let body: &'static [u8] = br#"{"user_id": "u", "endpoint": "/e"}"#;
         let mut stream = TcpStream::connect(node.http).await.unwrap();
         let head = format!(
@@ -743,7 +741,7 @@ impl Held {
 
 #[tokio::test]
 async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_in_flight: 1,
         ..Limits::default()
     })
@@ -851,7 +849,7 @@ async fn check_on(stream: &mut TcpStream, body: &str) -> Reply {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
-    let node = Node::start(Limits {
+    let node = TestNode::start(Limits {
         max_connections: 1,
         ..Limits::default()
     })

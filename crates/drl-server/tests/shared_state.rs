@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -177,8 +177,8 @@ async fn the_redis_stores_events_are_exported() {
 /// that second stands: only the state after a sync is asserted.)
 #[tokio::test]
 async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
-    use drl_server::AppState;
-    use drl_server::http::AdminToken;
+    use drl_server::AdminToken;
+    use drl_server::Node;
     use std::sync::Arc;
 
     let redis = Redis::start();
@@ -190,7 +190,7 @@ async fn a_block_made_through_one_nodes_api_holds_on_the_other() {
     let (link_a, link_b) = (link(), link());
     let node = |link: Arc<Coordination>| {
         move |limiter| {
-            AppState::from(limiter)
+            Node::from(limiter)
                 .with_admin_token(AdminToken::new("t0ken"))
                 .with_shared(Some(link))
         }

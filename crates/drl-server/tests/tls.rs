@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use drl_core::{Limiter, Rules};
 use drl_proto::drl::v1 as native;
 use drl_server::tls::{ServerTls, TlsConfig};
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -120,8 +120,7 @@ impl TlsNode {
     async fn start(files: TlsConfig) -> Self {
         let tls = Arc::new(ServerTls::load(files).unwrap());
         let limiter = Limiter::new(Rules::builtin());
-        let node =
-            AppState::new(limiter, Arc::new(Metrics::new())).with_tls(Some(Arc::clone(&tls)));
+        let node = Node::new(limiter, Arc::new(Metrics::new())).with_tls(Some(Arc::clone(&tls)));
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -548,21 +547,21 @@ async fn the_check_client_speaks_tls_with_a_ca_file() {
     replace(&ca_file, &ca.pem());
     let url = format!("https://127.0.0.1:{}", node.http.port());
 
-    let client = drl_server::client::Client::new(&url)
+    let client = drl_client::Client::new(&url)
         .unwrap()
         .with_ca(&ca_file)
         .unwrap();
     assert!(client.check("alice", "/api", 1).await.unwrap().allowed);
 
     // The system's roots do not include the test CA.
-    let e = drl_server::client::Client::new(&url)
+    let e = drl_client::Client::new(&url)
         .unwrap()
         .check("alice", "/api", 1)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("TLS with"), "{e}");
     // Plain http:// to a TLS port gets no decision either.
-    let plain = drl_server::client::Client::new(&format!("http://127.0.0.1:{}", node.http.port()))
+    let plain = drl_client::Client::new(&format!("http://127.0.0.1:{}", node.http.port()))
         .unwrap()
         .with_timeout(Duration::from_secs(5));
     assert!(plain.check("alice", "/api", 1).await.is_err());

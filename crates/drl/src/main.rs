@@ -9,20 +9,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Target};
+use drl_client::DEFAULT_SERVER;
 use drl_core::{Limiter, Rules, Store};
 use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
-use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
-use drl_server::client::{self, DEFAULT_SERVER};
-use drl_server::http::AdminToken;
+use drl_server::AdminToken;
 use drl_server::limits::{self, Limits};
 use drl_server::reload::{self, Reloader};
 use drl_server::shared::Coordination;
 use drl_server::tls::ServerTls;
-use drl_server::{AppState, Config, Metrics, StoreConfig};
+use drl_server::{Config, Metrics, Node, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
 mod allocator;
+mod check;
 
 /// The node's input limits and load shedding (docs/api.md, "Input limits"); each also from
 /// its environment variable.
@@ -119,7 +120,7 @@ enum Command {
     Bench(BenchArgs),
 }
 
-/// The options of `drl bench`; see `drl_server::bench` for what they mean.
+/// The options of `drl bench`; see `drl_bench` for what they mean.
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// The API to load: Envoy's ShouldRateLimit, the native batch Check, or HTTP /v1/check.
@@ -234,12 +235,11 @@ async fn main() -> ExitCode {
             ca,
         } => {
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            let client = client::Client::new(&server).and_then(|c| match &ca {
+            let client = drl_client::Client::new(&server).and_then(|c| match &ca {
                 Some(ca) => c.with_ca(ca),
                 None => Ok(c),
             });
-            let code =
-                client::run_check_with(client, &user_id, &endpoint, hits, &mut out, &mut err).await;
+            let code = check::run(client, &user_id, &endpoint, hits, &mut out, &mut err).await;
             ExitCode::from(code)
         }
         Command::Config(ConfigCommand::Validate { file }) => validate(&file),
@@ -398,7 +398,7 @@ async fn run_node<S: Store>(
     if admin_token.is_none() {
         tracing::info!("{} is not set: admin routes disabled", AdminToken::ENV);
     }
-    let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
+    let mut node = Node::new(limiter.clone(), Arc::clone(&metrics))
         .with_admin_token(admin_token)
         .with_shared(coordination)
         .with_tls(tls.clone())

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-#[path = "../../drl-redis/tests/support/mod.rs"]
-mod support;
+use drl_testkit::redis as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use drl_server::client::{Client, ClientError};
+use drl_client::{Client, ClientError};
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 

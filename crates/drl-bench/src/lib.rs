@@ -1,4 +1,4 @@
-//! `drl bench`: a load generator for a `drl` node — the Envoy gRPC API, the native batch gRPC
+//! `drl-bench`, the `drl bench` command: a load generator for a `drl` node — the Envoy gRPC API, the native batch gRPC
 //! API, or HTTP `POST /v1/check` — and its report: decisions/s, requests/s,
 //! allowed/denied/errors and latency percentiles from an HDR histogram.
 //!
@@ -42,8 +42,8 @@ pub use keys::Roll;
 pub use schedule::{Pacer, Schedule};
 pub use target::{Caller, Callers, Outcome, Target};
 
-use crate::api::MAX_HITS;
-use crate::grpc::MAX_BATCH;
+use drl_proto::MAX_BATCH;
+use drl_proto::json::MAX_HITS;
 
 /// Most workers of one run.
 pub const MAX_CONCURRENCY: usize = 100_000;

@@ -11,8 +11,6 @@
 //! A `step` line without `-> …` is an input whose expectation `UPDATE_VECTORS=1 cargo test -p
 //! drl-core --test shared_vectors` fills in from the Rust algorithm (review the diff before committing).
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::time::Duration;
 
 use drl_core::{Algorithm, Decision, Policy};

@@ -81,24 +81,13 @@ pub struct ErrorResponse {
     pub diagnostics: Vec<DiagnosticView>,
 }
 
-/// One problem of a config file (a [`crate::Diagnostic`] as JSON).
+/// One problem of a config file (a config diagnostic as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiagnosticView {
     pub file: String,
     pub line: u64,
     pub column: u64,
     pub message: String,
-}
-
-impl From<&crate::Diagnostic> for DiagnosticView {
-    fn from(d: &crate::Diagnostic) -> Self {
-        Self {
-            file: d.file.clone(),
-            line: d.line,
-            column: d.column,
-            message: d.message.clone(),
-        }
-    }
 }
 
 /// `GET /v1/config`: the config in force.

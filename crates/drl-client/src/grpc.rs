@@ -1,11 +1,11 @@
 //! A small client of the native gRPC API, `drl.v1.RateLimiter/Check`, for Rust programs that ask
 //! a `drl` node over the network instead of embedding the limiter: one check, or a batch of up
-//! to [`MAX_BATCH`](crate::grpc::MAX_BATCH) answered in order, each with the same fields as the
+//! to [`MAX_BATCH`](drl_proto::MAX_BATCH) answered in order, each with the same fields as the
 //! HTTP API's [`CheckResponse`].
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), drl_server::client::grpc::GrpcClientError> {
-//! use drl_server::client::grpc::GrpcClient;
+//! # async fn example() -> Result<(), drl_client::grpc::GrpcClientError> {
+//! use drl_client::grpc::GrpcClient;
 //!
 //! let client = GrpcClient::connect("http://127.0.0.1:8081").await?;
 //! let decision = client.check("alice", "/api/search", 1).await?;
@@ -26,7 +26,7 @@ use native::rate_limiter_client::RateLimiterClient;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::api::{CheckRequest, CheckResponse, HitsOutOfRange, checked_hits};
+use drl_proto::json::{CheckRequest, CheckResponse, HitsOutOfRange, checked_hits};
 
 /// The server a client asks when none is given.
 pub const DEFAULT_GRPC_SERVER: &str = "http://127.0.0.1:8081";

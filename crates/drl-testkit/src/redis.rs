@@ -2,8 +2,6 @@
 //! directory, and always stopped (SIGKILL, then reaped) when their guard drops, on success or
 //! panic. `redis-server` and `redis-cli` must be on PATH (`scripts/test.sh` installs them).
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,4 +1,4 @@
-//! The replay shared by the crates' `tests/fuzz_regressions.rs` (included with `#[path]`): every
+//! The replay of the crates' `tests/fuzz_regressions.rs`: every
 //! seed input (`fuzz/corpus/<target>/`) and every input a fuzz run found to fail
 //! (`fuzz/regressions/<target>/`), run through a fuzz target's entry point.
 
@@ -23,7 +23,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Runs every input of `target` through `entry`; a panic names the input that caused it.
-pub(crate) fn replay(target: &str, entry: fn(&[u8])) {
+pub fn replay(target: &str, entry: fn(&[u8])) {
     let inputs = inputs(target);
     assert!(!inputs.is_empty(), "no inputs for {target}");
     for (path, bytes) in inputs {

@@ -5,74 +5,43 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::DEADLINE;
+use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rules};
-use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
+use drl_testkit::DEADLINE;
+use drl_testkit::node::TestNode;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The limit of every pair in these tests.
 const LIMIT: u64 = 50;
 
 /// A node serving HTTP and gRPC, every pair limited to [`LIMIT`] per minute.
-struct Node {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+async fn start() -> TestNode {
+    let rules = Rules::only_default(
+        Policy::per(LIMIT, Duration::from_secs(60), Algorithm::default()).unwrap(),
+    );
+    let limiter = Limiter::builder(rules)
+        .clock(ManualClock::new(0))
+        .sweep_interval(None)
+        .build();
+    TestNode::start(Node::new(limiter, Arc::new(Metrics::new()))).await
 }
 
-impl Node {
-    async fn start() -> Self {
-        let rules = Rules::only_default(
-            Policy::per(LIMIT, Duration::from_secs(60), Algorithm::default()).unwrap(),
-        );
-        let limiter = Limiter::builder(rules)
-            .clock(ManualClock::new(0))
-            .sweep_interval(None)
-            .build();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let node = AppState::new(limiter, Arc::new(Metrics::new()));
-        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            http: http_addr,
-            grpc: grpc_addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn options(&self, target: Target) -> BenchOptions {
-        let addr = match target {
-            Target::Http => self.http,
-            Target::Envoy | Target::Native => self.grpc,
-        };
-        let mut options = BenchOptions::new(target);
-        options.server = Some(format!("http://{addr}"));
-        options.concurrency = 4;
-        options
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
-        result.expect("server stops").unwrap().unwrap();
-    }
+/// Options of a run of `target` against `node`.
+fn options_for(node: &TestNode, target: Target) -> BenchOptions {
+    let addr = match target {
+        Target::Http => node.http,
+        Target::Envoy | Target::Native => node.grpc,
+    };
+    let mut options = BenchOptions::new(target);
+    options.server = Some(format!("http://{addr}"));
+    options.concurrency = 4;
+    options
 }
 
 async fn run(options: &BenchOptions) -> Report {
@@ -96,8 +65,8 @@ fn assert_adds_up(report: &Report, requests: u64, batch: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hot_key_is_allowed_exactly_its_limit_on_every_target() {
     for target in [Target::Envoy, Target::Native, Target::Http] {
-        let node = Node::start().await;
-        let mut options = node.options(target);
+        let node = start().await;
+        let mut options = options_for(&node, target);
         options.distribution = KeyDistribution::Hot;
         options.length = Length::Requests(200);
         let report = run(&options).await;
@@ -113,8 +82,8 @@ async fn one_hot_key_is_allowed_exactly_its_limit_on_every_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_batches_count_each_decision() {
-    let node = Node::start().await;
-    let mut options = node.options(Target::Native);
+    let node = start().await;
+    let mut options = options_for(&node, Target::Native);
     options.batch = 10;
     options.distribution = KeyDistribution::Hot;
     options.length = Length::Requests(30);
@@ -125,7 +94,7 @@ async fn native_batches_count_each_decision() {
 
     // Many keys, 2 hits each: 400 checks over 1 000 keys cannot exhaust any key's 50, so all
     // are allowed.
-    let mut options = node.options(Target::Native);
+    let mut options = options_for(&node, Target::Native);
     options.batch = 20;
     options.keys = 1_000;
     options.distribution = KeyDistribution::Zipf(0.5);
@@ -142,9 +111,9 @@ async fn native_batches_count_each_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_reach_the_server() {
     for target in [Target::Envoy, Target::Native, Target::Http] {
-        let node = Node::start().await;
+        let node = start().await;
         // More hits than the limit: denied, and nothing counted.
-        let mut options = node.options(target);
+        let mut options = options_for(&node, target);
         options.distribution = KeyDistribution::Hot;
         options.hits = 51;
         options.length = Length::Requests(5);
@@ -170,8 +139,8 @@ async fn hits_reach_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_sends_its_requests_and_reports_json() {
-    let node = Node::start().await;
-    let mut options = node.options(Target::Envoy);
+    let node = start().await;
+    let mut options = options_for(&node, Target::Envoy);
     options.rate = Some(2_000);
     options.distribution = KeyDistribution::Hot;
     options.length = Length::Duration(Duration::from_millis(100));
@@ -222,10 +191,10 @@ async fn an_open_loop_sends_its_requests_and_reports_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_keys_from_an_offset_are_counted_exactly() {
-    let node = Node::start().await;
+    let node = start().await;
     // 120 batches of 10 over 20 keys in order: 60 checks of each key, whatever the workers'
     // interleaving, so each admits exactly its 50.
-    let mut options = node.options(Target::Native);
+    let mut options = options_for(&node, Target::Native);
     options.batch = 10;
     options.keys = 20;
     options.distribution = KeyDistribution::Sequential;
@@ -248,7 +217,7 @@ async fn sequential_keys_from_an_offset_are_counted_exactly() {
 
     // Envoy and HTTP ask about the same keys: u0..u19 are full, u40.. are new.
     for (target, first_key, allowed) in [(Target::Envoy, 0, 0), (Target::Http, 40, 5)] {
-        let mut options = node.options(target);
+        let mut options = options_for(&node, target);
         options.keys = 5;
         options.first_key = first_key;
         options.distribution = KeyDistribution::Sequential;

@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::time::Duration;
 
-use common::DEADLINE;
+use drl_client::grpc::{GrpcClient, GrpcClientError};
 use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules};
 use drl_proto::drl::v1::check_error::Code;
-use drl_server::api::CheckRequest;
-use drl_server::client::grpc::{GrpcClient, GrpcClientError};
+use drl_proto::json::CheckRequest;
+use drl_testkit::DEADLINE;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

@@ -1,19 +1,17 @@
-//! A minimal HTTP/1 client for `POST /v1/check`, and [`run_check`]: the whole `drl check`
-//! command, kept here so it is tested against a live server. [`grpc`] is the client of the
-//! native gRPC API.
+//! `drl-client`: the clients of a `drl` node. [`Client`] is a minimal HTTP/1 client for
+//! `POST /v1/check` (what `drl check` uses); [`grpc`] is the client of the native gRPC API.
 //!
 //! One connection per check, `http://` or `https://` (the system's root CAs, or a CA file given
 //! with [`Client::with_ca`]): it is a command-line tool and a test aid, not a load generator.
 
 pub mod grpc;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -24,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::api::{CheckRequest, CheckResponse, ErrorResponse};
+use drl_proto::json::{CheckRequest, CheckResponse, ErrorResponse};
 
 /// The server `drl check` asks when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -32,13 +30,6 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response body the client reads.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// `drl check` exit code: the request was allowed.
-pub const EXIT_ALLOWED: u8 = 0;
-/// `drl check` exit code: the request was denied.
-pub const EXIT_DENIED: u8 = 1;
-/// `drl check` exit code: no decision (bad arguments, unreachable server, rejected request).
-pub const EXIT_ERROR: u8 = 2;
 
 /// A check that got no decision.
 #[derive(Debug, Error)]
@@ -289,51 +280,6 @@ fn decode(status: StatusCode, body: &[u8]) -> Result<CheckResponse, ClientError>
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
             Err(ClientError::Refused { status, message })
-        }
-    }
-}
-
-/// The `drl check` command: asks `server`, prints the decision to `out` (or the error to
-/// `err`) and returns the exit code: [`EXIT_ALLOWED`], [`EXIT_DENIED`] or [`EXIT_ERROR`].
-pub async fn run_check(
-    server: &str,
-    user_id: &str,
-    endpoint: &str,
-    hits: u64,
-    out: &mut impl Write,
-    err: &mut impl Write,
-) -> u8 {
-    run_check_with(Client::new(server), user_id, endpoint, hits, out, err).await
-}
-
-/// [`run_check`] with a client made by the caller (e.g. [`Client::with_ca`]), or the error
-/// of making it.
-pub async fn run_check_with(
-    client: Result<Client, ClientError>,
-    user_id: &str,
-    endpoint: &str,
-    hits: u64,
-    out: &mut impl Write,
-    err: &mut impl Write,
-) -> u8 {
-    let result = match client {
-        Ok(client) => client.check(user_id, endpoint, hits).await,
-        Err(e) => Err(e),
-    };
-    // A failed write to stdout/stderr cannot be reported anywhere better; the exit code stands.
-    match result {
-        Ok(d) => {
-            let verdict = if d.allowed { "allowed" } else { "denied" };
-            let _ = writeln!(
-                out,
-                "{verdict} limit={} remaining={} reset_after_ms={} retry_after_ms={}",
-                d.limit, d.remaining, d.reset_after_ms, d.retry_after_ms
-            );
-            if d.allowed { EXIT_ALLOWED } else { EXIT_DENIED }
-        }
-        Err(e) => {
-            let _ = writeln!(err, "drl check: {e}");
-            EXIT_ERROR
         }
     }
 }

@@ -1,22 +1,19 @@
 //! A node on a real loopback socket (port 0), with a manual clock, and a raw HTTP/1.1 client
 //! that can send anything, malformed requests included.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // Test code; each binary uses a part.
-
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use drl_core::{Limiter, ManualClock, Rules};
-use drl_server::AppState;
+use drl_server::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Upper bound for anything a test waits for; reached only when something is broken.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+use crate::DEADLINE;
 
 /// A running node.
+#[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
     /// Shares its store with the server's limiter, to inspect counters directly.
@@ -30,11 +27,11 @@ pub struct TestServer {
 impl TestServer {
     /// Serves `rules` on a fresh loopback port.
     pub async fn start(rules: Rules) -> Self {
-        Self::start_with(rules, AppState::from).await
+        Self::start_with(rules, Node::from).await
     }
 
     /// Serves `rules` on a fresh loopback port, with the state `node` makes of the limiter.
-    pub async fn start_with(rules: Rules, node: impl FnOnce(Limiter) -> AppState) -> Self {
+    pub async fn start_with(rules: Rules, node: impl FnOnce(Limiter) -> Node) -> Self {
         let clock = ManualClock::new(0);
         let limiter = Limiter::builder(rules)
             .clock(clock.clone())
@@ -180,5 +177,42 @@ impl RawResponse {
             .as_str()
             .expect("an error message")
             .to_owned()
+    }
+}
+
+/// Both APIs of a node (HTTP and gRPC) on fresh loopback ports.
+#[derive(Debug)]
+pub struct TestNode {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestNode {
+    /// Serves `node` on two fresh loopback ports.
+    pub async fn start<S: drl_core::Store>(node: drl_server::Node<S>) -> Self {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            http: http_addr,
+            grpc: grpc_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Shuts the node down gracefully and waits for it, boundedly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
+        result.expect("node stops").unwrap().unwrap();
     }
 }

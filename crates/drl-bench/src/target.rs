@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use drl_core::limiter::NATIVE_DOMAIN;
 use drl_core::rules::{ENDPOINT_KEY, USER_KEY};
 use drl_proto::drl::v1 as native;
@@ -22,6 +21,7 @@ use drl_proto::envoy::extensions::common::ratelimit::v3::{
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::BenchError;
 use super::keys::{ENDPOINT, user_id};
-use crate::api::CheckRequest;
+use drl_proto::json::CheckRequest;
 
 /// The domain of the Envoy requests: the built-in domain of the native (user, endpoint) pairs,
 /// so that the node's native rules decide them.
@@ -59,7 +59,7 @@ impl Target {
     pub fn default_server(self) -> &'static str {
         match self {
             Self::Envoy | Self::Native => "http://127.0.0.1:8081",
-            Self::Http => crate::client::DEFAULT_SERVER,
+            Self::Http => drl_client::DEFAULT_SERVER,
         }
     }
 

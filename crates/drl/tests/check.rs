@@ -1,25 +1,45 @@
-//! `drl check` (the client and its exit codes) against live servers on loopback sockets.
+//! `drl check` (the binary, its output and its exit codes) and the HTTP client it uses, against
+//! live servers on loopback sockets.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use drl_client::{Client, ClientError};
 use drl_core::{Algorithm, Policy, Rules};
-use drl_server::client::{self, Client, ClientError, EXIT_ALLOWED, EXIT_DENIED, EXIT_ERROR};
+use drl_testkit::node::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Runs `drl check` and returns (exit code, stdout, stderr).
+const EXIT_ALLOWED: u8 = 0;
+const EXIT_DENIED: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+/// Runs `drl check` (the binary) and returns (exit code, stdout, stderr).
 async fn run(server: &str, user_id: &str, endpoint: &str, hits: u64) -> (u8, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = client::run_check(server, user_id, endpoint, hits, &mut out, &mut err).await;
+    let args = [
+        "check".to_owned(),
+        "--server".to_owned(),
+        server.to_owned(),
+        "--hits".to_owned(),
+        hits.to_string(),
+        "--".to_owned(),
+        user_id.to_owned(),
+        endpoint.to_owned(),
+    ];
+    // On the blocking pool: the node under test runs on this test's runtime.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drl"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
+        u8::try_from(output.status.code().unwrap()).unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
     )
 }
 
@@ -98,6 +118,16 @@ async fn fake_server(response: String) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            // Answer once the request is in, as a server would: the client (another process)
+            // gives up on an answer that comes before its request is written.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
             // Read what the client sent before closing: closing with unread data would reset
