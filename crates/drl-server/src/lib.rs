@@ -23,7 +23,7 @@
 
 pub mod config;
 pub mod envoy;
-mod envoy_config;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
