@@ -87,7 +87,7 @@ impl AbusePolicy {
             max_ban,
             escalation,
             forget_after: Duration::from_secs(86_400),
-            user_key: crate::rules::USER_KEY.to_owned(),
+            user_key: crate::key::USER_KEY.to_owned(),
         })
     }
 
