@@ -1,19 +1,21 @@
 //! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
 //! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
-//! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
+//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
+//! - [`config`]: the YAML config of docs/configuration.md (native and Envoy formats), validated
+//!   once with line/column diagnostics.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
-//!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
-//!   `GET /v1/config` and `POST /v1/config/reload`.
+//! - [`http`]: the axum [`Router`](axum::Router) of a node: `POST /v1/check`, `POST /json`,
+//!   `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page and the admin routes.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
-//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
+//! - [`envoy`]: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
+//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
 //! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
 //! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
@@ -22,6 +24,7 @@
 //! sockets.
 
 pub mod config;
+pub mod coordination;
 pub mod envoy;
 
 #[cfg(feature = "fuzzing")]
@@ -34,7 +37,6 @@ pub mod metrics;
 pub mod node;
 pub mod reload;
 mod run;
-pub mod shared;
 pub mod status;
 pub mod tls;
 

@@ -14,11 +14,11 @@ use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
 use tokio::net::TcpListener;
 
+use crate::coordination::Coordination;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::node::{AdminToken, Node};
 use crate::reload::{self, Reloader};
-use crate::shared::Coordination;
 use crate::tls::{self, ServerTls};
 use crate::{Config, StoreConfig};
 
