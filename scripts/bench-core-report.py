@@ -3,9 +3,10 @@
 
 Two modes:
 
-  bench-core-report.py --criterion DIR --since FILE --machine FILE --admitted LOG --memory MD
-      prints the section (Markdown) built from criterion's estimates newer than FILE, the machine
-      description, the admitted shares printed by the limiter bench and the memory table;
+  bench-core-report.py --criterion DIR --since FILE --machine FILE --limiter LOG --memory MD
+      prints the section (Markdown) built from the limiter bench's output (drl and governor
+      interleaved: `result` and `series` lines), criterion's estimates of the parts bench newer
+      than FILE, the machine description and the memory table;
 
   bench-core-report.py --splice SECTION DOCS
       replaces the section between the bench-core markers of DOCS (creating the file, or
@@ -25,7 +26,9 @@ KEY_SETS = [("hot_key", "1 hot key"), ("100k_keys", "100 000 keys"), ("1M_keys",
 THREADS = [("1_thread", 1), ("2_threads", 2)]
 # The speed goal covers these key sets; 1M keys is measured, without a goal.
 GOAL_KEY_SETS = {"hot_key", "100k_keys"}
-MEMORY_GOAL_BYTES = 256
+MEMORY_GOAL_BYTES = 128
+# Flat cost: decisions/s at the most keys of the series at least this share of that at the fewest.
+SERIES_GOAL = 0.8
 
 PARTS = [
     ("parts/validate_ids", "validate user_id and endpoint"),
@@ -69,14 +72,22 @@ def load_estimates(root, since):
     return found
 
 
-def load_admitted(log):
-    shares = {}
+def fields(line):
+    """`key=value` pairs of one output line."""
+    return dict(f.split("=", 1) for f in line.split() if "=" in f)
+
+
+def load_limiter(log):
+    """(key set, threads id) -> result fields, and the series points, from the limiter bench."""
+    results, series = {}, []
     with open(log) as f:
         for line in f:
-            m = re.match(r"admitted: (\S+) (\d+) of (\d+)", line)
-            if m and int(m.group(3)) > 0:
-                shares[m.group(1)] = 100.0 * int(m.group(2)) / int(m.group(3))
-    return shares
+            if line.startswith("result "):
+                _, key_set, threads_id = line.split()[:3]
+                results[(key_set, threads_id)] = fields(line)
+            elif line.startswith("series "):
+                series.append(fields(line))
+    return results, series
 
 
 def load_env(path):
@@ -103,32 +114,52 @@ def fmt_rate(ns):
     return f"{per_s / 1e6:.2f} M/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f} k/s"
 
 
-def speed_table(est, admitted):
+def speed_table(results):
     rows = [
-        "| key set | threads | drl sliding_window | drl decisions/s | governor keyed | governor decisions/s "
-        "| drl ÷ governor (throughput) | admitted drl / governor | goal ≥ 1.0× |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| key set | threads | drl decisions/s | governor decisions/s | drl ÷ governor "
+        "| admitted drl / governor | goal ≥ 1.0× |",
+        "|---|--:|--:|--:|--:|--:|---|",
     ]
     verdicts = []
     for key_set, label in KEY_SETS:
         for threads_id, threads in THREADS:
-            drl_id = f"check_and_increment/{key_set}/drl_sliding_window/{threads_id}"
-            gov_id = f"check_and_increment/{key_set}/governor_keyed/{threads_id}"
-            if drl_id not in est or gov_id not in est:
+            r = results.get((key_set, threads_id))
+            if r is None:
                 continue
-            drl, gov = est[drl_id][0], est[gov_id][0]
-            ratio = gov / drl
+            ratio = float(r["ratio"])
             if key_set in GOAL_KEY_SETS:
                 goal = "met" if ratio >= 1.0 else "**missed**"
                 verdicts.append((f"{label}, {threads} thread{'s' if threads > 1 else ''}", ratio))
             else:
                 goal = "(no goal)"
-            shares = " / ".join(fmt_share(admitted.get(i)) for i in (drl_id, gov_id))
+            shares = " / ".join(
+                fmt_share(float(r[k].rstrip("%"))) for k in ("drl_admitted", "governor_admitted"))
             rows.append(
-                f"| {label} | {threads} | {fmt_ns(drl)} | {fmt_rate(drl)} | {fmt_ns(gov)} "
-                f"| {fmt_rate(gov)} | {ratio:.2f}× | {shares} | {goal} |"
+                f"| {label} | {threads} | {fmt_per_s(float(r['drl']))} "
+                f"| {fmt_per_s(float(r['governor']))} | {ratio:.2f}× | {shares} | {goal} |"
             )
     return rows, verdicts
+
+
+def fmt_per_s(per_s):
+    return f"{per_s / 1e6:.2f} M/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f} k/s"
+
+
+def fmt_count(n):
+    return f"{n:,}".replace(",", " ")
+
+
+def series_table(series):
+    if not series:
+        return [], None
+    rows = ["| live keys | drl decisions/s | p99 per check (batches of 64) |", "|--:|--:|--:|"]
+    for p in series:
+        rows.append(f"| {fmt_count(int(p['keys']))} | {fmt_per_s(float(p['drl']))} "
+                    f"| {float(p['p99_ns_per_check']):.0f} ns |")
+    first, last = series[0], series[-1]
+    growth = float(last["drl"]) / float(first["drl"])
+    p99 = float(last["p99_ns_per_check"]) / float(first["p99_ns_per_check"])
+    return rows, (int(first["keys"]), int(last["keys"]), growth, p99)
 
 
 def parts_table(est):
@@ -152,11 +183,12 @@ def memory_verdict(memory_md):
 def section(args):
     env = load_env(args.machine)
     est = load_estimates(args.criterion, args.since)
-    admitted = load_admitted(args.admitted)
+    results, series = load_limiter(args.limiter)
     with open(args.memory) as f:
         memory_md = f.read().strip()
 
-    speed, verdicts = speed_table(est, admitted)
+    speed, verdicts = speed_table(results)
+    series_rows, series_verdict = series_table(series)
     bytes_per_key = memory_verdict(memory_md)
     out = [BEGIN, "", "## Core: `check_and_increment` and memory per key", ""]
     out += [
@@ -179,14 +211,15 @@ def section(args):
     out += [
         "### Speed",
         "",
-        "Reproduce: `scripts/bench-core.sh` (criterion bench `crates/drl-core/benches/limiter.rs`). "
-        "Both limiters enforce 10 000 per minute per key: drl `sliding_window` at the default "
-        "precision (60 buckets, guarantees P), governor's keyed GCRA (`RateLimiter::keyed`, "
-        "`DashMap`, quanta clock). Keys are visited in a shuffled order, every key inserted "
-        "beforehand; on 100k and 1M keys every check is admitted, on the hot key both admit "
-        "their 10 000 and deny the rest. Time is per decision; with 2 threads it is wall "
-        "time per decision of both threads together, so decisions/s is the aggregate. drl is "
-        "measured after one sweep of its store, as its background sweeper runs in a deployment.",
+        "Reproduce: `scripts/bench-core.sh` (bench `crates/drl-core/benches/limiter.rs`: drl and "
+        "governor take turns in one process, the order flipping every round; each figure is the "
+        "median of the rounds, the ratio the median of the rounds' ratios). Both limiters enforce "
+        "10 000 per minute per key: drl `sliding_window` at the default precision (60 buckets, "
+        "guarantees P), governor's keyed GCRA (`RateLimiter::keyed`, `DashMap`, quanta clock). "
+        "Keys are visited in a shuffled order, every key inserted beforehand; on 100k and 1M keys "
+        "every check is admitted, on the hot key both admit their 10 000 and deny the rest. With "
+        "2 threads decisions/s is the aggregate of both. drl is measured after one sweep of its "
+        "store, as its background sweeper runs in a deployment.",
         "",
     ]
     out += speed
@@ -198,6 +231,15 @@ def section(args):
             "threads): "
             + ("**met** in every case." if not missed else "**missed** for " + "; ".join(missed) + "."),
         ]
+    if series_rows:
+        first, last, growth, p99 = series_verdict
+        out += ["", "### Cost against the number of live keys", "",
+                "The same bench with `--series`: drl alone, 1 thread, every key live and visited "
+                "in a shuffled order; p99 of the time of 64 consecutive checks, per check.", ""]
+        out += series_rows
+        verdict = "met" if growth >= SERIES_GOAL and p99 <= 1.2 else "**missed**"
+        out += ["", f"Goal (decisions/s at {fmt_count(last)} keys ≥ {SERIES_GOAL}× that at "
+                f"{fmt_count(first)}, p99 within 1.2×): {verdict} ({growth:.2f}×, p99 {p99:.2f}×)."]
     out += ["", "### Where the time of one check goes", "",
             "Criterion bench `crates/drl-core/benches/parts.rs`: each step of a check on its own.", ""]
     out += parts_table(est)
@@ -240,14 +282,14 @@ def main():
     p.add_argument("--criterion")
     p.add_argument("--since")
     p.add_argument("--machine")
-    p.add_argument("--admitted")
+    p.add_argument("--limiter")
     p.add_argument("--memory")
     p.add_argument("--splice", nargs=2, metavar=("SECTION", "DOCS"))
     args = p.parse_args()
     if args.splice:
         splice(*args.splice)
         return 0
-    missing = [n for n in ("criterion", "since", "machine", "admitted", "memory") if not getattr(args, n)]
+    missing = [n for n in ("criterion", "since", "machine", "limiter", "memory") if not getattr(args, n)]
     if missing:
         p.error("missing " + ", ".join("--" + n for n in missing))
     sys.stdout.write(section(args))

@@ -9,9 +9,10 @@
 # Options: --docs / --no-docs force writing the docs or not; --note "TEXT" adds a note to the
 # section (e.g. "the machine was shared with other builds").
 #
-# What runs: the criterion benches `limiter` (drl vs governor: 1 hot key, 100k and 1M keys, 1 and
-# 2 threads) and `parts` (the steps of one check), then the `memory` example (bytes per active
-# key, sweep cost). Raw output is kept in target/bench-core/.
+# What runs: the bench `limiter` (drl and governor interleaved, medians of 3 rounds and the ratio:
+# 1 hot key, 100k and 1M keys, 1 and 2 threads; then drl alone on 1k to 10M keys), the criterion
+# bench `parts` (the steps of one check), then the `memory` example (bytes per active key, sweep
+# cost). Raw output is kept in target/bench-core/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,10 +39,12 @@ say() { printf '\n== %s\n' "$*" >&2; }
 
 if [ "$quick" = 1 ]; then
   criterion_args=(--warm-up-time 0.3 --measurement-time 1 --sample-size 10)
+  limiter_args=(--rounds 1 --seconds 0.3)
   memory_keys=100000
   mode="quick smoke run (short measurements; not for citing)"
 else
   criterion_args=()
+  limiter_args=(--rounds 3 --seconds 1 --series)
   memory_keys=1000000
   mode="full run"
 fi
@@ -71,7 +74,7 @@ cargo bench -p drl-core --bench limiter --bench parts --no-run
 cargo build --release -p drl-core --example memory
 
 say "bench limiter (drl vs governor)"
-cargo bench -p drl-core --bench limiter -- "${criterion_args[@]}" | tee "$out/limiter.log"
+cargo bench -p drl-core --bench limiter -- "${limiter_args[@]}" | tee "$out/limiter.log"
 
 say "bench parts (the steps of one check)"
 cargo bench -p drl-core --bench parts -- "${criterion_args[@]}" | tee "$out/parts.log"
@@ -86,7 +89,7 @@ python3 scripts/bench-core-report.py \
   --criterion "${CRITERION_HOME:-$target/criterion}" \
   --since "$out/started" \
   --machine "$out/machine.env" \
-  --admitted "$out/limiter.log" \
+  --limiter "$out/limiter.log" \
   --memory "$out/memory.md" \
   > "$out/section.md"
 

@@ -24,6 +24,14 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::error::CheckError;
 
+/// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
+pub const NATIVE_DOMAIN: &str = "drl";
+
+/// Key of the first level of the native domain.
+pub const USER_KEY: &str = "user_id";
+/// Key of the second level of the native domain.
+pub const ENDPOINT_KEY: &str = "endpoint";
+
 /// Largest user_id, endpoint or descriptor value, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
@@ -212,33 +220,31 @@ impl SipHash13 {
     }
 
     #[inline]
-    fn absorb(&mut self, mut bytes: &[u8]) {
-        self.total_len += bytes.len() as u64;
+    fn absorb(&mut self, bytes: &[u8]) {
+        let len = bytes.len();
+        self.total_len += len as u64;
+        let mut at = 0;
         if self.pending_len > 0 {
-            let take = (8 - self.pending_len).min(bytes.len());
-            for (i, &b) in bytes[..take].iter().enumerate() {
-                self.pending |= u64::from(b) << (8 * (self.pending_len + i));
-            }
-            self.pending_len += take;
-            bytes = &bytes[take..];
-            if self.pending_len < 8 {
+            // Top up the pending word (at most 7 bytes are missing).
+            let fill = 8 - self.pending_len;
+            if len < fill {
+                self.pending |= load_le(bytes) << (8 * self.pending_len);
+                self.pending_len += len;
                 return;
             }
-            let m = self.pending;
+            let m = self.pending | (load_le(&bytes[..fill]) << (8 * self.pending_len));
             self.compress(m);
-            self.pending = 0;
-            self.pending_len = 0;
+            at = fill;
         }
-        let mut words = bytes.chunks_exact(8);
+        let mut words = bytes[at..].chunks_exact(8);
         for chunk in &mut words {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             self.compress(u64::from_le_bytes(word));
         }
-        for (i, &b) in words.remainder().iter().enumerate() {
-            self.pending |= u64::from(b) << (8 * i);
-        }
-        self.pending_len = words.remainder().len();
+        let rest = words.remainder();
+        self.pending = load_le(rest);
+        self.pending_len = rest.len();
     }
 
     #[inline]
@@ -257,6 +263,28 @@ impl SipHash13 {
         let high = self.v.iter().fold(0, |acc, x| acc ^ x);
         (u128::from(high) << 64) | u128::from(low)
     }
+}
+
+/// Up to 7 bytes as a little-endian word, in at most three loads (a byte loop cost more than
+/// the compression it feeds on the short fields of a key).
+#[inline(always)]
+fn load_le(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    debug_assert!(n < 8);
+    let mut out = 0u64;
+    let mut at = 0;
+    if n >= 4 {
+        out = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+        at = 4;
+    }
+    if n - at >= 2 {
+        out |= u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]])) << (8 * at);
+        at += 2;
+    }
+    if at < n {
+        out |= u64::from(bytes[at]) << (8 * at);
+    }
+    out
 }
 
 /// SipHash-1-3-128 of one contiguous input.

@@ -175,7 +175,7 @@ impl<S> GrpcApi<S> {
     /// A place among the requests in flight, or the call is shed (UNAVAILABLE, at once).
     fn admit(&self) -> Result<crate::limits::Place<'_>, GrpcError> {
         self.0.gate.admit().ok_or_else(|| {
-            self.0.metrics.shed(crate::limits::Shed::InFlight);
+            self.0.metrics.shed(crate::metrics::Shed::InFlight);
             GrpcError::Overloaded(self.0.gate.limits().max_in_flight)
         })
     }

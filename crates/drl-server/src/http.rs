@@ -53,8 +53,8 @@ use thiserror::Error;
 use crate::config::ConfigError;
 use crate::edge::BodyTimedOut;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
-use crate::limits::{Gate, Shed};
-use crate::metrics::{self, Metrics};
+use crate::limits::Gate;
+use crate::metrics::{self, Metrics, Shed};
 use crate::node::Node;
 use drl_proto::json::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
@@ -459,7 +459,7 @@ async fn reload_config<S: Store>(
 
 async fn metrics_text<S: Store>(State(state): State<Node<S>>) -> Response {
     state.metrics.sync_store(&state.limiter.store().stats());
-    state.metrics.sync_gate(&state.gate);
+    state.gate.report(&state.metrics);
     (
         [(
             CONTENT_TYPE,

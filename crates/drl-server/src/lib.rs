@@ -1,29 +1,35 @@
 //! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
 //! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
-//! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
+//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
+//! - [`config`]: the YAML config of docs/configuration.md (native and Envoy formats), validated
+//!   once with line/column diagnostics.
 //! - [`edge`]: how both listeners serve connections: the connection cap, TLS handshakes, and
 //!   the header, body, idle and keep-alive timeouts.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
-//!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
-//!   `GET /v1/config` and `POST /v1/config/reload`.
+//! - [`http`]: the axum [`Router`](axum::Router) of a node: `POST /v1/check`, `POST /json`,
+//!   `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page and the admin routes.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
+//! - [`envoy`]: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
+//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
-//! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
-//! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
-//! port 0 and talk to real sockets.
+//! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
+//! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
+//! and [`serve_all`] (both) serve a [`Node`] built by hand. All take bound listeners and a
+//! shutdown future, so the binary only parses arguments and tests bind port 0 and talk to real
+//! sockets.
 
 pub mod config;
+pub mod coordination;
 pub mod edge;
 pub mod envoy;
-mod envoy_config;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -33,7 +39,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod reload;
-pub mod shared;
+mod run;
 pub mod status;
 pub mod tls;
 
@@ -47,6 +53,7 @@ use tokio::net::TcpListener;
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
 pub use metrics::Metrics;
 pub use node::{AdminToken, Node};
+pub use run::{Listeners, Settings, run};
 
 /// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
 /// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shed};
 
 /// Default of [`Limits::max_body_bytes`]: 64 KiB. A check is a few hundred bytes; an Envoy
 /// request of 64 descriptors with short values a few KiB.
@@ -154,6 +154,16 @@ impl Gate {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Sets the gate's gauges in `metrics` to its state now (at each scrape).
+    pub fn report(&self, metrics: &Metrics) {
+        metrics.set_gate(Shed::InFlight, self.in_flight(), self.limits.max_in_flight);
+        metrics.set_gate(
+            Shed::Connections,
+            self.connections(),
+            self.limits.max_connections,
+        );
+    }
+
     /// A place for one request in flight, held until it is dropped; `None` when all are taken
     /// (the request is to be shed, not queued).
     pub fn admit(&self) -> Option<Place<'_>> {
@@ -204,20 +214,35 @@ pub(crate) fn refuse(gate: &Gate, metrics: &Metrics) {
     );
 }
 
-/// Why a request or connection was shed: the label of `drl_shed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
-    /// [`Limits::max_in_flight`] requests were being answered.
-    InFlight,
-    /// [`Limits::max_connections`] connections were open.
-    Connections,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Shed {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::InFlight => "in_flight",
-            Self::Connections => "connections",
+    #[test]
+    fn the_gate_gauges_follow_the_gate_at_each_report() {
+        let metrics = Metrics::new();
+        let gate = Gate::new(Limits {
+            max_in_flight: 3,
+            max_connections: 7,
+            ..Limits::default()
+        });
+        let place = gate.admit();
+        gate.report(&metrics);
+        let text = metrics.encode();
+        for line in [
+            "drl_gate_used{budget=\"in_flight\"} 1\n",
+            "drl_gate_used{budget=\"connections\"} 0\n",
+            "drl_gate_limit{budget=\"in_flight\"} 3\n",
+            "drl_gate_limit{budget=\"connections\"} 7\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
         }
+        drop(place);
+        gate.report(&metrics);
+        assert!(
+            metrics
+                .encode()
+                .contains("drl_gate_used{budget=\"in_flight\"} 0\n")
+        );
     }
 }

@@ -15,7 +15,7 @@ use drl_core::adaptive::BackendSettings;
 use drl_core::{Algorithm, Limiter, Policy, Rule, Rules};
 use drl_redis::RedisConfig;
 use drl_redis::shared::SharedState;
-use drl_server::shared::Coordination;
+use drl_server::coordination::Coordination;
 
 /// A `redis-server` on a free loopback port, killed when dropped.
 struct Redis {

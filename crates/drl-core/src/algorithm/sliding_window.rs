@@ -263,7 +263,10 @@ fn step_ring<S: Slot>(
         current as usize + 1
     };
     let mut used = sum;
-    if sum > 0 {
+    // Before the first full window (`now < T`, the first minute of a limiter's clock at the
+    // default T) the slots past `span` would hold buckets before the clock's origin, which never
+    // existed: they are zero, and walking them on every check cost up to a whole ring's loads.
+    if sum > 0 && now >= window {
         for age in span..slots {
             used -= ring[back(here, age, slots)].get();
         }
