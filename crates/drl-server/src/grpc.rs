@@ -4,7 +4,7 @@
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the
 //!   others are decided as usual.
 //! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: the domain's descriptor
-//!   rules, all or nothing over the request's descriptors (see [`crate::envoy`]). The native
+//!   rules, all or nothing over the request's descriptors (see `envoy.rs`). The native
 //!   rules are the domain `drl` with descriptors `user_id`, `endpoint`.
 //! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
 //!

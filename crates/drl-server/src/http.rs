@@ -3,8 +3,8 @@
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `POST /json` → an Envoy `RateLimitRequest` as JSON, answered 200 / 429 with the
-//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
-//! - `GET /` → the status page ([`crate::status`]).
+//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` (`envoy.rs`).
+//! - `GET /` → the status page (`status.rs`).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)

@@ -11,12 +11,12 @@
 //!   `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page and the admin routes.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
-//! - [`envoy`]: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
+//! - `envoy`: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
-//! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
+//! - `status`: the status page at `GET /`, reading the other routes from the browser.
 //! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
 //! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
@@ -28,7 +28,7 @@
 pub mod config;
 pub mod coordination;
 pub mod edge;
-pub mod envoy;
+mod envoy;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -40,7 +40,7 @@ pub mod metrics;
 pub mod node;
 pub mod reload;
 mod run;
-pub mod status;
+mod status;
 pub mod tls;
 
 use std::future::Future;
