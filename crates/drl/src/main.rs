@@ -37,6 +37,22 @@ struct LimitArgs {
     /// Open connections, HTTP and gRPC together; a new one beyond is closed at once.
     #[arg(long, env = "DRL_MAX_CONNECTIONS", value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
     max_connections: usize,
+    /// Time a connection has to send a request's headers (from accept or its previous
+    /// response: also the HTTP/1.1 keep-alive time), and a TLS connection its handshake.
+    #[arg(long, env = "DRL_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = timeout)]
+    header_read_timeout: Duration,
+    /// Time a request's body has to arrive after its headers (then 408 / the call fails).
+    #[arg(long, env = "DRL_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = timeout)]
+    body_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[arg(long, env = "DRL_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = timeout)]
+    idle_timeout: Duration,
+    /// HTTP/2 keep-alive pings after this long without a frame from the peer; 0: none.
+    #[arg(long, env = "DRL_KEEPALIVE_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = keepalive)]
+    keepalive_interval: Duration,
+    /// Concurrent streams (requests) per HTTP/2 connection, HTTP and gRPC.
+    #[arg(long, env = "DRL_MAX_STREAMS", value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
 }
 
 impl From<LimitArgs> for Limits {
@@ -47,7 +63,29 @@ impl From<LimitArgs> for Limits {
             max_header_bytes: a.max_header_bytes,
             max_in_flight: a.max_in_flight,
             max_connections: a.max_connections,
+            header_read_timeout: a.header_read_timeout,
+            body_read_timeout: a.body_read_timeout,
+            idle_timeout: a.idle_timeout,
+            keepalive_interval: (!a.keepalive_interval.is_zero()).then_some(a.keepalive_interval),
+            max_streams: a.max_streams,
         }
+    }
+}
+
+/// A timeout of the edge: more than 0, at most a day.
+fn timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: a timeout must be more than 0")),
+        d if d > limits::MAX_TIMEOUT => Err(format!("{text:?}: a timeout is at most a day (24h)")),
+        d => Ok(d),
+    }
+}
+
+/// The HTTP/2 keep-alive interval: 0 for none, else a [`timeout`].
+fn keepalive(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Ok(d),
+        _ => timeout(text),
     }
 }
 
