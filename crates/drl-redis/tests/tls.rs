@@ -8,9 +8,9 @@
 #![allow(clippy::unwrap_used)] // Test code.
 
 use drl_testkit::redis as support;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drl_core::{Algorithm, Limiter, Policy, Rules};
