@@ -28,8 +28,9 @@
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
-//! [`Limits`] (headers: 431; in flight: 503 with `Retry-After`), and bodies are read up to
-//! [`Limits::max_body_bytes`] (413).
+//! [`Limits`]: headers (431), then the body, read whole up to [`Limits::max_body_bytes`] (413)
+//! within [`Limits::body_read_timeout`] (408), and only then the in-flight place (503 with
+//! `Retry-After`), so a client that stalls its body holds none.
 
 use std::sync::Arc;
 use std::time::Duration;
