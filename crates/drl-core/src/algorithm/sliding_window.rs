@@ -58,11 +58,15 @@ enum Counts {
         pos: [u8; SPARSE_BUCKETS],
         counts: [u16; SPARSE_BUCKETS],
     },
-    /// A ring of `len` ≤ [`INLINE_SLOTS`] slots of `u16`, with its running total.
+    /// A ring of `len` ≤ [`INLINE_SLOTS`] slots of `u16`, with its running total. Admissions
+    /// into the newest bucket are held in `pending` (counted in `total`, added to the ring's
+    /// head slot before any other step), so the common check touches only the state's own
+    /// 40 bytes, not the boxed ring.
     Ring16 {
         len: u8,
         head: u16,
         total: u16,
+        pending: u16,
         ring: Box<[u16; INLINE_SLOTS]>,
     },
     /// Any other policy: a ring of `u32`.
@@ -241,6 +245,7 @@ impl LimitState for SlidingWindow {
                             len: slots as u8,
                             head: ring_head,
                             total,
+                            pending: 0,
                             ring: Box::new(ring),
                         };
                         return step;
@@ -257,15 +262,34 @@ impl LimitState for SlidingWindow {
                 len,
                 head,
                 total,
+                pending,
                 ring,
-            } => step_ring(
-                &mut ring[..usize::from(*len)],
-                (head, total),
-                header,
-                policy,
-                now_ns,
-                hits,
-            ),
+            } => {
+                if let Some(step) = admit_in_newest(
+                    header.newest,
+                    header.idle_at,
+                    total,
+                    pending,
+                    policy,
+                    now_ns,
+                    hits,
+                ) {
+                    return step;
+                }
+                if *pending > 0 {
+                    let slot = &mut ring[usize::from(*head)];
+                    *slot = slot.saturating_add(*pending);
+                    *pending = 0;
+                }
+                step_ring(
+                    &mut ring[..usize::from(*len)],
+                    (head, total),
+                    header,
+                    policy,
+                    now_ns,
+                    hits,
+                )
+            }
             Counts::Ring32(wide) => {
                 let Wide { head, total, ring } = &mut **wide;
                 step_ring(ring, (head, total), header, policy, now_ns, hits)
@@ -281,6 +305,49 @@ impl LimitState for SlidingWindow {
 struct Header<'a> {
     newest: &'a mut u64,
     idle_at: &'a mut u64,
+}
+
+/// [`step_ring`]'s answer, without the ring, for the common case it can be given from the totals
+/// alone: `hits > 0` admitted into the newest bucket, with no bucket of the ring outside the
+/// window (so the counted sum is the total). `None` when the case is another one.
+#[inline]
+fn admit_in_newest(
+    newest: &mut u64,
+    idle_at: &mut u64,
+    total: &mut u16,
+    pending: &mut u16,
+    policy: &Policy,
+    now_ns: u64,
+    hits: u32,
+) -> Option<Step> {
+    let g = policy.bucket_ns();
+    let newest_start = *newest * g;
+    let now = now_ns.max(newest_start);
+    let window = policy.window_ns();
+    let limit = u64::from(policy.requests());
+    if hits == 0 || now - newest_start >= g {
+        return None;
+    }
+    // What `step_ring` computes as `span == slots` (see there), or the first window.
+    let rem = policy.window_rem_ns();
+    if now >= window && rem > 0 && now - newest_start >= rem {
+        return None;
+    }
+    let used = u64::from(*total) + u64::from(hits);
+    if used > limit {
+        return None;
+    }
+    *total = used as u16;
+    *pending += hits as u16;
+    *idle_at = (*newest + 1) * g + window;
+    Some(Step::new(
+        true,
+        policy,
+        limit - used,
+        now,
+        *idle_at - now,
+        0,
+    ))
 }
 
 fn step_ring<S: Slot>(
@@ -512,6 +579,7 @@ mod tests {
                 len: p.slots() as u8,
                 head: 0,
                 total: 0,
+                pending: 0,
                 ring: Box::new([0; INLINE_SLOTS]),
             };
             let mut t = 2 * SEC + 12_345;
