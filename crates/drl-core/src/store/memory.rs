@@ -100,9 +100,8 @@ impl MemoryStore {
     fn answer(&self, request: &StoreRequest<'_>) -> Answer {
         // The memo is looked up before the fingerprint is computed: a hammered key is answered
         // for the cost of a cheap hash and a comparison of its identity.
-        let slot = memo_slot(&request.key);
         if request.hits <= 1
-            && let Some(denial) = memo_lookup(self.id, slot, request)
+            && let Some(denial) = memo_lookup(self.id, request)
         {
             return Answer::Denied(denial);
         }
@@ -114,7 +113,7 @@ impl MemoryStore {
             Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs),
         };
         if let Some(denial) = denial {
-            memo_insert(self.id, slot, &request.key, request.rules_epoch, denial);
+            memo_insert(self.id, &request.key, request.rules_epoch, denial);
         }
         answer
     }
@@ -315,6 +314,9 @@ thread_local! {
     /// fingerprinting it or touching the shared map at all.
     static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> =
         const { RefCell::new([NO_ENTRY; MEMO_SLOTS]) };
+    /// The latest `until` of any entry this thread put in [`MEMO`]: from then on no entry can
+    /// answer, and a check skips the memo without hashing its key.
+    static MEMO_UNTIL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The memo slot of a key: a fast unkeyed hash of its limit index and values (the fields that
@@ -326,7 +328,11 @@ fn memo_slot(key: &CounterKey<'_>) -> usize {
 }
 
 #[inline]
-fn memo_lookup(store: u64, slot: usize, request: &StoreRequest<'_>) -> Option<Denial> {
+fn memo_lookup(store: u64, request: &StoreRequest<'_>) -> Option<Denial> {
+    if request.now_ns >= MEMO_UNTIL.get() {
+        return None;
+    }
+    let slot = memo_slot(&request.key);
     MEMO.with(|memo| {
         let memo = memo.try_borrow().ok()?;
         let entry = memo[slot].as_ref()?;
@@ -338,7 +344,9 @@ fn memo_lookup(store: u64, slot: usize, request: &StoreRequest<'_>) -> Option<De
     })
 }
 
-fn memo_insert(store: u64, slot: usize, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
+fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
+    let slot = memo_slot(key);
+    MEMO_UNTIL.set(MEMO_UNTIL.get().max(denial.until));
     MEMO.with(|memo| {
         if let Ok(mut memo) = memo.try_borrow_mut() {
             let entry = &mut memo[slot];
