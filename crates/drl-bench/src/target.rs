@@ -13,8 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use drl_core::limiter::NATIVE_DOMAIN;
-use drl_core::rules::{ENDPOINT_KEY, USER_KEY};
+use drl_core::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,

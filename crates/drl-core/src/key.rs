@@ -24,6 +24,14 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::error::CheckError;
 
+/// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
+pub const NATIVE_DOMAIN: &str = "drl";
+
+/// Key of the first level of the native domain.
+pub const USER_KEY: &str = "user_id";
+/// Key of the second level of the native domain.
+pub const ENDPOINT_KEY: &str = "endpoint";
+
 /// Largest user_id, endpoint or descriptor value, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 

@@ -28,13 +28,10 @@ use crate::adaptive::{BackendSettings, BackendState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
-use crate::key::{CounterKey, MAX_ID_LEN, validate_id};
+use crate::key::{CounterKey, ENDPOINT_KEY, MAX_ID_LEN, NATIVE_DOMAIN, USER_KEY, validate_id};
 use crate::policy::Policy;
-use crate::rules::{Action, ENDPOINT_KEY, Entry, RuleLevel, Rules, Target, USER_KEY};
+use crate::rules::{Action, Entry, RuleLevel, Rules, Target};
 use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
-
-/// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
-pub const NATIVE_DOMAIN: &str = "drl";
 
 /// How often the background sweeper reclaims idle keys by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);

@@ -16,7 +16,7 @@
 //! - [`Matching::MostSpecific`], for the native API: the match that is most specific level by
 //!   level, backtracking when a more specific branch has no rule at the request's depth.
 //!
-//! The native user/endpoint rules are the domain [`NATIVE_DOMAIN`](crate::limiter::NATIVE_DOMAIN)
+//! The native user/endpoint rules are the domain [`NATIVE_DOMAIN`](crate::key::NATIVE_DOMAIN)
 //! with two levels, `user_id` then `endpoint`; walking it most-specific-first gives exactly
 //! pair > user > endpoint > default (docs/configuration.md). So both rule formats share this one engine, and
 //! an Envoy request in that domain with entries `user_id` and `endpoint` is answered by the
@@ -37,16 +37,12 @@ use crate::abuse::AbusePolicy;
 use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
 use crate::error::{CheckError, RuleError};
+use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
 use crate::key::{MAX_ID_LEN, validate_id};
-use crate::limiter::NATIVE_DOMAIN;
 use crate::policy::Policy;
 
 type Map<V> = HashMap<Box<str>, V, RandomState>;
 
-/// Key of the first level of the native domain.
-pub const USER_KEY: &str = "user_id";
-/// Key of the second level of the native domain.
-pub const ENDPOINT_KEY: &str = "endpoint";
 /// Most limits on one rule.
 pub const MAX_LIMITS_PER_RULE: usize = 16;
 

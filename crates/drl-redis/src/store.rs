@@ -23,8 +23,8 @@ use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
 use crate::follow::{FOLLOW_EVERY, Follower, REFRESH_EVERY};
-use crate::keys::{RedisKey, SLOTS, key_for, redis_key};
-use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_reply};
+use crate::keys::{RedisKey, SLOTS, redis_key};
+use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all};
 use crate::topology::SlotMap;
 
 mod batch;
@@ -204,7 +204,7 @@ impl RedisStore {
     /// Runs the script for the counter whose [`CounterKey::encode`](drl_core::CounterKey::encode)
     /// is `identity` at a fixed time instead of the server clock, with no cache, no WAIT and no
     /// fallback. **For the shared test vectors only**: production checks read `TIME`.
-    #[doc(hidden)]
+    #[cfg(feature = "test-clock")]
     pub async fn check_at_test_time(
         &self,
         identity: &[u8],
@@ -212,6 +212,9 @@ impl RedisStore {
         hits: u32,
         now_ns: u64,
     ) -> Result<Decision, StoreError> {
+        use crate::keys::key_for;
+        use crate::scripts::parse_reply;
+
         let key = key_for(identity, identity, policy.algorithm());
         let cmd = self
             .inner

@@ -275,7 +275,7 @@ fn override_policy(limit: &EnvoyLimit) -> Result<Policy, String> {
 }
 
 /// The gRPC response.
-pub fn proto_response(outcome: &Outcome) -> rls::RateLimitResponse {
+pub(crate) fn proto_response(outcome: &Outcome) -> rls::RateLimitResponse {
     let statuses = outcome
         .statuses
         .iter()
@@ -329,14 +329,14 @@ pub fn proto_response(outcome: &Outcome) -> rls::RateLimitResponse {
 /// `POST /json`'s response body: the protobuf JSON form of `RateLimitResponse`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JsonResponse {
+pub(crate) struct JsonResponse {
     pub overall_code: String,
     pub statuses: Vec<JsonStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JsonStatus {
+pub(crate) struct JsonStatus {
     pub code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_limit: Option<JsonLimit>,
@@ -348,13 +348,13 @@ pub struct JsonStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JsonLimit {
+pub(crate) struct JsonLimit {
     pub requests_per_unit: u32,
     pub unit: UnitName,
 }
 
 /// The JSON response, from the same statuses as the gRPC one.
-pub fn json_response(outcome: &Outcome) -> JsonResponse {
+pub(crate) fn json_response(outcome: &Outcome) -> JsonResponse {
     let code = |over: bool| if over { "OVER_LIMIT" } else { "OK" }.to_owned();
     let proto = proto_response(outcome);
     JsonResponse {

@@ -4,7 +4,7 @@
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the
 //!   others are decided as usual.
 //! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: the domain's descriptor
-//!   rules, all or nothing over the request's descriptors (see [`crate::envoy`]). The native
+//!   rules, all or nothing over the request's descriptors (see `envoy.rs`). The native
 //!   rules are the domain `drl` with descriptors `user_id`, `endpoint`.
 //! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
 //!
@@ -25,11 +25,9 @@ use native::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
-use crate::limits::capped_incoming;
 use crate::node::Node;
 use crate::tls::Api;
 use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
@@ -37,8 +35,9 @@ use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 pub use drl_proto::MAX_BATCH;
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
-/// connections and returns once the calls in flight are answered. Over TLS if the node has
-/// [`Node::tls`].
+/// connections, closes those that never made a call and returns once the calls in flight are
+/// answered. Over TLS if the node has [`Node::tls`]. The connections are served as
+/// [`crate::edge`] says (HTTP/2 only; timeouts, stream and connection caps).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     node: impl Into<Node<S>>,
@@ -54,31 +53,24 @@ pub async fn serve<S: Store>(
     health
         .set_serving::<RateLimitServiceServer<GrpcApi<S>>>()
         .await;
-    let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-    let router = tonic::transport::Server::builder()
-        .http2_max_header_list_size(max_header_list)
-        .add_service(
-            RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
-        )
-        .add_service(
-            RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
-        )
-        .add_service(health_service);
-    if let Some(tls) = tls {
-        let incoming = tls.incoming(listener, Api::Grpc).into_stream();
-        return router
-            .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
-            .await
-            .map_err(std::io::Error::other);
-    }
-    // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream it is
-    // handed: without it, Nagle's algorithm holds small responses back while an earlier one is
-    // unacknowledged.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
-        .await
-        .map_err(std::io::Error::other)
+    let routes = tonic::service::Routes::new(
+        RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
+    )
+    .add_service(
+        RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
+    )
+    .add_service(health_service)
+    .prepare();
+    crate::edge::serve(
+        listener,
+        tls,
+        Api::Grpc,
+        gate,
+        metrics,
+        routes.into_axum_router(),
+        shutdown,
+    )
+    .await
 }
 
 /// A gRPC call the API cannot answer normally.
@@ -183,7 +175,7 @@ impl<S> GrpcApi<S> {
     /// A place among the requests in flight, or the call is shed (UNAVAILABLE, at once).
     fn admit(&self) -> Result<crate::limits::Place<'_>, GrpcError> {
         self.0.gate.admit().ok_or_else(|| {
-            self.0.metrics.shed(crate::limits::Shed::InFlight);
+            self.0.metrics.shed(crate::metrics::Shed::InFlight);
             GrpcError::Overloaded(self.0.gate.limits().max_in_flight)
         })
     }

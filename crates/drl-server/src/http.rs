@@ -3,8 +3,8 @@
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `POST /json` → an Envoy `RateLimitRequest` as JSON, answered 200 / 429 with the
-//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
-//! - `GET /` → the status page ([`crate::status`]).
+//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` (`envoy.rs`).
+//! - `GET /` → the status page (`status.rs`).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)
@@ -51,9 +51,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
 use crate::config::ConfigError;
+use crate::edge::BodyTimedOut;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
-use crate::limits::{Gate, Shed};
-use crate::metrics::{self, Metrics};
+use crate::limits::Gate;
+use crate::metrics::{self, Metrics, Shed};
 use crate::node::Node;
 use drl_proto::json::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
@@ -115,10 +116,13 @@ async fn count_in_flight(
     next.run(request).await
 }
 
-/// The header and in-flight limits, before anything else: a request whose headers are above
-/// [`Limits::max_header_bytes`] is answered 431, and one arriving while
-/// [`Limits::max_in_flight`] are in flight 503 with `Retry-After` (health and metrics routes
-/// excepted, so a saturated node still reports). The place is held until the response is made.
+/// The header, body and in-flight limits, before anything else: a request whose headers are
+/// above [`Limits::max_header_bytes`] is answered 431; its body is then read whole (413 above
+/// [`Limits::max_body_bytes`], 408 past [`Limits::body_read_timeout`]), and only then does it
+/// take an in-flight place, so a client that stalls its body holds none: one arriving while
+/// [`Limits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
+/// metrics routes excepted, so a saturated node still reports). The place is held until the
+/// response is made.
 async fn enforce_limits(
     State((gate, metrics)): State<(Arc<Gate>, Arc<Metrics>)>,
     request: Request,
@@ -140,6 +144,12 @@ async fn enforce_limits(
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(body));
     let Some(_place) = gate.admit() else {
         metrics.shed(Shed::InFlight);
         return ApiError::Overloaded(limits.max_in_flight).into_response();
@@ -169,6 +179,9 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("cannot read the request body: {0}")]
     BodyUnreadable(String),
+    /// The body was not all in within [`Limits::body_read_timeout`] of the request's head.
+    #[error("the request body was not received within {0:?} (body_read_timeout); send it at once")]
+    BodyTimeout(Duration),
     /// A JSON array where the check object should be.
     #[error("invalid request body: expected a JSON object, not an array")]
     NotAnObject,
@@ -229,6 +242,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentType(_)
@@ -352,8 +366,16 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(max)),
-        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+        Err(e) => match find_body_timeout(&*e) {
+            Some(timeout) => Err(ApiError::BodyTimeout(timeout.0)),
+            None => Err(ApiError::BodyUnreadable(e.to_string())),
+        },
     }
+}
+
+/// The [`BodyTimedOut`] that `error` is or was caused by, if any.
+fn find_body_timeout(error: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref().copied())
 }
 
 /// 200 or 429 with the decision as JSON and as `RateLimit-*` / `Retry-After` headers (the
@@ -437,7 +459,7 @@ async fn reload_config<S: Store>(
 
 async fn metrics_text<S: Store>(State(state): State<Node<S>>) -> Response {
     state.metrics.sync_store(&state.limiter.store().stats());
-    state.metrics.sync_gate(&state.gate);
+    state.gate.report(&state.metrics);
     (
         [(
             CONTENT_TYPE,

@@ -1,26 +1,35 @@
 //! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
 //! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
-//! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
+//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
+//! - [`config`]: the YAML config of docs/configuration.md (native and Envoy formats), validated
+//!   once with line/column diagnostics.
+//! - [`edge`]: how both listeners serve connections: the connection cap, TLS handshakes, and
+//!   the header, body, idle and keep-alive timeouts.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
-//!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
-//!   `GET /v1/config` and `POST /v1/config/reload`.
+//! - [`http`]: the axum [`Router`](axum::Router) of a node: `POST /v1/check`, `POST /json`,
+//!   `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page and the admin routes.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
+//! - `envoy`: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
-//! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
+//! - `status`: the status page at `GET /`, reading the other routes from the browser.
+//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
-//! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
-//! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
-//! port 0 and talk to real sockets.
+//! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
+//! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
+//! and [`serve_all`] (both) serve a [`Node`] built by hand. All take bound listeners and a
+//! shutdown future, so the binary only parses arguments and tests bind port 0 and talk to real
+//! sockets.
 
 pub mod config;
-pub mod envoy;
-mod envoy_config;
+pub mod coordination;
+pub mod edge;
+mod envoy;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -30,64 +39,48 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod reload;
-pub mod shared;
-pub mod status;
+mod run;
+mod status;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use drl_core::Store;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
 pub use metrics::Metrics;
 pub use node::{AdminToken, Node};
+pub use run::{Listeners, Settings, run};
 
 /// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
-/// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
-/// requests in flight are answered. Over TLS if the node has [`Node::tls`].
+/// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops
+/// accepting connections, closes those that never sent a request and returns once the requests
+/// in flight are answered. Over TLS if the node has [`Node::tls`]. The connections are served
+/// as [`edge`] says (timeouts, connection cap).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    match node.tls.clone() {
-        Some(tls) => serve_on(tls.incoming(listener, tls::Api::Http), node, shutdown).await,
-        // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
-        // (The TLS listener sets it too.)
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-            serve_on(listener, node, shutdown).await
-        }
-    }
-}
-
-/// The HTTP server on accepted connections, plaintext or TLS alike: whatever the server does
-/// with a connection belongs here, so that both get it.
-async fn serve_on<S: Store, L>(
-    listener: L,
-    node: Node<S>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let listener = limits::CappedListener::new(
-        listener,
-        std::sync::Arc::clone(&node.gate),
-        std::sync::Arc::clone(&node.metrics),
+    let (tls, gate, metrics) = (
+        node.tls.clone(),
+        Arc::clone(&node.gate),
+        Arc::clone(&node.metrics),
     );
-    axum::serve(listener, http::router(node))
-        .with_graceful_shutdown(shutdown)
-        .await
+    edge::serve(
+        listener,
+        tls,
+        tls::Api::Http,
+        gate,
+        metrics,
+        http::router(node),
+        shutdown,
+    )
+    .await
 }
 
 /// How long [`serve_all`] lets requests in flight finish after a shutdown signal before it

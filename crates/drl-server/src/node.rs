@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use drl_core::limiter::LimiterError;
 use drl_core::{Decision, Limiter, RuleLevel, Store};
 
+use crate::coordination::Coordination;
 use crate::limits::{Gate, Limits};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::shared::Coordination;
 use crate::tls::ServerTls;
 
 /// A node: the limiter, the metrics, and what the APIs share around them (the reloader and the

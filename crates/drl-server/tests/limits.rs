@@ -6,19 +6,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES};
-use drl_core::{Limiter, ManualClock};
+use drl_core::{Limiter, ManualClock, Store};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_proto::json::MAX_HITS;
+use drl_redis::{Consistency, RedisConfig, RedisStore};
 use drl_server::grpc::MAX_BATCH;
 use drl_server::limits::Limits;
 use drl_server::{Config, Metrics, Node};
-use drl_testkit::DEADLINE;
+use drl_testkit::redis::Redis;
+use drl_testkit::{DEADLINE, wait_until};
 use native::rate_limiter_client::RateLimiterClient;
 use prost::Message;
 use rls::rate_limit_service_client::RateLimitServiceClient;
@@ -37,6 +40,16 @@ fn domain() -> String {
     "d".repeat(MAX_ID)
 }
 
+/// The rules of [`TestNode`]: the native default rule (100 per minute) and the domain
+/// [`domain()`], whose `user` key allows 10 per minute.
+fn rules() -> drl_core::Rules {
+    let yaml = format!(
+        "domain: {}\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: 10}}\n",
+        domain()
+    );
+    Config::from_yaml("limits.yaml", &yaml).unwrap().rules
+}
+
 /// A node serving HTTP and gRPC with `limits`: the native default rule (100 per minute) and
 /// the domain [`domain()`], whose `user` key allows 10 per minute.
 struct TestNode {
@@ -48,15 +61,27 @@ struct TestNode {
 
 impl TestNode {
     async fn start(limits: Limits) -> Self {
-        let yaml = format!(
-            "domain: {}\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: 10}}\n",
-            domain()
-        );
-        let config = Config::from_yaml("limits.yaml", &yaml).unwrap();
-        let limiter = Limiter::builder(config.rules)
+        let limiter = Limiter::builder(rules())
             .clock(ManualClock::new(0))
             .sweep_interval(None)
             .build();
+        Self::serve(limiter, limits).await
+    }
+
+    /// The same node on a Redis store (a single instance, `fast`; each check waits at most
+    /// `timeout` for it).
+    async fn start_on_redis(limits: Limits, redis: &Redis, timeout: Duration) -> Self {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.consistency = Consistency::Fast;
+        config.timeout = timeout;
+        let store = RedisStore::new(&config).unwrap();
+        let limiter = Limiter::builder(rules())
+            .sweep_interval(None)
+            .build_with_store(store);
+        Self::serve(limiter, limits).await
+    }
+
+    async fn serve<S: Store>(limiter: Limiter<S>, limits: Limits) -> Self {
         let metrics = Arc::new(Metrics::new());
         let node = Node::new(limiter, Arc::clone(&metrics)).with_limits(limits);
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -700,56 +725,40 @@ async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused()
     node.stop().await;
 }
 
-/// Holds one HTTP check in flight: its headers sent with `Expect: 100-continue`, and the
-/// server's `100 Continue` read back, which it sends only once the handler reads the body —
-/// after the request took its place in flight. Sending the body lets it finish.
-struct Held {
-    stream: TcpStream,
-    body: &'static [u8],
-}
-
-impl Held {
-    async fn start(node: &TestNode) -> Self {
-        let body: &'static [u8] = br#"{"user_id": "u", "endpoint": "/e"}"#;
-        let mut stream = TcpStream::connect(node.http).await.unwrap();
-        let head = format!(
-            "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let expected = b"HTTP/1.1 100 Continue\r\n\r\n";
-        let mut interim = vec![0; expected.len()];
-        tokio::time::timeout(DEADLINE, stream.read_exact(&mut interim))
-            .await
-            .expect("100 Continue in time")
-            .unwrap();
-        assert_eq!(interim, expected);
-        Self { stream, body }
-    }
-
-    async fn finish(mut self) -> Reply {
-        self.stream.write_all(self.body).await.unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(DEADLINE, self.stream.read_to_end(&mut response))
-            .await
-            .expect("answered in time")
-            .unwrap();
-        Reply::parse(&response)
-    }
-}
-
 #[tokio::test]
 async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
-    let node = TestNode::start(Limits {
-        max_in_flight: 1,
-        ..Limits::default()
-    })
+    // A check holds its place in flight while the store does not answer: a real Redis,
+    // stopped (SIGSTOP) while the check waits for it.
+    let redis = Redis::start();
+    let node = TestNode::start_on_redis(
+        Limits {
+            max_in_flight: 1,
+            ..Limits::default()
+        },
+        &redis,
+        Duration::from_secs(60),
+    )
     .await;
     let mut native = node.native().await;
     let mut envoy = node.envoy().await;
+    assert_eq!(node.remaining("u", "/e").await, 100);
 
-    let held = Held::start(&node).await;
+    redis.pause();
+    let held = {
+        let addr = node.http;
+        tokio::spawn(async move {
+            let request = check_request(r#"{"user_id": "u", "endpoint": "/e"}"#);
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            Reply::parse(&response)
+        })
+    };
+    wait_until("the held check takes its place", async || {
+        node.metric("drl_gate_used{budget=\"in_flight\"}").await == 1
+    })
+    .await;
     // The one place is taken: every other request is refused at once, not queued.
     let shed = node.check(r#"{"user_id": "u", "endpoint": "/e"}"#).await;
     assert_eq!(shed.status, 503, "{shed:?}");
@@ -779,7 +788,12 @@ async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
     assert_eq!(node.metric("drl_shed_total{reason=\"in_flight\"}").await, 3);
 
     // The held request, at the limit, is answered and counted; then the place is free again.
-    assert_eq!(held.finish().await.status, 200);
+    redis.resume();
+    let held = tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the held check is answered once Redis is back")
+        .unwrap();
+    assert_eq!(held.status, 200, "{held:?}");
     assert_eq!(
         node.check(r#"{"user_id": "u", "endpoint": "/e"}"#)
             .await
@@ -789,6 +803,16 @@ async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
     assert_eq!(node.remaining("u", "/e").await, 98);
     assert_eq!(node.envoy_remaining("u").await, 10);
     node.stop().await;
+}
+
+/// `POST /v1/check` with `body`, on a connection to be closed after the answer.
+fn check_request(body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Sends a check on a new connection and returns what came back before the server closed it.

@@ -2,6 +2,7 @@
 //!
 //! - [`redis`]: real `redis-server` processes and Redis Clusters on free loopback ports, always
 //!   stopped when their guard drops, and the oracle of the guarantee ([`redis::worst_window`]).
+//! - [`process`]: the built `drl` binary as a child process (`drl serve`, signals, `drl check`).
 //! - [`ca`]: a throwaway CA and the certificates it signs, for the TLS tests.
 //! - [`node`] (feature `node`, on by default): a node of `drl-server` on a loopback socket, on a
 //!   manual clock, with a raw HTTP/1.1 client that can send anything.
@@ -19,6 +20,7 @@ pub mod ca;
 pub mod fuzz;
 #[cfg(feature = "node")]
 pub mod node;
+pub mod process;
 pub mod redis;
 #[cfg(feature = "vectors")]
 pub mod vectors;
@@ -33,13 +35,11 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// Waits until `ready` answers true, asking every 20 ms; panics with `what` after [`DEADLINE`].
-#[cfg(feature = "node")]
 pub async fn wait_until(what: impl Display, mut ready: impl AsyncFnMut() -> bool) {
     wait_within(DEADLINE, what, &mut ready).await;
 }
 
 /// [`wait_until`] with a bound of its own.
-#[cfg(feature = "node")]
 pub async fn wait_within(
     within: Duration,
     what: impl Display,

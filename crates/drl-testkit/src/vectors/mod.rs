@@ -1,6 +1,6 @@
 //! The shared test vectors: one table of (algorithm, settings, N, T, and a sequence of
 //! (time, hits) → decision) that both the Rust algorithms (`drl-core/tests/shared_vectors.rs`) and the
-//! Redis Lua scripts (`drl-redis/tests/shared_vectors.rs`) must reproduce exactly, so the two
+//! Redis Lua scripts (`drl-testkit/tests/redis_vectors.rs`) must reproduce exactly, so the two
 //! implementations cannot drift. The table is `algorithms.txt` beside this file:
 //!
 //! ```text

@@ -39,7 +39,8 @@ use drl_core::{Action, DescriptorRule, DomainRules, Limit, Policy};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::config::{Text, Validator};
+use super::raw::Text;
+use super::validate::Validator;
 
 /// A whole file.
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The Redis Lua scripts against the shared test vectors (`drl-testkit/src/vectors/`), on a real
 //! `redis-server`: the same (time, hits) sequences must give the same decisions as the Rust
-//! algorithms, field for field.
+//! algorithms, field for field. (Here rather than in drl-redis: it needs drl-redis's `test-clock`
+//! feature, which the kit's tests turn on.)
 
 use drl_testkit::redis as support;
 use drl_testkit::vectors;
