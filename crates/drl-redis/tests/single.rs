@@ -140,11 +140,10 @@ async fn idle_keys_expire() {
         // One window plus one bucket, plus the script's 1 ms margin.
         assert!((1..=1_020).contains(&ttl), "PTTL {ttl}");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.cli(&["DBSIZE"]) != "0" {
-        assert!(Instant::now() < deadline, "keys did not expire");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drl_testkit::wait_within(Duration::from_secs(5), "keys did not expire", async || {
+        redis.cli(&["DBSIZE"]) == "0"
+    })
+    .await;
 }
 
 /// Each policy with the server hung (SIGSTOP) and then stopped (SIGKILL): every answer comes
@@ -282,11 +281,10 @@ async fn strict_mode_on_a_redis_without_a_replica_is_not_ready() {
     // A replica attached: ready (the replica's link comes up in a moment; poll, bounded).
     let port = master.port.to_string();
     let _replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Err(e) = store.ready().await {
-        assert!(Instant::now() < deadline, "still not ready: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drl_testkit::wait_within(Duration::from_secs(20), "still not ready", async || {
+        store.ready().await.is_ok()
+    })
+    .await;
 
     // Fast mode needs no replica.
     config.consistency = Consistency::Fast;

@@ -6,14 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use drl_core::Rules;
 use drl_proto::json::CheckResponse;
 use drl_server::node::{AdminToken, constant_time_eq};
 use drl_server::reload::{self, Reloader};
 use drl_server::{Config, Metrics, Node};
-use drl_testkit::DEADLINE;
 use drl_testkit::node::{RawResponse, TestServer};
 
 const TOKEN: &str = "s3cret-token";
@@ -84,18 +82,10 @@ async fn limit_of(server: &TestServer, user: &str) -> u32 {
 
 /// Polls until the next decision for `user` has limit `want` (bounded by [`DEADLINE`]).
 async fn wait_for_limit(server: &TestServer, user: &str, want: u32) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let got = limit_of(server, user).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "limit stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    drl_testkit::wait_until(format!("the limit to become {want}"), async || {
+        limit_of(server, user).await == want
+    })
+    .await;
 }
 
 async fn reload(server: &TestServer, headers: &[&str]) -> RawResponse {
@@ -246,18 +236,12 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
 
     // A refused file is counted and leaves the limit alone; a later good one goes in.
     replace(&path, "default: [");
-    let deadline = Instant::now() + DEADLINE;
-    while !node
-        .metrics
-        .encode()
-        .contains("drl_config_reloads_total{result=\"error\"} 1\n")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the refused file was not reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    drl_testkit::wait_until("the refused file to be reported", async || {
+        node.metrics
+            .encode()
+            .contains("drl_config_reloads_total{result=\"error\"} 1\n")
+    })
+    .await;
     assert_eq!(limit_of(&node.server, "bob").await, 7);
     replace(&path, &config(9));
     wait_for_limit(&node.server, "bob", 9).await;

@@ -41,14 +41,10 @@ async fn a_stalled_request_does_not_hold_shutdown_past_the_drain_timeout() {
         .await
         .unwrap();
     // Wait (bounded) until the server counts it in flight, so shutdown has something to drain.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !metrics.encode().contains("drl_http_requests_in_flight 1\n") {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    drl_testkit::wait_until("the stalled request to arrive", async || {
+        metrics.encode().contains("drl_http_requests_in_flight 1\n")
+    })
+    .await;
 
     let signalled = Instant::now();
     stop.send(()).unwrap();

@@ -35,13 +35,11 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// Waits until `ready` answers true, asking every 20 ms; panics with `what` after [`DEADLINE`].
-#[cfg(feature = "node")]
 pub async fn wait_until(what: impl Display, mut ready: impl AsyncFnMut() -> bool) {
     wait_within(DEADLINE, what, &mut ready).await;
 }
 
 /// [`wait_until`] with a bound of its own.
-#[cfg(feature = "node")]
 pub async fn wait_within(
     within: Duration,
     what: impl Display,
