@@ -11,8 +11,9 @@
 //! favours neither): each turn runs about `--seconds` of checks. Every round's ratio comes from two
 //! runs measured back to back; the result line gives the medians. `--series` adds drl alone on
 //! 1 000, 100 000, 1 000 000 and 10 000 000 keys (1 thread): decisions/s and the p99 of batches of
-//! 64 checks, to show how the cost grows with the key count. A `FILTER` keeps the scenarios whose
-//! name contains it (`hot_key`, `100k_keys`, `1M_keys`, `series`).
+//! 64 checks, to show how the cost grows with the key count. `--keys N` adds a comparison on N
+//! keys (`custom_keys`). A `FILTER` keeps the scenarios whose name contains it (`hot_key`,
+//! `100k_keys`, `1M_keys`, `series`).
 //!
 //! Output: a `round` line per round and a `result` line per scenario (parsed by
 //! `scripts/bench-core-report.py`, which `scripts/bench-core.sh` runs to write `docs/benchmarks.md`).
@@ -219,6 +220,8 @@ struct Options {
     rounds: usize,
     seconds: f64,
     series: bool,
+    /// An extra comparison on this many keys (`--keys N`), e.g. to see a small key set in cache.
+    keys: Option<usize>,
     filters: Vec<String>,
 }
 
@@ -228,6 +231,7 @@ impl Options {
             rounds: 3,
             seconds: 1.0,
             series: false,
+            keys: None,
             filters: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -236,6 +240,7 @@ impl Options {
                 "--rounds" => o.rounds = number(args.next(), "--rounds"),
                 "--seconds" => o.seconds = number(args.next(), "--seconds"),
                 "--series" => o.series = true,
+                "--keys" => o.keys = Some(number(args.next(), "--keys")),
                 // What `cargo bench` passes to every bench binary.
                 "--bench" => {}
                 _ if a.starts_with("--") => panic!("unknown option {a}"),
@@ -433,6 +438,12 @@ fn main() {
             continue;
         }
         let s = Scenario::new(name, count, true);
+        for threads in [1, 2] {
+            compare(&s, threads, &o);
+        }
+    }
+    if let Some(count) = o.keys {
+        let s = Scenario::new("custom_keys", count, true);
         for threads in [1, 2] {
             compare(&s, threads, &o);
         }

@@ -83,6 +83,40 @@ impl CounterKey<'_> {
         out
     }
 
+    /// Whether `encoding` is this counter's [`CounterKey::encode`], compared field by field
+    /// without building the encoding (the memory store's per-thread denial memo keeps encodings
+    /// and answers only on an exact match).
+    #[inline]
+    pub fn encodes_as(&self, encoding: &[u8]) -> bool {
+        let (head, tail) = self.header(KEY_VERSION, self.limit);
+        let Some((header, mut rest)) = encoding.split_first_chunk::<16>() else {
+            return false;
+        };
+        if header[..8] != head.to_le_bytes() || header[8..] != tail.to_le_bytes() {
+            return false;
+        }
+        for field in [self.domain.as_bytes(), self.rule] {
+            match rest.split_at_checked(field.len()) {
+                Some((bytes, after)) if bytes == field => rest = after,
+                _ => return false,
+            }
+        }
+        for value in self.values {
+            let value = value.as_bytes();
+            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+                return false;
+            };
+            if *len != len32(value).to_le_bytes() {
+                return false;
+            }
+            match after.split_at_checked(value.len()) {
+                Some((bytes, after)) if bytes == value => rest = after,
+                _ => return false,
+            }
+        }
+        rest.is_empty()
+    }
+
     /// The header as two little-endian words. Fields are at most 4 GiB (values are checked to
     /// 1 KiB before they get here; the casts only matter for a domain or rule that large).
     fn header(&self, version: u64, limit: u16) -> (u64, u64) {
@@ -351,6 +385,36 @@ mod tests {
                 siphash13_128(3, 4, &k.encode()),
                 "{a} {b}"
             );
+        }
+    }
+
+    #[test]
+    fn a_key_matches_its_own_encoding_only() {
+        let keys = [
+            key(&["a:b", "c"]),
+            key(&["a", "b:c"]),
+            key(&["", "ab"]),
+            key(&["ab"]),
+            key(&["a", "b"]),
+            CounterKey {
+                limit: 1,
+                ..key(&["a", "b"])
+            },
+            CounterKey {
+                domain: "drm",
+                ..key(&["a", "b"])
+            },
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.encodes_as(&b.encode()), a == b, "{a:?} {b:?}");
+            }
+            let encoding = a.encode();
+            for cut in 0..encoding.len() {
+                assert!(!a.encodes_as(&encoding[..cut]));
+            }
+            assert!(!a.encodes_as(&[encoding.as_slice(), b"x"].concat()));
+            assert!(!a.encodes_as(&a.group()));
         }
     }
 

@@ -2,7 +2,7 @@
 //! keep slow, silent or stalled clients from holding the node's budgets (docs/api.md, "Input
 //! limits"; SECURITY.md).
 //!
-//! Every accepted connection, HTTP or gRPC, plaintext or TLS, is served by [`serve`]:
+//! Every accepted connection, HTTP or gRPC, plaintext or TLS, is served by `serve`:
 //!
 //! - it takes a place in the [`Gate`]'s connection budget *before* its TLS handshake (a
 //!   connection over the budget is closed at once), and holds it until it is closed;

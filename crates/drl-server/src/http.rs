@@ -28,8 +28,9 @@
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
-//! [`EdgeLimits`] (headers: 431; in flight: 503 with `Retry-After`), and bodies are read up to
-//! [`EdgeLimits::max_body_bytes`] (413).
+//! [`EdgeLimits`]: headers (431), then the body, read whole up to [`EdgeLimits::max_body_bytes`] (413)
+//! within [`EdgeLimits::body_read_timeout`] (408), and only then the in-flight place (503 with
+//! `Retry-After`), so a client that stalls its body holds none.
 
 use std::sync::Arc;
 use std::time::Duration;
