@@ -33,7 +33,7 @@ pub use decision::Decision;
 pub use error::{CheckError, PolicyError, RuleError};
 pub use key::CounterKey;
 pub use limiter::{
-    Descriptor, DescriptorStatus, Limiter, LimiterBuilder, LimiterError, Outcome, Verdict,
+    Descriptor, DescriptorDecision, Limiter, LimiterBuilder, LimiterError, RequestDecision, DecidedBy,
 };
 pub use policy::{Limit, Policy, parse_duration};
 pub use rules::{Action, DescriptorRule, DomainRules, Entry, Rule, RuleLevel, Rules, Target};

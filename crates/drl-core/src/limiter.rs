@@ -253,7 +253,7 @@ impl Limiter<MemoryStore> {
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<Checked, CheckError> {
+    ) -> Result<NativeDecision, CheckError> {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
             let (target, values) = native(rules, user_id, endpoint)?;
@@ -271,7 +271,7 @@ impl Limiter<MemoryStore> {
         hits: u32,
         now: u64,
         epoch: u64,
-    ) -> Checked {
+    ) -> NativeDecision {
         if let Some(checked) = self.banned(rules, target, values[0], now) {
             return checked;
         }
@@ -339,7 +339,7 @@ impl<S: Store> Limiter<S> {
         hits: u32,
     ) -> Result<Decision, LimiterError> {
         Ok(self
-            .check_async_ruled(user_id, endpoint, hits)
+            .native_decision(user_id, endpoint, hits)
             .await?
             .decision)
     }
@@ -347,12 +347,12 @@ impl<S: Store> Limiter<S> {
     /// [`Limiter::check_async`] with what a caller may report about it: the level of the rule
     /// that decided it (what a metric can label a decision with, from the same rule lookup),
     /// and whether a ban or shadow mode answered.
-    pub async fn check_async_ruled(
+    pub async fn native_decision(
         &self,
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<Checked, LimiterError> {
+    ) -> Result<NativeDecision, LimiterError> {
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
         let (target, values) = native(&rules, user_id, endpoint)?;
@@ -383,7 +383,7 @@ impl<S: Store> Limiter<S> {
 
     /// The answer for a banned user (no counter touched), or `None`.
     #[inline]
-    fn banned(&self, rules: &Rules, target: &Target, user: &str, now: u64) -> Option<Checked> {
+    fn banned(&self, rules: &Rules, target: &Target, user: &str, now: u64) -> Option<NativeDecision> {
         let until = if rules.blocklisted(user) {
             u64::MAX
         } else {
@@ -397,7 +397,7 @@ impl<S: Store> Limiter<S> {
         };
         let left = until.saturating_sub(now);
         let decision = Decision::new(false, limit, 0, left, left);
-        let mut checked = Checked {
+        let mut checked = NativeDecision {
             level: target.level().unwrap_or(RuleLevel::Default),
             decision,
             banned: true,
@@ -420,8 +420,8 @@ impl<S: Store> Limiter<S> {
         user: &str,
         now: u64,
         decision: Decision,
-    ) -> Checked {
-        let mut checked = Checked {
+    ) -> NativeDecision {
+        let mut checked = NativeDecision {
             level: target.level().unwrap_or(RuleLevel::Default),
             decision,
             banned: false,
@@ -506,7 +506,7 @@ impl<S: Store> Limiter<S> {
         &self,
         domain: &str,
         descriptors: &[Descriptor<'_>],
-    ) -> Result<Outcome, LimiterError> {
+    ) -> Result<RequestDecision, LimiterError> {
         validate_descriptors(descriptors)?;
         if domain == NATIVE_DOMAIN {
             // The native API's identifier rules hold for its domain whichever API is used.
@@ -619,18 +619,18 @@ impl<S: Store> Limiter<S> {
         let mut statuses = Vec::with_capacity(descriptors.len());
         for (i, (d, target)) in descriptors.iter().zip(&targets).enumerate() {
             let Some(target) = target else {
-                statuses.push(DescriptorStatus::no_limit());
+                statuses.push(DescriptorDecision::no_limit());
                 continue;
             };
             let label = Some(Arc::clone(target.label()));
             let status = match target.action() {
-                Action::Unlimited => DescriptorStatus {
+                Action::Unlimited => DescriptorDecision {
                     label,
-                    verdict: Verdict::Unlimited,
+                    decided_by: DecidedBy::Unlimited,
                 },
-                Action::Deny { window } => DescriptorStatus {
+                Action::Deny { window } => DescriptorDecision {
                     label,
-                    verdict: Verdict::Limited {
+                    decided_by: DecidedBy::Limited {
                         decision: fixed_answer(target.action()),
                         window: *window,
                         shadow: target.shadow_mode(),
@@ -650,9 +650,9 @@ impl<S: Store> Limiter<S> {
                     );
                     let decided = self.inner.store.check_all(&requests).await?;
                     let at = chosen(&decided);
-                    DescriptorStatus {
+                    DescriptorDecision {
                         label,
-                        verdict: Verdict::Limited {
+                        decided_by: DecidedBy::Limited {
                             decision: decided[at],
                             window: limits[at].limit().window(),
                             shadow: true,
@@ -662,9 +662,9 @@ impl<S: Store> Limiter<S> {
                 Action::Limit(limits) => {
                     let decided = &decided[spans[i].clone()];
                     let at = chosen(decided);
-                    DescriptorStatus {
+                    DescriptorDecision {
                         label,
-                        verdict: Verdict::Limited {
+                        decided_by: DecidedBy::Limited {
                             decision: decided[at],
                             window: limits[at].limit().window(),
                             shadow: false,
@@ -674,7 +674,7 @@ impl<S: Store> Limiter<S> {
             };
             statuses.push(status);
         }
-        let mut outcome = Outcome {
+        let mut outcome = RequestDecision {
             allowed: admitted,
             statuses,
             shadow_denied: false,
@@ -710,12 +710,12 @@ impl<S: Store> Limiter<S> {
         descriptors: &[Descriptor<'_>],
         targets: &[Option<&Target>],
         now: u64,
-    ) -> Option<Outcome> {
+    ) -> Option<RequestDecision> {
         if self.inner.bans.is_empty() && !rules.has_blocklist() {
             return None;
         }
         let user_key = rules.abuse().map_or(USER_KEY, |p| p.user_key.as_str());
-        let statuses: Vec<DescriptorStatus> = descriptors
+        let statuses: Vec<DescriptorDecision> = descriptors
             .iter()
             .zip(targets)
             .map(|(d, target)| {
@@ -732,23 +732,23 @@ impl<S: Store> Limiter<S> {
                         }
                     });
                 match until {
-                    Some(until) => DescriptorStatus {
+                    Some(until) => DescriptorDecision {
                         label: target.map(|t| Arc::clone(t.label())),
-                        verdict: Verdict::Blocked {
+                        decided_by: DecidedBy::Blocked {
                             retry_after: Duration::from_nanos(until.saturating_sub(now)),
                         },
                     },
-                    None => DescriptorStatus::no_limit(),
+                    None => DescriptorDecision::no_limit(),
                 }
             })
             .collect();
         if !statuses
             .iter()
-            .any(|s| matches!(s.verdict, Verdict::Blocked { .. }))
+            .any(|s| matches!(s.decided_by, DecidedBy::Blocked { .. }))
         {
             return None;
         }
-        Some(Outcome {
+        Some(RequestDecision {
             allowed: rules.shadow_mode(),
             statuses,
             shadow_denied: rules.shadow_mode(),
@@ -944,7 +944,7 @@ pub enum AdaptiveError {
 
 /// A native decision with what a caller may report about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
+pub struct NativeDecision {
     /// The level of the rule that decided.
     pub level: RuleLevel,
     /// The answer to give (in shadow mode, an admission even when a limit or ban denied).
@@ -957,7 +957,7 @@ pub struct Checked {
     pub new_ban: Option<Ban>,
 }
 
-impl Checked {
+impl NativeDecision {
     /// Answers allowed, remembering that it would have been denied.
     fn shadow(&mut self) {
         self.shadow_denied = true;
@@ -984,27 +984,27 @@ pub struct Descriptor<'a> {
 
 /// What one descriptor was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescriptorStatus {
+pub struct DescriptorDecision {
     /// The matched rule's metric label (bounded; never a request value). `None` when no rule
     /// matched.
     pub label: Option<Arc<str>>,
-    pub verdict: Verdict,
+    pub decided_by: DecidedBy,
 }
 
-impl DescriptorStatus {
+impl DescriptorDecision {
     fn no_limit() -> Self {
         Self {
             label: None,
-            verdict: Verdict::NoLimit,
+            decided_by: DecidedBy::NoLimit,
         }
     }
 
     /// This descriptor denies the request (shadow-mode descriptors never do).
     pub fn over_limit(&self) -> bool {
         matches!(
-            self.verdict,
-            Verdict::Blocked { .. }
-                | Verdict::Limited {
+            self.decided_by,
+            DecidedBy::Blocked { .. }
+                | DecidedBy::Limited {
                     decision: Decision { allowed: false, .. },
                     shadow: false,
                     ..
@@ -1015,7 +1015,7 @@ impl DescriptorStatus {
 
 /// How a descriptor was limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum DecidedBy {
     /// No rule matched, or another matched rule replaces this one.
     NoLimit,
     /// The rule says `unlimited`.
@@ -1034,11 +1034,11 @@ pub enum Verdict {
 
 /// The answer to an Envoy-style request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct RequestDecision {
     /// Every enforced limit admitted the request, and it was counted.
     pub allowed: bool,
     /// One per descriptor, in request order.
-    pub statuses: Vec<DescriptorStatus>,
+    pub statuses: Vec<DescriptorDecision>,
     /// Global shadow mode answered allowed where a limit or ban denied.
     pub shadow_denied: bool,
     /// Users this request's denial banned.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use drl_core::abuse::AbusePolicy;
 use drl_core::{
     Algorithm, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock, Policy, Rule,
-    Rules, Verdict,
+    Rules, DecidedBy,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -181,8 +181,8 @@ fn envoy_requests_are_banned_by_their_user_entry() {
     let outcome = now(l.check_descriptors("web", &request)).expect("valid request");
     assert!(!outcome.allowed);
     assert!(matches!(
-        outcome.statuses[0].verdict,
-        Verdict::Blocked { .. }
+        outcome.statuses[0].decided_by,
+        DecidedBy::Blocked { .. }
     ));
     // The native API sees the same ban.
     assert!(l.check_ruled("bot", "/x", 1).expect("valid").banned);

@@ -141,11 +141,11 @@ impl<S: Store> Node<S> {
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<Checked, LimiterError> {
+    ) -> Result<TimedDecision, LimiterError> {
         let started = Instant::now();
         let checked = self
             .limiter
-            .check_async_ruled(user_id, endpoint, hits)
+            .native_decision(user_id, endpoint, hits)
             .await
             .inspect_err(|e| {
                 if matches!(e, LimiterError::Store(_)) {
@@ -160,7 +160,7 @@ impl<S: Store> Node<S> {
         if let Some(ban) = &checked.new_ban {
             self.share_ban(ban);
         }
-        Ok(Checked {
+        Ok(TimedDecision {
             level: checked.level,
             decision: checked.decision,
             took: started.elapsed(),
@@ -180,7 +180,7 @@ impl<S: Store> Node<S> {
 
 /// A decision with the level of the rule that made it and how long it took.
 #[derive(Debug, Clone, Copy)]
-pub struct Checked {
+pub struct TimedDecision {
     pub level: RuleLevel,
     pub decision: Decision,
     pub took: Duration,
