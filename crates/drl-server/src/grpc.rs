@@ -91,7 +91,7 @@ pub enum GrpcError {
     /// The store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// [`Limits::max_in_flight`](crate::limits::Limits::max_in_flight) requests are being
+    /// [`EdgeLimits::max_in_flight`](crate::limits::EdgeLimits::max_in_flight) requests are being
     /// answered: this one is shed.
     #[error(
         "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"

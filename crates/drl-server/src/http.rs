@@ -28,8 +28,8 @@
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
-//! [`Limits`]: headers (431), then the body, read whole up to [`Limits::max_body_bytes`] (413)
-//! within [`Limits::body_read_timeout`] (408), and only then the in-flight place (503 with
+//! [`EdgeLimits`]: headers (431), then the body, read whole up to [`EdgeLimits::max_body_bytes`] (413)
+//! within [`EdgeLimits::body_read_timeout`] (408), and only then the in-flight place (503 with
 //! `Retry-After`), so a client that stalls its body holds none.
 
 use std::sync::Arc;
@@ -63,7 +63,7 @@ use drl_proto::json::{
     ReloadResponse, checked_hits,
 };
 
-/// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
+/// Largest accepted request body by default ([`EdgeLimits::max_body_bytes`]). A check is a few
 /// hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
@@ -118,10 +118,10 @@ async fn count_in_flight(
 }
 
 /// The header, body and in-flight limits, before anything else: a request whose headers are
-/// above [`Limits::max_header_bytes`] is answered 431; its body is then read whole (413 above
-/// [`Limits::max_body_bytes`], 408 past [`Limits::body_read_timeout`]), and only then does it
+/// above [`EdgeLimits::max_header_bytes`] is answered 431; its body is then read whole (413 above
+/// [`EdgeLimits::max_body_bytes`], 408 past [`EdgeLimits::body_read_timeout`]), and only then does it
 /// take an in-flight place, so a client that stalls its body holds none: one arriving while
-/// [`Limits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
+/// [`EdgeLimits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
 /// metrics routes excepted, so a saturated node still reports). The place is held until the
 /// response is made.
 async fn enforce_limits(
@@ -164,15 +164,15 @@ pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("unsupported content type {0}: send the body as application/json")]
     ContentType(String),
-    /// The body is above [`Limits::max_body_bytes`].
+    /// The body is above [`EdgeLimits::max_body_bytes`].
     #[error("request body is larger than {0} bytes, the maximum (max_body_bytes)")]
     BodyTooLarge(usize),
-    /// The headers are above [`Limits::max_header_bytes`].
+    /// The headers are above [`EdgeLimits::max_header_bytes`].
     #[error(
         "request headers are {size} bytes (names and values); the maximum is {max} bytes (max_header_bytes)"
     )]
     HeadersTooLarge { size: usize, max: usize },
-    /// [`Limits::max_in_flight`] requests are being answered: this one is shed.
+    /// [`EdgeLimits::max_in_flight`] requests are being answered: this one is shed.
     #[error(
         "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
     )]
@@ -180,7 +180,7 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("cannot read the request body: {0}")]
     BodyUnreadable(String),
-    /// The body was not all in within [`Limits::body_read_timeout`] of the request's head.
+    /// The body was not all in within [`EdgeLimits::body_read_timeout`] of the request's head.
     #[error("the request body was not received within {0:?} (body_read_timeout); send it at once")]
     BodyTimeout(Duration),
     /// A JSON array where the check object should be.

@@ -9,7 +9,7 @@ use drl_core::limiter::LimiterError;
 use drl_core::{Decision, Limiter, RuleLevel, Store};
 
 use crate::coordination::Coordination;
-use crate::limits::{Gate, Limits};
+use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::tls::ServerTls;
@@ -63,7 +63,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Enforces `limits` (both APIs of the node share its budgets).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
+    pub fn with_limits(mut self, limits: EdgeLimits) -> Self {
         self.gate = Arc::new(Gate::new(limits));
         self
     }
@@ -167,7 +167,7 @@ impl<S: Store> Node<S> {
         })
     }
 
-    /// [`Limits::max_body_bytes`].
+    /// [`EdgeLimits::max_body_bytes`].
     pub(crate) fn max_body(&self) -> usize {
         self.gate.limits().max_body_bytes
     }

@@ -15,7 +15,7 @@ use drl_redis::shared::SharedState;
 use tokio::net::TcpListener;
 
 use crate::coordination::Coordination;
-use crate::limits::Limits;
+use crate::limits::EdgeLimits;
 use crate::metrics::Metrics;
 use crate::node::{AdminToken, Node};
 use crate::reload::{self, Reloader};
@@ -28,7 +28,7 @@ pub struct Settings {
     /// The config file or directory; `None` runs the built-in rules on the memory store.
     pub config: Option<PathBuf>,
     /// The edge's input limits and budgets.
-    pub limits: Limits,
+    pub limits: EdgeLimits,
     /// Enables the admin routes.
     pub admin_token: Option<AdminToken>,
 }
@@ -101,7 +101,7 @@ struct Wiring<'a> {
     /// The file of `config` that held the native part, if any (see `Config::native_file`).
     native_file: Option<String>,
     tls: Option<Arc<ServerTls>>,
-    limits: Limits,
+    limits: EdgeLimits,
     admin_token: Option<AdminToken>,
 }
 

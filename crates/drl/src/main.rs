@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Target};
 use drl_client::DEFAULT_SERVER;
-use drl_server::limits::{self, Limits};
+use drl_server::limits::{self, EdgeLimits};
 use drl_server::{AdminToken, Config, Listeners, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -55,7 +55,7 @@ struct LimitArgs {
     max_streams: u32,
 }
 
-impl From<LimitArgs> for Limits {
+impl From<LimitArgs> for EdgeLimits {
     fn from(a: LimitArgs) -> Self {
         Self {
             max_body_bytes: a.max_body_bytes,
@@ -350,7 +350,7 @@ async fn serve(
     config: Option<&Path>,
     http_addr: &str,
     grpc_addr: &str,
-    limits: Limits,
+    limits: EdgeLimits,
 ) -> anyhow::Result<()> {
     allocator::return_freed_memory();
     let admin_token = std::env::var(AdminToken::ENV)
