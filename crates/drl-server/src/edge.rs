@@ -363,7 +363,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 pub struct TimedBody {
     body: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// When the head was received.
+    started: Instant,
+    /// Armed the first time the body is waited for: a body already in (the common case)
+    /// costs no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for TimedBody {
@@ -379,7 +383,8 @@ impl TimedBody {
         Self {
             body,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            started: Instant::now(),
+            deadline: None,
         }
     }
 }
@@ -395,7 +400,11 @@ impl Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        match self.deadline.as_mut().poll(cx) {
+        let at = self.started + self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout))))),
             Poll::Pending => Poll::Pending,
         }
