@@ -33,7 +33,8 @@ pub use decision::Decision;
 pub use error::{CheckError, PolicyError, RuleError};
 pub use key::CounterKey;
 pub use limiter::{
-    Descriptor, DescriptorDecision, Limiter, LimiterBuilder, LimiterError, RequestDecision, DecidedBy,
+    DecidedBy, Descriptor, DescriptorDecision, Limiter, LimiterBuilder, LimiterError,
+    RequestDecision,
 };
 pub use policy::{Limit, Policy, parse_duration};
 pub use rules::{Action, DescriptorRule, DomainRules, Entry, Rule, RuleLevel, Rules, Target};

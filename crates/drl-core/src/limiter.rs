@@ -383,7 +383,13 @@ impl<S: Store> Limiter<S> {
 
     /// The answer for a banned user (no counter touched), or `None`.
     #[inline]
-    fn banned(&self, rules: &Rules, target: &Target, user: &str, now: u64) -> Option<NativeDecision> {
+    fn banned(
+        &self,
+        rules: &Rules,
+        target: &Target,
+        user: &str,
+        now: u64,
+    ) -> Option<NativeDecision> {
         let until = if rules.blocklisted(user) {
             u64::MAX
         } else {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use drl_core::abuse::AbusePolicy;
 use drl_core::{
-    Algorithm, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock, Policy, Rule,
-    Rules, DecidedBy,
+    Algorithm, DecidedBy, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock,
+    Policy, Rule, Rules,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drl_core::{
-    Action, Algorithm, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock,
-    Policy, Rule, Rules, DecidedBy,
+    Action, Algorithm, DecidedBy, Descriptor, DescriptorRule, DomainRules, Entry, Limiter,
+    ManualClock, Policy, Rule, Rules,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use drl_core::limiter::{LimiterError, RequestDecision, DecidedBy};
+use drl_core::limiter::{DecidedBy, LimiterError, RequestDecision};
 use drl_core::{Algorithm, Descriptor, Entry, Limit, Policy, Store};
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use rls::rate_limit_response::rate_limit::Unit;
