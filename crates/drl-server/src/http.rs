@@ -25,6 +25,11 @@
 //!     when there is none).
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
+//! [`router`] serves all of these on one listener. When the admin API has a listener of its own
+//! (`--admin-addr`), that one serves [`admin_router`] (the status page, `/metrics`, health and
+//! the admin routes) and the public one [`public_router`] (the checks and health), where the
+//! status page, `/metrics` and the admin routes answer 404.
+//!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
@@ -67,32 +72,67 @@ use drl_proto::json::{
 /// hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
-/// The routes of a node.
+/// The routes of a node on one listener: the decision API, health, and the admin API (the
+/// status page, `/metrics` and the admin routes).
 pub fn router<S: Store>(state: impl Into<Node<S>>) -> Router {
     let state = state.into();
-    let routes = Router::new()
-        .route("/", get(crate::status::page))
+    let routes = decision_routes()
+        .merge(health_routes())
+        .merge(admin_routes(&state));
+    finish(routes, state)
+}
+
+/// The routes of the public listener when the admin API has its own ([`admin_router`]): the
+/// decision API and health; the admin API's routes answer 404 here.
+pub fn public_router<S: Store>(state: impl Into<Node<S>>) -> Router {
+    let state = state.into();
+    finish(decision_routes().merge(health_routes()), state)
+}
+
+/// The routes of the admin listener: the status page, `/metrics`, health and, with a token, the
+/// admin routes; a check answers 404 here.
+pub fn admin_router<S: Store>(state: impl Into<Node<S>>) -> Router {
+    let state = state.into();
+    let routes = health_routes().merge(admin_routes(&state));
+    finish(routes, state)
+}
+
+fn decision_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
+}
+
+fn health_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
+}
+
+/// The status page and `/metrics`, and the admin routes if `state` has a token.
+fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
+    let routes = Router::new()
+        .route("/", get(crate::status::page))
         .route("/metrics", get(metrics_text::<S>));
     // Without a token the admin routes do not exist: not even a 405 with `Allow:` for a wrong
     // method may show that they would.
-    let routes = if state.admin_token.is_some() {
-        routes
-            .route("/v1/config", get(show_config::<S>))
-            .route("/v1/config/reload", post(reload_config::<S>))
-            .route("/v1/blocks", get(list_blocks::<S>))
-            .route("/v1/load", post(report_load::<S>))
-            .route("/v1/offenders", get(list_offenders::<S>))
-            .route(
-                "/v1/blocks/{user_id}",
-                put(put_block::<S>).delete(delete_block::<S>),
-            )
-    } else {
-        routes
-    };
+    if state.admin_token.is_none() {
+        return routes;
+    }
+    routes
+        .route("/v1/config", get(show_config::<S>))
+        .route("/v1/config/reload", post(reload_config::<S>))
+        .route("/v1/blocks", get(list_blocks::<S>))
+        .route("/v1/load", post(report_load::<S>))
+        .route("/v1/offenders", get(list_offenders::<S>))
+        .route(
+            "/v1/blocks/{user_id}",
+            put(put_block::<S>).delete(delete_block::<S>),
+        )
+}
+
+/// `routes` with the fallbacks and the edge's limits, over `state`.
+fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

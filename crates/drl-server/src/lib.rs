@@ -44,7 +44,6 @@ mod status;
 pub mod tls;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use drl_core::Store;
@@ -66,18 +65,23 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    let (tls, gate, metrics) = (
-        node.tls.clone(),
-        Arc::clone(&node.gate),
-        Arc::clone(&node.metrics),
-    );
+    serve_routes(listener, node.clone(), http::router(node), shutdown).await
+}
+
+/// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does.
+async fn serve_routes<S: Store>(
+    listener: TcpListener,
+    node: Node<S>,
+    routes: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     edge::serve(
         listener,
-        tls,
+        node.tls,
         tls::Api::Http,
-        gate,
-        metrics,
-        http::router(node),
+        node.gate,
+        node.metrics,
+        routes,
         shutdown,
     )
     .await
@@ -108,14 +112,50 @@ pub async fn serve_all_draining<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http,
+        grpc,
+        admin: None,
+    };
+    serve_listeners(listeners, node, shutdown, drain).await
+}
+
+/// [`serve_all_draining`] on `listeners`: with [`Listeners::admin`], the admin API (the status
+/// page, `/metrics` and the admin routes) is served there ([`http::admin_router`]) and answers
+/// 404 on the HTTP listener ([`http::public_router`]). The admin listener stops and drains with
+/// the others, and its failure stops them too.
+pub async fn serve_listeners<S: Store>(
+    listeners: Listeners,
+    node: impl Into<Node<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let Listeners { http, grpc, admin } = listeners;
     let node = node.into();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Completes once `stop` says so (or is gone).
     let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&stop| stop).await;
     };
+    let (public_routes, admin_server) = match admin {
+        Some(admin) => (
+            http::public_router(node.clone()),
+            Some(serve_routes(
+                admin,
+                node.clone(),
+                http::admin_router(node.clone()),
+                stop_signal(stopped.clone()),
+            )),
+        ),
+        None => (http::router(node.clone()), None),
+    };
     let ticker_node = node.clone();
-    let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
+    let http_server = serve_routes(
+        http,
+        node.clone(),
+        public_routes,
+        stop_signal(stopped.clone()),
+    );
     let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));
     let trigger = async {
         let mut stopped = stop.subscribe();
@@ -126,11 +166,18 @@ pub async fn serve_all_draining<S: Store>(
         stop.send_replace(true);
     };
     let servers = async {
-        let (http, grpc) = tokio::join!(
+        let admin_server = async {
+            match admin_server {
+                Some(server) => stop_after(server, &stop).await,
+                None => Ok(()),
+            }
+        };
+        let (http, grpc, admin) = tokio::join!(
             stop_after(http_server, &stop),
-            stop_after(grpc_server, &stop)
+            stop_after(grpc_server, &stop),
+            admin_server
         );
-        http.and(grpc)
+        http.and(grpc).and(admin)
     };
     let housekeeping = tokio::spawn(housekeeping(ticker_node, stopped.clone()));
     let deadline = async {

@@ -33,11 +33,16 @@ pub struct Settings {
     pub admin_token: Option<AdminToken>,
 }
 
-/// The bound listeners of both APIs.
+/// The bound listeners of a node.
 #[derive(Debug)]
 pub struct Listeners {
+    /// The HTTP API: checks and health, and the admin API unless `admin` is set.
     pub http: TcpListener,
+    /// The gRPC API.
     pub grpc: TcpListener,
+    /// The admin API on its own listener (`--admin-addr`): the status page, `/metrics`, health
+    /// and the admin routes, which then answer 404 on `http`.
+    pub admin: Option<TcpListener>,
 }
 
 /// Runs a node with `settings` on `listeners` until `shutdown` completes, then drains it.
@@ -153,9 +158,11 @@ async fn run_node<S: Store>(
         #[cfg(unix)]
         triggers.push(reload::ignore_sighup().context("cannot listen for SIGHUP")?);
     }
-    let Listeners { http, grpc } = listeners;
-    tracing::info!("listening on {scheme}://{}", http.local_addr()?);
-    tracing::info!("gRPC listening on {}", grpc.local_addr()?);
+    tracing::info!("listening on {scheme}://{}", listeners.http.local_addr()?);
+    tracing::info!("gRPC listening on {}", listeners.grpc.local_addr()?);
+    if let Some(admin) = &listeners.admin {
+        tracing::info!("admin listening on {scheme}://{}", admin.local_addr()?);
+    }
     if let Some(tls) = &tls {
         tracing::info!(
             "TLS on both APIs with {}{}",
@@ -167,7 +174,7 @@ async fn run_node<S: Store>(
             }
         );
     }
-    crate::serve_all(http, grpc, node, shutdown).await?;
+    crate::serve_listeners(listeners, node, shutdown, crate::DRAIN_TIMEOUT).await?;
     drop(triggers);
     tracing::info!("stopped");
     Ok(())

@@ -32,9 +32,17 @@ async fn a_node_runs_in_process_from_its_config_and_stops_on_shutdown() {
         config: Some(config),
         ..Settings::default()
     };
-    let node = tokio::spawn(drl_server::run(settings, Listeners { http, grpc }, async {
-        let _ = stopped.await;
-    }));
+    let node = tokio::spawn(drl_server::run(
+        settings,
+        Listeners {
+            http,
+            grpc,
+            admin: None,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let client = Client::new(&url).unwrap();
     let answers: Vec<bool> = [
@@ -63,8 +71,16 @@ async fn a_config_that_does_not_load_is_an_error() {
         config: Some(config),
         ..Settings::default()
     };
-    let e = drl_server::run(settings, Listeners { http, grpc }, std::future::pending())
-        .await
-        .unwrap_err();
+    let e = drl_server::run(
+        settings,
+        Listeners {
+            http,
+            grpc,
+            admin: None,
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("drl.yaml:1:"), "{e:#}");
 }

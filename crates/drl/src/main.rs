@@ -121,6 +121,11 @@ enum Command {
         /// grpc.health.v1.Health (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
         grpc_addr: String,
+        /// Serve the admin API (the status page, /metrics and the admin routes) on this
+        /// address of its own instead of the HTTP API's, where it then answers 404 (host:port;
+        /// e.g. 127.0.0.1:9090 to keep it on the machine). Over TLS when the HTTP API is.
+        #[arg(long, env = "DRL_ADMIN_ADDR", value_name = "ADDR")]
+        admin_addr: Option<String>,
         /// Log lines as text or as one JSON object per line.
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -248,15 +253,23 @@ async fn main() -> ExitCode {
             config,
             http_addr,
             grpc_addr,
+            admin_addr,
             limits,
             ..
-        } => match serve(config.as_deref(), &http_addr, &grpc_addr, limits.into()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("drl serve: {e:#}");
-                ExitCode::FAILURE
+        } => {
+            let addrs = Addrs {
+                http: &http_addr,
+                grpc: &grpc_addr,
+                admin: admin_addr.as_deref(),
+            };
+            match serve(config.as_deref(), addrs, limits.into()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drl serve: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Check {
             server,
             user_id,
@@ -345,13 +358,16 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// `drl serve`: binds both listeners, then runs the node on them until a shutdown signal.
-async fn serve(
-    config: Option<&Path>,
-    http_addr: &str,
-    grpc_addr: &str,
-    limits: EdgeLimits,
-) -> anyhow::Result<()> {
+/// The addresses `drl serve` listens on.
+#[derive(Debug, Clone, Copy)]
+struct Addrs<'a> {
+    http: &'a str,
+    grpc: &'a str,
+    admin: Option<&'a str>,
+}
+
+/// `drl serve`: binds the listeners, then runs the node on them until a shutdown signal.
+async fn serve(config: Option<&Path>, addrs: Addrs<'_>, limits: EdgeLimits) -> anyhow::Result<()> {
     allocator::return_freed_memory();
     let admin_token = std::env::var(AdminToken::ENV)
         .ok()
@@ -362,18 +378,24 @@ async fn serve(
     // Installed before the node says it listens, so that a SIGTERM sent as soon as it does is
     // a graceful stop, never the default action.
     let shutdown = drl_server::shutdown_signal();
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {http_addr}"))?;
-    let grpc = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {grpc_addr}"))?;
+    let http = bind(addrs.http).await?;
+    let grpc = bind(addrs.grpc).await?;
+    let admin = match addrs.admin {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let settings = Settings {
         config: config.map(Path::to_path_buf),
         limits,
         admin_token,
     };
-    drl_server::run(settings, Listeners { http, grpc }, shutdown).await
+    drl_server::run(settings, Listeners { http, grpc, admin }, shutdown).await
+}
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn validate(file: &Path) -> ExitCode {

@@ -1,6 +1,6 @@
 //! The built `drl` binary end to end: `serve` on a free port, `check` against it, `config
 //! validate`, a graceful stop on SIGTERM, reloads (file change, SIGHUP, admin route with the
-//! token from the environment), JSON logs, and transparent huge pages turned off for the node.
+//! token from the environment), the admin API on its own address, JSON logs, and transparent huge pages turned off for the node.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
@@ -334,6 +334,34 @@ fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
     assert_eq!(status("Bearer wrong"), 401);
     // SIGINT stops it as cleanly as SIGTERM, watcher and SIGHUP tasks included.
     let status = node.stop_with("-INT");
+    assert!(status.success(), "{status:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_admin_api_moves_to_the_admin_address_from_the_environment() {
+    let config = write_file("admin-addr.yaml", "default:\n  limit: 3\n  window: 1h\n");
+    let node = DrlProcess::start_with(
+        DRL,
+        &config,
+        &[],
+        &[
+            ("DRL_ADMIN_TOKEN", "t0ken"),
+            ("DRL_ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let line = node.wait_for_log("admin listening on ");
+    let (_, rest) = line.split_once("admin listening on ").unwrap();
+    let admin = rest.split_whitespace().next().unwrap();
+    assert_ne!(admin, node.url);
+    // The admin route answers there with the token, 401 without; 404 on the HTTP address.
+    assert_eq!(reload_status(admin, "Bearer t0ken"), 200);
+    node.wait_for_log("reloaded: version 2");
+    assert_eq!(reload_status(admin, "Bearer wrong"), 401);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let (code, out) = node.check("alice", "/a");
+    assert_eq!(code, Some(0), "{out}");
+    let status = node.terminate();
     assert!(status.success(), "{status:?}");
 }
 
