@@ -7,10 +7,14 @@
 //! - [`clock`]: the time source, injectable so tests never sleep.
 //! - [`store`]: the [`Store`] trait and the lock-free [`MemoryStore`].
 //! - [`limiter`]: the [`Limiter`] handle that ties them together:
-//!   `limiter.check_and_increment("alice", "/api/search")`.
+//!   `limiter.check_and_increment("alice", "/api/search")`; the native check and the descriptor
+//!   check of Envoy's API, each with its decision type.
+//! - [`abuse`]: bans of users who keep hitting their limits, blocks and the blocklist.
+//! - [`adaptive`]: load-adaptive limits, scaled by each backend's reported load.
+//! - [`decision`], [`error`]: what a check answers, and the errors of every part.
 //!
-//! The guarantee of the default algorithm (docs/design.md, "The guarantee first"): no interval of length T ever holds more
-//! than N admitted requests for one key, under any concurrency.
+//! The guarantee of the default algorithm (docs/design.md, "The guarantee first"): no interval of
+//! length T ever holds more than N admitted requests for one key, under any concurrency.
 
 pub mod abuse;
 pub mod adaptive;

@@ -22,13 +22,16 @@ use crate::config::{Consistency, OnError, RedisConfig};
 use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
-use crate::follow::{FOLLOW_EVERY, Follower, REFRESH_EVERY};
+use crate::follow::Follower;
 use crate::keys::{RedisKey, SLOTS, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all};
 use crate::topology::SlotMap;
 
 mod batch;
+mod health;
+
 use batch::{Batcher, Job, Work};
+use health::{follow_soon, follower, prober, replicas_attached};
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -649,90 +652,10 @@ impl Inner {
     }
 }
 
-/// The number of replicas a master's `ROLE` reply lists (`None` for a reply that is not a
-/// master's, e.g. a replica answering during a failover: not a reason to call the node unready).
-fn replicas_attached(role: &Value) -> Option<usize> {
-    let Value::Array(parts) = role else {
-        return None;
-    };
-    let is_master = match parts.first() {
-        Some(Value::BulkString(name)) => name.as_slice() == b"master",
-        Some(Value::SimpleString(name)) => name == "master",
-        _ => false,
-    };
-    match parts.get(2) {
-        Some(Value::Array(replicas)) if is_master => Some(replicas.len()),
-        _ => None,
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Retries failing slots in the background: PINGs each one's master (the one instance, in
-/// single mode) every [`PROBE_EVERY`], bounded by the timeout, and clears the slots that answer.
-/// Stops when no slot is failing, or when the store is dropped.
-async fn prober(store: std::sync::Weak<Inner>) {
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        let Some(inner) = store.upgrade() else { return };
-        let slots: Vec<u16> = lock(&inner.down)
-            .iter()
-            .copied()
-            .take(PROBES_PER_ROUND)
-            .collect();
-        if slots.is_empty() {
-            inner.probing.store(false, Ordering::SeqCst);
-            // A slot marked in between found `probing` still set; take the job back.
-            if lock(&inner.down).is_empty() || inner.probing.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            continue;
-        }
-        for slot in slots {
-            let ping = async {
-                let mut conn = inner.connector.get().await?;
-                conn.ping(slot).await
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(inner.timeout, ping).await {
-                inner.failing[usize::from(slot)].store(0, Ordering::Relaxed);
-                lock(&inner.down).remove(&slot);
-            } else {
-                follow_soon(&inner);
-            }
-        }
-    }
-}
-
-/// Asks the cluster for its map soon, in the background (cluster only; at most every
-/// [`crate::follow::REFRESH_EVERY`]): an error or a timeout may mean that the connection sends a
-/// slot to a hung master the cluster has replaced.
-fn follow_soon(inner: &Arc<Inner>) {
-    if inner.cluster && inner.follower.claim() {
-        let inner = Arc::clone(inner);
-        tokio::spawn(async move {
-            inner.follow_now().await;
-        });
-    }
-}
-
-/// Refreshes the cluster's map every [`FOLLOW_EVERY`] until the store is dropped, so the node
-/// follows a failover even when no check fails; every [`REFRESH_EVERY`] while slots are failing
-/// (their checks are answered by `on_error` without trying Redis, so they ask for nothing).
-async fn follower(store: std::sync::Weak<Inner>) {
-    let mut last = Instant::now();
-    loop {
-        tokio::time::sleep(REFRESH_EVERY).await;
-        let Some(inner) = store.upgrade() else { return };
-        let due = last.elapsed() >= FOLLOW_EVERY || !lock(&inner.down).is_empty();
-        if due && inner.follower.claim() {
-            last = Instant::now();
-            inner.follow_now().await;
-        }
-    }
 }
 
 /// One distinct counter of a `check_all`.

@@ -4,11 +4,11 @@
 # random keys, one call in flight per client. Each algorithm's single-check script, and the
 # sliding window through the many-checks call (16 checks per call, per-master batching's unit).
 #
-#   scripts/bench-redis-scripts.sh [--quick] [--rounds R] [--cluster-port PORT] [--out DIR]
+#   scripts/bench/redis-scripts.sh [--quick] [--rounds R] [--cluster-port PORT] [--out DIR]
 #
 # Targets: a single redis-server, and a Redis Cluster of 3 masters with 1 replica each
 # (scripts/redis-cluster.sh). Both are started here on free loopback ports and stopped on exit,
-# unless --cluster-port names a running cluster to use (scripts/bench.sh passes its own).
+# unless --cluster-port names a running cluster to use (scripts/bench.sh redis passes its own).
 # Every run starts from empty masters (FLUSHALL). Per round the scripts run one after another on
 # the same target, the two targets alternate; the table gives medians over the rounds (default
 # 3): calls/s, decisions/s, Redis CPU per decision (INFO cpu used_cpu_sys + used_cpu_user of
@@ -16,7 +16,7 @@
 # replica), and each figure's ratio to the sorted-set log's in the same round (median of the
 # per-round ratios). Raw rows go to DIR/scripts.tsv (default target/bench-scripts).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 quick=0
 rounds=3
