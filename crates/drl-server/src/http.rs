@@ -26,9 +26,9 @@
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
 //! [`router`] serves all of these on one listener. When the admin API has a listener of its own
-//! (`--admin-addr`), that one serves [`admin_router`] (the status page, `/metrics`, health and
-//! the admin routes) and the public one [`public_router`] (the checks and health), where the
-//! status page, `/metrics` and the admin routes answer 404.
+//! (`--admin-addr`), that one serves the status page, `/metrics`, health and the admin routes
+//! (`admin_router`), and the public one the checks and health (`public_router`): there the status
+//! page, `/metrics` and the admin routes answer 404.
 //!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
@@ -79,22 +79,23 @@ pub fn router<S: Store>(state: impl Into<Node<S>>) -> Router {
     let routes = decision_routes()
         .merge(health_routes())
         .merge(admin_routes(&state));
-    finish(routes, state)
+    let gate = Arc::clone(&state.gate);
+    finish(routes, state, gate)
 }
 
 /// The routes of the public listener when the admin API has its own ([`admin_router`]): the
 /// decision API and health; the admin API's routes answer 404 here.
-pub fn public_router<S: Store>(state: impl Into<Node<S>>) -> Router {
-    let state = state.into();
-    finish(decision_routes().merge(health_routes()), state)
+pub(crate) fn public_router<S: Store>(state: Node<S>) -> Router {
+    let gate = Arc::clone(&state.gate);
+    finish(decision_routes().merge(health_routes()), state, gate)
 }
 
 /// The routes of the admin listener: the status page, `/metrics`, health and, with a token, the
-/// admin routes; a check answers 404 here.
-pub fn admin_router<S: Store>(state: impl Into<Node<S>>) -> Router {
-    let state = state.into();
+/// admin routes; a check answers 404 here. Its requests take their in-flight places in `gate`,
+/// the admin listener's own, so that a flood of the public listeners cannot shed them.
+pub(crate) fn admin_router<S: Store>(state: Node<S>, gate: Arc<Gate>) -> Router {
     let routes = health_routes().merge(admin_routes(&state));
-    finish(routes, state)
+    finish(routes, state, gate)
 }
 
 fn decision_routes<S: Store>() -> Router<Node<S>> {
@@ -131,13 +132,14 @@ fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
         )
 }
 
-/// `routes` with the fallbacks and the edge's limits, over `state`.
-fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>) -> Router {
+/// `routes` with the fallbacks and the edge's limits (requests in flight counted in `gate`),
+/// over `state`.
+fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>, gate: Arc<Gate>) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            (Arc::clone(&state.gate), Arc::clone(&state.metrics)),
+            (gate, Arc::clone(&state.metrics)),
             enforce_limits,
         ))
         .layer(middleware::from_fn_with_state(
@@ -327,7 +329,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Self::Overloaded(_)) {
+        if matches!(self, Self::Overloaded(_) | Self::Store(_)) {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

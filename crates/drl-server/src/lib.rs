@@ -44,9 +44,11 @@ mod status;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drl_core::Store;
+use limits::Gate;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
@@ -65,21 +67,24 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    serve_routes(listener, node.clone(), http::router(node), shutdown).await
+    let gate = Arc::clone(&node.gate);
+    serve_routes(listener, node.clone(), http::router(node), gate, shutdown).await
 }
 
-/// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does.
+/// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does, its connections
+/// counted in `gate`.
 async fn serve_routes<S: Store>(
     listener: TcpListener,
     node: Node<S>,
     routes: axum::Router,
+    gate: Arc<Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     edge::serve(
         listener,
         node.tls,
         tls::Api::Http,
-        node.gate,
+        gate,
         node.metrics,
         routes,
         shutdown,
@@ -121,9 +126,10 @@ pub async fn serve_all_draining<S: Store>(
 }
 
 /// [`serve_all_draining`] on `listeners`: with [`Listeners::admin`], the admin API (the status
-/// page, `/metrics` and the admin routes) is served there ([`http::admin_router`]) and answers
-/// 404 on the HTTP listener ([`http::public_router`]). The admin listener stops and drains with
-/// the others, and its failure stops them too.
+/// page, `/metrics` and the admin routes, and health) is served there and answers 404 on the
+/// HTTP listener. The admin listener has budgets of its own (connections, requests in flight)
+/// with the node's limits, so that a flood of the public listeners cannot shed the operator's
+/// requests. It stops and drains with the others, and its failure stops them too.
 pub async fn serve_listeners<S: Store>(
     listeners: Listeners,
     node: impl Into<Node<S>>,
@@ -138,15 +144,20 @@ pub async fn serve_listeners<S: Store>(
         let _ = stopped.wait_for(|&stop| stop).await;
     };
     let (public_routes, admin_server) = match admin {
-        Some(admin) => (
-            http::public_router(node.clone()),
-            Some(serve_routes(
+        Some(admin) => {
+            // Budgets of its own, with the same limits: a flood of the public listeners
+            // cannot lock the operator out.
+            let gate = Arc::new(Gate::new(*node.gate.limits()));
+            let routes = http::admin_router(node.clone(), Arc::clone(&gate));
+            let server = serve_routes(
                 admin,
                 node.clone(),
-                http::admin_router(node.clone()),
+                routes,
+                gate,
                 stop_signal(stopped.clone()),
-            )),
-        ),
+            );
+            (http::public_router(node.clone()), Some(server))
+        }
         None => (http::router(node.clone()), None),
     };
     let ticker_node = node.clone();
@@ -154,6 +165,7 @@ pub async fn serve_listeners<S: Store>(
         http,
         node.clone(),
         public_routes,
+        Arc::clone(&node.gate),
         stop_signal(stopped.clone()),
     );
     let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));

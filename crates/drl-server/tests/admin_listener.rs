@@ -1,15 +1,20 @@
 //! The admin API's two layouts, over real loopback sockets: on the HTTP listener (no admin
-//! listener), and on a listener of its own, where it answers with the token (401 without) and
-//! the HTTP listener answers its routes 404.
+//! listener), and on a listener of its own, where it answers with the token (401 without), the
+//! HTTP listener answers its routes 404, and a full public connection cap does not lock it out.
 
 #![allow(clippy::unwrap_used)] // Test code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use drl_core::{Limiter, Rules};
+use drl_server::limits::EdgeLimits;
 use drl_server::{AdminToken, Config, Metrics, Node};
 use drl_testkit::node::{RawResponse, TestNode, request};
+use drl_testkit::{DEADLINE, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const AUTH: &str = "authorization: Bearer s3cret-token";
 
@@ -156,5 +161,34 @@ async fn without_a_token_the_admin_listener_serves_only_the_status_page_and_metr
         let r = call(admin, method, path, true, "").await;
         assert_eq!(r.status, 404, "{method} {path}");
     }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_listener_answers_while_silent_connections_fill_the_public_cap() {
+    let limits = EdgeLimits {
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(30),
+        ..EdgeLimits::default()
+    };
+    let node = node().with_limits(limits);
+    let gate = Arc::clone(&node.gate);
+    let node = TestNode::start_with_admin(node).await;
+    let _silent = TcpStream::connect(node.http).await.unwrap();
+    wait_until("the silent connection fills the cap", async || {
+        gate.connections() == 1
+    })
+    .await;
+    // The HTTP listener closes a new connection at once, unanswered...
+    let mut refused = TcpStream::connect(node.http).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, refused.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{answer:?}");
+    // ...and the admin listener, with budgets of its own, still answers.
+    let r = call(node.admin.unwrap(), "GET", "/v1/config", true, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
     node.stop().await;
 }

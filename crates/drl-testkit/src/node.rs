@@ -157,7 +157,8 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(raw: &[u8]) -> Self {
+    /// Parses a whole response as read until the server closed.
+    pub fn parse(raw: &[u8]) -> Self {
         let text = String::from_utf8(raw.to_vec()).expect("UTF-8 response");
         let (head, body) = text.split_once("\r\n\r\n").expect("complete response");
         let mut lines = head.split("\r\n");
