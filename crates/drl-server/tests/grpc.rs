@@ -305,6 +305,10 @@ async fn envoy_request_is_all_or_nothing_across_descriptors() {
     assert_eq!(response.statuses.len(), 2);
     assert_eq!(response.statuses[0].code(), EnvoyCode::Ok);
     assert_eq!(response.statuses[1].code(), EnvoyCode::OverLimit);
+    assert_eq!(
+        response.statuses[0].limit_remaining, 3,
+        "bob's status says his true remainder: he was not counted"
+    );
     assert_eq!(server.remaining("bob", "/a"), 3, "bob is not counted");
     assert_eq!(server.remaining("alice", "/a"), 1, "alice is not counted");
 
