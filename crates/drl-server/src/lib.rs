@@ -17,7 +17,6 @@
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - `status`: the status page at `GET /`, reading the other routes from the browser.
-//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
 //! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
 //! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
@@ -26,7 +25,6 @@
 //! sockets.
 
 pub mod config;
-pub mod coordination;
 pub mod edge;
 mod envoy;
 

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use drl_core::limiter::LimiterError;
 use drl_core::{Decision, Limiter, RuleLevel, Store};
 
-use crate::coordination::Coordination;
 use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::tls::ServerTls;
+use drl_redis::shared::Coordination;
 
 /// A node: the limiter, the metrics, and what the APIs share around them (the reloader and the
 /// admin token of the admin routes, the shared state of the Redis store, TLS, the edge's

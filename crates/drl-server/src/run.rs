@@ -14,13 +14,13 @@ use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
 use tokio::net::TcpListener;
 
-use crate::coordination::Coordination;
 use crate::limits::EdgeLimits;
 use crate::metrics::Metrics;
 use crate::node::{AdminToken, Node};
 use crate::reload::{self, Reloader};
 use crate::tls::{self, ServerTls};
 use crate::{Config, StoreConfig};
+use drl_redis::shared::Coordination;
 
 /// What a node is started with.
 #[derive(Debug, Default)]

@@ -177,12 +177,25 @@ impl<S: Store> Limiter<S> {
                     }
                 }
                 Action::Limit(limits) => {
-                    let decided = &decided[spans[i].clone()];
-                    let at = chosen(decided);
+                    let span = spans[i].clone();
+                    let at = chosen(&decided[span.clone()]);
+                    let mut decision = decided[span.start + at];
+                    if !admitted && !denied_outright && decision.allowed {
+                        // The store answered what this counter would have left had the whole
+                        // been admitted; nothing was counted, so its true remainder is that
+                        // plus the hits every request on the counter would have taken.
+                        let key = enforced[span.start + at].key;
+                        let hits = enforced
+                            .iter()
+                            .filter(|r| r.key == key)
+                            .fold(0u32, |sum, r| sum.saturating_add(r.hits));
+                        decision.remaining =
+                            decision.remaining.saturating_add(hits).min(decision.limit);
+                    }
                     DescriptorDecision {
                         label,
                         decided_by: DecidedBy::Limited {
-                            decision: decided[at],
+                            decision,
                             window: limits[at].limit().window(),
                             shadow: false,
                         },
