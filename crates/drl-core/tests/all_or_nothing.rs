@@ -26,12 +26,7 @@ fn per(n: u64, window: Duration) -> Policy {
 }
 
 fn limiter(rules: Rules) -> (Limiter, ManualClock) {
-    let clock = ManualClock::new(1_000_000_000);
-    let limiter = Limiter::builder(rules)
-        .clock(clock.clone())
-        .sweep_interval(None)
-        .build();
-    (limiter, clock)
+    drl_testkit::manual_limiter(rules, 1_000_000_000)
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //!   master (`store/batch.rs`), failing slots probed in the background (`store/health.rs`), and
 //!   the cluster's slot map followed through failovers (`follow.rs`, `topology.rs`).
 //! - [`RedisConfig`]: `store.redis` of the config.
-//! - [`shared`]: bans, blocks and adaptive factors shared by every node.
+//! - [`shared`]: bans, blocks and adaptive factors shared by every node, and the
+//!   [`shared::Coordination`] that writes a node's changes and syncs the others' into its limiter.
 
 pub mod config;
 mod conn;

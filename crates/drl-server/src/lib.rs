@@ -17,7 +17,6 @@
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - `status`: the status page at `GET /`, reading the other routes from the browser.
-//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
 //! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
 //! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
@@ -26,7 +25,6 @@
 //! sockets.
 
 pub mod config;
-pub mod coordination;
 pub mod edge;
 mod envoy;
 
@@ -129,7 +127,7 @@ pub async fn serve_all_draining<S: Store>(
 /// page, `/metrics` and the admin routes, and health) is served there and answers 404 on the
 /// HTTP listener. The admin listener has budgets of its own (connections, requests in flight)
 /// with the node's limits, so that a flood of the public listeners cannot shed the operator's
-/// requests. It stops and drains with the others, and its failure stops them too.
+/// requests, and is served over [`Node::admin_tls`] if set, else over [`Node::tls`]. It stops and drains with the others, and its failure stops them too.
 pub async fn serve_listeners<S: Store>(
     listeners: Listeners,
     node: impl Into<Node<S>>,
@@ -149,9 +147,11 @@ pub async fn serve_listeners<S: Store>(
             // cannot lock the operator out.
             let gate = Arc::new(Gate::new(*node.gate.limits()));
             let routes = http::admin_router(node.clone(), Arc::clone(&gate));
+            let tls = node.admin_tls.clone().or_else(|| node.tls.clone());
+            let admin_node = node.clone().with_tls(tls);
             let server = serve_routes(
                 admin,
-                node.clone(),
+                admin_node,
                 routes,
                 gate,
                 stop_signal(stopped.clone()),

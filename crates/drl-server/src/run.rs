@@ -14,13 +14,13 @@ use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
 use tokio::net::TcpListener;
 
-use crate::coordination::Coordination;
 use crate::limits::EdgeLimits;
 use crate::metrics::Metrics;
 use crate::node::{AdminToken, Node};
 use crate::reload::{self, Reloader};
 use crate::tls::{self, ServerTls};
 use crate::{Config, StoreConfig};
+use drl_redis::shared::Coordination;
 
 /// What a node is started with.
 #[derive(Debug, Default)]
@@ -41,14 +41,15 @@ pub struct Listeners {
     /// The gRPC API.
     pub grpc: TcpListener,
     /// The admin API on its own listener (`--admin-addr`): the status page, `/metrics`, health
-    /// and the admin routes, which then answer 404 on `http`.
+    /// and the admin routes, which then answer 404 on `http`. When `None`, [`run`] binds the
+    /// config's `server.admin.addr` if it has one.
     pub admin: Option<TcpListener>,
 }
 
 /// Runs a node with `settings` on `listeners` until `shutdown` completes, then drains it.
 pub async fn run(
     settings: Settings,
-    listeners: Listeners,
+    mut listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Settings {
@@ -56,7 +57,7 @@ pub async fn run(
         limits,
         admin_token,
     } = settings;
-    let (store, rules, tls, native_file) = match &config {
+    let (store, rules, tls, admin, native_file) = match &config {
         Some(path) => {
             let config = Config::load(path)?;
             tracing::info!(
@@ -65,18 +66,39 @@ pub async fn run(
                 config.rules.rules().len()
             );
             let native_file = config.native_file().map(str::to_owned);
-            (config.store, config.rules, config.tls, native_file)
+            let Config {
+                store,
+                rules,
+                tls,
+                admin,
+                ..
+            } = config;
+            (store, rules, tls, admin, native_file)
         }
-        None => (StoreConfig::Memory, Rules::builtin(), None, None),
+        None => (StoreConfig::Memory, Rules::builtin(), None, None, None),
     };
     let tls = match tls {
         Some(files) => Some(Arc::new(ServerTls::load(files).context("server.tls")?)),
         None => None,
     };
+    let admin_tls = match admin.as_ref().and_then(|admin| admin.tls.clone()) {
+        Some(files) => Some(Arc::new(
+            ServerTls::load(files).context("server.admin.tls")?,
+        )),
+        None => None,
+    };
+    // `--admin-addr` (already bound) wins over the config's address.
+    if let (None, Some(admin)) = (&listeners.admin, &admin) {
+        let listener = TcpListener::bind(&admin.addr)
+            .await
+            .with_context(|| format!("server.admin.addr: cannot listen on {}", admin.addr))?;
+        listeners.admin = Some(listener);
+    }
     let wiring = Wiring {
         config: config.as_deref(),
         native_file,
         tls,
+        admin_tls,
         limits,
         admin_token,
     };
@@ -106,6 +128,8 @@ struct Wiring<'a> {
     /// The file of `config` that held the native part, if any (see `Config::native_file`).
     native_file: Option<String>,
     tls: Option<Arc<ServerTls>>,
+    /// The admin listener's own TLS (`server.admin.tls`).
+    admin_tls: Option<Arc<ServerTls>>,
     limits: EdgeLimits,
     admin_token: Option<AdminToken>,
 }
@@ -122,6 +146,7 @@ async fn run_node<S: Store>(
         config,
         native_file,
         tls,
+        admin_tls,
         limits,
         admin_token,
     } = wiring;
@@ -131,12 +156,20 @@ async fn run_node<S: Store>(
         .with_admin_token(admin_token)
         .with_shared(coordination)
         .with_tls(tls.clone())
+        .with_admin_tls(admin_tls.clone())
         .with_limits(limits);
     // The certificate files are polled while the node runs; a new pair serves new connections.
-    let _tls_watch = tls
-        .as_ref()
-        .map(|tls| tls::watch(Arc::clone(tls), tls::POLL_INTERVAL));
+    let _tls_watches: Vec<_> = [&tls, &admin_tls]
+        .into_iter()
+        .flatten()
+        .map(|tls| tls::watch(Arc::clone(tls), tls::POLL_INTERVAL))
+        .collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let admin_scheme = if admin_tls.is_some() || tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Reload triggers run until they are dropped, after the server has stopped.
     let mut triggers = Vec::new();
     if let Some(path) = config {
@@ -161,11 +194,25 @@ async fn run_node<S: Store>(
     tracing::info!("listening on {scheme}://{}", listeners.http.local_addr()?);
     tracing::info!("gRPC listening on {}", listeners.grpc.local_addr()?);
     if let Some(admin) = &listeners.admin {
-        tracing::info!("admin listening on {scheme}://{}", admin.local_addr()?);
+        tracing::info!(
+            "admin listening on {admin_scheme}://{}",
+            admin.local_addr()?
+        );
     }
     if let Some(tls) = &tls {
         tracing::info!(
             "TLS on both APIs with {}{}",
+            tls.files().cert.display(),
+            if tls.files().client_ca.is_some() {
+                "; client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(tls) = &admin_tls {
+        tracing::info!(
+            "TLS on the admin listener with {}{}",
             tls.files().cert.display(),
             if tls.files().client_ca.is_some() {
                 "; client certificates required"

@@ -13,8 +13,8 @@ use drl_core::abuse::AbusePolicy;
 use drl_core::adaptive::BackendSettings;
 use drl_core::{Algorithm, Limiter, Policy, Rule, Rules};
 use drl_redis::RedisConfig;
+use drl_redis::shared::Coordination;
 use drl_redis::shared::SharedState;
-use drl_server::coordination::Coordination;
 use drl_testkit::redis::Redis;
 
 fn rules() -> Rules {

@@ -1,7 +1,8 @@
 //! TLS on both APIs, over real loopback sockets, with a throwaway CA made by each test: a
 //! client trusting the CA is answered on HTTP and gRPC, one that does not is refused; new
 //! certificate files serve new connections while established ones keep theirs; a bad pair
-//! keeps the certificate in force; mutual TLS refuses a client without a certificate.
+//! keeps the certificate in force; mutual TLS refuses a client without a certificate; the admin
+//! listener serves the APIs' certificate or its own (`server.admin.tls`).
 
 #![allow(clippy::unwrap_used)] // Test code.
 
@@ -468,6 +469,101 @@ fn bad_tls_settings_are_located() {
         ),
     ];
     for (yaml, message, line) in cases {
+        let e = drl_server::Config::from_yaml("t.yaml", yaml).unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert!(d.message.contains(message), "{yaml}: {e}");
+        assert_eq!(d.line, line, "{yaml}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_the_apis_certificate_or_its_own() {
+    let ca = TestCa::new("drl test CA");
+    let admin_ca = TestCa::new("drl admin CA");
+    let (public, admin) = (ca.leaf(&["localhost"], 1), admin_ca.leaf(&["localhost"], 2));
+    let public_tls =
+        Arc::new(ServerTls::load(install(&test_dir("admin-public"), &public)).unwrap());
+    let admin_tls = Arc::new(ServerTls::load(install(&test_dir("admin-own"), &admin)).unwrap());
+    let trust = |ca: &TestCa| client_config(&ca.pem(), None, b"http/1.1");
+    let node = |admin_tls: Option<Arc<ServerTls>>| {
+        Node::new(Limiter::new(Rules::builtin()), Arc::new(Metrics::new()))
+            .with_tls(Some(Arc::clone(&public_tls)))
+            .with_admin_tls(admin_tls)
+    };
+
+    // Without TLS of its own, the admin listener serves the APIs' certificate.
+    let started = TestNode::start_with_admin(node(None)).await;
+    let mut client = HttpsClient::connect(started.admin.unwrap(), trust(&ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, public.der);
+    assert_eq!(
+        client.check("alice").await.unwrap().0,
+        404,
+        "no checks on the admin listener"
+    );
+    started.stop().await;
+
+    // With its own, that one; the HTTP listener keeps the APIs'.
+    let started = TestNode::start_with_admin(node(Some(admin_tls))).await;
+    let admin_addr = started.admin.unwrap();
+    let client = HttpsClient::connect(admin_addr, trust(&admin_ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, admin.der);
+    let refused = HttpsClient::connect(admin_addr, trust(&ca)).await;
+    assert!(
+        refused.is_err(),
+        "the admin listener served the APIs' certificate"
+    );
+    let mut client = HttpsClient::connect(started.http, trust(&ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, public.der);
+    assert_eq!(client.check("alice").await.unwrap().0, 200);
+    started.stop().await;
+}
+
+#[test]
+fn the_admin_listener_is_read_from_the_config_and_checked() {
+    let dir = test_dir("admin-config");
+    let path = dir.join("drl.yaml");
+    std::fs::write(
+        &path,
+        "server:\n  admin:\n    addr: 127.0.0.1:9090\n    tls:\n      cert: admin.crt\n      key: admin.key\n",
+    )
+    .unwrap();
+    let config = drl_server::Config::load(&path).unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.addr, "127.0.0.1:9090");
+    assert_eq!(admin.tls.unwrap().cert, dir.join("admin.crt"));
+    let plain = "server:\n  admin: {addr: \"[::1]:0\"}\n";
+    let config = drl_server::Config::from_yaml("t.yaml", plain).unwrap();
+    assert_eq!(config.admin.unwrap().tls, None);
+
+    for (yaml, message, line) in [
+        ("server:\n  admin: {}\n", "missing field `addr`", 2),
+        (
+            "server:\n  admin:\n    addr: \"9090\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: \"host:99999\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: \":9090\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: a:1\n    tls: {cert: c}\n",
+            "missing field `key`",
+            4,
+        ),
+    ] {
         let e = drl_server::Config::from_yaml("t.yaml", yaml).unwrap_err();
         let d = &e.diagnostics()[0];
         assert!(d.message.contains(message), "{yaml}: {e}");

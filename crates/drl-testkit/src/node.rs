@@ -32,11 +32,7 @@ impl TestServer {
 
     /// Serves `rules` on a fresh loopback port, with the state `node` makes of the limiter.
     pub async fn start_with(rules: Rules, node: impl FnOnce(Limiter) -> Node) -> Self {
-        let clock = ManualClock::new(0);
-        let limiter = Limiter::builder(rules)
-            .clock(clock.clone())
-            .sweep_interval(None)
-            .build();
+        let (limiter, clock) = crate::manual_limiter(rules, 0);
         let state = node(limiter.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

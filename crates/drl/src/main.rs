@@ -123,7 +123,8 @@ enum Command {
         grpc_addr: String,
         /// Serve the admin API (the status page, /metrics and the admin routes) on this
         /// address of its own instead of the HTTP API's, where it then answers 404 (host:port;
-        /// e.g. 127.0.0.1:9090 to keep it on the machine). Over TLS when the HTTP API is.
+        /// e.g. 127.0.0.1:9090 to keep it on the machine). Replaces the config's
+        /// server.admin.addr; over TLS as server.tls (or server.admin.tls) says.
         #[arg(long, env = "DRL_ADMIN_ADDR", value_name = "ADDR")]
         admin_addr: Option<String>,
         /// Log lines as text or as one JSON object per line.

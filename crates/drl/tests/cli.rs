@@ -350,10 +350,8 @@ fn the_admin_api_moves_to_the_admin_address_from_the_environment() {
             ("DRL_ADMIN_ADDR", "127.0.0.1:0"),
         ],
     );
-    let line = node.wait_for_log("admin listening on ");
-    let (_, rest) = line.split_once("admin listening on ").unwrap();
-    let admin = rest.split_whitespace().next().unwrap();
-    assert_ne!(admin, node.url);
+    let admin = &admin_addr(&node);
+    assert_ne!(admin, &node.url);
     // The admin route answers there with the token, 401 without; 404 on the HTTP address.
     assert_eq!(reload_status(admin, "Bearer t0ken"), 200);
     node.wait_for_log("reloaded: version 2");
@@ -361,6 +359,42 @@ fn the_admin_api_moves_to_the_admin_address_from_the_environment() {
     assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
     let (code, out) = node.check("alice", "/a");
     assert_eq!(code, Some(0), "{out}");
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The admin address a node logged: `admin listening on URL`.
+fn admin_addr(node: &DrlProcess) -> String {
+    let line = node.wait_for_log("admin listening on ");
+    let (_, rest) = line.split_once("admin listening on ").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+#[cfg(unix)]
+#[test]
+fn the_admin_address_comes_from_the_config_unless_the_flag_gives_one() {
+    let config = write_file(
+        "admin-config.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 127.0.0.1:0\n",
+    );
+    let env = [("DRL_ADMIN_TOKEN", "t0ken")];
+    let node = DrlProcess::start_with(DRL, &config, &[], &env);
+    let admin = admin_addr(&node);
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the node starts only because the
+    // flag's address replaces it.
+    let config = write_file(
+        "admin-flag.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 192.0.2.1:9090\n",
+    );
+    let node = DrlProcess::start_with(DRL, &config, &["--admin-addr", "127.0.0.1:0"], &env);
+    let admin = admin_addr(&node);
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
     let status = node.terminate();
     assert!(status.success(), "{status:?}");
 }

@@ -57,10 +57,22 @@ pub struct Config {
     pub rules: Rules,
     /// `server.tls`: serve both APIs over TLS (plaintext when `None`).
     pub tls: Option<TlsConfig>,
+    /// `server.admin`: serve the admin API on a listener of its own.
+    pub admin: Option<AdminConfig>,
     /// The file that held the native part (store, default, rules), if any: a reload that loses
     /// it (the file deleted from a config directory) is refused rather than falling back to the
     /// built-in default.
     native_file: Option<String>,
+}
+
+/// `server.admin`: the admin API (the status page, `/metrics`, the admin routes) on a listener of
+/// its own; the HTTP listener then answers those routes 404.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `server.admin.addr`: where it listens (`host:port`); `--admin-addr` overrides it.
+    pub addr: String,
+    /// `server.admin.tls`: TLS of its own; `None`: the same as `server.tls`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The store a node keeps its counters in.
@@ -259,6 +271,7 @@ impl Config {
                 store: StoreConfig::default(),
                 rules: Rules::builtin(),
                 tls: None,
+                admin: None,
                 native_file: None,
             },
             |(name, c)| Config {

@@ -34,6 +34,15 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub(crate) tls: Option<Spanned<RawServerTls>>,
+    pub(crate) admin: Option<Spanned<RawServerAdmin>>,
+}
+
+/// `server.admin:` — the admin API on a listener of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerAdmin {
+    pub(crate) addr: Text,
+    pub(crate) tls: Option<Spanned<RawServerTls>>,
 }
 
 /// `server.tls:` — PEM files, relative to the config file's directory.
