@@ -212,8 +212,24 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     -- Free buckets from the oldest on until enough hits have left the window.
     local must_free = used + want - limit
     retry_after = reset_after
+    -- Every count at once (one unpack, not one per slot: a denial after a burst walks the
+    -- whole window), read in ring order from the oldest slot of the span; emptied slots count 0.
+    local counts = {}
+    if ring ~= nil then
+      counts = {struct.unpack('<' .. string.rep(width == 2 and 'I2' or 'I4', slots), ring,
+        SW_HEAD_LEN + 1)}
+    end
+    local p = here - span
+    if p < 0 then p = p + slots end
     for age = span - 1, 0, -1 do
-      local c = sw_live(ring, sw_pos(current - age, slots), width, cell, here, cleared, slots)
+      p = p + 1
+      if p == slots then p = 0 end
+      local c = counts[p + 1] or 0
+      if cleared then
+        local d = here - p
+        if d < 0 then d = d + slots end
+        if d < cleared then c = 0 end
+      end
       if c >= must_free then
         retry_after = (1 - age) * g + window - offset
         break
