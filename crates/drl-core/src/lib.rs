@@ -41,5 +41,7 @@ pub use limiter::{
     RequestDecision,
 };
 pub use policy::{Limit, Policy, parse_duration};
-pub use rules::{Action, DescriptorRule, DomainRules, Entry, Rule, RuleLevel, Rules, Target};
+pub use rules::{
+    Action, DescriptorRule, DomainRules, Entry, RequestLimits, Rule, RuleLevel, Rules, Target,
+};
 pub use store::{MemoryStore, Store, StoreError, StoreRequest};

@@ -151,6 +151,7 @@ fn envoy_requests_are_banned_by_their_user_entry() {
                 action: Some(drl_core::Action::Limit(vec![per_minute(1)])),
                 ..DescriptorRule::default()
             }],
+            ..Default::default()
         }])
         .expect("valid rules")
         .with_abuse(Some(abuse()));

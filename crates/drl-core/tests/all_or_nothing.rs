@@ -88,6 +88,7 @@ fn web_rules() -> Rules {
                     ..DescriptorRule::default()
                 },
             ],
+            ..Default::default()
         }])
         .expect("valid rules")
 }
@@ -246,6 +247,7 @@ fn concurrent_all_or_nothing_requests_count_both_counters_or_neither() {
                     ..DescriptorRule::default()
                 },
             ],
+            ..Default::default()
         }])
         .unwrap();
     let (l, _clock) = limiter(rules);

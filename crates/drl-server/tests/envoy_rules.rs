@@ -615,3 +615,58 @@ fn a_config_over_the_yaml_size_cap_says_what_the_cap_is() {
         .to_string();
     assert!(e.contains("at most 250 000 YAML nodes"), "{e}");
 }
+
+/// A descriptor's own `limit` replaces the rule (Envoy's behaviour) unless the domain says
+/// `allow_request_limits: false`: then the configured rules decide, in a domain file and in
+/// the native domain alike.
+#[tokio::test]
+async fn a_domain_can_refuse_the_limits_requests_bring() {
+    use drl_proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+    use drl_proto::envoy::r#type::v3::RateLimitUnit;
+
+    async fn ask_with_limit(
+        node: &mut EnvoyNode,
+        domain: &str,
+        entries: &[(&str, &str)],
+    ) -> (u32, u32) {
+        let mut d = descriptor(entries);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 1_000,
+            unit: RateLimitUnit::Minute.into(),
+        });
+        let request = rls::RateLimitRequest {
+            domain: domain.into(),
+            descriptors: vec![d],
+            hits_addend: 0,
+        };
+        let response = node
+            .client
+            .should_rate_limit(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let (_, limit, _, remaining) = status(&response, 0);
+        (limit, remaining)
+    }
+    let file = |allow: &str| {
+        format!(
+            "domain: web\n{allow}descriptors:\n  - key: user_id\n    rate_limit: {{unit: minute, requests_per_unit: 2}}\n"
+        )
+    };
+    let alice: &[(&str, &str)] = &[("user_id", "alice")];
+    let mut open = EnvoyNode::start(&file("")).await;
+    assert_eq!(ask_with_limit(&mut open, "web", alice).await, (1_000, 999));
+    let mut allowed = EnvoyNode::start(&file("allow_request_limits: true\n")).await;
+    assert_eq!(
+        ask_with_limit(&mut allowed, "web", alice).await,
+        (1_000, 999)
+    );
+    let mut closed = EnvoyNode::start(&file("allow_request_limits: false\n")).await;
+    assert_eq!(ask_with_limit(&mut closed, "web", alice).await, (2, 1));
+    assert_eq!(ask_with_limit(&mut closed, "web", alice).await, (2, 0));
+
+    let native = "allow_request_limits: false\ndefault: {limit: 2, window: 1m}\n";
+    let mut node = EnvoyNode::start(native).await;
+    let pair: &[(&str, &str)] = &[("user_id", "alice"), ("endpoint", "/a")];
+    assert_eq!(ask_with_limit(&mut node, "drl", pair).await, (2, 1));
+}

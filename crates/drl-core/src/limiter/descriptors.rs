@@ -9,7 +9,7 @@ use crate::decision::Decision;
 use crate::error::CheckError;
 use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, NATIVE_DOMAIN, USER_KEY, validate_id};
 use crate::policy::Policy;
-use crate::rules::{Action, Entry, Rules, Target};
+use crate::rules::{Action, Entry, RequestLimits, Rules, Target};
 use crate::store::{Store, StoreRequest};
 
 use super::{Limiter, LimiterError, chosen, fixed_answer};
@@ -58,10 +58,12 @@ impl<S: Store> Limiter<S> {
         };
         let overrides: Vec<Option<Target>> = descriptors
             .iter()
-            .map(|d| {
-                d.limit
+            .map(|d| match rule_domain.request_limits() {
+                RequestLimits::Allowed => d
+                    .limit
                     .clone()
-                    .map(|policy| Target::overriding(domain, d.entries, policy))
+                    .map(|policy| Target::overriding(domain, d.entries, policy)),
+                RequestLimits::Ignored => None,
             })
             .collect();
         let mut targets: Vec<Option<&Target>> = descriptors

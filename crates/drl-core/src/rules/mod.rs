@@ -172,6 +172,21 @@ pub struct DescriptorRule {
 pub struct DomainRules {
     pub domain: String,
     pub descriptors: Vec<DescriptorRule>,
+    /// What a request's own `limit` on a descriptor does here.
+    pub request_limits: RequestLimits,
+}
+
+/// What a descriptor's `limit` sent by the caller (Envoy's per-descriptor override) does in a
+/// domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestLimits {
+    /// It replaces the configured rule for that descriptor, on a counter of its own (Envoy's
+    /// behaviour).
+    #[default]
+    Allowed,
+    /// It is ignored: the configured rules decide, as if no `limit` had been sent
+    /// (`allow_request_limits: false`).
+    Ignored,
 }
 
 /// How a domain's tree is walked.
@@ -356,6 +371,7 @@ impl Rules {
                 });
             }
             let mut domain = Domain::new(Matching::Envoy);
+            domain.request_limits = rules.request_limits;
             let mut path = Vec::new();
             for rule in &rules.descriptors {
                 insert_descriptor(name, &mut domain.root, rule, &mut path, &PathId::default())?;
@@ -364,6 +380,12 @@ impl Rules {
             self.listed_domains.push(rules);
         }
         Ok(self)
+    }
+
+    /// Sets what a request's own `limit` does in the native domain (`drl`).
+    pub fn with_native_request_limits(mut self, request_limits: RequestLimits) -> Self {
+        self.native.request_limits = request_limits;
+        self
     }
 
     /// Turns on automatic bans with `policy`.
@@ -445,11 +467,16 @@ impl Rules {
                     .iter()
                     .map(|r| scale_tree(r, &factor))
                     .collect(),
+                request_limits: d.request_limits,
             })
             .collect();
         // The same rules with smaller limits: valid whenever `self` is.
         match Rules::new(self.default.clone(), native).and_then(|r| r.with_domains(domains)) {
             Ok(rules) => Self {
+                native: Domain {
+                    request_limits: self.native.request_limits,
+                    ..rules.native
+                },
                 abuse: self.abuse.clone(),
                 shadow_mode: self.shadow_mode,
                 blocklist: self.blocklist.clone(),
@@ -681,6 +708,7 @@ mod tests {
             .with_domains([DomainRules {
                 domain: "web".into(),
                 descriptors: vec![user, alice, d("ip", Some("10.*"), limit(5))],
+                ..Default::default()
             }])
             .unwrap();
         let web = rules.domain("web").unwrap();
@@ -714,10 +742,12 @@ mod tests {
                     DomainRules {
                         domain: name.into(),
                         descriptors: vec![],
+                        ..Default::default()
                     },
                     DomainRules {
                         domain: "x".into(),
                         descriptors: vec![],
+                        ..Default::default()
                     },
                 ])
                 .unwrap_err()
@@ -728,6 +758,7 @@ mod tests {
         let twice = Rules::builtin().with_domains([DomainRules {
             domain: "w".into(),
             descriptors: vec![d("k", None, limit(1)), d("k", None, limit(2))],
+            ..Default::default()
         }]);
         assert_eq!(twice.unwrap_err().to_string(), "duplicate rule for w.k");
         let shared = Rules::builtin().with_domains([DomainRules {
@@ -736,6 +767,7 @@ mod tests {
                 share_threshold: true,
                 ..d("k", Some("v"), limit(1))
             }],
+            ..Default::default()
         }]);
         assert!(shared.is_err());
     }

@@ -1,7 +1,9 @@
 //! The compiled rule tree of a domain: levels of exact values, wildcard patterns and the
 //! any-value branch, walked most specific first; and how rules are inserted into it.
 
-use super::{Action, DescriptorRule, Entry, Map, Matching, Rule, Target, check_limits};
+use super::{
+    Action, DescriptorRule, Entry, Map, Matching, RequestLimits, Rule, Target, check_limits,
+};
 use crate::error::{CheckError, RuleError};
 use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, USER_KEY, validate_id};
 
@@ -10,6 +12,7 @@ use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, USER_KEY, validate_id};
 pub struct Domain {
     pub(super) matching: Matching,
     pub(super) root: Node,
+    pub(super) request_limits: RequestLimits,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -61,7 +64,14 @@ impl Domain {
         Self {
             matching,
             root: Node::default(),
+            request_limits: RequestLimits::default(),
         }
+    }
+
+    /// What a request's own `limit` on a descriptor does in this domain.
+    #[inline]
+    pub fn request_limits(&self) -> RequestLimits {
+        self.request_limits
     }
 
     /// The rule for a request descriptor, if any.

@@ -17,6 +17,9 @@ pub(crate) struct RawConfig {
     pub(crate) rules: Option<Vec<Spanned<RawRule>>>,
     /// Global shadow mode: every denial is reported and answered allowed.
     pub(crate) shadow_mode: Option<bool>,
+    /// `false`: in the native domain (`drl`) of the Envoy API, a descriptor's `limit` sent by
+    /// the caller is ignored (the rules decide).
+    pub(crate) allow_request_limits: Option<bool>,
     pub(crate) abuse: Option<Spanned<RawAbuse>>,
     /// Users blocked for as long as this config is in force.
     pub(crate) blocklist: Option<Vec<Text>>,

@@ -67,6 +67,9 @@ impl Validator<'_> {
                     .with_backends(backends)
                     .with_abuse(abuse)
                     .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
+                    .with_native_request_limits(super::envoy::request_limits(
+                        raw.allow_request_limits,
+                    ))
                     .with_blocklist(blocklist),
             }),
             Err(e) => {
