@@ -2,7 +2,7 @@
 # Runs the fuzz targets of fuzz/ (cargo-fuzz, libFuzzer) for a bounded time each, then prints
 # how long each ran, how many inputs it executed and what it found. Not part of scripts/test.sh
 # or CI: the seed corpora and the regression inputs are replayed by the ordinary tests
-# (crates/*/tests/fuzz_regressions.rs). See docs/testing.md.
+# (crates/drl-testkit/tests/fuzz_regressions.rs). See docs/testing.md.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 #

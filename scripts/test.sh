@@ -45,7 +45,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
 # Unit, integration and doc tests of every crate (benches are compiled by clippy above, and run
-# by scripts/bench-core.sh, not here: speed goals live in benchmarks, not in timed tests).
+# by scripts/bench.sh core, not here: speed goals live in benchmarks, not in timed tests).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

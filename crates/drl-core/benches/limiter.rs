@@ -1,9 +1,22 @@
-//! ns per `check_and_increment` and decisions/s: drl's default sliding window against governor's
-//! keyed limiter, side by side in one run, on the same key sets and the same access order.
+//! Decisions/s of `check_and_increment`: drl's default sliding window against governor's keyed
+//! limiter, **interleaved in one run**, on the same key sets and the same access order, with the
+//! ratio printed.
 //!
-//! Scenarios: {1 hot key, 100 000 keys, 1 000 000 keys} × {1, 2 threads}. Run with
-//! `cargo bench -p drl-core --bench limiter` (or `scripts/bench-core.sh`, which also records the
-//! machine and writes `docs/benchmarks.md`).
+//! ```text
+//! cargo bench -p drl-core --bench limiter [-- [--rounds 3] [--seconds 1] [--series] [FILTER...]]
+//! ```
+//!
+//! Scenarios: {1 hot key, 100 000 keys, 1 000 000 keys} × {1, 2 threads}. For each, the two
+//! limiters take turns, `--rounds` times (the order flips every round, so a drift of the machine
+//! favours neither): each turn runs about `--seconds` of checks. Every round's ratio comes from two
+//! runs measured back to back; the result line gives the medians. `--series` adds drl alone on
+//! 1 000, 100 000, 1 000 000 and 10 000 000 keys (1 thread): decisions/s and the p99 of batches of
+//! 64 checks, to show how the cost grows with the key count. `--keys N` adds a comparison on N
+//! keys (`custom_keys`). A `FILTER` keeps the scenarios whose name contains it (`hot_key`,
+//! `100k_keys`, `1M_keys`, `series`).
+//!
+//! Output: a `round` line per round and a `result` line per scenario (parsed by
+//! `scripts/bench/report.py core`, which `scripts/bench.sh core` runs to write `docs/benchmarks.md`).
 //!
 //! What makes the comparison fair:
 //!
@@ -11,35 +24,29 @@
 //!   (60 buckets of 1 s); governor: `Quota::per_minute(10_000)` (GCRA, burst 10 000). On 100k and
 //!   1M keys every key sees far fewer than 10 000 hits a minute, so both measure the admit path.
 //!   On the hot key both admit their 10 000 and then deny, which is what a hot key does in
-//!   production; the bench prints the admitted share of each run so the equivalence can be seen.
+//!   production; the result line gives the admitted share of each so the equivalence can be seen.
 //!   The window is a minute, not a second, so that no key goes idle while the 1M-key set is being
 //!   inserted (which takes seconds): the steady state measured is one of live keys.
 //! - **No allocation per call on either side.** Keys are built once: drl is called with the
 //!   `&str`s of a prebuilt `(user_id, endpoint)` pair; governor's key type is `String` and each
 //!   call borrows a prebuilt `"user_id\0endpoint"` composite. (drl fingerprints the identity and
 //!   stores only 128 bits; governor hashes and stores the whole key.)
-//! - **Default clocks and maps.** drl: `SystemClock` (`Instant`) and its papaya store; governor:
-//!   its default quanta clock and `DashMap` store (`RateLimiter::keyed`).
+//! - **Default clocks and maps.** drl: `SystemClock` (quanta) and its own store; governor: its
+//!   default quanta clock and `DashMap` store (`RateLimiter::keyed`).
 //! - **No background work.** drl's sweeper thread is off (`sweep_interval(None)`); governor has
 //!   none. Sweeping is measured separately, by `examples/memory.rs`.
 //! - **Steady state.** Every key is inserted before measuring, in an order unrelated to the
 //!   access order, so the bench measures lookups of existing keys, not inserts. drl's store is
-//!   then swept once, as its sweeper would within its first interval in a deployment; the sweep
-//!   also completes the map's pending resizes (measured both ways in `benches/parts.rs`).
+//!   then swept once, as its sweeper would within its first interval in a deployment.
 //! - **Random access.** Keys are visited in a shuffled order (fixed seed). The key list is laid
 //!   out in that order, so walking it costs the same for both and the limiter's own cache misses
 //!   dominate. With 2 threads each walks the order from its own offset (disjoint stretches; on
-//!   the hot key both hammer the one key); time is wall time for `iters` checks in total, so
+//!   the hot key both hammer the one key); time is wall time for all checks of both threads, so
 //!   the reported throughput is the aggregate decisions/s.
 
-use std::cell::OnceCell;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use criterion::measurement::WallTime;
-use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
-};
 use drl_core::{Algorithm, Limiter, Policy, Rules};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -172,32 +179,34 @@ fn run(
     (begin.elapsed(), admitted)
 }
 
-/// The limiters of one scenario, every key already inserted in both.
+/// The limiters of one scenario, every key already inserted in each.
 struct Scenario {
     keys: KeySet,
     drl: Limiter,
-    governor: DefaultKeyedRateLimiter<String>,
+    /// Left out of the key-count series, which measures drl alone.
+    governor: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 impl Scenario {
-    fn new(name: &'static str, count: usize) -> Self {
+    fn new(name: &'static str, count: usize, with_governor: bool) -> Self {
         let keys = KeySet::new(name, count);
         let drl = drl_limiter();
-        let governor = governor_limiter();
+        let governor = with_governor.then(governor_limiter);
         // Insert every key first, in an order unrelated to the access order.
         let mut rng = SplitMix64(0x706f_7075_6c61_7465);
         for i in rng.permutation(count) {
             let k = &keys.keys[i];
             drl.check_and_increment(&k.user, &k.endpoint);
-            let _ = governor.check_key(&k.composite);
+            if let Some(governor) = &governor {
+                let _ = governor.check_key(&k.composite);
+            }
         }
         // What drl's background sweeper does within its first interval (2 s) in a deployment.
-        // Besides reclaiming idle keys (none here), the sweep finishes the map's pending table
-        // resizes, which inserts alone leave incomplete (see `parts_100k_keys` in
-        // `benches/parts.rs`): without it lookups walk a chain of tables.
         assert_eq!(drl.sweep(), 0);
         assert_eq!(drl.store().len(), count);
-        assert_eq!(governor.len(), count);
+        if let Some(governor) = &governor {
+            assert_eq!(governor.len(), count);
+        }
         Self {
             keys,
             drl,
@@ -206,82 +215,242 @@ impl Scenario {
     }
 }
 
-/// Benchmarks both limiters on one key set with 1 and 2 threads. The key set is built on first
-/// use, so a filtered run (`cargo bench ... -- hot_key`) skips the expensive ones.
-fn scenario(c: &mut Criterion, name: &'static str, count: usize) {
-    let built = OnceCell::new();
-    let get = || built.get_or_init(|| Scenario::new(name, count));
-    let mut group = c.benchmark_group(format!("check_and_increment/{name}"));
-    group.throughput(Throughput::Elements(1));
-    for threads in [1, 2] {
-        bench_one(&mut group, "drl_sliding_window", threads, get, |s, k| {
-            s.drl.check_and_increment(&k.user, &k.endpoint)
-        });
-    }
-    for threads in [1, 2] {
-        bench_one(&mut group, "governor_keyed", threads, get, |s, k| {
-            s.governor.check_key(&k.composite).is_ok()
-        });
-    }
-    group.finish();
+/// Command-line options (after `cargo bench ... --`).
+struct Options {
+    rounds: usize,
+    seconds: f64,
+    series: bool,
+    /// An extra comparison on this many keys (`--keys N`), e.g. to see a small key set in cache.
+    keys: Option<usize>,
+    filters: Vec<String>,
 }
 
-/// One benchmark: `check` on `threads` threads, each sample continuing the walk where the
-/// previous one stopped. Prints the share of checks admitted.
-fn bench_one<'s>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    limiter: &str,
-    threads: usize,
-    scenario: impl Fn() -> &'s Scenario,
-    check: impl Fn(&Scenario, &Key) -> bool + Sync,
-) {
-    let mut cursor = 0;
-    let (mut checks, mut admitted) = (0u64, 0u64);
-    let mut name = "";
-    let threads_id = match threads {
-        1 => "1_thread".to_owned(),
-        n => format!("{n}_threads"),
-    };
-    group.bench_function(BenchmarkId::new(limiter, &threads_id), |b| {
-        let s = scenario();
-        name = s.keys.name;
-        let keys = &s.keys.keys;
-        b.iter_custom(|iters| {
-            let (elapsed, ok) = run(keys, cursor, iters, threads, &|k: &Key| check(s, k));
-            cursor = ((cursor as u64 + iters / threads as u64) % keys.len() as u64) as usize;
-            checks += iters;
-            admitted += ok;
-            elapsed
-        });
+impl Options {
+    fn parse() -> Self {
+        let mut o = Options {
+            rounds: 3,
+            seconds: 1.0,
+            series: false,
+            keys: None,
+            filters: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--rounds" => o.rounds = number(args.next(), "--rounds"),
+                "--seconds" => o.seconds = number(args.next(), "--seconds"),
+                "--series" => o.series = true,
+                "--keys" => o.keys = Some(number(args.next(), "--keys")),
+                // What `cargo bench` passes to every bench binary.
+                "--bench" => {}
+                _ if a.starts_with("--") => panic!("unknown option {a}"),
+                _ => o.filters.push(a),
+            }
+        }
+        assert!(
+            o.rounds > 0 && o.seconds > 0.0,
+            "--rounds and --seconds must be positive"
+        );
+        o
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+    }
+}
+
+fn number<T: std::str::FromStr>(arg: Option<String>, name: &str) -> T {
+    arg.and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{name} takes a number"))
+}
+
+/// One limiter's side of a comparison: where its walk stands, and what it has done so far.
+struct Side<F> {
+    name: &'static str,
+    /// A concrete closure, not a `dyn Fn`: the call inlines for both limiters alike.
+    check: F,
+    cursor: usize,
+    /// Checks per turn, calibrated to last about `--seconds`.
+    per_turn: u64,
+    rates: Vec<f64>,
+    checks: u64,
+    admitted: u64,
+}
+
+impl<F: Fn(&Key) -> bool + Sync> Side<F> {
+    fn new(name: &'static str, check: F) -> Self {
+        Self {
+            name,
+            check,
+            cursor: 0,
+            per_turn: 0,
+            rates: Vec::new(),
+            checks: 0,
+            admitted: 0,
+        }
+    }
+
+    /// Runs `n` checks on `threads` threads, continuing the walk; returns decisions/s.
+    fn turn(&mut self, keys: &[Key], threads: usize, n: u64) -> f64 {
+        let (elapsed, ok) = run(keys, self.cursor, n, threads, &self.check);
+        self.cursor = ((self.cursor as u64 + n / threads as u64) % keys.len() as u64) as usize;
+        self.checks += n;
+        self.admitted += ok;
+        n as f64 / elapsed.as_secs_f64()
+    }
+
+    /// Warms up for about a fifth of a turn and sizes the turns from the rate seen.
+    fn calibrate(&mut self, keys: &[Key], threads: usize, seconds: f64) {
+        let mut n = 10_000;
+        loop {
+            let begin = Instant::now();
+            let rate = self.turn(keys, threads, n);
+            if begin.elapsed().as_secs_f64() >= seconds / 5.0 {
+                self.per_turn = ((rate * seconds) as u64).max(1_000);
+                return;
+            }
+            n *= 2;
+        }
+    }
+
+    fn admitted_share(&self) -> f64 {
+        100.0 * self.admitted as f64 / self.checks.max(1) as f64
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn rate(per_s: f64) -> String {
+    format!("{:.2} M/s", per_s / 1e6)
+}
+
+/// drl and governor in turns on one key set, `threads` threads; prints each round and the result.
+fn compare(s: &Scenario, threads: usize, o: &Options) {
+    let governor = s.governor.as_ref().expect("a comparison has governor");
+    let mut drl = Side::new("drl", |k: &Key| {
+        s.drl.check_and_increment(&k.user, &k.endpoint)
     });
-    if checks > 0 {
+    let mut gov = Side::new("governor", |k: &Key| {
+        governor.check_key(&k.composite).is_ok()
+    });
+    let keys = &s.keys.keys;
+    let threads_id = if threads == 1 {
+        "1_thread".to_owned()
+    } else {
+        format!("{threads}_threads")
+    };
+    drl.calibrate(keys, threads, o.seconds);
+    gov.calibrate(keys, threads, o.seconds);
+    let mut ratios = Vec::new();
+    for round in 0..o.rounds {
+        let drl_turn = |drl: &mut Side<_>| {
+            let r = drl.turn(keys, threads, drl.per_turn);
+            drl.rates.push(r);
+        };
+        let gov_turn = |gov: &mut Side<_>| {
+            let r = gov.turn(keys, threads, gov.per_turn);
+            gov.rates.push(r);
+        };
+        if round % 2 == 0 {
+            drl_turn(&mut drl);
+            gov_turn(&mut gov);
+        } else {
+            gov_turn(&mut gov);
+            drl_turn(&mut drl);
+        }
+        let (d, g) = (drl.rates[round], gov.rates[round]);
+        ratios.push(d / g);
         println!(
-            "admitted: check_and_increment/{name}/{limiter}/{threads_id} {admitted} of {checks} ({:.2}%)",
-            100.0 * admitted as f64 / checks as f64,
+            "round {} {threads_id} {}: {} {}, {} {}, ratio {:.2}",
+            s.keys.name,
+            round + 1,
+            drl.name,
+            rate(d),
+            gov.name,
+            rate(g),
+            d / g
         );
     }
+    println!(
+        "result {} {threads_id} drl={:.0} governor={:.0} ratio={:.3} rounds={} drl_admitted={:.3}% governor_admitted={:.3}%",
+        s.keys.name,
+        median(drl.rates.clone()),
+        median(gov.rates.clone()),
+        median(ratios),
+        o.rounds,
+        drl.admitted_share(),
+        gov.admitted_share(),
+    );
 }
 
-fn hot_key(c: &mut Criterion) {
-    scenario(c, "hot_key", 1);
+/// Batch size of the series' latency percentiles: one check is too short to time alone.
+const BATCH: u64 = 64;
+
+/// drl alone on `count` keys, 1 thread: decisions/s and the p99 of batches of [`BATCH`] checks.
+fn series_point(count: usize, o: &Options) {
+    let s = Scenario::new("series", count, false);
+    let keys = &s.keys.keys;
+    let check = |k: &Key| s.drl.check_and_increment(&k.user, &k.endpoint);
+    let mut side = Side::new("drl", check);
+    side.calibrate(keys, 1, o.seconds);
+    let batches = (side.per_turn / BATCH).max(1);
+    let mut rates = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..o.rounds {
+        let mut times = Vec::with_capacity(batches as usize);
+        let begin = Instant::now();
+        for _ in 0..batches {
+            let t = Instant::now();
+            side.admitted += walk(keys, side.cursor, BATCH, &check);
+            times.push(t.elapsed().as_nanos() as f64);
+            side.cursor = (side.cursor + BATCH as usize) % keys.len();
+        }
+        side.checks += batches * BATCH;
+        rates.push((batches * BATCH) as f64 / begin.elapsed().as_secs_f64());
+        times.sort_by(f64::total_cmp);
+        p99s.push(times[(times.len() * 99 / 100).min(times.len() - 1)] / BATCH as f64);
+    }
+    println!(
+        "series keys={count} drl={:.0} p99_ns_per_check={:.1} rounds={} drl_admitted={:.3}%",
+        median(rates),
+        median(p99s),
+        o.rounds,
+        side.admitted_share(),
+    );
 }
 
-fn keys_100k(c: &mut Criterion) {
-    scenario(c, "100k_keys", 100_000);
+fn main() {
+    let o = Options::parse();
+    for (name, count) in [
+        ("hot_key", 1),
+        ("100k_keys", 100_000),
+        ("1M_keys", 1_000_000),
+    ] {
+        if !o.wants(name) {
+            continue;
+        }
+        let s = Scenario::new(name, count, true);
+        for threads in [1, 2] {
+            compare(&s, threads, &o);
+        }
+    }
+    if let Some(count) = o.keys {
+        let s = Scenario::new("custom_keys", count, true);
+        for threads in [1, 2] {
+            compare(&s, threads, &o);
+        }
+    }
+    if o.series && o.wants("series") {
+        for count in [1_000, 100_000, 1_000_000, 10_000_000] {
+            series_point(count, &o);
+        }
+    }
 }
-
-fn keys_1m(c: &mut Criterion) {
-    scenario(c, "1M_keys", 1_000_000);
-}
-
-criterion_group! {
-    name = benches;
-    // 12 benchmarks × (3 s warm-up + 10 s measurement) plus setup: about 3 minutes on 2 cores.
-    // Command-line flags (`--measurement-time`, `--sample-size`, ...) override these.
-    config = Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(3))
-        .measurement_time(Duration::from_secs(10));
-    targets = hot_key, keys_100k, keys_1m
-}
-criterion_main!(benches);

@@ -13,7 +13,7 @@
 //! The check costs papaya's emptiness test (a sum over its few striped length counters) while
 //! no user is banned, and one hash lookup of the user otherwise: no store round trip for an
 //! ordinary request. State is per process; on the Redis store the server shares it between
-//! nodes (`drl_server::shared`), applying other nodes' bans with [`Bans::apply`].
+//! nodes (`drl_redis::shared::Coordination`), applying other nodes' bans with [`Bans::apply`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -87,7 +87,7 @@ impl AbusePolicy {
             max_ban,
             escalation,
             forget_after: Duration::from_secs(86_400),
-            user_key: crate::rules::USER_KEY.to_owned(),
+            user_key: crate::key::USER_KEY.to_owned(),
         })
     }
 

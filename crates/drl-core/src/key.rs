@@ -24,6 +24,14 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::error::CheckError;
 
+/// The domain of the native (user_id, endpoint) API; Envoy requests bring their own.
+pub const NATIVE_DOMAIN: &str = "drl";
+
+/// Key of the first level of the native domain.
+pub const USER_KEY: &str = "user_id";
+/// Key of the second level of the native domain.
+pub const ENDPOINT_KEY: &str = "endpoint";
+
 /// Largest user_id, endpoint or descriptor value, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
@@ -73,6 +81,40 @@ impl CounterKey<'_> {
             out.extend_from_slice(value.as_bytes());
         }
         out
+    }
+
+    /// Whether `encoding` is this counter's [`CounterKey::encode`], compared field by field
+    /// without building the encoding (the memory store's per-thread denial memo keeps encodings
+    /// and answers only on an exact match).
+    #[inline]
+    pub fn encodes_as(&self, encoding: &[u8]) -> bool {
+        let (head, tail) = self.header(KEY_VERSION, self.limit);
+        let Some((header, mut rest)) = encoding.split_first_chunk::<16>() else {
+            return false;
+        };
+        if header[..8] != head.to_le_bytes() || header[8..] != tail.to_le_bytes() {
+            return false;
+        }
+        for field in [self.domain.as_bytes(), self.rule] {
+            match rest.split_at_checked(field.len()) {
+                Some((bytes, after)) if bytes == field => rest = after,
+                _ => return false,
+            }
+        }
+        for value in self.values {
+            let value = value.as_bytes();
+            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+                return false;
+            };
+            if *len != len32(value).to_le_bytes() {
+                return false;
+            }
+            match after.split_at_checked(value.len()) {
+                Some((bytes, after)) if bytes == value => rest = after,
+                _ => return false,
+            }
+        }
+        rest.is_empty()
     }
 
     /// The header as two little-endian words. Fields are at most 4 GiB (values are checked to
@@ -212,33 +254,31 @@ impl SipHash13 {
     }
 
     #[inline]
-    fn absorb(&mut self, mut bytes: &[u8]) {
-        self.total_len += bytes.len() as u64;
+    fn absorb(&mut self, bytes: &[u8]) {
+        let len = bytes.len();
+        self.total_len += len as u64;
+        let mut at = 0;
         if self.pending_len > 0 {
-            let take = (8 - self.pending_len).min(bytes.len());
-            for (i, &b) in bytes[..take].iter().enumerate() {
-                self.pending |= u64::from(b) << (8 * (self.pending_len + i));
-            }
-            self.pending_len += take;
-            bytes = &bytes[take..];
-            if self.pending_len < 8 {
+            // Top up the pending word (at most 7 bytes are missing).
+            let fill = 8 - self.pending_len;
+            if len < fill {
+                self.pending |= load_le(bytes) << (8 * self.pending_len);
+                self.pending_len += len;
                 return;
             }
-            let m = self.pending;
+            let m = self.pending | (load_le(&bytes[..fill]) << (8 * self.pending_len));
             self.compress(m);
-            self.pending = 0;
-            self.pending_len = 0;
+            at = fill;
         }
-        let mut words = bytes.chunks_exact(8);
+        let mut words = bytes[at..].chunks_exact(8);
         for chunk in &mut words {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             self.compress(u64::from_le_bytes(word));
         }
-        for (i, &b) in words.remainder().iter().enumerate() {
-            self.pending |= u64::from(b) << (8 * i);
-        }
-        self.pending_len = words.remainder().len();
+        let rest = words.remainder();
+        self.pending = load_le(rest);
+        self.pending_len = rest.len();
     }
 
     #[inline]
@@ -257,6 +297,28 @@ impl SipHash13 {
         let high = self.v.iter().fold(0, |acc, x| acc ^ x);
         (u128::from(high) << 64) | u128::from(low)
     }
+}
+
+/// Up to 7 bytes as a little-endian word, in at most three loads (a byte loop cost more than
+/// the compression it feeds on the short fields of a key).
+#[inline(always)]
+fn load_le(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    debug_assert!(n < 8);
+    let mut out = 0u64;
+    let mut at = 0;
+    if n >= 4 {
+        out = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+        at = 4;
+    }
+    if n - at >= 2 {
+        out |= u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]])) << (8 * at);
+        at += 2;
+    }
+    if at < n {
+        out |= u64::from(bytes[at]) << (8 * at);
+    }
+    out
 }
 
 /// SipHash-1-3-128 of one contiguous input.
@@ -323,6 +385,36 @@ mod tests {
                 siphash13_128(3, 4, &k.encode()),
                 "{a} {b}"
             );
+        }
+    }
+
+    #[test]
+    fn a_key_matches_its_own_encoding_only() {
+        let keys = [
+            key(&["a:b", "c"]),
+            key(&["a", "b:c"]),
+            key(&["", "ab"]),
+            key(&["ab"]),
+            key(&["a", "b"]),
+            CounterKey {
+                limit: 1,
+                ..key(&["a", "b"])
+            },
+            CounterKey {
+                domain: "drm",
+                ..key(&["a", "b"])
+            },
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.encodes_as(&b.encode()), a == b, "{a:?} {b:?}");
+            }
+            let encoding = a.encode();
+            for cut in 0..encoding.len() {
+                assert!(!a.encodes_as(&encoding[..cut]));
+            }
+            assert!(!a.encodes_as(&[encoding.as_slice(), b"x"].concat()));
+            assert!(!a.encodes_as(&a.group()));
         }
     }
 

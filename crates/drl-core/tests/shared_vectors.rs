@@ -1,7 +1,7 @@
 //! The Rust algorithms against the shared test vectors (`vectors/algorithms.txt`); the Redis
 //! scripts are held to the same table by `drl-redis/tests/shared_vectors.rs`.
 
-mod vectors;
+use drl_testkit::vectors;
 
 use drl_core::Algorithm;
 use drl_core::Decision;
@@ -48,7 +48,10 @@ fn the_rust_algorithms_reproduce_the_shared_vectors() {
             }
             out.push('\n');
         }
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/algorithms.txt");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../drl-testkit/src/vectors/algorithms.txt"
+        );
         std::fs::write(path, out).expect("write the table");
         return;
     }

@@ -1,15 +1,18 @@
-//! `drl-proto`: the gRPC APIs of drl, generated at build time from the `.proto` files in
-//! `proto/` (see its README for where the vendored ones come from).
+//! `drl-proto`: the wire types of drl. The gRPC APIs are generated at build time from the
+//! `.proto` files in `proto/` (see its README for where the vendored ones come from).
 //!
 //! - [`drl::v1`]: the native API, `drl.v1.RateLimiter/Check`, a batch of checks per call.
 //! - [`envoy::service::ratelimit::v3`]: Envoy's rate limit service,
 //!   `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, and the types it uses.
+//! - [`json`]: the JSON bodies of the HTTP API (docs/api.md), shared by the server and the client
+//!   so the two cannot drift apart.
 //!
-//! Both have a server trait with its tonic service, and a client over a channel the caller
+//! Both gRPC APIs have a server trait with its tonic service, and a client over a channel the caller
 //! provides. The generated types stay at the edge: the server converts them to and from the
 //! core's types.
 
 pub mod codec;
+pub mod json;
 
 /// Everything generated, as one module tree per protobuf package.
 #[allow(

@@ -5,7 +5,7 @@
 //! Redis server clock (`TIME`, so `drl` nodes' clock skew cannot move windows), clamps time per
 //! key so it never runs backwards, and sets an expiry so idle keys vanish. They are called with
 //! EVALSHA; a NOSCRIPT (a restarted or newly promoted node has an empty script cache) reloads
-//! the script and retries. The shared test vectors (`drl-core/tests/vectors/`) check that a
+//! the script and retries. The shared test vectors (`drl-testkit/src/vectors/`) check that a
 //! script and its Rust algorithm decide alike.
 //!
 //! Numbers in Redis Lua are doubles, so the scripts keep absolute times as (seconds,
@@ -358,7 +358,7 @@ fn ceil_ms(ns: u64) -> Duration {
 mod tests {
     use super::*;
     use crate::keys::key_for;
-    use crate::test_support::{Cluster, Redis};
+    use drl_testkit::redis::{Cluster, Redis};
 
     const SEC: u64 = 1_000_000_000;
     /// 2025-11-28, where Redis Lua's doubles are not exact.

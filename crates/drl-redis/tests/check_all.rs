@@ -1,7 +1,7 @@
 //! `check_all` on real Redis: all or nothing over several counters, in one slot (one atomic
 //! script) and across slots of a cluster (trial, commit, refund), in fast and strict mode.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

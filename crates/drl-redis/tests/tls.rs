@@ -7,47 +7,35 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod support;
+use drl_testkit::redis as support;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drl_core::{Algorithm, Limiter, Policy, Rules};
 use drl_redis::{ClientCert, Consistency, OnError, RedisConfig, RedisStore, RedisTls};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use drl_testkit::ca::TestCa;
 use support::{Cluster, Redis};
 
 /// A throwaway CA, its certificate written to `dir/name.pem`.
-fn ca(dir: &Path, name: &str) -> (CertifiedIssuer<'static, KeyPair>, PathBuf) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+fn ca(dir: &Path, name: &str) -> (TestCa, PathBuf) {
+    let ca = TestCa::new(name);
     let path = dir.join(format!("{name}.pem"));
-    std::fs::write(&path, issuer.pem()).unwrap();
-    (issuer, path)
+    std::fs::write(&path, ca.pem()).unwrap();
+    (ca, path)
 }
 
 /// A certificate for `names` issued by `ca`, written to `dir/name.crt` and `dir/name.key`.
-fn leaf(
-    dir: &Path,
-    ca: &CertifiedIssuer<'static, KeyPair>,
-    name: &str,
-    names: &[&str],
-) -> ClientCert {
-    let params =
-        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
+fn leaf(dir: &Path, ca: &TestCa, name: &str, names: &[&str]) -> ClientCert {
     let files = ClientCert {
         cert: dir.join(format!("{name}.crt")),
         key: dir.join(format!("{name}.key")),
     };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    // Each certificate a serial number of its own, as a CA gives them.
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    ca.leaf(names, serial).write(&files.cert, &files.key);
     files
 }
 

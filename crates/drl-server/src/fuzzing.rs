@@ -24,11 +24,11 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tower_service::Service;
 
-use crate::api::{CheckResponse, ErrorResponse};
 use crate::config::{Config, ConfigError};
 use crate::envoy::{EnvoyRequest, JsonResponse};
 use crate::grpc::GrpcApi;
-use crate::http::{AdminToken, AppState};
+use crate::node::{AdminToken, Node};
+use drl_proto::json::{CheckResponse, ErrorResponse};
 
 /// Fuzz target `config`: up to four files, separated by two NUL bytes.
 pub fn config(data: &[u8]) {
@@ -36,7 +36,7 @@ pub fn config(data: &[u8]) {
     match Config::from_sources(&sources) {
         Ok(config) => {
             // A valid config is usable: its view renders, and a limiter built on it decides.
-            let view = crate::api::ConfigView::new(&config.rules, 1, None);
+            let view = drl_proto::json::ConfigView::new(&config.rules, 1, None);
             if let Err(e) = serde_json::to_vec(&view) {
                 panic!("the view of a valid config does not render: {e}");
             }
@@ -161,17 +161,17 @@ descriptors:
 
 /// A node on the memory store with a manual clock, its router and gRPC services, and a
 /// runtime to drive them in process (one per thread: the fuzzer's, or a test's).
-struct Node {
+struct FuzzedNode {
     runtime: tokio::runtime::Runtime,
-    state: AppState,
+    state: Node,
     clock: ManualClock,
 }
 
 thread_local! {
-    static NODE: RefCell<Option<Node>> = const { RefCell::new(None) };
+    static NODE: RefCell<Option<FuzzedNode>> = const { RefCell::new(None) };
 }
 
-impl Node {
+impl FuzzedNode {
     fn new() -> Self {
         let sources = [
             ("drl.yaml".to_owned(), NODE_CONFIG.as_bytes().to_vec()),
@@ -186,7 +186,7 @@ impl Node {
             .clock(clock.clone())
             .sweep_interval(None)
             .build();
-        let state = AppState::from(limiter).with_admin_token(AdminToken::new(ADMIN_TOKEN));
+        let state = Node::from(limiter).with_admin_token(AdminToken::new(ADMIN_TOKEN));
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -203,10 +203,10 @@ impl Node {
 
     /// Runs `f` on this thread's node; time moves on by 100 ms per call, so windows and bans
     /// pass over a long run.
-    fn with<R>(f: impl FnOnce(&Node) -> R) -> R {
+    fn with<R>(f: impl FnOnce(&FuzzedNode) -> R) -> R {
         NODE.with(|node| {
             let mut node = node.borrow_mut();
-            let node = node.get_or_insert_with(Node::new);
+            let node = node.get_or_insert_with(FuzzedNode::new);
             node.clock.advance(Duration::from_millis(100));
             f(node)
         })
@@ -314,7 +314,7 @@ fn json_post(path: &str, body: &[u8]) -> Request<Body> {
 
 /// Fuzz target `http_check`: the input as the body of `POST /v1/check`.
 pub fn http_check(data: &[u8]) {
-    let (status, headers, body) = Node::with(|node| node.http(json_post("/v1/check", data)));
+    let (status, headers, body) = FuzzedNode::with(|node| node.http(json_post("/v1/check", data)));
     assert_answer(status, &body);
     if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
         let decision: CheckResponse = match serde_json::from_slice(&body) {
@@ -336,7 +336,7 @@ pub fn http_check(data: &[u8]) {
 
 /// Fuzz target `http_envoy_json`: the input as the body of `POST /json`.
 pub fn http_envoy_json(data: &[u8]) {
-    let (status, _, body) = Node::with(|node| node.http(json_post("/json", data)));
+    let (status, _, body) = FuzzedNode::with(|node| node.http(json_post("/json", data)));
     assert_answer(status, &body);
     if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
         let response: JsonResponse = match serde_json::from_slice(&body) {
@@ -388,7 +388,7 @@ pub fn http_admin(data: &[u8]) {
         Ok(request) => request,
         Err(e) => panic!("cannot build {uri}: {e}"),
     };
-    let (status, _, body) = Node::with(|node| node.http(request));
+    let (status, _, body) = FuzzedNode::with(|node| node.http(request));
     assert_answer(status, &body);
     if selector % 6 < 2 && param.is_empty() {
         // `/v1/blocks/` names no user: no such route, whoever asks.
@@ -415,7 +415,7 @@ fn percent_encode(bytes: &[u8]) -> String {
 
 /// Fuzz target `grpc_native`: the input as a `drl.v1.CheckRequest` message.
 pub fn grpc_native(data: &[u8]) {
-    let (code, message) = Node::with(|node| {
+    let (code, message) = FuzzedNode::with(|node| {
         let service =
             native::rate_limiter_server::RateLimiterServer::new(GrpcApi::new(node.state.clone()));
         node.grpc(service, "/drl.v1.RateLimiter/Check", data)
@@ -439,7 +439,7 @@ pub fn grpc_native(data: &[u8]) {
 
 /// Fuzz target `grpc_envoy`: the input as an Envoy `RateLimitRequest` message.
 pub fn grpc_envoy(data: &[u8]) {
-    let (code, message) = Node::with(|node| {
+    let (code, message) = FuzzedNode::with(|node| {
         let service = rls::rate_limit_service_server::RateLimitServiceServer::new(GrpcApi::new(
             node.state.clone(),
         ));

@@ -1,10 +1,10 @@
-//! The gRPC API (docs/api.md) as tonic services over the same [`AppState`] as the HTTP API:
+//! The gRPC API (docs/api.md) as tonic services over the same [`Node`] as the HTTP API:
 //!
 //! - `drl.v1.RateLimiter/Check`: a batch of up to [`MAX_BATCH`] `(user_id, endpoint, hits)`
 //!   checks, answered in order. An invalid item gets its own error and is not counted; the
 //!   others are decided as usual.
 //! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: the domain's descriptor
-//!   rules, all or nothing over the request's descriptors (see [`crate::envoy`]). The native
+//!   rules, all or nothing over the request's descriptors (see `envoy.rs`). The native
 //!   rules are the domain `drl` with descriptors `user_id`, `endpoint`.
 //! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
 //!
@@ -25,23 +25,22 @@ use native::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::{CheckResponse, HitsOutOfRange, checked_hits};
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
-use crate::http::AppState;
-use crate::limits::capped_incoming;
+use crate::node::Node;
 use crate::tls::Api;
+use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 
 pub use drl_proto::MAX_BATCH;
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
-/// connections and returns once the calls in flight are answered. Over TLS if the node has
-/// [`AppState::tls`].
+/// connections, closes those that never made a call and returns once the calls in flight are
+/// answered. Over TLS if the node has [`Node::tls`]. The connections are served as
+/// [`crate::edge`] says (HTTP/2 only; timeouts, stream and connection caps).
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let node = node.into();
@@ -54,31 +53,24 @@ pub async fn serve<S: Store>(
     health
         .set_serving::<RateLimitServiceServer<GrpcApi<S>>>()
         .await;
-    let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-    let router = tonic::transport::Server::builder()
-        .http2_max_header_list_size(max_header_list)
-        .add_service(
-            RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
-        )
-        .add_service(
-            RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
-        )
-        .add_service(health_service);
-    if let Some(tls) = tls {
-        let incoming = tls.incoming(listener, Api::Grpc).into_stream();
-        return router
-            .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
-            .await
-            .map_err(std::io::Error::other);
-    }
-    // tonic sets TCP_NODELAY on the sockets it binds itself, not on an incoming stream it is
-    // handed: without it, Nagle's algorithm holds small responses back while an earlier one is
-    // unacknowledged.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(capped_incoming(incoming, gate, metrics), shutdown)
-        .await
-        .map_err(std::io::Error::other)
+    let routes = tonic::service::Routes::new(
+        RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
+    )
+    .add_service(
+        RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
+    )
+    .add_service(health_service)
+    .prepare();
+    crate::edge::serve(
+        listener,
+        tls,
+        Api::Grpc,
+        gate,
+        metrics,
+        routes.into_axum_router(),
+        shutdown,
+    )
+    .await
 }
 
 /// A gRPC call the API cannot answer normally.
@@ -90,7 +82,7 @@ pub enum GrpcError {
     /// An Envoy request the limiter refuses (no domain, unknown domain, bad descriptors).
     #[error(transparent)]
     Envoy(EnvoyError),
-    /// `hits` (or `hits_addend`) above [`MAX_HITS`](crate::api::MAX_HITS).
+    /// `hits` (or `hits_addend`) above [`MAX_HITS`](drl_proto::json::MAX_HITS).
     #[error(transparent)]
     HitsOutOfRange(#[from] HitsOutOfRange),
     /// An identifier the limiter refuses (empty, or above 1 KiB).
@@ -99,7 +91,7 @@ pub enum GrpcError {
     /// The store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// [`Limits::max_in_flight`](crate::limits::Limits::max_in_flight) requests are being
+    /// [`EdgeLimits::max_in_flight`](crate::limits::EdgeLimits::max_in_flight) requests are being
     /// answered: this one is shed.
     #[error(
         "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
@@ -164,11 +156,11 @@ impl From<GrpcError> for native::CheckError {
 
 /// Both services over one node. Cheap to clone: the state is reference counted.
 #[derive(Debug)]
-pub struct GrpcApi<S>(AppState<S>);
+pub struct GrpcApi<S>(Node<S>);
 
 impl<S: Store> GrpcApi<S> {
     /// Both services over `node`.
-    pub fn new(node: impl Into<AppState<S>>) -> Self {
+    pub fn new(node: impl Into<Node<S>>) -> Self {
         Self(node.into())
     }
 }
@@ -183,7 +175,7 @@ impl<S> GrpcApi<S> {
     /// A place among the requests in flight, or the call is shed (UNAVAILABLE, at once).
     fn admit(&self) -> Result<crate::limits::Place<'_>, GrpcError> {
         self.0.gate.admit().ok_or_else(|| {
-            self.0.metrics.shed(crate::limits::Shed::InFlight);
+            self.0.metrics.shed(crate::metrics::Shed::InFlight);
             GrpcError::Overloaded(self.0.gate.limits().max_in_flight)
         })
     }

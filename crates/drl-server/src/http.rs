@@ -3,16 +3,16 @@
 //! - `POST /v1/check` `{"user_id", "endpoint", "hits"?}` → 200 allowed / 429 denied, with the
 //!   decision as JSON and the `RateLimit-*` headers (`Retry-After` on 429).
 //! - `POST /json` → an Envoy `RateLimitRequest` as JSON, answered 200 / 429 with the
-//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` ([`crate::envoy`]).
-//! - `GET /` → the status page ([`crate::status`]).
+//!   `RateLimitResponse` as JSON, like envoyproxy/ratelimit's `/json` (`envoy.rs`).
+//! - `GET /` → the status page (`status.rs`).
 //! - `GET /healthz` → 200 `ok`.
 //! - `GET /metrics` → the [`Metrics`] in the OpenMetrics text format.
 //! - `GET /readyz` → 200 `ready` once a config is loaded (which it is before the node listens)
 //!   and the store answers ([`Store::ready`]); 503 otherwise.
-//! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`]); without a token configured
+//! - Admin, behind `Authorization: Bearer <token>` ([`AdminToken`](crate::AdminToken)); without a token configured
 //!   these answer 404, as if they did not exist:
 //!   - `GET /v1/config` → the config in force and its version ([`ConfigView`]);
-//!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`]): 200 with the new
+//!   - `POST /v1/config/reload` → reloads the config file ([`Reloader`](crate::reload::Reloader)): 200 with the new
 //!     version, 422 with the diagnostics when the file is refused (the old config stays), 409
 //!     when the node was started without a config file;
 //!   - `POST /v1/load` `{"backend", "utilization"}` or `{"backend", "latency_ms", "target_ms"}`
@@ -25,14 +25,20 @@
 //!     when there is none).
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
+//! [`router`] serves all of these on one listener. When the admin API has a listener of its own
+//! (`--admin-addr`), that one serves the status page, `/metrics`, health and the admin routes
+//! (`admin_router`), and the public one the checks and health (`public_router`): there the status
+//! page, `/metrics` and the admin routes answer 404.
+//!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
-//! [`Limits`] (headers: 431; in flight: 503 with `Retry-After`), and bodies are read up to
-//! [`Limits::max_body_bytes`] (413).
+//! [`EdgeLimits`]: headers (431), then the body, read whole up to [`EdgeLimits::max_body_bytes`] (413)
+//! within [`EdgeLimits::body_read_timeout`] (408), and only then the in-flight place (503 with
+//! `Retry-After`), so a client that stalls its body holds none.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -46,277 +52,94 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use drl_core::limiter::LimiterError;
-use drl_core::{CheckError, Decision, Limiter, RuleLevel, Store, StoreError};
+use drl_core::{CheckError, Decision, Store, StoreError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use thiserror::Error;
 
-use crate::api::{
+use crate::config::ConfigError;
+use crate::edge::BodyTimedOut;
+use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
+use crate::limits::Gate;
+use crate::metrics::{self, Metrics, Shed};
+use crate::node::Node;
+use drl_proto::json::{
     BlockRequest, BlockView, BlocksView, CheckRequest, CheckResponse, ConfigView, DiagnosticView,
     ErrorResponse, FactorView, HitsOutOfRange, LoadReport, OffenderView, OffendersView,
     ReloadResponse, checked_hits,
 };
-use crate::config::ConfigError;
-use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
-use crate::limits::{Gate, Limits, Shed};
-use crate::metrics::{self, Metrics};
-use crate::reload::Reloader;
-use crate::shared::Coordination;
-use crate::tls::ServerTls;
 
-/// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
+/// Largest accepted request body by default ([`EdgeLimits::max_body_bytes`]). A check is a few
 /// hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
-/// What the routes share: the limiter, the metrics, and for the admin routes the reloader and
-/// the admin token. Cheap to clone (reference counts), as axum does per request.
-#[derive(Debug)]
-pub struct AppState<S = drl_core::MemoryStore> {
-    pub limiter: Limiter<S>,
-    pub metrics: Arc<Metrics>,
-    /// Set when the node was started from a config file, which can then be reloaded.
-    pub reloader: Option<Arc<Reloader<S>>>,
-    /// Set to enable the admin routes.
-    pub admin_token: Option<AdminToken>,
-    /// Set on the Redis store: bans, blocks and load factors shared with the other nodes.
-    pub shared: Option<Arc<Coordination>>,
-    /// Set to serve both APIs over TLS.
-    pub tls: Option<Arc<ServerTls>>,
-    /// The input limits and the in-flight and connection budgets of both APIs.
-    pub gate: Arc<Gate>,
-}
-
-impl<S> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            limiter: self.limiter.clone(),
-            metrics: Arc::clone(&self.metrics),
-            reloader: self.reloader.clone(),
-            admin_token: self.admin_token.clone(),
-            shared: self.shared.clone(),
-            tls: self.tls.clone(),
-            gate: Arc::clone(&self.gate),
-        }
-    }
-}
-
-impl<S: Store> AppState<S> {
-    /// A node answering with `limiter`, counting into `metrics`; no reloader, no admin routes.
-    pub fn new(limiter: Limiter<S>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            limiter,
-            metrics,
-            reloader: None,
-            admin_token: None,
-            shared: None,
-            tls: None,
-            gate: Arc::default(),
-        }
-    }
-
-    /// Enforces `limits` (both APIs of the node share its budgets).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.gate = Arc::new(Gate::new(limits));
-        self
-    }
-
-    /// Serves both APIs over TLS with `tls` (plaintext when `None`).
-    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// Shares bans, blocks and load factors with the other nodes through `coordination`.
-    pub fn with_shared(mut self, coordination: Option<Arc<Coordination>>) -> Self {
-        self.shared = coordination;
-        self
-    }
-
-    /// Writes a ban made by a check to the shared state, off the request's path.
-    pub(crate) fn share_ban(&self, ban: &drl_core::abuse::Ban) {
-        if let Some(shared) = &self.shared {
-            let (shared, limiter, ban) = (Arc::clone(shared), self.limiter.clone(), ban.clone());
-            tokio::spawn(async move {
-                if let Err(e) = shared.publish_ban(&limiter, &ban).await {
-                    tracing::warn!(
-                        "ban of {:?} not shared with the other nodes: {e}",
-                        ban.user_id
-                    );
-                }
-            });
-        }
-    }
-
-    /// Reloads through `reloader` (which should hold the same limiter and metrics).
-    pub fn with_reloader(mut self, reloader: Arc<Reloader<S>>) -> Self {
-        self.reloader = Some(reloader);
-        self
-    }
-
-    /// Enables the admin routes behind `token`.
-    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
-        self.admin_token = token;
-        self
-    }
-
-    /// One check through the limiter, counted in the metrics: what every API (HTTP, gRPC)
-    /// calls to decide.
-    pub async fn decide(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Decision, LimiterError> {
-        let checked = self.check(user_id, endpoint, hits).await?;
-        self.metrics
-            .decision(checked.decision.allowed, checked.level, checked.took);
-        Ok(checked.decision)
-    }
-
-    /// Counts what a check says beyond its decision: bans, blocks, shadow denials.
-    pub(crate) fn count_abuse(&self, banned: bool, shadow_denied: bool, new_bans: usize) {
-        if banned {
-            self.metrics.blocked();
-        }
-        if shadow_denied {
-            self.metrics.shadow_denied();
-        }
-        for _ in 0..new_bans {
-            self.metrics.ban(false);
-        }
-    }
-
-    /// The limiter's check with its rule level and duration, store failures counted, the
-    /// decision not yet: for callers that decide what to record (a probe with `hits = 0`).
-    pub async fn check(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Checked, LimiterError> {
-        let started = Instant::now();
-        let checked = self
-            .limiter
-            .check_async_ruled(user_id, endpoint, hits)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, LimiterError::Store(_)) {
-                    self.metrics.store_error();
-                }
-            })?;
-        self.count_abuse(
-            checked.banned,
-            checked.shadow_denied,
-            usize::from(checked.new_ban.is_some()),
-        );
-        if let Some(ban) = &checked.new_ban {
-            self.share_ban(ban);
-        }
-        Ok(Checked {
-            level: checked.level,
-            decision: checked.decision,
-            took: started.elapsed(),
-        })
-    }
-
-    /// [`Limits::max_body_bytes`].
-    fn max_body(&self) -> usize {
-        self.gate.limits().max_body_bytes
-    }
-
-    /// The version of the config in force (1 when it cannot be reloaded).
-    fn config_version(&self) -> u64 {
-        self.reloader.as_ref().map_or(1, |r| r.version())
-    }
-}
-
-/// A decision with the level of the rule that made it and how long it took.
-#[derive(Debug, Clone, Copy)]
-pub struct Checked {
-    pub level: RuleLevel,
-    pub decision: Decision,
-    pub took: Duration,
-}
-
-impl<S: Store> From<Limiter<S>> for AppState<S> {
-    /// A node with fresh metrics, the config version at 1.
-    fn from(limiter: Limiter<S>) -> Self {
-        let metrics = Metrics::new();
-        metrics.set_config_version(1);
-        Self::new(limiter, Arc::new(metrics))
-    }
-}
-
-/// The secret of the admin routes. Its `Debug` does not show it.
-#[derive(Clone)]
-pub struct AdminToken(Arc<[u8]>);
-
-impl AdminToken {
-    /// Name of the environment variable `drl serve` reads the token from.
-    pub const ENV: &str = "DRL_ADMIN_TOKEN";
-
-    /// A token; `None` for an empty one (which would let an empty `Bearer` through).
-    pub fn new(token: &str) -> Option<Self> {
-        (!token.is_empty()).then(|| Self(token.as_bytes().into()))
-    }
-
-    /// Whether `presented` is the token, in time independent of where they differ.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        constant_time_eq(&self.0, presented)
-    }
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-/// Compares two byte strings in time that depends only on the longer one's length, not on
-/// their contents: every byte is visited and differences are folded together, no early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    // Folding the length difference in makes unequal lengths unequal without returning early.
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    // Keep the optimiser from turning the fold back into a short-circuiting comparison.
-    std::hint::black_box(diff) == 0
-}
-
-/// The routes of a node.
-pub fn router<S: Store>(state: impl Into<AppState<S>>) -> Router {
+/// The routes of a node on one listener: the decision API, health, and the admin API (the
+/// status page, `/metrics` and the admin routes).
+pub fn router<S: Store>(state: impl Into<Node<S>>) -> Router {
     let state = state.into();
-    let routes = Router::new()
-        .route("/", get(crate::status::page))
+    let routes = decision_routes()
+        .merge(health_routes())
+        .merge(admin_routes(&state));
+    let gate = Arc::clone(&state.gate);
+    finish(routes, state, gate)
+}
+
+/// The routes of the public listener when the admin API has its own ([`admin_router`]): the
+/// decision API and health; the admin API's routes answer 404 here.
+pub(crate) fn public_router<S: Store>(state: Node<S>) -> Router {
+    let gate = Arc::clone(&state.gate);
+    finish(decision_routes().merge(health_routes()), state, gate)
+}
+
+/// The routes of the admin listener: the status page, `/metrics`, health and, with a token, the
+/// admin routes; a check answers 404 here. Its requests take their in-flight places in `gate`,
+/// the admin listener's own, so that a flood of the public listeners cannot shed them.
+pub(crate) fn admin_router<S: Store>(state: Node<S>, gate: Arc<Gate>) -> Router {
+    let routes = health_routes().merge(admin_routes(&state));
+    finish(routes, state, gate)
+}
+
+fn decision_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
+}
+
+fn health_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
+}
+
+/// The status page and `/metrics`, and the admin routes if `state` has a token.
+fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
+    let routes = Router::new()
+        .route("/", get(crate::status::page))
         .route("/metrics", get(metrics_text::<S>));
     // Without a token the admin routes do not exist: not even a 405 with `Allow:` for a wrong
     // method may show that they would.
-    let routes = if state.admin_token.is_some() {
-        routes
-            .route("/v1/config", get(show_config::<S>))
-            .route("/v1/config/reload", post(reload_config::<S>))
-            .route("/v1/blocks", get(list_blocks::<S>))
-            .route("/v1/load", post(report_load::<S>))
-            .route("/v1/offenders", get(list_offenders::<S>))
-            .route(
-                "/v1/blocks/{user_id}",
-                put(put_block::<S>).delete(delete_block::<S>),
-            )
-    } else {
-        routes
-    };
+    if state.admin_token.is_none() {
+        return routes;
+    }
+    routes
+        .route("/v1/config", get(show_config::<S>))
+        .route("/v1/config/reload", post(reload_config::<S>))
+        .route("/v1/blocks", get(list_blocks::<S>))
+        .route("/v1/load", post(report_load::<S>))
+        .route("/v1/offenders", get(list_offenders::<S>))
+        .route(
+            "/v1/blocks/{user_id}",
+            put(put_block::<S>).delete(delete_block::<S>),
+        )
+}
+
+/// `routes` with the fallbacks and the edge's limits (requests in flight counted in `gate`),
+/// over `state`.
+fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>, gate: Arc<Gate>) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            (Arc::clone(&state.gate), Arc::clone(&state.metrics)),
+            (gate, Arc::clone(&state.metrics)),
             enforce_limits,
         ))
         .layer(middleware::from_fn_with_state(
@@ -336,10 +159,13 @@ async fn count_in_flight(
     next.run(request).await
 }
 
-/// The header and in-flight limits, before anything else: a request whose headers are above
-/// [`Limits::max_header_bytes`] is answered 431, and one arriving while
-/// [`Limits::max_in_flight`] are in flight 503 with `Retry-After` (health and metrics routes
-/// excepted, so a saturated node still reports). The place is held until the response is made.
+/// The header, body and in-flight limits, before anything else: a request whose headers are
+/// above [`EdgeLimits::max_header_bytes`] is answered 431; its body is then read whole (413 above
+/// [`EdgeLimits::max_body_bytes`], 408 past [`EdgeLimits::body_read_timeout`]), and only then does it
+/// take an in-flight place, so a client that stalls its body holds none: one arriving while
+/// [`EdgeLimits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
+/// metrics routes excepted, so a saturated node still reports). The place is held until the
+/// response is made.
 async fn enforce_limits(
     State((gate, metrics)): State<(Arc<Gate>, Arc<Metrics>)>,
     request: Request,
@@ -361,6 +187,12 @@ async fn enforce_limits(
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(body));
     let Some(_place) = gate.admit() else {
         metrics.shed(Shed::InFlight);
         return ApiError::Overloaded(limits.max_in_flight).into_response();
@@ -374,15 +206,15 @@ pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("unsupported content type {0}: send the body as application/json")]
     ContentType(String),
-    /// The body is above [`Limits::max_body_bytes`].
+    /// The body is above [`EdgeLimits::max_body_bytes`].
     #[error("request body is larger than {0} bytes, the maximum (max_body_bytes)")]
     BodyTooLarge(usize),
-    /// The headers are above [`Limits::max_header_bytes`].
+    /// The headers are above [`EdgeLimits::max_header_bytes`].
     #[error(
         "request headers are {size} bytes (names and values); the maximum is {max} bytes (max_header_bytes)"
     )]
     HeadersTooLarge { size: usize, max: usize },
-    /// [`Limits::max_in_flight`] requests are being answered: this one is shed.
+    /// [`EdgeLimits::max_in_flight`] requests are being answered: this one is shed.
     #[error(
         "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
     )]
@@ -390,6 +222,9 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("cannot read the request body: {0}")]
     BodyUnreadable(String),
+    /// The body was not all in within [`EdgeLimits::body_read_timeout`] of the request's head.
+    #[error("the request body was not received within {0:?} (body_read_timeout); send it at once")]
+    BodyTimeout(Duration),
     /// A JSON array where the check object should be.
     #[error("invalid request body: expected a JSON object, not an array")]
     NotAnObject,
@@ -450,6 +285,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentType(_)
@@ -493,7 +329,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Self::Overloaded(_)) {
+        if matches!(self, Self::Overloaded(_) | Self::Store(_)) {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -503,7 +339,7 @@ impl IntoResponse for ApiError {
 }
 
 async fn check<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -518,7 +354,7 @@ async fn check<S: Store>(
 /// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
 /// `RateLimitResponse` as JSON (envoyproxy/ratelimit's HTTP form).
 async fn envoy_json<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -573,8 +409,16 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(max)),
-        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+        Err(e) => match find_body_timeout(&*e) {
+            Some(timeout) => Err(ApiError::BodyTimeout(timeout.0)),
+            None => Err(ApiError::BodyUnreadable(e.to_string())),
+        },
     }
+}
+
+/// The [`BodyTimedOut`] that `error` is or was caused by, if any.
+fn find_body_timeout(error: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref().copied())
 }
 
 /// 200 or 429 with the decision as JSON and as `RateLimit-*` / `Retry-After` headers (the
@@ -598,17 +442,13 @@ async fn healthz() -> &'static str {
 }
 
 /// Ready once the config is loaded (the state exists only then) and the store answers.
-async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Result<&'static str, ApiError> {
+async fn readyz<S: Store>(State(state): State<Node<S>>) -> Result<&'static str, ApiError> {
     state.limiter.store().ready().await?;
     Ok("ready")
 }
 
 /// Lets an admin request through, or answers 404 (admin disabled) or 401.
-fn authorize<S: Store>(
-    state: &AppState<S>,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<(), ApiError> {
+fn authorize<S: Store>(state: &Node<S>, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Err(ApiError::NotFound(uri.path().to_owned()));
     };
@@ -628,7 +468,7 @@ fn authorize<S: Store>(
 }
 
 async fn show_config<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ConfigView>, ApiError> {
@@ -644,7 +484,7 @@ async fn show_config<S: Store>(
 }
 
 async fn reload_config<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<ReloadResponse>, ApiError> {
@@ -660,9 +500,9 @@ async fn reload_config<S: Store>(
     }))
 }
 
-async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
+async fn metrics_text<S: Store>(State(state): State<Node<S>>) -> Response {
     state.metrics.sync_store(&state.limiter.store().stats());
-    state.metrics.sync_gate(&state.gate);
+    state.gate.report(&state.metrics);
     (
         [(
             CONTENT_TYPE,
@@ -683,7 +523,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// `GET /v1/blocks`: automatic bans, manual blocks and the config's blocklist, with time left.
 async fn list_blocks<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<BlocksView>, ApiError> {
@@ -724,7 +564,7 @@ fn path_user_id(user_id: Result<Path<String>, PathRejection>) -> Result<String, 
 
 /// `PUT /v1/blocks/{user_id}`, body optional `{"duration": "1h"}` (permanent without).
 async fn put_block<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -777,7 +617,7 @@ async fn put_block<S: Store>(
 
 /// `DELETE /v1/blocks/{user_id}`: lifts a ban or block (not a config blocklist entry).
 async fn delete_block<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     user_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -801,7 +641,7 @@ async fn delete_block<S: Store>(
 
 /// `POST /v1/load`: a backend's load report; answers the backend's factor now in force.
 async fn report_load<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
@@ -829,7 +669,7 @@ async fn report_load<S: Store>(
 /// `GET /v1/offenders?limit=N`: the users denied most often (offenses, counted while abuse
 /// protection is on), most first; `limit` from 1 to 1000, default 20.
 async fn list_offenders<S: Store>(
-    State(state): State<AppState<S>>,
+    State(state): State<Node<S>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<OffendersView>, ApiError> {

@@ -1,98 +1,93 @@
-//! `drl-server`: a `drl` node — its configuration, its HTTP API, and the client that `drl check`
-//! uses to ask one.
+//! `drl-server`: a `drl` node — its configuration, and its HTTP and gRPC APIs over a limiter.
+//! (The clients are the `drl-client` crate, the load generator `drl-bench`.)
 //!
-//! - [`config`]: the YAML config of docs/configuration.md, validated once with line/column diagnostics.
-//! - [`api`]: the JSON wire types, shared by the server and the client.
+//! - [`node`]: the [`Node`] every API answers through: limiter, metrics, reloader, admin token.
+//! - [`config`]: the YAML config of docs/configuration.md (native and Envoy formats), validated
+//!   once with line/column diagnostics.
+//! - [`edge`]: how both listeners serve connections: the connection cap, TLS handshakes, and
+//!   the header, body, idle and keep-alive timeouts.
 //! - [`limits`]: the input limits and the in-flight and connection budgets, enforced at the edge.
-//! - [`http`]: the axum [`Router`](axum::Router) over a [`Limiter`](drl_core::Limiter):
-//!   `POST /v1/check`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the admin routes
-//!   `GET /v1/config` and `POST /v1/config/reload`.
+//! - [`http`]: the axum [`Router`](axum::Router) of a node: `POST /v1/check`, `POST /json`,
+//!   `GET /healthz`, `GET /readyz`, `GET /metrics`, the status page and the admin routes.
 //! - [`grpc`]: the gRPC services over the same state: `drl.v1.RateLimiter`,
 //!   `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1.Health`.
+//! - `envoy`: Envoy's `ShouldRateLimit` (over gRPC, and as JSON on `POST /json`) on the node.
 //! - [`metrics`]: the node's Prometheus metrics, in one explicit registry.
 //! - [`reload`]: hot reload of the config file, on a change of the file, on SIGHUP, or asked
 //!   for by the admin route.
-//! - [`client`]: a small HTTP client for `POST /v1/check`, the `drl check` command, and
-//!   [`client::grpc`], a client of the native gRPC API.
-//! - [`bench`]: `drl bench`, a load generator for the three decision APIs and its report.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
-//! - [`status`]: the status page at `GET /`, reading the other routes from the browser.
+//! - `status`: the status page at `GET /`, reading the other routes from the browser.
 //!
-//! The library owns the server: [`serve`] (HTTP), [`grpc::serve`] and [`serve_all`] (both) take
-//! bound listeners and a shutdown future, so the binary only parses arguments and tests bind
-//! port 0 and talk to real sockets.
+//! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
+//! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
+//! and [`serve_all`] (both) serve a [`Node`] built by hand. All take bound listeners and a
+//! shutdown future, so the binary only parses arguments and tests bind port 0 and talk to real
+//! sockets.
 
-pub mod api;
-pub mod bench;
-pub mod client;
 pub mod config;
-pub mod envoy;
-mod envoy_config;
+pub mod edge;
+mod envoy;
+
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod reload;
-pub mod shared;
-pub mod status;
+mod run;
+mod status;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use drl_core::Store;
+use limits::Gate;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
-pub use http::AppState;
 pub use metrics::Metrics;
+pub use node::{AdminToken, Node};
+pub use run::{Listeners, Settings, run};
 
-/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`AppState`] with
-/// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops accepting connections and returns once the
-/// requests in flight are answered. Over TLS if the node has [`AppState::tls`].
+/// Serves the HTTP API of a node (a [`Limiter`](drl_core::Limiter), or an [`Node`] with
+/// its metrics, reloader and admin token) on `listener` until `shutdown` completes, then stops
+/// accepting connections, closes those that never sent a request and returns once the requests
+/// in flight are answered. Over TLS if the node has [`Node::tls`]. The connections are served
+/// as [`edge`] says (timeouts, connection cap).
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    match node.tls.clone() {
-        Some(tls) => serve_on(tls.incoming(listener, tls::Api::Http), node, shutdown).await,
-        // TCP_NODELAY, so that no response waits for the acknowledgement of the previous one.
-        // (The TLS listener sets it too.)
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-            serve_on(listener, node, shutdown).await
-        }
-    }
+    let gate = Arc::clone(&node.gate);
+    serve_routes(listener, node.clone(), http::router(node), gate, shutdown).await
 }
 
-/// The HTTP server on accepted connections, plaintext or TLS alike: whatever the server does
-/// with a connection belongs here, so that both get it.
-async fn serve_on<S: Store, L>(
-    listener: L,
-    node: AppState<S>,
+/// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does, its connections
+/// counted in `gate`.
+async fn serve_routes<S: Store>(
+    listener: TcpListener,
+    node: Node<S>,
+    routes: axum::Router,
+    gate: Arc<Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let listener = limits::CappedListener::new(
+) -> std::io::Result<()> {
+    edge::serve(
         listener,
-        std::sync::Arc::clone(&node.gate),
-        std::sync::Arc::clone(&node.metrics),
-    );
-    axum::serve(listener, http::router(node))
-        .with_graceful_shutdown(shutdown)
-        .await
+        node.tls,
+        tls::Api::Http,
+        gate,
+        node.metrics,
+        routes,
+        shutdown,
+    )
+    .await
 }
 
 /// How long [`serve_all`] lets requests in flight finish after a shutdown signal before it
@@ -106,7 +101,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_all<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_all_draining(http, grpc, node, shutdown, DRAIN_TIMEOUT).await
@@ -116,18 +111,63 @@ pub async fn serve_all<S: Store>(
 pub async fn serve_all_draining<S: Store>(
     http: TcpListener,
     grpc: TcpListener,
-    node: impl Into<AppState<S>>,
+    node: impl Into<Node<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http,
+        grpc,
+        admin: None,
+    };
+    serve_listeners(listeners, node, shutdown, drain).await
+}
+
+/// [`serve_all_draining`] on `listeners`: with [`Listeners::admin`], the admin API (the status
+/// page, `/metrics` and the admin routes, and health) is served there and answers 404 on the
+/// HTTP listener. The admin listener has budgets of its own (connections, requests in flight)
+/// with the node's limits, so that a flood of the public listeners cannot shed the operator's
+/// requests, and is served over [`Node::admin_tls`] if set, else over [`Node::tls`]. It stops and drains with the others, and its failure stops them too.
+pub async fn serve_listeners<S: Store>(
+    listeners: Listeners,
+    node: impl Into<Node<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let Listeners { http, grpc, admin } = listeners;
     let node = node.into();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Completes once `stop` says so (or is gone).
     let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&stop| stop).await;
     };
+    let (public_routes, admin_server) = match admin {
+        Some(admin) => {
+            // Budgets of its own, with the same limits: a flood of the public listeners
+            // cannot lock the operator out.
+            let gate = Arc::new(Gate::new(*node.gate.limits()));
+            let routes = http::admin_router(node.clone(), Arc::clone(&gate));
+            let tls = node.admin_tls.clone().or_else(|| node.tls.clone());
+            let admin_node = node.clone().with_tls(tls);
+            let server = serve_routes(
+                admin,
+                admin_node,
+                routes,
+                gate,
+                stop_signal(stopped.clone()),
+            );
+            (http::public_router(node.clone()), Some(server))
+        }
+        None => (http::router(node.clone()), None),
+    };
     let ticker_node = node.clone();
-    let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
+    let http_server = serve_routes(
+        http,
+        node.clone(),
+        public_routes,
+        Arc::clone(&node.gate),
+        stop_signal(stopped.clone()),
+    );
     let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));
     let trigger = async {
         let mut stopped = stop.subscribe();
@@ -138,11 +178,18 @@ pub async fn serve_all_draining<S: Store>(
         stop.send_replace(true);
     };
     let servers = async {
-        let (http, grpc) = tokio::join!(
+        let admin_server = async {
+            match admin_server {
+                Some(server) => stop_after(server, &stop).await,
+                None => Ok(()),
+            }
+        };
+        let (http, grpc, admin) = tokio::join!(
             stop_after(http_server, &stop),
-            stop_after(grpc_server, &stop)
+            stop_after(grpc_server, &stop),
+            admin_server
         );
-        http.and(grpc)
+        http.and(grpc).and(admin)
     };
     let housekeeping = tokio::spawn(housekeeping(ticker_node, stopped.clone()));
     let deadline = async {
@@ -166,10 +213,7 @@ pub async fn serve_all_draining<S: Store>(
 
 /// Once a second while the node runs: silent backends' adaptive factors recover (and the
 /// metric follows), ended bans are dropped, and on Redis the shared bans and factors are synced.
-async fn housekeeping<S: Store>(
-    node: AppState<S>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+async fn housekeeping<S: Store>(node: Node<S>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

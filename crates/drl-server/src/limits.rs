@@ -1,49 +1,59 @@
 //! The node's resource limits, enforced at the edge before the limiter sees a request
 //! (docs/api.md, "Input limits"):
 //!
-//! - [`Limits`]: the configurable ones — HTTP body size, gRPC message size, header size,
+//! - [`EdgeLimits`]: the configurable ones — HTTP body size, gRPC message size, header size,
 //!   requests in flight and open connections — with defaults sized so a node serves tens of
 //!   thousands of decisions per second without reaching them.
 //! - [`Gate`]: the two budgets shared by the HTTP and gRPC APIs of one node: requests in flight
 //!   ([`Gate::admit`]: a request over it is shed at once, 503 / UNAVAILABLE, rather than queued)
-//!   and open connections ([`CappedListener`], [`capped_incoming`]: a connection over it is
-//!   accepted and closed at once).
+//!   and open connections (taken by [`crate::edge`] as a connection is accepted, before its TLS
+//!   handshake: a connection over it is closed at once).
+//! - The timeouts of [`EdgeLimits`] ([`EdgeLimits::header_read_timeout`],
+//!   [`EdgeLimits::body_read_timeout`], [`EdgeLimits::idle_timeout`],
+//!   [`EdgeLimits::keepalive_interval`]) and the HTTP/2 stream cap ([`EdgeLimits::max_streams`]),
+//!   applied to every connection by [`crate::edge`].
 //!
 //! The fixed limits of a request's contents (identifier lengths, descriptors, entries, batch
 //! size, hits) live where they are checked: `drl_core::key::MAX_ID_LEN`,
 //! `drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES}`, [`crate::grpc::MAX_BATCH`] and
-//! [`crate::api::MAX_HITS`].
+//! [`drl_proto::json::MAX_HITS`].
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::serve::Listener;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::codegen::tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::Connected;
+use crate::metrics::{Metrics, Shed};
 
-use crate::metrics::Metrics;
-
-/// Default of [`Limits::max_body_bytes`]: 64 KiB. A check is a few hundred bytes; an Envoy
+/// Default of [`EdgeLimits::max_body_bytes`]: 64 KiB. A check is a few hundred bytes; an Envoy
 /// request of 64 descriptors with short values a few KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Default of [`Limits::max_message_bytes`]: 4 MiB, tonic's and Envoy's default. The largest
+/// Default of [`EdgeLimits::max_message_bytes`]: 4 MiB, tonic's and Envoy's default. The largest
 /// valid request (a batch of 1 000 checks, or 64 descriptors of 16 entries, with 1 KiB
 /// identifiers) is about 2.1 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Default of [`Limits::max_header_bytes`]: 16 KiB, hyper's HTTP/2 default.
+/// Default of [`EdgeLimits::max_header_bytes`]: 16 KiB, hyper's HTTP/2 default.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Default of [`Limits::max_in_flight`].
+/// Default of [`EdgeLimits::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
-/// Default of [`Limits::max_connections`].
+/// Default of [`EdgeLimits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of [`EdgeLimits::header_read_timeout`]: 5 s. A check's head is a few hundred bytes.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`EdgeLimits::body_read_timeout`]: 5 s. A check's body is a few hundred bytes.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`EdgeLimits::idle_timeout`]: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`EdgeLimits::keepalive_interval`]: 30 s.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default of [`EdgeLimits::max_streams`]: 100, as nginx and most gRPC servers.
+pub const DEFAULT_MAX_STREAMS: u32 = 100;
+
+/// The longest of the timeouts of [`EdgeLimits`]: a day (a longer one is taken as a day).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The configurable limits of one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct EdgeLimits {
     /// Largest HTTP request body, in bytes: above it, 413.
     pub max_body_bytes: usize,
     /// Largest gRPC request message, in bytes (tonic's `max_decoding_message_size`): above it,
@@ -56,12 +66,29 @@ pub struct Limits {
     /// Requests being answered at once, HTTP and gRPC together (health and metrics routes
     /// excepted): above it, 503 with `Retry-After` / UNAVAILABLE, at once.
     pub max_in_flight: usize,
-    /// Open connections, HTTP and gRPC together: above it a new connection is closed as soon as
-    /// it is accepted.
+    /// Open connections, HTTP and gRPC together, TLS handshakes in progress included: above it a
+    /// new connection is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// The time a connection has to send a request's head: on HTTP/1.1 from when it is ready
+    /// for one (accepted, or its previous response sent), so it is also the HTTP/1.1 keep-alive
+    /// time; a new connection on the HTTP listener has it to begin its first request (HTTP/2
+    /// included), and a TLS connection to finish its handshake, on both listeners.
+    pub header_read_timeout: Duration,
+    /// The time a request's body has to arrive, from its head: past it, 408 / the call fails,
+    /// and the request never took an in-flight place.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed (gracefully: HTTP/2
+    /// `GOAWAY`); on the gRPC listener also the time a new connection has to begin its first
+    /// call.
+    pub idle_timeout: Duration,
+    /// An HTTP/2 connection silent for this long is sent a ping, and dropped if the peer does
+    /// not answer within [`crate::edge::KEEPALIVE_TIMEOUT`]; `None`: no pings.
+    pub keepalive_interval: Option<Duration>,
+    /// Concurrent streams (requests) per HTTP/2 connection, on both listeners.
+    pub max_streams: u32,
 }
 
-impl Default for Limits {
+impl Default for EdgeLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -69,6 +96,11 @@ impl Default for Limits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -78,24 +110,30 @@ impl Default for Limits {
 /// compare-and-swap, giving it back a subtraction (no lock, no queue).
 #[derive(Debug)]
 pub struct Gate {
-    limits: Limits,
+    limits: EdgeLimits,
     in_flight: AtomicUsize,
     connections: Arc<AtomicUsize>,
 }
 
 impl Default for Gate {
     fn default() -> Self {
-        Self::new(Limits::default())
+        Self::new(EdgeLimits::default())
     }
 }
 
 impl Gate {
-    /// Budgets of `limits` (a limit of 0 is taken as 1).
-    pub fn new(limits: Limits) -> Self {
+    /// Budgets of `limits` (a limit of 0 is taken as 1, for streams too; a timeout above
+    /// [`MAX_TIMEOUT`] as [`MAX_TIMEOUT`]).
+    pub fn new(limits: EdgeLimits) -> Self {
         Self {
-            limits: Limits {
+            limits: EdgeLimits {
                 max_in_flight: limits.max_in_flight.max(1),
                 max_connections: limits.max_connections.max(1),
+                max_streams: limits.max_streams.max(1),
+                header_read_timeout: limits.header_read_timeout.min(MAX_TIMEOUT),
+                body_read_timeout: limits.body_read_timeout.min(MAX_TIMEOUT),
+                idle_timeout: limits.idle_timeout.min(MAX_TIMEOUT),
+                keepalive_interval: limits.keepalive_interval.map(|d| d.min(MAX_TIMEOUT)),
                 ..limits
             },
             in_flight: AtomicUsize::new(0),
@@ -103,7 +141,7 @@ impl Gate {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &EdgeLimits {
         &self.limits
     }
 
@@ -117,14 +155,24 @@ impl Gate {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Sets the gate's gauges in `metrics` to its state now (at each scrape).
+    pub fn report(&self, metrics: &Metrics) {
+        metrics.set_gate(Shed::InFlight, self.in_flight(), self.limits.max_in_flight);
+        metrics.set_gate(
+            Shed::Connections,
+            self.connections(),
+            self.limits.max_connections,
+        );
+    }
+
     /// A place for one request in flight, held until it is dropped; `None` when all are taken
     /// (the request is to be shed, not queued).
     pub fn admit(&self) -> Option<Place<'_>> {
         take(&self.in_flight, self.limits.max_in_flight).then(|| Place(&self.in_flight))
     }
 
-    /// A place for one open connection; `None` when all are taken.
-    fn connection(&self) -> Option<ConnectionPlace> {
+    /// A place for one open connection (TLS handshake included); `None` when all are taken.
+    pub(crate) fn connection(&self) -> Option<ConnectionPlace> {
         take(&self.connections, self.limits.max_connections)
             .then(|| ConnectionPlace(Arc::clone(&self.connections)))
     }
@@ -150,7 +198,7 @@ impl Drop for Place<'_> {
 
 /// A connection's place, given back when dropped.
 #[derive(Debug)]
-struct ConnectionPlace(Arc<AtomicUsize>);
+pub(crate) struct ConnectionPlace(Arc<AtomicUsize>);
 
 impl Drop for ConnectionPlace {
     fn drop(&mut self) {
@@ -158,125 +206,8 @@ impl Drop for ConnectionPlace {
     }
 }
 
-/// A connection holding its place in the [`Gate`]'s connection budget until it is closed.
-#[derive(Debug)]
-pub struct Capped<T> {
-    io: T,
-    _place: ConnectionPlace,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Capped<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Capped<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
-impl<T: Connected> Connected for Capped<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-/// An axum [`Listener`] that keeps at most the [`Gate`]'s connections open: one accepted
-/// beyond them is closed at once (and counted in `drl_shed_total{reason="connections"}`).
-#[derive(Debug)]
-pub struct CappedListener<L> {
-    inner: L,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
-}
-
-impl<L> CappedListener<L> {
-    pub fn new(inner: L, gate: Arc<Gate>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner,
-            gate,
-            metrics,
-        }
-    }
-}
-
-impl<L: Listener> Listener for CappedListener<L> {
-    type Io = Capped<L::Io>;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (io, addr) = self.inner.accept().await;
-            match self.gate.connection() {
-                Some(permit) => {
-                    return (Capped { io, _place: permit }, addr);
-                }
-                None => refuse(&self.gate, &self.metrics),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// `incoming` (tonic's stream of accepted connections) keeping at most the [`Gate`]'s
-/// connections open, like [`CappedListener`].
-pub fn capped_incoming<S, T, E>(
-    incoming: S,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
-) -> impl Stream<Item = Result<Capped<T>, E>>
-where
-    S: Stream<Item = Result<T, E>>,
-{
-    incoming.filter_map(move |accepted| match accepted {
-        Ok(io) => match gate.connection() {
-            Some(permit) => Some(Ok(Capped { io, _place: permit })),
-            None => {
-                refuse(&gate, &metrics);
-                None
-            }
-        },
-        Err(e) => Some(Err(e)),
-    })
-}
-
 /// Counts a connection closed for want of room (the caller drops it).
-fn refuse(gate: &Gate, metrics: &Metrics) {
+pub(crate) fn refuse(gate: &Gate, metrics: &Metrics) {
     metrics.shed(Shed::Connections);
     tracing::debug!(
         "connection closed: {} connections are open, the maximum",
@@ -284,20 +215,35 @@ fn refuse(gate: &Gate, metrics: &Metrics) {
     );
 }
 
-/// Why a request or connection was shed: the label of `drl_shed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
-    /// [`Limits::max_in_flight`] requests were being answered.
-    InFlight,
-    /// [`Limits::max_connections`] connections were open.
-    Connections,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Shed {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::InFlight => "in_flight",
-            Self::Connections => "connections",
+    #[test]
+    fn the_gate_gauges_follow_the_gate_at_each_report() {
+        let metrics = Metrics::new();
+        let gate = Gate::new(EdgeLimits {
+            max_in_flight: 3,
+            max_connections: 7,
+            ..EdgeLimits::default()
+        });
+        let place = gate.admit();
+        gate.report(&metrics);
+        let text = metrics.encode();
+        for line in [
+            "drl_gate_used{budget=\"in_flight\"} 1\n",
+            "drl_gate_used{budget=\"connections\"} 0\n",
+            "drl_gate_limit{budget=\"in_flight\"} 3\n",
+            "drl_gate_limit{budget=\"connections\"} 7\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
         }
+        drop(place);
+        gate.report(&metrics);
+        assert!(
+            metrics
+                .encode()
+                .contains("drl_gate_used{budget=\"in_flight\"} 0\n")
+        );
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use drl_core::RuleLevel;
 
-use crate::limits::{Gate, Shed};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -236,17 +235,10 @@ impl Metrics {
         }
     }
 
-    /// Brings `drl_gate_used` and `drl_gate_limit` up to the gate's state (read at each scrape).
-    pub fn sync_gate(&self, gate: &Gate) {
-        let limits = gate.limits();
-        let gauges = [
-            (gate.in_flight(), limits.max_in_flight),
-            (gate.connections(), limits.max_connections),
-        ];
-        for (i, (used, max)) in gauges.into_iter().enumerate() {
-            self.gate_used[i].set(i64::try_from(used).unwrap_or(i64::MAX));
-            self.gate_max[i].set(i64::try_from(max).unwrap_or(i64::MAX));
-        }
+    /// Sets `drl_gate_used` and `drl_gate_limit` of one budget (see `Gate::report`).
+    pub fn set_gate(&self, budget: Shed, used: usize, max: usize) {
+        self.gate_used[budget as usize].set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.gate_max[budget as usize].set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
     /// Counts a request or connection shed by the limits.
@@ -450,6 +442,25 @@ impl ProcessStats {
     }
 }
 
+/// Which budget of the edge shed a request or connection: the label of `drl_shed_total`, and
+/// of `drl_gate_used` / `drl_gate_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The requests in flight (`--max-in-flight`).
+    InFlight,
+    /// The open connections (`--max-connections`).
+    Connections,
+}
+
+impl Shed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InFlight => "in_flight",
+            Self::Connections => "connections",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,35 +529,6 @@ mod tests {
         assert!(metrics.encode().contains("drl_http_requests_in_flight 2\n"));
         drop((a, b));
         assert!(metrics.encode().contains("drl_http_requests_in_flight 0\n"));
-    }
-
-    #[test]
-    fn the_gate_gauges_follow_the_gate_at_each_sync() {
-        use crate::limits::Limits;
-        let metrics = Metrics::new();
-        let gate = Gate::new(Limits {
-            max_in_flight: 3,
-            max_connections: 7,
-            ..Limits::default()
-        });
-        let place = gate.admit();
-        metrics.sync_gate(&gate);
-        let text = metrics.encode();
-        for line in [
-            "drl_gate_used{budget=\"in_flight\"} 1\n",
-            "drl_gate_used{budget=\"connections\"} 0\n",
-            "drl_gate_limit{budget=\"in_flight\"} 3\n",
-            "drl_gate_limit{budget=\"connections\"} 7\n",
-        ] {
-            assert!(text.contains(line), "{line}: {text}");
-        }
-        drop(place);
-        metrics.sync_gate(&gate);
-        assert!(
-            metrics
-                .encode()
-                .contains("drl_gate_used{budget=\"in_flight\"} 0\n")
-        );
     }
 
     #[test]

@@ -16,14 +16,14 @@ use axum::http::header::{
 use axum::response::{IntoResponse, Response};
 
 /// The page.
-pub const PAGE: &str = include_str!("status.html");
+pub(crate) const PAGE: &str = include_str!("status.html");
 
 const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                       connect-src 'self'; base-uri 'none'; form-action 'none'; \
                       frame-ancestors 'none'";
 
 /// `GET /`.
-pub async fn page() -> Response {
+pub(crate) async fn page() -> Response {
     (
         [
             (

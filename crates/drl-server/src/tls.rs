@@ -12,13 +12,11 @@
 //! set is built before the swap: a certificate that does not match its key, a missing file or a
 //! bad PEM is an error, logged, and the configs in force stay.
 //!
-//! Connections are accepted by [`TlsIncoming`]: a task that accepts TCP connections and runs
-//! each handshake in its own task (bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or silent
-//! client never holds up the others; finished TLS streams are handed to axum (as an
-//! [`axum::serve::Listener`]) or to tonic (as a stream of connections).
+//! Connections are accepted by [`crate::edge`], which runs each handshake in the connection's
+//! own task, counted in the connection cap and bounded by the header read timeout, so a slow or
+//! silent client never holds up the others.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -29,20 +27,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// How often [`watch`] looks at the files' modification times.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
-
-/// A client that has not finished its TLS handshake after this long is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Finished handshakes waiting to be taken by the server.
-const ACCEPTED_BACKLOG: usize = 64;
 
 /// Where the server's PEM files are (`server.tls` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +139,6 @@ impl ServerTls {
         let configs = build(&self.files)?;
         self.configs.store(Arc::new(configs));
         Ok(())
-    }
-
-    /// Accepts TLS connections for `api` on `listener` (see [`TlsIncoming`]).
-    pub fn incoming(self: &Arc<Self>, listener: TcpListener, api: Api) -> TlsIncoming {
-        TlsIncoming::new(listener, Arc::clone(self), api)
     }
 }
 
@@ -294,107 +277,4 @@ fn file_error(path: &Path, reason: impl fmt::Display) -> TlsError {
 
 fn rustls_error(e: rustls::Error) -> TlsError {
     TlsError::Rustls(e.to_string())
-}
-
-/// TLS connections accepted on a listener, handshakes done: an [`axum::serve::Listener`] for
-/// the HTTP server, and a stream of connections for tonic ([`TlsIncoming::into_stream`]).
-///
-/// Dropping it stops the accepting task and closes the listener.
-#[derive(Debug)]
-pub struct TlsIncoming {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsIncoming {
-    fn new(listener: TcpListener, tls: Arc<ServerTls>, api: Api) -> Self {
-        let (tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
-        // Where the listener is (an unbound one cannot be here: it was accepted on).
-        let local = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        tokio::spawn(accept_loop(listener, tls, api, tx));
-        Self { accepted, local }
-    }
-
-    /// The connections as tonic takes them.
-    pub fn into_stream(
-        self,
-    ) -> impl tonic::codegen::tokio_stream::Stream<
-        Item = Result<TlsStream<TcpStream>, std::io::Error>,
-    > + Send
-    + 'static {
-        use tonic::codegen::tokio_stream::StreamExt;
-        use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-        ReceiverStream::new(self.accepted).map(|(stream, _)| Ok(stream))
-    }
-}
-
-impl axum::serve::Listener for TlsIncoming {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task only ends once this receiver is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Accepts TCP connections until the receiver of `tx` is dropped; each handshake runs in its
-/// own task.
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    api: Api,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            () = tx.closed() => return,
-        };
-        // TCP_NODELAY, as on plaintext connections: small responses must not wait.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-        let acceptor = TlsAcceptor::from(tls.server_config(api));
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    // A closed receiver means the server stopped: the connection is dropped.
-                    let _ = tx.send((stream, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
-            }
-        });
-    }
-}
-
-/// An error of `accept`: a connection reset before it was accepted is skipped; anything else
-/// (out of file descriptors) is logged and waited out for a second, as axum and tonic do.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!("accept error: {e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }

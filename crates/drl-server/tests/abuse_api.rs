@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use drl_server::AdminToken;
 use drl_server::config::Config;
-use drl_server::http::AdminToken;
-use drl_server::{AppState, Metrics};
+use drl_server::{Metrics, Node};
+use drl_testkit::node::TestServer;
 
 const TOKEN: &str = "s3cret-token";
 const AUTH: &str = "authorization: Bearer s3cret-token";
@@ -22,7 +20,7 @@ async fn node(yaml: &str, token: Option<&str>) -> (TestServer, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let m = Arc::clone(&metrics);
     let server = TestServer::start_with(rules, move |limiter| {
-        AppState::new(limiter, m).with_admin_token(token.and_then(AdminToken::new))
+        Node::new(limiter, m).with_admin_token(token.and_then(AdminToken::new))
     })
     .await;
     (server, metrics)

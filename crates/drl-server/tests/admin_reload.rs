@@ -4,18 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use common::{DEADLINE, RawResponse, TestServer};
 use drl_core::Rules;
-use drl_server::api::CheckResponse;
-use drl_server::http::{AdminToken, constant_time_eq};
+use drl_proto::json::CheckResponse;
+use drl_server::node::{AdminToken, constant_time_eq};
 use drl_server::reload::{self, Reloader};
-use drl_server::{AppState, Config, Metrics};
+use drl_server::{Config, Metrics, Node};
+use drl_testkit::node::{RawResponse, TestServer};
 
 const TOKEN: &str = "s3cret-token";
 const AUTH: &str = "authorization: Bearer s3cret-token";
@@ -43,13 +40,13 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-struct Node {
+struct TestNode {
     server: TestServer,
     reloader: Arc<Reloader<drl_core::MemoryStore>>,
     metrics: Arc<Metrics>,
 }
 
-async fn start(path: &Path, token: Option<&str>) -> Node {
+async fn start(path: &Path, token: Option<&str>) -> TestNode {
     let loaded = Config::load(path).unwrap();
     let native_file = loaded.native_file().map(str::to_owned);
     let rules = loaded.rules;
@@ -63,12 +60,12 @@ async fn start(path: &Path, token: Option<&str>) -> Node {
             Arc::clone(&metrics),
         ));
         reloader = Some(Arc::clone(&r));
-        AppState::new(limiter, Arc::clone(&metrics))
+        Node::new(limiter, Arc::clone(&metrics))
             .with_reloader(r)
             .with_admin_token(token.and_then(AdminToken::new))
     })
     .await;
-    Node {
+    TestNode {
         server,
         reloader: reloader.unwrap(),
         metrics,
@@ -85,18 +82,10 @@ async fn limit_of(server: &TestServer, user: &str) -> u32 {
 
 /// Polls until the next decision for `user` has limit `want` (bounded by [`DEADLINE`]).
 async fn wait_for_limit(server: &TestServer, user: &str, want: u32) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let got = limit_of(server, user).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "limit stayed {got}, expected {want}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    drl_testkit::wait_until(format!("the limit to become {want}"), async || {
+        limit_of(server, user).await == want
+    })
+    .await;
 }
 
 async fn reload(server: &TestServer, headers: &[&str]) -> RawResponse {
@@ -247,18 +236,12 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
 
     // A refused file is counted and leaves the limit alone; a later good one goes in.
     replace(&path, "default: [");
-    let deadline = Instant::now() + DEADLINE;
-    while !node
-        .metrics
-        .encode()
-        .contains("drl_config_reloads_total{result=\"error\"} 1\n")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the refused file was not reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    drl_testkit::wait_until("the refused file to be reported", async || {
+        node.metrics
+            .encode()
+            .contains("drl_config_reloads_total{result=\"error\"} 1\n")
+    })
+    .await;
     assert_eq!(limit_of(&node.server, "bob").await, 7);
     replace(&path, &config(9));
     wait_for_limit(&node.server, "bob", 9).await;
@@ -386,7 +369,7 @@ async fn without_a_token_the_admin_routes_do_not_exist() {
 #[tokio::test]
 async fn a_node_without_a_config_file_cannot_reload() {
     let server = TestServer::start_with(Rules::builtin(), |limiter| {
-        AppState::from(limiter).with_admin_token(AdminToken::new(TOKEN))
+        Node::from(limiter).with_admin_token(AdminToken::new(TOKEN))
     })
     .await;
     let response = reload(&server, &[AUTH]).await;

@@ -3,14 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
+use drl_testkit::node as common;
 
 use std::time::Duration;
 
 use common::TestServer;
 use drl_core::{Algorithm, Policy, Rules};
+use drl_proto::json::CheckResponse;
 use drl_server::Config;
-use drl_server::api::CheckResponse;
 
 fn per_minute(n: u64) -> Rules {
     Rules::only_default(Policy::per(n, Duration::from_secs(60), Algorithm::default()).unwrap())
@@ -380,7 +380,7 @@ async fn shutdown_does_not_wait_for_idle_keep_alive_connections() {
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
     while !response.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(common::DEADLINE, idle.read(&mut buf))
+        let n = tokio::time::timeout(drl_testkit::DEADLINE, idle.read(&mut buf))
             .await
             .unwrap()
             .unwrap();
@@ -390,6 +390,6 @@ async fn shutdown_does_not_wait_for_idle_keep_alive_connections() {
     assert!(response.starts_with(b"HTTP/1.1 200 OK"));
     // The connection stays open (keep-alive); stopping must still finish, and close it.
     server.stop().await;
-    let closed = tokio::time::timeout(common::DEADLINE, idle.read(&mut buf)).await;
+    let closed = tokio::time::timeout(drl_testkit::DEADLINE, idle.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
 }

@@ -4,30 +4,30 @@
 
 #![allow(clippy::unwrap_used)] // Test code.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::DEADLINE;
 use drl_core::limiter::{MAX_DESCRIPTORS, MAX_ENTRIES};
-use drl_core::{Limiter, ManualClock};
+use drl_core::{Limiter, ManualClock, Store};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry,
 };
 use drl_proto::envoy::service::ratelimit::v3 as rls;
-use drl_server::api::MAX_HITS;
+use drl_proto::json::MAX_HITS;
+use drl_redis::{Consistency, RedisConfig, RedisStore};
 use drl_server::grpc::MAX_BATCH;
-use drl_server::limits::Limits;
-use drl_server::{AppState, Config, Metrics};
+use drl_server::limits::EdgeLimits;
+use drl_server::{Config, Metrics, Node};
+use drl_testkit::node::TestNode;
+use drl_testkit::redis::Redis;
+use drl_testkit::{DEADLINE, wait_until};
 use native::rate_limiter_client::RateLimiterClient;
 use prost::Message;
 use rls::rate_limit_service_client::RateLimitServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -39,49 +39,59 @@ fn domain() -> String {
     "d".repeat(MAX_ID)
 }
 
-/// A node serving HTTP and gRPC with `limits`: the native default rule (100 per minute) and
-/// the domain [`domain()`], whose `user` key allows 10 per minute.
-struct Node {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+/// The rules of [`LimitsNode`]: the native default rule (100 per minute) and the domain
+/// [`domain()`], whose `user` key allows 10 per minute.
+fn rules() -> drl_core::Rules {
+    let yaml = format!(
+        "domain: {}\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: 10}}\n",
+        domain()
+    );
+    Config::from_yaml("limits.yaml", &yaml).unwrap().rules
 }
 
-impl Node {
-    async fn start(limits: Limits) -> Self {
-        let yaml = format!(
-            "domain: {}\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: 10}}\n",
-            domain()
-        );
-        let config = Config::from_yaml("limits.yaml", &yaml).unwrap();
-        let limiter = Limiter::builder(config.rules)
+/// A node serving HTTP and gRPC with `limits`: the native default rule (100 per minute) and
+/// the domain [`domain()`], whose `user` key allows 10 per minute.
+struct LimitsNode {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    node: TestNode,
+}
+
+impl LimitsNode {
+    async fn start(limits: EdgeLimits) -> Self {
+        let limiter = Limiter::builder(rules())
             .clock(ManualClock::new(0))
             .sweep_interval(None)
             .build();
+        Self::serve(limiter, limits).await
+    }
+
+    /// The same node on a Redis store (a single instance, `fast`; each check waits at most
+    /// `timeout` for it).
+    async fn start_on_redis(limits: EdgeLimits, redis: &Redis, timeout: Duration) -> Self {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.consistency = Consistency::Fast;
+        config.timeout = timeout;
+        let store = RedisStore::new(&config).unwrap();
+        let limiter = Limiter::builder(rules())
+            .sweep_interval(None)
+            .build_with_store(store);
+        Self::serve(limiter, limits).await
+    }
+
+    async fn serve<S: Store>(limiter: Limiter<S>, limits: EdgeLimits) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let node = AppState::new(limiter, Arc::clone(&metrics)).with_limits(limits);
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
-            let _ = stopped.await;
-        }));
+        let node = Node::new(limiter, Arc::clone(&metrics)).with_limits(limits);
+        let node = TestNode::start(node).await;
         Self {
-            http: http_addr,
-            grpc: grpc_addr,
-            stop: Some(stop),
-            task,
+            http: node.http,
+            grpc: node.grpc,
+            node,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
-        result.expect("server stops").unwrap().unwrap();
+    async fn stop(self) {
+        self.node.stop().await;
     }
 
     /// Sends `request` on a new connection and reads until the server closes it.
@@ -259,8 +269,8 @@ fn envoy_json(descriptors: &[Vec<(String, String)>]) -> String {
 
 #[tokio::test]
 async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
-    let node = Node::start(Limits::default()).await;
-    let max = Limits::default().max_body_bytes;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
+    let max = EdgeLimits::default().max_body_bytes;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
     let padded = |len: usize| format!("{check}{}", " ".repeat(len - check.len()));
 
@@ -287,9 +297,9 @@ async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
 
 #[tokio::test]
 async fn http_body_limit_is_configurable() {
-    let node = Node::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_body_bytes: 100,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
@@ -329,9 +339,9 @@ fn batch_of_size(size: usize) -> native::CheckRequest {
 #[tokio::test]
 async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range() {
     let max = 8 * 1024;
-    let node = Node::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_message_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let mut client = node.native().await;
@@ -363,7 +373,7 @@ async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range(
 
 #[tokio::test]
 async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every_api() {
-    let node = Node::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let max = "x".repeat(MAX_ID);
     let over = "x".repeat(MAX_ID + 1);
 
@@ -462,7 +472,7 @@ async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every
 
 #[tokio::test]
 async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refused() {
-    let node = Node::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let counted = || vec![("user".to_owned(), "u".to_owned())];
     let other = |i: usize| vec![("other".to_owned(), i.to_string())];
     let deep = |n: usize| -> Vec<(String, String)> {
@@ -536,7 +546,7 @@ async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refuse
 
 #[tokio::test]
 async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
-    let node = Node::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let mut client = node.native().await;
     let mut batch = vec![item("alice", "/a", 0); MAX_BATCH - 1];
     batch.push(item("alice", "/a", 1));
@@ -565,7 +575,7 @@ async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
 
 #[tokio::test]
 async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api() {
-    let node = Node::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let range = format!("it must be from 0 to {MAX_HITS}");
 
     // HTTP: MAX_HITS is a valid request (denied: more than the limit, nothing counted); 0 only
@@ -640,9 +650,9 @@ async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api(
 #[tokio::test]
 async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
     let max = 1024;
-    let node = Node::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_header_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let body = br#"{"user_id": "u", "endpoint": "/e"}"#;
@@ -675,9 +685,9 @@ async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
 #[tokio::test]
 async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused() {
     let max = 4096;
-    let node = Node::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_header_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let mut client = node.native().await;
@@ -702,56 +712,40 @@ async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused()
     node.stop().await;
 }
 
-/// Holds one HTTP check in flight: its headers sent with `Expect: 100-continue`, and the
-/// server's `100 Continue` read back, which it sends only once the handler reads the body —
-/// after the request took its place in flight. Sending the body lets it finish.
-struct Held {
-    stream: TcpStream,
-    body: &'static [u8],
-}
-
-impl Held {
-    async fn start(node: &Node) -> Self {
-        let body: &'static [u8] = br#"{"user_id": "u", "endpoint": "/e"}"#;
-        let mut stream = TcpStream::connect(node.http).await.unwrap();
-        let head = format!(
-            "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let expected = b"HTTP/1.1 100 Continue\r\n\r\n";
-        let mut interim = vec![0; expected.len()];
-        tokio::time::timeout(DEADLINE, stream.read_exact(&mut interim))
-            .await
-            .expect("100 Continue in time")
-            .unwrap();
-        assert_eq!(interim, expected);
-        Self { stream, body }
-    }
-
-    async fn finish(mut self) -> Reply {
-        self.stream.write_all(self.body).await.unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(DEADLINE, self.stream.read_to_end(&mut response))
-            .await
-            .expect("answered in time")
-            .unwrap();
-        Reply::parse(&response)
-    }
-}
-
 #[tokio::test]
 async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
-    let node = Node::start(Limits {
-        max_in_flight: 1,
-        ..Limits::default()
-    })
+    // A check holds its place in flight while the store does not answer: a real Redis,
+    // stopped (SIGSTOP) while the check waits for it.
+    let redis = Redis::start();
+    let node = LimitsNode::start_on_redis(
+        EdgeLimits {
+            max_in_flight: 1,
+            ..EdgeLimits::default()
+        },
+        &redis,
+        Duration::from_secs(60),
+    )
     .await;
     let mut native = node.native().await;
     let mut envoy = node.envoy().await;
+    assert_eq!(node.remaining("u", "/e").await, 100);
 
-    let held = Held::start(&node).await;
+    redis.pause();
+    let held = {
+        let addr = node.http;
+        tokio::spawn(async move {
+            let request = check_request(r#"{"user_id": "u", "endpoint": "/e"}"#);
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            Reply::parse(&response)
+        })
+    };
+    wait_until("the held check takes its place", async || {
+        node.metric("drl_gate_used{budget=\"in_flight\"}").await == 1
+    })
+    .await;
     // The one place is taken: every other request is refused at once, not queued.
     let shed = node.check(r#"{"user_id": "u", "endpoint": "/e"}"#).await;
     assert_eq!(shed.status, 503, "{shed:?}");
@@ -781,7 +775,12 @@ async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
     assert_eq!(node.metric("drl_shed_total{reason=\"in_flight\"}").await, 3);
 
     // The held request, at the limit, is answered and counted; then the place is free again.
-    assert_eq!(held.finish().await.status, 200);
+    redis.resume();
+    let held = tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the held check is answered once Redis is back")
+        .unwrap();
+    assert_eq!(held.status, 200, "{held:?}");
     assert_eq!(
         node.check(r#"{"user_id": "u", "endpoint": "/e"}"#)
             .await
@@ -791,6 +790,16 @@ async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
     assert_eq!(node.remaining("u", "/e").await, 98);
     assert_eq!(node.envoy_remaining("u").await, 10);
     node.stop().await;
+}
+
+/// `POST /v1/check` with `body`, on a connection to be closed after the answer.
+fn check_request(body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Sends a check on a new connection and returns what came back before the server closed it.
@@ -851,9 +860,9 @@ async fn check_on(stream: &mut TcpStream, body: &str) -> Reply {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
-    let node = Node::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_connections: 1,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;

@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::TestServer;
 use drl_core::{Algorithm, Policy, Rule, Rules};
+use drl_testkit::node::TestServer;
 
 fn per_minute(n: u64) -> Policy {
     Policy::per(n, Duration::from_secs(60), Algorithm::default()).unwrap()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drl_core::{Limiter, Rules};
-use drl_server::{AppState, Metrics, serve_all_draining};
+use drl_server::{Metrics, Node, serve_all_draining};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -18,7 +18,7 @@ async fn a_stalled_request_does_not_hold_shutdown_past_the_drain_timeout() {
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = http.local_addr().unwrap();
     let metrics = Arc::new(Metrics::new());
-    let node = AppState::new(Limiter::new(Rules::builtin()), Arc::clone(&metrics));
+    let node = Node::new(Limiter::new(Rules::builtin()), Arc::clone(&metrics));
     let (stop, stopped) = oneshot::channel::<()>();
     let drain = Duration::from_millis(300);
     let server = tokio::spawn(serve_all_draining(
@@ -41,14 +41,10 @@ async fn a_stalled_request_does_not_hold_shutdown_past_the_drain_timeout() {
         .await
         .unwrap();
     // Wait (bounded) until the server counts it in flight, so shutdown has something to drain.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !metrics.encode().contains("drl_http_requests_in_flight 1\n") {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    drl_testkit::wait_until("the stalled request to arrive", async || {
+        metrics.encode().contains("drl_http_requests_in_flight 1\n")
+    })
+    .await;
 
     let signalled = Instant::now();
     stop.send(()).unwrap();

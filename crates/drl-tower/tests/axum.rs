@@ -7,8 +7,7 @@
 #![allow(clippy::unwrap_used)] // Test code.
 
 // The Redis store's own test processes: a real `redis-server` on a free port, always stopped.
-#[path = "../../drl-redis/tests/support/mod.rs"]
-mod redis_support;
+use drl_testkit::redis as redis_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

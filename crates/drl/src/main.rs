@@ -4,25 +4,18 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use drl_core::{Limiter, Rules, Store};
-use drl_redis::RedisStore;
-use drl_redis::shared::SharedState;
-use drl_server::bench::{self, BenchOptions, KeyDistribution, Length, Target};
-use drl_server::client::{self, DEFAULT_SERVER};
-use drl_server::http::AdminToken;
-use drl_server::limits::{self, Limits};
-use drl_server::reload::{self, Reloader};
-use drl_server::shared::Coordination;
-use drl_server::tls::ServerTls;
-use drl_server::{AppState, Config, Metrics, StoreConfig};
+use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Target};
+use drl_client::DEFAULT_SERVER;
+use drl_server::limits::{self, EdgeLimits};
+use drl_server::{AdminToken, Config, Listeners, Settings};
 use tracing_subscriber::EnvFilter;
 
 mod allocator;
+mod check;
 
 /// The node's input limits and load shedding (docs/api.md, "Input limits"); each also from
 /// its environment variable.
@@ -44,9 +37,25 @@ struct LimitArgs {
     /// Open connections, HTTP and gRPC together; a new one beyond is closed at once.
     #[arg(long, env = "DRL_MAX_CONNECTIONS", value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
     max_connections: usize,
+    /// Time a connection has to send a request's headers (from accept or its previous
+    /// response: also the HTTP/1.1 keep-alive time), and a TLS connection its handshake.
+    #[arg(long, env = "DRL_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = timeout)]
+    header_read_timeout: Duration,
+    /// Time a request's body has to arrive after its headers (then 408 / the call fails).
+    #[arg(long, env = "DRL_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = timeout)]
+    body_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[arg(long, env = "DRL_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = timeout)]
+    idle_timeout: Duration,
+    /// HTTP/2 keep-alive pings after this long without a frame from the peer; 0: none.
+    #[arg(long, env = "DRL_KEEPALIVE_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = keepalive)]
+    keepalive_interval: Duration,
+    /// Concurrent streams (requests) per HTTP/2 connection, HTTP and gRPC.
+    #[arg(long, env = "DRL_MAX_STREAMS", value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
 }
 
-impl From<LimitArgs> for Limits {
+impl From<LimitArgs> for EdgeLimits {
     fn from(a: LimitArgs) -> Self {
         Self {
             max_body_bytes: a.max_body_bytes,
@@ -54,7 +63,29 @@ impl From<LimitArgs> for Limits {
             max_header_bytes: a.max_header_bytes,
             max_in_flight: a.max_in_flight,
             max_connections: a.max_connections,
+            header_read_timeout: a.header_read_timeout,
+            body_read_timeout: a.body_read_timeout,
+            idle_timeout: a.idle_timeout,
+            keepalive_interval: (!a.keepalive_interval.is_zero()).then_some(a.keepalive_interval),
+            max_streams: a.max_streams,
         }
+    }
+}
+
+/// A timeout of the edge: more than 0, at most a day.
+fn timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: a timeout must be more than 0")),
+        d if d > limits::MAX_TIMEOUT => Err(format!("{text:?}: a timeout is at most a day (24h)")),
+        d => Ok(d),
+    }
+}
+
+/// The HTTP/2 keep-alive interval: 0 for none, else a [`timeout`].
+fn keepalive(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Ok(d),
+        _ => timeout(text),
     }
 }
 
@@ -90,6 +121,12 @@ enum Command {
         /// grpc.health.v1.Health (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
         grpc_addr: String,
+        /// Serve the admin API (the status page, /metrics and the admin routes) on this
+        /// address of its own instead of the HTTP API's, where it then answers 404 (host:port;
+        /// e.g. 127.0.0.1:9090 to keep it on the machine). Replaces the config's
+        /// server.admin.addr; over TLS as server.tls (or server.admin.tls) says.
+        #[arg(long, env = "DRL_ADMIN_ADDR", value_name = "ADDR")]
+        admin_addr: Option<String>,
         /// Log lines as text or as one JSON object per line.
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -119,7 +156,7 @@ enum Command {
     Bench(BenchArgs),
 }
 
-/// The options of `drl bench`; see `drl_server::bench` for what they mean.
+/// The options of `drl bench`; see `drl_bench` for what they mean.
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// The API to load: Envoy's ShouldRateLimit, the native batch Check, or HTTP /v1/check.
@@ -217,15 +254,23 @@ async fn main() -> ExitCode {
             config,
             http_addr,
             grpc_addr,
+            admin_addr,
             limits,
             ..
-        } => match serve(config.as_deref(), &http_addr, &grpc_addr, limits.into()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("drl serve: {e:#}");
-                ExitCode::FAILURE
+        } => {
+            let addrs = Addrs {
+                http: &http_addr,
+                grpc: &grpc_addr,
+                admin: admin_addr.as_deref(),
+            };
+            match serve(config.as_deref(), addrs, limits.into()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drl serve: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Check {
             server,
             user_id,
@@ -234,12 +279,11 @@ async fn main() -> ExitCode {
             ca,
         } => {
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            let client = client::Client::new(&server).and_then(|c| match &ca {
+            let client = drl_client::Client::new(&server).and_then(|c| match &ca {
                 Some(ca) => c.with_ca(ca),
                 None => Ok(c),
             });
-            let code =
-                client::run_check_with(client, &user_id, &endpoint, hits, &mut out, &mut err).await;
+            let code = check::run(client, &user_id, &endpoint, hits, &mut out, &mut err).await;
             ExitCode::from(code)
         }
         Command::Config(ConfigCommand::Validate { file }) => validate(&file),
@@ -315,148 +359,44 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn serve(
-    config: Option<&Path>,
-    http_addr: &str,
-    grpc_addr: &str,
-    limits: Limits,
-) -> anyhow::Result<()> {
+/// The addresses `drl serve` listens on.
+#[derive(Debug, Clone, Copy)]
+struct Addrs<'a> {
+    http: &'a str,
+    grpc: &'a str,
+    admin: Option<&'a str>,
+}
+
+/// `drl serve`: binds the listeners, then runs the node on them until a shutdown signal.
+async fn serve(config: Option<&Path>, addrs: Addrs<'_>, limits: EdgeLimits) -> anyhow::Result<()> {
     allocator::return_freed_memory();
-    let (store, rules, tls, native_file) = match config {
-        Some(path) => {
-            let config = Config::load(path)?;
-            tracing::info!(
-                "config {} loaded: {} rules",
-                path.display(),
-                config.rules.rules().len()
-            );
-            let native_file = config.native_file().map(str::to_owned);
-            (config.store, config.rules, config.tls, native_file)
-        }
-        None => (StoreConfig::Memory, Rules::builtin(), None, None),
-    };
-    let tls = match tls {
-        Some(files) => Some(Arc::new(ServerTls::load(files).context("server.tls")?)),
-        None => None,
-    };
-    let listen = Listen {
-        config,
-        native_file,
-        http_addr,
-        grpc_addr,
-        tls,
-        limits,
-    };
-    match store {
-        StoreConfig::Memory => run_node(Limiter::new(rules), None, listen).await,
-        StoreConfig::Redis(redis) => {
-            let store = RedisStore::new(&redis).context("store.redis")?;
-            // Connecting is lazy: a node starts while Redis is down and answers by `on_error`.
-            match store.ping().await {
-                Ok(()) => tracing::info!("Redis store at {}", redis.urls.join(", ")),
-                Err(e) => tracing::warn!("Redis store not reachable yet: {e}"),
-            }
-            let limiter = Limiter::builder(rules).build_with_store(store);
-            // Bans, blocks and load factors are shared by every node on this Redis.
-            let shared = SharedState::new(&redis).context("store.redis")?;
-            let coordination = Arc::new(Coordination::new(shared));
-            run_node(limiter, Some(coordination), listen).await
-        }
-    }
-}
-
-/// Where and how a node listens.
-struct Listen<'a> {
-    config: Option<&'a Path>,
-    /// The file of `config` that held the native part, if any (see `Config::native_file`).
-    native_file: Option<String>,
-    http_addr: &'a str,
-    grpc_addr: &'a str,
-    tls: Option<Arc<ServerTls>>,
-    limits: Limits,
-}
-
-/// Runs a node on `limiter` until a shutdown signal.
-async fn run_node<S: Store>(
-    limiter: Limiter<S>,
-    coordination: Option<Arc<Coordination>>,
-    listen: Listen<'_>,
-) -> anyhow::Result<()> {
-    let Listen {
-        config,
-        native_file,
-        http_addr,
-        grpc_addr,
-        tls,
-        limits,
-    } = listen;
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_config_version(1);
     let admin_token = std::env::var(AdminToken::ENV)
         .ok()
         .and_then(|t| AdminToken::new(&t));
     if admin_token.is_none() {
         tracing::info!("{} is not set: admin routes disabled", AdminToken::ENV);
     }
-    let mut node = AppState::new(limiter.clone(), Arc::clone(&metrics))
-        .with_admin_token(admin_token)
-        .with_shared(coordination)
-        .with_tls(tls.clone())
-        .with_limits(limits);
-    // The certificate files are polled while the node runs; a new pair serves new connections.
-    let _tls_watch = tls
-        .as_ref()
-        .map(|tls| drl_server::tls::watch(Arc::clone(tls), drl_server::tls::POLL_INTERVAL));
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    // Reload triggers run until they are dropped, after the server has stopped.
-    let mut triggers = Vec::new();
-    if let Some(path) = config {
-        let reloader = Arc::new(Reloader::new(
-            path,
-            native_file.as_deref(),
-            limiter,
-            metrics,
-        ));
-        triggers.push(
-            reload::watch_file(Arc::clone(&reloader)).context("cannot watch the config file")?,
-        );
-        #[cfg(unix)]
-        triggers.push(
-            reload::reload_on_sighup(Arc::clone(&reloader)).context("cannot listen for SIGHUP")?,
-        );
-        node = node.with_reloader(reloader);
-    } else {
-        #[cfg(unix)]
-        triggers.push(reload::ignore_sighup().context("cannot listen for SIGHUP")?);
-    }
     // Installed before the node says it listens, so that a SIGTERM sent as soon as it does is
     // a graceful stop, never the default action.
     let shutdown = drl_server::shutdown_signal();
-    let listener = tokio::net::TcpListener::bind(http_addr)
+    let http = bind(addrs.http).await?;
+    let grpc = bind(addrs.grpc).await?;
+    let admin = match addrs.admin {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let settings = Settings {
+        config: config.map(Path::to_path_buf),
+        limits,
+        admin_token,
+    };
+    drl_server::run(settings, Listeners { http, grpc, admin }, shutdown).await
+}
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {http_addr}"))?;
-    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {grpc_addr}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!("listening on {scheme}://{addr}");
-    let grpc = grpc_listener.local_addr()?;
-    tracing::info!("gRPC listening on {grpc}");
-    if let Some(tls) = &tls {
-        tracing::info!(
-            "TLS on both APIs with {}{}",
-            tls.files().cert.display(),
-            if tls.files().client_ca.is_some() {
-                "; client certificates required"
-            } else {
-                ""
-            }
-        );
-    }
-    drl_server::serve_all(listener, grpc_listener, node, shutdown).await?;
-    drop(triggers);
-    tracing::info!("stopped");
-    Ok(())
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn validate(file: &Path) -> ExitCode {

@@ -1,18 +1,15 @@
 //! The built `drl` binary end to end: `serve` on a free port, `check` against it, `config
 //! validate`, a graceful stop on SIGTERM, reloads (file change, SIGHUP, admin route with the
-//! token from the environment), JSON logs, and transparent huge pages turned off for the node.
+//! token from the environment), the admin API on its own address, JSON logs, and transparent huge pages turned off for the node.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+use drl_testkit::process::{DrlProcess, PROCESS_DEADLINE as DEADLINE};
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
-/// Upper bound for anything the test waits for; reached only when something is broken.
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn write_file(name: &str, contents: &str) -> PathBuf {
     let dir =
@@ -27,139 +24,13 @@ fn drl(args: &[&str]) -> Output {
     Command::new(DRL).args(args).output().unwrap()
 }
 
-/// A `drl serve` child; killed if the test fails before stopping it.
-struct Node {
-    child: Option<Child>,
-    url: String,
-    /// Its log lines, as they come.
-    logs: mpsc::Receiver<String>,
-}
-
-impl Node {
-    /// Starts `drl serve` on port 0 and reads the address it logs.
-    fn start(config: &PathBuf) -> Self {
-        Self::start_with(config, &[], &[])
-    }
-
-    /// [`Node::start`] with more arguments and environment variables.
-    fn start_with(config: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(DRL)
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("DRL_ADMIN_TOKEN")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Read stderr on a thread (and keep draining it, so the node never blocks on a full
-        // pipe); wait for the "listening" line with a deadline.
-        let stderr = child.stderr.take().unwrap();
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = received
-                .recv_timeout(left)
-                .expect("drl serve logs its address");
-            // The address ends the text line, or the JSON string it is in.
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                break rest
-                    .split(|c: char| c == '"' || c.is_whitespace())
-                    .next()
-                    .unwrap()
-                    .to_owned();
-            }
-        };
-        Self {
-            child: Some(child),
-            url,
-            logs: received,
-        }
-    }
-
-    /// Waits (bounded) for a log line containing `text`, and returns it.
-    fn wait_for_log(&self, text: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.logs.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("drl serve never logged {text:?}"),
-            }
-        }
-    }
-
-    #[cfg(unix)]
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(sent.success());
-    }
-
-    fn check(&self, user_id: &str, endpoint: &str) -> (Option<i32>, String) {
-        let out = drl(&["check", "--server", &self.url, user_id, endpoint]);
-        (out.status.code(), String::from_utf8(out.stdout).unwrap())
-    }
-
-    /// SIGTERM, then wait (bounded) for the node to exit.
-    #[cfg(unix)]
-    fn terminate(self) -> std::process::ExitStatus {
-        self.stop_with("-TERM")
-    }
-
-    /// Sends `signal` (`-TERM`, `-INT`), then waits (bounded) for the node to exit.
-    #[cfg(unix)]
-    fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(sent.success());
-        let (done, exited) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(child.wait());
-        });
-        match exited.recv_timeout(DEADLINE) {
-            Ok(status) => status.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                panic!("drl serve did not stop on {signal}");
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn serve_and_check_end_to_end() {
     let config = write_file(
         "limits.yaml",
         "default:\n  limit: 3\n  window: 1h\nrules:\n  - endpoint: /upload\n    limit: 1\n    window: 1d\n",
     );
-    let node = Node::start(&config);
+    let node = DrlProcess::start(DRL, &config);
 
     let (code, out) = node.check("alice", "/upload");
     assert_eq!(code, Some(0), "{out}");
@@ -181,7 +52,7 @@ fn serve_and_check_end_to_end() {
 }
 
 /// The gRPC address a node logged: `gRPC listening on ADDR`.
-fn grpc_url(node: &Node) -> String {
+fn grpc_url(node: &DrlProcess) -> String {
     let line = node.wait_for_log("gRPC listening on ");
     let (_, rest) = line.split_once("gRPC listening on ").unwrap();
     let addr = rest
@@ -205,7 +76,7 @@ fn serve_answers_grpc_beside_http_with_one_budget() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let config = write_file("grpc.yaml", "default:\n  limit: 3\n  window: 1h\n");
-    let node = Node::start(&config);
+    let node = DrlProcess::start(DRL, &config);
     let url = grpc_url(&node);
     // A worker thread keeps the client's connection answering (HTTP/2 pings, GOAWAY) after
     // `block_on`, as a live client would while the node shuts down gracefully.
@@ -401,7 +272,7 @@ fn sighup_reloads_the_config() {
     std::fs::write(&target, "default:\n  limit: 3\n  window: 1h\n").unwrap();
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let node = Node::start(&link);
+    let node = DrlProcess::start(DRL, &link);
     let (_, out) = node.check("alice", "/a");
     assert!(out.starts_with("allowed limit=3 "), "{out}");
 
@@ -425,34 +296,7 @@ fn sighup_reloads_the_config() {
 #[cfg(unix)]
 #[test]
 fn sighup_without_a_config_file_is_ignored() {
-    let mut child = Command::new(DRL)
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let node = Node {
-        child: Some(child),
-        url: String::new(),
-        logs: {
-            let (lines, received) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = lines.send(line);
-                }
-            });
-            received
-        },
-    };
-    node.wait_for_log("listening on");
+    let node = DrlProcess::start_without_config(DRL);
     node.signal("-HUP");
     node.wait_for_log("no config file to reload");
     let status = node.terminate();
@@ -463,7 +307,8 @@ fn sighup_without_a_config_file_is_ignored() {
 #[test]
 fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
     let config = write_file("watched.yaml", "default:\n  limit: 3\n  window: 1h\n");
-    let node = Node::start_with(
+    let node = DrlProcess::start_with(
+        DRL,
         &config,
         &["--log-format", "json"],
         &[("DRL_ADMIN_TOKEN", "t0ken")],
@@ -492,6 +337,68 @@ fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
     assert!(status.success(), "{status:?}");
 }
 
+#[cfg(unix)]
+#[test]
+fn the_admin_api_moves_to_the_admin_address_from_the_environment() {
+    let config = write_file("admin-addr.yaml", "default:\n  limit: 3\n  window: 1h\n");
+    let node = DrlProcess::start_with(
+        DRL,
+        &config,
+        &[],
+        &[
+            ("DRL_ADMIN_TOKEN", "t0ken"),
+            ("DRL_ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let admin = &admin_addr(&node);
+    assert_ne!(admin, &node.url);
+    // The admin route answers there with the token, 401 without; 404 on the HTTP address.
+    assert_eq!(reload_status(admin, "Bearer t0ken"), 200);
+    node.wait_for_log("reloaded: version 2");
+    assert_eq!(reload_status(admin, "Bearer wrong"), 401);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let (code, out) = node.check("alice", "/a");
+    assert_eq!(code, Some(0), "{out}");
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The admin address a node logged: `admin listening on URL`.
+fn admin_addr(node: &DrlProcess) -> String {
+    let line = node.wait_for_log("admin listening on ");
+    let (_, rest) = line.split_once("admin listening on ").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+#[cfg(unix)]
+#[test]
+fn the_admin_address_comes_from_the_config_unless_the_flag_gives_one() {
+    let config = write_file(
+        "admin-config.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 127.0.0.1:0\n",
+    );
+    let env = [("DRL_ADMIN_TOKEN", "t0ken")];
+    let node = DrlProcess::start_with(DRL, &config, &[], &env);
+    let admin = admin_addr(&node);
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the node starts only because the
+    // flag's address replaces it.
+    let config = write_file(
+        "admin-flag.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 192.0.2.1:9090\n",
+    );
+    let node = DrlProcess::start_with(DRL, &config, &["--admin-addr", "127.0.0.1:0"], &env);
+    let admin = admin_addr(&node);
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
 /// Sends `body` to `POST /v1/check` of `url` and returns the response's status line.
 fn post_status(url: &str, body: &str) -> String {
     use std::io::{Read, Write};
@@ -513,7 +420,8 @@ fn post_status(url: &str, body: &str) -> String {
 #[test]
 fn limits_come_from_flags_and_the_environment() {
     let config = write_file("flag-limits.yaml", "default:\n  limit: 10\n  window: 1m\n");
-    let node = Node::start_with(
+    let node = DrlProcess::start_with(
+        DRL,
         &config,
         &["--max-body-bytes", "100"],
         &[("DRL_MAX_IN_FLIGHT", "8")],
@@ -565,12 +473,12 @@ fn a_node_turns_huge_pages_off_unless_allowed() {
         return;
     };
     let config = write_file("thp.yaml", "default:\n  limit: 10\n  window: 1m\n");
-    let node = Node::start(&config);
-    let pid = node.child.as_ref().unwrap().id().to_string();
+    let node = DrlProcess::start(DRL, &config);
+    let pid = node.pid().to_string();
     assert_eq!(thp_enabled(&pid).as_deref(), Some("0"));
     assert!(node.terminate().success());
-    let node = Node::start_with(&config, &[], &[("DRL_ALLOW_THP", "1")]);
-    let pid = node.child.as_ref().unwrap().id().to_string();
+    let node = DrlProcess::start_with(DRL, &config, &[], &[("DRL_ALLOW_THP", "1")]);
+    let pid = node.pid().to_string();
     assert_eq!(thp_enabled(&pid), Some(ours));
     assert!(node.terminate().success());
 }

@@ -4,107 +4,37 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
-#[path = "../../drl-redis/tests/support/mod.rs"]
-mod support;
+use drl_testkit::redis as support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drl_server::client::{Client, ClientError};
+use drl_client::{Client, ClientError};
+use drl_testkit::process::DrlProcess;
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 
-/// A `drl serve` child, killed when dropped.
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Node {
-    fn start(config: &PathBuf) -> Self {
-        let mut child = Command::new(DRL)
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = received
-                .recv_timeout(left)
-                .expect("drl serve logs its address");
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        Self { child, url }
-    }
-
-    /// `drl check`'s exit code: 0 allowed, 1 denied, 2 error.
-    fn check(&self, user_id: &str, endpoint: &str) -> Option<i32> {
-        Command::new(DRL)
-            .args(["check", "--server", &self.url, user_id, endpoint])
-            .output()
-            .unwrap()
-            .status
-            .code()
-    }
-}
-
-impl Node {
-    /// `kill -9`, reaped.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// `drl_store_events_total{event="errors"}` from its `GET /metrics`: checks the store failed
-    /// to answer in time (their scripts may have run later).
-    fn store_errors(&self) -> u64 {
-        let addr = self.url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
+/// `drl_store_events_total{event="errors"}` from a node's `GET /metrics`: checks the store failed
+/// to answer in time (their scripts may have run later).
+fn store_errors(node: &DrlProcess) -> u64 {
+    let addr = node.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("drl_store_events_total{event=\"errors\"} "))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("drl_store_events_total{event=\"errors\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 #[test]
@@ -123,17 +53,20 @@ fn two_nodes_share_one_budget_in_redis() {
         ),
     )
     .unwrap();
-    let (a, b) = (Node::start(&config), Node::start(&config));
+    let (a, b) = (
+        DrlProcess::start(DRL, &config),
+        DrlProcess::start(DRL, &config),
+    );
     let codes = [
-        a.check("alice", "/x"),
-        b.check("alice", "/x"),
-        a.check("alice", "/x"),
-        b.check("alice", "/x"),
-        a.check("alice", "/x"),
+        a.check("alice", "/x").0,
+        b.check("alice", "/x").0,
+        a.check("alice", "/x").0,
+        b.check("alice", "/x").0,
+        a.check("alice", "/x").0,
     ];
     assert_eq!(codes, [Some(0), Some(0), Some(0), Some(1), Some(1)]);
     // Another user has a budget of its own, on either node.
-    assert_eq!(b.check("bob", "/x"), Some(0));
+    assert_eq!(b.check("bob", "/x").0, Some(0));
     // The counters are in Redis.
     assert_ne!(redis.cli(&["DBSIZE"]), "0");
 }
@@ -184,7 +117,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
         ),
     )
     .unwrap();
-    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&config)).collect();
+    let mut nodes: Vec<DrlProcess> = (0..3).map(|_| DrlProcess::start(DRL, &config)).collect();
     let clients: Arc<Vec<Client>> = Arc::new(
         nodes
             .iter()
@@ -261,7 +194,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
     std::thread::sleep(Duration::from_millis(1_500));
     let answered_before = seen.lock().unwrap().len();
     // Its failed store checks so far (none expected with a 2 s timeout; read just before).
-    let failed_killed = nodes[0].store_errors();
+    let failed_killed = store_errors(&nodes[0]);
     nodes[0].kill();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(2_500));
@@ -271,7 +204,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
             done.unwrap();
         }
     });
-    let failed = failed_killed + nodes[1].store_errors() + nodes[2].store_errors();
+    let failed = failed_killed + store_errors(&nodes[1]) + store_errors(&nodes[2]);
     let seen = seen.lock().unwrap();
     let seen_ledger = seen_ledger.lock().unwrap();
     let after = seen.iter().filter(|s| s.sent >= killed).count();

@@ -19,119 +19,13 @@ pub mod sliding_window;
 pub mod token_bucket;
 
 use crate::decision::Decision;
-use crate::error::PolicyError;
-use crate::policy::{MAX_LIMIT, Policy};
+use crate::policy::Policy;
+pub use crate::policy::{Algorithm, DEFAULT_PRECISION, MAX_PRECISION};
 
 pub use fixed_window::FixedWindow;
 pub use sliding_log::SlidingLog;
 pub use sliding_window::SlidingWindow;
 pub use token_bucket::TokenBucket;
-
-/// Default sliding-window precision: 60 buckets per window. Steady over-limit traffic is
-/// admitted at N·60/61 per window, an under-admission of 1/61 ≈ 1.64% of N.
-pub const DEFAULT_PRECISION: u16 = 60;
-/// Largest sliding-window precision.
-pub const MAX_PRECISION: u16 = 1_000;
-
-/// Which algorithm enforces a limit, with its settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Conservative sub-bucketed sliding window: `precision` buckets per window; every bucket
-    /// that overlaps the window counts in full.
-    SlidingWindow { precision: u16 },
-    /// Exact sliding log of admitted timestamps.
-    SlidingLog,
-    /// Fixed windows aligned to multiples of T on the clock.
-    FixedWindow,
-    /// GCRA: a token bucket of `burst` tokens refilled at N/T. `None` means burst = N.
-    TokenBucket { burst: Option<u32> },
-}
-
-impl Default for Algorithm {
-    fn default() -> Self {
-        Algorithm::SlidingWindow {
-            precision: DEFAULT_PRECISION,
-        }
-    }
-}
-
-impl Algorithm {
-    /// The algorithm of a config name, with default settings. `gcra` is `token_bucket`.
-    pub fn from_name(name: &str) -> Result<Self, PolicyError> {
-        Ok(match name {
-            "sliding_window" => Self::default(),
-            "sliding_log" => Self::SlidingLog,
-            "fixed_window" => Self::FixedWindow,
-            "token_bucket" | "gcra" => Self::TokenBucket { burst: None },
-            _ => {
-                return Err(PolicyError::UnknownAlgorithm {
-                    name: name.to_owned(),
-                });
-            }
-        })
-    }
-
-    /// The config name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::SlidingWindow { .. } => "sliding_window",
-            Self::SlidingLog => "sliding_log",
-            Self::FixedWindow => "fixed_window",
-            Self::TokenBucket { .. } => "token_bucket",
-        }
-    }
-
-    /// Sets the sliding-window precision; an error for other algorithms.
-    pub fn with_precision(self, precision: u64) -> Result<Self, PolicyError> {
-        match self {
-            Self::SlidingWindow { .. } => {
-                if !(1..=u64::from(MAX_PRECISION)).contains(&precision) {
-                    return Err(PolicyError::PrecisionOutOfRange {
-                        value: precision,
-                        max: MAX_PRECISION,
-                    });
-                }
-                Ok(Self::SlidingWindow {
-                    precision: precision as u16,
-                })
-            }
-            other => Err(PolicyError::SettingNotApplicable {
-                setting: "precision",
-                algorithm: other.name(),
-            }),
-        }
-    }
-
-    /// Sets the token-bucket burst; an error for other algorithms.
-    pub fn with_burst(self, burst: u64) -> Result<Self, PolicyError> {
-        match self {
-            Self::TokenBucket { .. } => {
-                if !(1..=u64::from(MAX_LIMIT)).contains(&burst) {
-                    return Err(PolicyError::BurstOutOfRange {
-                        value: burst,
-                        max: MAX_LIMIT,
-                    });
-                }
-                Ok(Self::TokenBucket {
-                    burst: Some(burst as u32),
-                })
-            }
-            other => Err(PolicyError::SettingNotApplicable {
-                setting: "burst",
-                algorithm: other.name(),
-            }),
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<(), PolicyError> {
-        match *self {
-            Self::SlidingWindow { precision } => self.with_precision(u64::from(precision)),
-            Self::TokenBucket { burst: Some(b) } => self.with_burst(u64::from(b)),
-            _ => Ok(*self),
-        }
-        .map(drop)
-    }
-}
 
 /// One algorithm step: the decision, and the absolute time behind its `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

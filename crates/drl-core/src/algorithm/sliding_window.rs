@@ -15,14 +15,21 @@
 //! The counts live in a ring of `⌈T/g⌉ + 1` slots, bucket `b` in slot `b mod slots`, with a running
 //! total, so a check is O(1): it touches the state's header, the current slot and at most one
 //! other (the ring may hold one bucket more than the window overlaps when g does not divide T).
-//! Rings up to [`INLINE_SLOTS`] slots of `u16` counts (every default-precision policy with
-//! N ≤ 65 535) are stored inline, so a key is one allocation; larger ones use a boxed `u32` ring.
+//!
+//! Most keys hold few admissions, so the state of a key is not as big as its worst case. A key of
+//! a policy whose ring has at most [`INLINE_SLOTS`] slots of `u16` counts (every default-precision
+//! policy with N ≤ 65 535) starts **sparse**: up to [`SPARSE_BUCKETS`] non-empty buckets stored in
+//! the state itself (40 bytes in all). A check of a sparse key unpacks it into a ring on the stack,
+//! runs the same ring step, and packs it again; when more buckets hold admissions than fit, the
+//! key is promoted to a boxed `u16` ring, for good. Larger policies use a boxed `u32` ring.
 
 use super::{LimitState, Step, demand};
 use crate::policy::Policy;
 
-/// Slots stored inline: the default precision (60) needs 61.
+/// Largest ring of `u16` counts: the default precision (60) needs 61 slots.
 pub const INLINE_SLOTS: usize = 61;
+/// Non-empty buckets a sparse state holds before it is promoted to a ring.
+pub const SPARSE_BUCKETS: usize = 4;
 
 /// One key's sliding-window state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,57 +44,81 @@ pub struct SlidingWindow {
     counts: Counts,
 }
 
-/// The ring and its running total (the sum of every slot).
+/// The bucket counts. Ring position of bucket `b` is always `b mod slots`; `head` is the
+/// position of the newest bucket (`newest mod slots`), kept so that a check within the newest
+/// bucket needs no division. Every variant is 16 bytes: the rings are boxed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Counts {
-    Inline {
+    /// At most [`SPARSE_BUCKETS`] non-empty buckets of a ring of `len` ≤ [`INLINE_SLOTS`] slots:
+    /// `pos[..used]` and `counts[..used]` (every count > 0).
+    Sparse {
         len: u8,
-        /// Ring position of the newest bucket (`newest mod len`), kept so that a check within
-        /// the newest bucket needs no division.
+        head: u8,
+        used: u8,
+        pos: [u8; SPARSE_BUCKETS],
+        counts: [u16; SPARSE_BUCKETS],
+    },
+    /// A ring of `len` ≤ [`INLINE_SLOTS`] slots of `u16`, with its running total. Admissions
+    /// into the newest bucket are held in `pending` (counted in `total`, added to the ring's
+    /// head slot before any other step), so the common check touches only the state's own
+    /// 40 bytes, not the boxed ring.
+    Ring16 {
+        len: u8,
         head: u16,
         total: u16,
-        ring: [u16; INLINE_SLOTS],
+        pending: u16,
+        ring: Box<[u16; INLINE_SLOTS]>,
     },
-    Boxed {
-        head: u32,
-        total: u32,
-        ring: Box<[u32]>,
-    },
+    /// Any other policy: a ring of `u32`.
+    Ring32(Box<Wide>),
+}
+
+/// A ring of `u32` counts with its head and running total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wide {
+    head: u32,
+    total: u32,
+    ring: Box<[u32]>,
 }
 
 impl Counts {
     fn for_policy(policy: &Policy) -> Self {
         let slots = policy.slots() as usize;
         if slots <= INLINE_SLOTS && policy.requests() <= u32::from(u16::MAX) {
-            Counts::Inline {
+            Counts::Sparse {
                 len: slots as u8,
                 head: 0,
-                total: 0,
-                ring: [0; INLINE_SLOTS],
+                used: 0,
+                pos: [0; SPARSE_BUCKETS],
+                counts: [0; SPARSE_BUCKETS],
             }
         } else {
-            Counts::Boxed {
+            Counts::Ring32(Box::new(Wide {
                 head: 0,
                 total: 0,
                 ring: vec![0; slots].into_boxed_slice(),
-            }
+            }))
         }
     }
 
     fn fits(&self, policy: &Policy) -> bool {
         match self {
-            Counts::Inline { len, .. } => {
+            Counts::Sparse { len, .. } | Counts::Ring16 { len, .. } => {
                 usize::from(*len) == policy.slots() as usize
                     && policy.requests() <= u32::from(u16::MAX)
             }
-            Counts::Boxed { ring, .. } => ring.len() == policy.slots() as usize,
+            Counts::Ring32(wide) => wide.ring.len() == policy.slots() as usize,
         }
     }
 
     fn total(&self) -> u64 {
         match self {
-            Counts::Inline { total, .. } => u64::from(*total),
-            Counts::Boxed { total, .. } => u64::from(*total),
+            Counts::Sparse { used, counts, .. } => counts[..usize::from(*used)]
+                .iter()
+                .map(|&c| u64::from(c))
+                .sum(),
+            Counts::Ring16 { total, .. } => u64::from(*total),
+            Counts::Ring32(wide) => u64::from(wide.total),
         }
     }
 }
@@ -133,23 +164,27 @@ impl SlidingWindow {
         fresh.newest = newest;
         let slot = (newest % u64::from(policy.slots())) as usize;
         match &mut fresh.counts {
-            Counts::Inline { head, .. } => *head = slot as u16,
-            Counts::Boxed { head, .. } => *head = slot as u32,
+            Counts::Sparse { head, .. } => *head = slot as u8,
+            Counts::Ring16 { head, .. } => *head = slot as u16,
+            Counts::Ring32(wide) => wide.head = slot as u32,
         }
         if held > 0 {
-            if let Counts::Inline { total, ring, .. } = &mut fresh.counts
+            if let Counts::Sparse {
+                used, pos, counts, ..
+            } = &mut fresh.counts
                 && held <= u64::from(u16::MAX)
             {
-                ring[slot] = held as u16;
-                *total = held as u16;
+                *used = 1;
+                pos[0] = slot as u8;
+                counts[0] = held as u16;
             } else {
                 let mut ring = vec![0u32; policy.slots() as usize];
                 ring[slot] = u32::put(held);
-                fresh.counts = Counts::Boxed {
+                fresh.counts = Counts::Ring32(Box::new(Wide {
                     head: slot as u32,
                     total: u32::put(held),
                     ring: ring.into_boxed_slice(),
-                };
+                }));
             }
             fresh.idle_at = (newest + 1) * g + policy.window_ns();
         }
@@ -176,20 +211,87 @@ impl LimitState for SlidingWindow {
             idle_at: &mut self.idle_at,
         };
         match &mut self.counts {
-            Counts::Inline {
+            Counts::Sparse {
+                len,
+                head,
+                used,
+                pos,
+                counts,
+            } => {
+                // Unpack onto the stack, step the ring, pack again (or promote).
+                let slots = usize::from(*len);
+                let mut ring = [0u16; INLINE_SLOTS];
+                let mut total = 0u16;
+                for (&p, &c) in pos.iter().zip(counts.iter()).take(usize::from(*used)) {
+                    ring[usize::from(p)] = c;
+                    total = total.saturating_add(c);
+                }
+                let mut ring_head = u16::from(*head);
+                let step = step_ring(
+                    &mut ring[..slots],
+                    (&mut ring_head, &mut total),
+                    header,
+                    policy,
+                    now_ns,
+                    hits,
+                );
+                let mut n = 0;
+                for (p, &c) in ring[..slots].iter().enumerate() {
+                    if c == 0 {
+                        continue;
+                    }
+                    if n == SPARSE_BUCKETS {
+                        self.counts = Counts::Ring16 {
+                            len: slots as u8,
+                            head: ring_head,
+                            total,
+                            pending: 0,
+                            ring: Box::new(ring),
+                        };
+                        return step;
+                    }
+                    pos[n] = p as u8;
+                    counts[n] = c;
+                    n += 1;
+                }
+                *used = n as u8;
+                *head = ring_head as u8;
+                step
+            }
+            Counts::Ring16 {
                 len,
                 head,
                 total,
+                pending,
                 ring,
-            } => step_ring(
-                &mut ring[..usize::from(*len)],
-                (head, total),
-                header,
-                policy,
-                now_ns,
-                hits,
-            ),
-            Counts::Boxed { head, total, ring } => {
+            } => {
+                if let Some(step) = admit_in_newest(
+                    header.newest,
+                    header.idle_at,
+                    total,
+                    pending,
+                    policy,
+                    now_ns,
+                    hits,
+                ) {
+                    return step;
+                }
+                if *pending > 0 {
+                    let slot = &mut ring[usize::from(*head)];
+                    *slot = slot.saturating_add(*pending);
+                    *pending = 0;
+                }
+                step_ring(
+                    &mut ring[..usize::from(*len)],
+                    (head, total),
+                    header,
+                    policy,
+                    now_ns,
+                    hits,
+                )
+            }
+            Counts::Ring32(wide) => {
+                let Wide { head, total, ring } = &mut **wide;
                 step_ring(ring, (head, total), header, policy, now_ns, hits)
             }
         }
@@ -203,6 +305,49 @@ impl LimitState for SlidingWindow {
 struct Header<'a> {
     newest: &'a mut u64,
     idle_at: &'a mut u64,
+}
+
+/// [`step_ring`]'s answer, without the ring, for the common case it can be given from the totals
+/// alone: `hits > 0` admitted into the newest bucket, with no bucket of the ring outside the
+/// window (so the counted sum is the total). `None` when the case is another one.
+#[inline]
+fn admit_in_newest(
+    newest: &mut u64,
+    idle_at: &mut u64,
+    total: &mut u16,
+    pending: &mut u16,
+    policy: &Policy,
+    now_ns: u64,
+    hits: u32,
+) -> Option<Step> {
+    let g = policy.bucket_ns();
+    let newest_start = *newest * g;
+    let now = now_ns.max(newest_start);
+    let window = policy.window_ns();
+    let limit = u64::from(policy.requests());
+    if hits == 0 || now - newest_start >= g {
+        return None;
+    }
+    // What `step_ring` computes as `span == slots` (see there), or the first window.
+    let rem = policy.window_rem_ns();
+    if now >= window && rem > 0 && now - newest_start >= rem {
+        return None;
+    }
+    let used = u64::from(*total) + u64::from(hits);
+    if used > limit {
+        return None;
+    }
+    *total = used as u16;
+    *pending += hits as u16;
+    *idle_at = (*newest + 1) * g + window;
+    Some(Step::new(
+        true,
+        policy,
+        limit - used,
+        now,
+        *idle_at - now,
+        0,
+    ))
 }
 
 fn step_ring<S: Slot>(
@@ -263,7 +408,10 @@ fn step_ring<S: Slot>(
         current as usize + 1
     };
     let mut used = sum;
-    if sum > 0 {
+    // Before the first full window (`now < T`, the first minute of a limiter's clock at the
+    // default T) the slots past `span` would hold buckets before the clock's origin, which never
+    // existed: they are zero, and walking them on every check cost up to a whole ring's loads.
+    if sum > 0 && now >= window {
         for age in span..slots {
             used -= ring[back(here, age, slots)].get();
         }
@@ -403,7 +551,7 @@ mod tests {
     fn large_limits_use_a_wide_ring() {
         let p = policy(100_000, 60, 60);
         let mut s = SlidingWindow::fresh(&p);
-        assert!(matches!(s.counts, Counts::Boxed { .. }));
+        assert!(matches!(s.counts, Counts::Ring32(_)));
         assert!(s.check(&p, SEC, 70_000).allowed);
         assert_eq!(s.check(&p, SEC, 0).remaining, 30_000);
     }
@@ -417,6 +565,43 @@ mod tests {
         let d = s.check(&new, 2 * SEC, 0);
         assert_eq!(d.remaining, 2);
         assert!(!s.check(&new, 2 * SEC, 3).allowed);
+    }
+
+    #[test]
+    fn a_sparse_state_steps_like_a_ring_and_is_promoted_when_full() {
+        // Odd geometry (7 s in 60 buckets) and a limit the sparse buckets cannot hold.
+        for (n, secs) in [(50, 7), (3, 60), (400, 60)] {
+            let p = policy(n, secs, 60);
+            let mut sparse = SlidingWindow::fresh(&p);
+            assert!(matches!(sparse.counts, Counts::Sparse { .. }));
+            let mut ring = SlidingWindow::fresh(&p);
+            ring.counts = Counts::Ring16 {
+                len: p.slots() as u8,
+                head: 0,
+                total: 0,
+                pending: 0,
+                ring: Box::new([0; INLINE_SLOTS]),
+            };
+            let mut t = 2 * SEC + 12_345;
+            let mut promoted = false;
+            for i in 0..2_000u64 {
+                let hits = [1, 1, 0, 2, 1, 3][(i % 6) as usize];
+                let a = sparse.step(&p, t, hits);
+                let b = ring.step(&p, t, hits);
+                assert_eq!(a, b, "n {n} step {i} at {t}");
+                assert_eq!(sparse.idle_at(), ring.idle_at());
+                assert_eq!(sparse.counts.total(), ring.counts.total());
+                promoted |= matches!(sparse.counts, Counts::Ring16 { .. });
+                // Mostly small steps, now and then a long pause that empties the window.
+                t += if i % 97 == 0 {
+                    3 * secs * SEC
+                } else {
+                    1 + 61_000_007 * (i % 7)
+                };
+            }
+            // A limit of 3 never holds more buckets than a sparse state keeps.
+            assert_eq!(promoted, n > SPARSE_BUCKETS as u64, "n {n}");
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! - **Repeated denials skip the lock, and the map.** When a check of at most one hit is denied,
 //!   the algorithm also tells the exact time before which not even one hit can be admitted. The
 //!   cell publishes it in an atomic, and the checking thread remembers it in a small per-thread
-//!   memo; until then the same key is answered from either without locking (a client hammering
-//!   a full key costs a hash and a thread-local read). Both are tied to the rules epoch, so a
+//!   memo, with the key's identity; until then the same key is answered from either without
+//!   locking (a client hammering a full key costs a cheap hash, a comparison of its identity and
+//!   a thread-local read: not even the fingerprint). Both are tied to the rules epoch, so a
 //!   rules change voids them (see [`MemoryStore::rules_changed`](Store::rules_changed)).
 //! - **Reclamation** is a sweep, run by the [`Limiter`](crate::Limiter)'s background thread (or by
 //!   hand): a cell whose every admission has aged out ([`LimitState::idle_at`]) is
@@ -28,7 +29,7 @@ use crate::algorithm::{
     Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, Step, TokenBucket,
 };
 use crate::decision::Decision;
-use crate::key::Fingerprinter;
+use crate::key::{CounterKey, Fingerprinter};
 use crate::policy::Policy;
 use crate::store::{Store, StoreError, StoreRequest};
 
@@ -97,12 +98,14 @@ impl MemoryStore {
 
     #[inline]
     fn answer(&self, request: &StoreRequest<'_>) -> Answer {
-        let id = self.fingerprints.fingerprint(&request.key);
+        // The memo is looked up before the fingerprint is computed: a hammered key is answered
+        // for the cost of a cheap hash and a comparison of its identity.
         if request.hits <= 1
-            && let Some(denial) = memo_lookup(self.id, id, request)
+            && let Some(denial) = memo_lookup(self.id, request)
         {
             return Answer::Denied(denial);
         }
+        let id = self.fingerprints.fingerprint(&request.key);
         let (answer, denial) = match request.policy.algorithm() {
             Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs),
             Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs),
@@ -110,7 +113,7 @@ impl MemoryStore {
             Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs),
         };
         if let Some(denial) = denial {
-            memo_insert(self.id, id, request.rules_epoch, denial);
+            memo_insert(self.id, &request.key, request.rules_epoch, denial);
         }
         answer
     }
@@ -289,50 +292,80 @@ impl Denial {
     }
 }
 
-/// Slots of the per-thread denial memo (direct-mapped by fingerprint).
+/// Slots of the per-thread denial memo (direct-mapped by a cheap hash of the identity).
 const MEMO_SLOTS: usize = 64;
 
-#[derive(Debug, Clone, Copy)]
+/// A denial this thread saw, with the exact identity it is about.
+#[derive(Debug)]
 struct MemoEntry {
     store: u64,
-    key: u128,
     epoch: u64,
     denial: Denial,
+    /// The counter's [`CounterKey::encode`]: an entry answers only a key that encodes exactly
+    /// so, so the slot's hash needs no resistance to collisions (a collision only evicts).
+    identity: Box<[u8]>,
 }
+
+/// An empty memo slot (a `const` so the array below can repeat it).
+const NO_ENTRY: Option<MemoEntry> = None;
 
 thread_local! {
-    /// Keys this thread saw denied, so a client hammering one key is answered without touching
-    /// the shared map at all. 64 × 48 bytes per thread.
-    static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> = const { RefCell::new([None; MEMO_SLOTS]) };
+    /// Keys this thread saw denied, so a client hammering one key is answered without
+    /// fingerprinting it or touching the shared map at all.
+    static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> =
+        const { RefCell::new([NO_ENTRY; MEMO_SLOTS]) };
+    /// The latest `until` of any entry this thread put in [`MEMO`]: from then on no entry can
+    /// answer, and a check skips the memo without hashing its key.
+    static MEMO_UNTIL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The memo slot of a key: a fast unkeyed hash of its limit index and values (the fields that
+/// tell keys of one rule apart).
+#[inline]
+fn memo_slot(key: &CounterKey<'_>) -> usize {
+    let hash = foldhash::fast::FixedState::with_seed(0x6d65_6d6f).hash_one((key.limit, key.values));
+    (hash as usize) % MEMO_SLOTS
 }
 
 #[inline]
-fn memo_slot(key: u128) -> usize {
-    (key as usize) % MEMO_SLOTS
-}
-
-#[inline]
-fn memo_lookup(store: u64, key: u128, request: &StoreRequest<'_>) -> Option<Denial> {
+fn memo_lookup(store: u64, request: &StoreRequest<'_>) -> Option<Denial> {
+    if request.now_ns >= MEMO_UNTIL.get() {
+        return None;
+    }
+    let slot = memo_slot(&request.key);
     MEMO.with(|memo| {
         let memo = memo.try_borrow().ok()?;
-        let entry = memo[memo_slot(key)]?;
+        let entry = memo[slot].as_ref()?;
         (entry.store == store
-            && entry.key == key
             && entry.epoch == request.rules_epoch
-            && request.now_ns < entry.denial.until)
-            .then_some(entry.denial)
+            && request.now_ns < entry.denial.until
+            && request.key.encodes_as(&entry.identity))
+        .then_some(entry.denial)
     })
 }
 
-fn memo_insert(store: u64, key: u128, epoch: u64, denial: Denial) {
+fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
+    let slot = memo_slot(key);
+    MEMO_UNTIL.set(MEMO_UNTIL.get().max(denial.until));
     MEMO.with(|memo| {
         if let Ok(mut memo) = memo.try_borrow_mut() {
-            memo[memo_slot(key)] = Some(MemoEntry {
-                store,
-                key,
-                epoch,
-                denial,
-            });
+            let entry = &mut memo[slot];
+            match entry {
+                // The same key again (its previous denial ran out): keep its identity.
+                Some(e) if key.encodes_as(&e.identity) => {
+                    e.store = store;
+                    e.epoch = epoch;
+                    e.denial = denial;
+                }
+                _ => {
+                    *entry = Some(MemoEntry {
+                        store,
+                        epoch,
+                        denial,
+                        identity: key.encode().into_boxed_slice(),
+                    });
+                }
+            }
         }
     });
 }

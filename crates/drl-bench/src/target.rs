@@ -1,0 +1,455 @@
+//! The three APIs a benchmark can load, each as a [`Caller`]: one worker's way of sending one
+//! request and counting its decisions.
+//!
+//! - [`Target::Envoy`]: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` in the
+//!   domain [`ENVOY_DOMAIN`] with one descriptor `user_id=<u>`, `endpoint=<e>`: one decision.
+//! - [`Target::Native`]: `drl.v1.RateLimiter/Check` with a batch of checks: one decision each.
+//! - [`Target::Http`]: `POST /v1/check`: 200 allowed, 429 denied.
+//!
+//! gRPC workers share a few HTTP/2 connections (channels), each multiplexing many calls; HTTP
+//! workers have one keep-alive HTTP/1.1 connection each (HTTP/1.1 has one request in flight
+//! per connection).
+
+use std::future::Future;
+use std::time::Duration;
+
+use drl_core::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
+use drl_proto::drl::v1 as native;
+use drl_proto::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry,
+};
+use drl_proto::envoy::service::ratelimit::v3 as rls;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use native::rate_limiter_client::RateLimiterClient;
+use rls::rate_limit_response::Code as EnvoyCode;
+use rls::rate_limit_service_client::RateLimitServiceClient;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::BenchError;
+use super::keys::{ENDPOINT, user_id};
+use drl_proto::json::CheckRequest;
+
+/// The domain of the Envoy requests: the built-in domain of the native (user, endpoint) pairs,
+/// so that the node's native rules decide them.
+pub const ENVOY_DOMAIN: &str = NATIVE_DOMAIN;
+
+/// How long connecting may take before the run is abandoned.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest response body an HTTP worker reads.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Which API to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Envoy,
+    Native,
+    Http,
+}
+
+impl Target {
+    /// The server a target asks when none is given: the default gRPC or HTTP address.
+    pub fn default_server(self) -> &'static str {
+        match self {
+            Self::Envoy | Self::Native => "http://127.0.0.1:8081",
+            Self::Http => drl_client::DEFAULT_SERVER,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Envoy => "envoy",
+            Self::Native => "native",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// What one request got: its decisions, or why some have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: u64,
+    pub denied: u64,
+    /// Decisions asked for and not received (a failed call counts every check of it).
+    pub errors: u64,
+    /// Whether the server answered (its latency is then recorded, even for a refusal); false
+    /// for a transport failure or a timeout.
+    pub answered: bool,
+    /// What went wrong, for the first error of a run.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// A call that got no answer: all of its `checks` are errors.
+    pub fn failed(checks: usize, error: String) -> Self {
+        Self {
+            errors: checks as u64,
+            error: Some(error),
+            ..Self::default()
+        }
+    }
+}
+
+/// One worker's client: sends one request for `keys` (one decision per key) at a time.
+pub trait Caller: Send + 'static {
+    fn call(&mut self, keys: &[u64], hits: u32) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The callers of a run, one per worker, connected before the clock starts.
+#[derive(Debug)]
+pub enum Callers {
+    Envoy(Vec<EnvoyCaller>),
+    Native(Vec<NativeCaller>),
+    Http(Vec<HttpCaller>),
+}
+
+impl Callers {
+    /// Connects `workers` callers of `target` to `server`: gRPC workers share `connections`
+    /// channels round-robin; HTTP workers have one connection each.
+    pub async fn connect(
+        target: Target,
+        server: &str,
+        workers: usize,
+        connections: usize,
+    ) -> Result<Self, BenchError> {
+        Ok(match target {
+            Target::Envoy => {
+                let channels = channels(server, connections).await?;
+                Self::Envoy(
+                    (0..workers)
+                        .map(|i| EnvoyCaller {
+                            client: RateLimitServiceClient::new(
+                                channels[i % channels.len()].clone(),
+                            ),
+                        })
+                        .collect(),
+                )
+            }
+            Target::Native => {
+                let channels = channels(server, connections).await?;
+                Self::Native(
+                    (0..workers)
+                        .map(|i| NativeCaller {
+                            client: RateLimiterClient::new(channels[i % channels.len()].clone()),
+                        })
+                        .collect(),
+                )
+            }
+            Target::Http => {
+                let http = HttpServer::parse(server)?;
+                let mut callers = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    let mut caller = HttpCaller {
+                        server: http.clone(),
+                        sender: None,
+                    };
+                    caller.connect().await.map_err(BenchError::Connect)?;
+                    callers.push(caller);
+                }
+                Self::Http(callers)
+            }
+        })
+    }
+}
+
+/// `connections` HTTP/2 channels to `server`, connected now so that a wrong address fails
+/// before the run rather than as a run of errors.
+async fn channels(server: &str, connections: usize) -> Result<Vec<Channel>, BenchError> {
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| BenchError::Invalid(format!("invalid server URL {server:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| BenchError::Connect(format!("cannot connect to {server}: {e}")))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// A worker of the Envoy API.
+#[derive(Debug)]
+pub struct EnvoyCaller {
+    client: RateLimitServiceClient<Channel>,
+}
+
+/// The request for key `key`: one descriptor (user_id, endpoint) in [`ENVOY_DOMAIN`].
+pub fn envoy_request(key: u64, hits: u32) -> rls::RateLimitRequest {
+    let entry = |key: &str, value: String| Entry {
+        key: key.to_owned(),
+        value,
+    };
+    rls::RateLimitRequest {
+        domain: ENVOY_DOMAIN.to_owned(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                entry(USER_KEY, user_id(key)),
+                entry(ENDPOINT_KEY, ENDPOINT.to_owned()),
+            ],
+            // Envoy's default is 1; 0 must be explicit on the descriptor.
+            hits_addend: (hits != 1).then_some(u64::from(hits)),
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+impl Caller for EnvoyCaller {
+    async fn call(&mut self, keys: &[u64], hits: u32) -> Outcome {
+        let mut outcome = Outcome {
+            answered: true,
+            ..Outcome::default()
+        };
+        for &key in keys {
+            match self
+                .client
+                .should_rate_limit(envoy_request(key, hits))
+                .await
+            {
+                Ok(response) => match response.into_inner().overall_code() {
+                    EnvoyCode::Ok => outcome.allowed += 1,
+                    EnvoyCode::OverLimit => outcome.denied += 1,
+                    EnvoyCode::Unknown => {
+                        outcome.errors += 1;
+                        outcome.error = Some("overall_code UNKNOWN".into());
+                    }
+                },
+                Err(status) => {
+                    outcome.errors += 1;
+                    outcome.answered = false;
+                    outcome.error = Some(status_message(&status));
+                }
+            }
+        }
+        outcome
+    }
+}
+
+fn status_message(status: &tonic::Status) -> String {
+    format!("gRPC {:?}: {}", status.code(), status.message())
+}
+
+/// A worker of the native batch API.
+#[derive(Debug)]
+pub struct NativeCaller {
+    client: RateLimiterClient<Channel>,
+}
+
+/// The batch for `keys`.
+pub fn native_request(keys: &[u64], hits: u32) -> native::CheckRequest {
+    native::CheckRequest {
+        checks: keys
+            .iter()
+            .map(|&key| native::Check {
+                user_id: user_id(key),
+                endpoint: ENDPOINT.to_owned(),
+                hits: (hits != 1).then_some(hits),
+            })
+            .collect(),
+    }
+}
+
+impl Caller for NativeCaller {
+    async fn call(&mut self, keys: &[u64], hits: u32) -> Outcome {
+        let response = match self.client.check(native_request(keys, hits)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Outcome::failed(keys.len(), status_message(&status)),
+        };
+        let mut outcome = Outcome {
+            answered: true,
+            ..Outcome::default()
+        };
+        for result in response.results.iter().take(keys.len()) {
+            match &result.outcome {
+                Some(native::check_result::Outcome::Decision(d)) if d.allowed => {
+                    outcome.allowed += 1;
+                }
+                Some(native::check_result::Outcome::Decision(_)) => outcome.denied += 1,
+                Some(native::check_result::Outcome::Error(e)) => {
+                    outcome.errors += 1;
+                    outcome.error = Some(format!("check error {:?}: {}", e.code(), e.message));
+                }
+                None => {
+                    outcome.errors += 1;
+                    outcome.error = Some("a result without an outcome".into());
+                }
+            }
+        }
+        // Every check is accounted for once, however many results came back.
+        if response.results.len() != keys.len() {
+            outcome.errors += keys.len().saturating_sub(response.results.len()) as u64;
+            outcome.error = Some(format!(
+                "{} results for {} checks",
+                response.results.len(),
+                keys.len()
+            ));
+        }
+        outcome
+    }
+}
+
+/// Where an HTTP worker connects and what it asks for.
+#[derive(Debug, Clone)]
+pub struct HttpServer {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The `Host` header.
+    authority: String,
+    /// The server URL's path + `/v1/check`.
+    path: String,
+}
+
+impl HttpServer {
+    /// The check URL of the node at `server`, e.g. `http://127.0.0.1:8080`.
+    pub fn parse(server: &str) -> Result<Self, BenchError> {
+        let invalid =
+            |reason: &str| BenchError::Invalid(format!("invalid server URL {server:?}: {reason}"));
+        let uri: Uri = server
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(invalid(
+                "expected an http:// URL such as http://127.0.0.1:8080",
+            ));
+        }
+        let authority = uri.authority().ok_or_else(|| invalid("it has no host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self {
+            addr: format!("{}:{port}", authority.host()),
+            authority: authority.as_str().to_owned(),
+            path: format!("{}/v1/check", uri.path().trim_end_matches('/')),
+        })
+    }
+}
+
+/// A worker of the HTTP API, with its keep-alive connection.
+#[derive(Debug)]
+pub struct HttpCaller {
+    server: HttpServer,
+    /// None until connected, and after a failure (the next call reconnects).
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl HttpCaller {
+    async fn connect(&mut self) -> Result<(), String> {
+        let addr = &self.server.addr;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("bench connection ended: {e}");
+            }
+        });
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// One exchange; on any failure the connection is dropped, so that a request cut off (by
+    /// an error or the worker's timeout) never leaves a half-read answer on a reused connection.
+    async fn exchange(&mut self, key: u64, hits: u32) -> HttpAnswer {
+        match self.try_exchange(key, hits).await {
+            Ok((StatusCode::OK, _)) => HttpAnswer::Allowed,
+            Ok((StatusCode::TOO_MANY_REQUESTS, _)) => HttpAnswer::Denied,
+            Ok((status, body)) => {
+                HttpAnswer::Refused(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+            }
+            Err(e) => {
+                self.sender = None;
+                HttpAnswer::Failed(e)
+            }
+        }
+    }
+
+    /// The status and body of one exchange.
+    async fn try_exchange(&mut self, key: u64, hits: u32) -> Result<(StatusCode, Bytes), String> {
+        let sender = match self.sender.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => {
+                self.connect().await?;
+                self.sender.take().ok_or("not connected")?
+            }
+        };
+        let mut sender = sender;
+        let body = serde_json::to_vec(&CheckRequest {
+            user_id: user_id(key),
+            endpoint: ENDPOINT.to_owned(),
+            hits: u64::from(hits),
+        })
+        .map_err(|e| format!("cannot encode the request: {e}"))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.server.path.as_str())
+            .header(HOST, self.server.authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection lost: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP error: {e}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read the answer: {e}"))?;
+        self.sender = Some(sender);
+        Ok((status, body.to_bytes()))
+    }
+}
+
+/// What one HTTP exchange got.
+#[derive(Debug)]
+enum HttpAnswer {
+    Allowed,
+    Denied,
+    /// An answer other than 200 or 429 (e.g. 400 for an invalid check).
+    Refused(String),
+    /// No answer: the connection failed.
+    Failed(String),
+}
+
+impl Caller for HttpCaller {
+    async fn call(&mut self, keys: &[u64], hits: u32) -> Outcome {
+        let mut outcome = Outcome {
+            answered: true,
+            ..Outcome::default()
+        };
+        for &key in keys {
+            match self.exchange(key, hits).await {
+                HttpAnswer::Allowed => outcome.allowed += 1,
+                HttpAnswer::Denied => outcome.denied += 1,
+                HttpAnswer::Refused(e) => {
+                    outcome.errors += 1;
+                    outcome.error = Some(e);
+                }
+                HttpAnswer::Failed(e) => {
+                    outcome.errors += 1;
+                    outcome.answered = false;
+                    outcome.error = Some(e);
+                }
+            }
+        }
+        outcome
+    }
+}
