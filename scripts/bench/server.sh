@@ -19,6 +19,8 @@
 # kept in target/bench-server/. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 quick=0
 docs=""
@@ -79,23 +81,7 @@ default:
   limit: $limit
   window: 1m
 EOF
-  RUST_LOG=info "$drl" serve --config "$out/$name.yaml" \
-    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 2> "$out/$name.log" &
-  server_pid=$!
-  HTTP="" GRPC=""
-  for _ in $(seq 100); do
-    HTTP=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    GRPC=$(sed -n 's/.*gRPC listening on \([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    [ -n "$HTTP" ] && [ -n "$GRPC" ] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out/$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  if [ -z "$HTTP" ] || [ -z "$GRPC" ]; then
-    echo "drl serve did not report its addresses:" >&2
-    cat "$out/$name.log" >&2
-    exit 1
-  fi
-  echo "$name: HTTP $HTTP, gRPC $GRPC" >&2
+  start_drl "$name"
 }
 
 # scenario NAME "TITLE" "CONFIG" BENCH-ARGS...: one `drl bench` run, recorded.

@@ -37,6 +37,8 @@
 # apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 quick=0
 docs=""
@@ -122,27 +124,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_server NAME: `drl serve` with $out/NAME.yaml on free loopback ports; sets GRPC and HTTP.
-start_server() {
-  local name=$1
-  RUST_LOG=info "$drl" serve --config "$out/$name.yaml" \
-    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 2> "$out/$name.log" &
-  server_pid=$!
-  HTTP="" GRPC=""
-  for _ in $(seq 300); do
-    HTTP=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    GRPC=$(sed -n 's/.*gRPC listening on \([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    [ -n "$HTTP" ] && [ -n "$GRPC" ] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out/$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  if [ -z "$HTTP" ] || [ -z "$GRPC" ]; then
-    echo "drl serve did not report its addresses:" >&2
-    cat "$out/$name.log" >&2
-    exit 1
-  fi
-  echo "$name: HTTP $HTTP, gRPC $GRPC" >&2
-}
 
 memory_config() { # NAME LIMIT WINDOW
   printf 'store:\n  kind: memory\ndefault:\n  limit: %s\n  window: %s\n' "$2" "$3" > "$out/$1.yaml"
@@ -183,7 +164,7 @@ cat "$out/machine.env" >&2
 
 # --- 1. memory store ------------------------------------------------------------------------------
 memory_config memory 1000000 1m
-start_server memory
+start_drl memory
 scenario mem-envoy memory "Envoy ShouldRateLimit, closed loop, 64 workers" \
   --target envoy --server "http://$GRPC" --concurrency 64 --keys 10000
 scenario mem-native memory "native Check, batches of 100, closed loop, 16 workers" \
@@ -219,7 +200,7 @@ for keys in $series; do
   elif [ "$quick" = 1 ]; then window=8; else window=15; fi
   name="keys-$keys"
   memory_config "$name" 60000 "${window}s"
-  start_server "$name"
+  start_drl "$name"
   rss0=$(rss_kib "$server_pid")
   say "$keys keys: fill"
   t0=$(date +%s.%N)
@@ -278,7 +259,7 @@ default:
   limit: 1000000
   window: 1m
 EOF
-  start_server "redis-$consistency"
+  start_drl "redis-$consistency"
   scenario "redis-$consistency-envoy" "redis-$consistency" "Envoy ShouldRateLimit, closed loop, 64 workers" \
     --target envoy --server "http://$GRPC" --concurrency 64 --keys 10000
   scenario "redis-$consistency-native" "redis-$consistency" "native Check, batches of 100, closed loop, 16 workers" \

@@ -221,7 +221,7 @@ impl<S: Store> Limiter<S> {
                         && !exempt
                         && let Some(user) = d.entries.iter().find(|e| e.key == policy.user_key)
                         && !outcome.new_bans.iter().any(|b| b.user_id == user.value)
-                        && let Some(ban) = self.inner.bans.offense(user.value, now, policy)
+                        && let Some(ban) = self.offense(&rules, user.value, now)
                     {
                         outcome.new_bans.push(ban);
                     }
@@ -256,13 +256,7 @@ impl<S: Store> Limiter<S> {
                     .entries
                     .iter()
                     .find(|e| e.key == user_key)
-                    .and_then(|user| {
-                        if rules.blocklisted(user.value) {
-                            Some(u64::MAX)
-                        } else {
-                            self.inner.bans.banned_until(user.value, now, exempt)
-                        }
-                    });
+                    .and_then(|user| self.refused_until(rules, user.value, now, exempt));
                 match until {
                     Some(until) => DescriptorDecision {
                         label: target.map(|t| Arc::clone(t.label())),

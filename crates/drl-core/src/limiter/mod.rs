@@ -26,7 +26,7 @@ use thiserror::Error;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::abuse::Bans;
+use crate::abuse::{Ban, Bans};
 use crate::adaptive::{BackendSettings, BackendState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
@@ -341,6 +341,24 @@ impl Limiter<MemoryStore> {
 }
 
 impl<S: Store> Limiter<S> {
+    /// Until when (ns; `u64::MAX` for good) `user` is refused without touching a counter: the
+    /// config's blocklist, or a ban or block in force (which an abuse-exempt rule ignores). The
+    /// first step of the native and the descriptor check alike.
+    fn refused_until(&self, rules: &Rules, user: &str, now: u64, exempt: bool) -> Option<u64> {
+        if rules.blocklisted(user) {
+            Some(u64::MAX)
+        } else {
+            self.inner.bans.banned_until(user, now, exempt)
+        }
+    }
+
+    /// Counts a denial of `user` as an offense under the rules' abuse policy, if they have one;
+    /// the ban it made. The last step of both checks, for denials of rules not exempt.
+    fn offense(&self, rules: &Rules, user: &str, now: u64) -> Option<Ban> {
+        let policy = rules.abuse()?;
+        self.inner.bans.offense(user, now, policy)
+    }
+
     /// Replaces the rules atomically. Counters whose rule identity is unchanged carry on under
     /// the new limits. Rules that name backends are scaled by their current load factors.
     pub fn set_rules(&self, rules: Rules) {

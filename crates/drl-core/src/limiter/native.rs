@@ -72,13 +72,7 @@ impl<S: Store> Limiter<S> {
         user: &str,
         now: u64,
     ) -> Option<NativeDecision> {
-        let until = if rules.blocklisted(user) {
-            u64::MAX
-        } else {
-            self.inner
-                .bans
-                .banned_until(user, now, target.abuse_exempt())?
-        };
+        let until = self.refused_until(rules, user, now, target.abuse_exempt())?;
         let limit = match target.action() {
             Action::Limit(limits) => limits.first().map_or(0, Policy::requests),
             _ => 0,
@@ -117,10 +111,8 @@ impl<S: Store> Limiter<S> {
             new_ban: None,
         };
         if !decision.allowed {
-            if let Some(policy) = rules.abuse()
-                && !target.abuse_exempt()
-            {
-                checked.new_ban = self.inner.bans.offense(user, now, policy);
+            if !target.abuse_exempt() {
+                checked.new_ban = self.offense(rules, user, now);
             }
             if rules.shadow_mode() || target.shadow_mode() {
                 checked.shadow();
