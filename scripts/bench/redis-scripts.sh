@@ -124,8 +124,9 @@ command_for() {
   case "$script" in
     zset) echo "EVALSHA ${sha[zset]} 1 'rl:$key' 60000 100 __rand_int__" ;;
     many)
-      local line="EVALSHA ${sha[many]} 1 'drl:W$key' ''" i
-      for i in $(seq "$batch"); do line="$line 'drl:W$key' w 1 100 60000000000 1000000000 61 0"; done
+      # One policy (w, N, T, its parameters), then per check: key, policy number 1, hits 1.
+      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' 1 w 100 60000000000 1000000000 61 0" i
+      for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
       # In cluster mode every check of a call shares the client's {tag}: one node serves them.
       echo "$line" ;;
     *) echo "EVALSHA ${sha[$script]} 1 'drl:${letter[$script]}$key' ${args[$script]}" ;;
