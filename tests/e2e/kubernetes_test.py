@@ -3,8 +3,9 @@
 - Every manifest validates, strictly (no unknown field), against the schemas of Kubernetes 1.30
   and 1.37 that PyPI's kubernetes-validate ships, with no network (under `unshare -rn` where
   the kernel allows it); a manifest with a misspelt field is refused, so the check can fail.
-- The pieces fit: the probes' paths are drl's, the scrape annotations name the HTTP port, the
-  Service and the PodDisruptionBudget select the pods, the ConfigMap is mounted where
+- The pieces fit: the probes' paths are drl's, the scrape annotations name the admin port
+  (`--admin-addr`, where /metrics is), the Service exposes the HTTP and gRPC ports but not the
+  admin one, the Service and the PodDisruptionBudget select the pods, the ConfigMap is mounted where
   `--config` points, and the config in the ConfigMap is one `drl config validate` accepts.
 - A ConfigMap update reaches a running node without a restart: `drl serve --config DIR` on a
   directory laid out as the kubelet lays out a mounted ConfigMap (files linked through a `..data`
@@ -74,10 +75,12 @@ def consistent(procs: Processes) -> None:
     equal(container["livenessProbe"]["httpGet"]["path"], "/healthz", "liveness probe")
     equal(container["readinessProbe"]["httpGet"]["path"], "/readyz", "readiness probe")
     annotations = pod["metadata"]["annotations"]
-    equal(annotations["prometheus.io/port"], str(ports["http"]), "scrape annotation's port")
+    equal(annotations["prometheus.io/port"], str(ports["admin"]), "scrape annotation's port")
     equal(annotations["prometheus.io/path"], "/metrics", "scrape annotation's path")
     equal(args[args.index("--http-addr") + 1], f"0.0.0.0:{ports['http']}", "HTTP port")
     equal(args[args.index("--grpc-addr") + 1], f"0.0.0.0:{ports['grpc']}", "gRPC port")
+    equal(args[args.index("--admin-addr") + 1], f"0.0.0.0:{ports['admin']}", "admin port")
+    # The admin port stays off the Service.
     equal(sorted(p["targetPort"] for p in service["spec"]["ports"]), ["grpc", "http"],
           "the Service's target ports")
     for name, selector in (("Deployment", deployment["spec"]["selector"]["matchLabels"]),

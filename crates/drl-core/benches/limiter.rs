@@ -17,7 +17,7 @@
 //! `100k_keys`, `1M_keys`, `series`).
 //!
 //! Output: a `round` line per round and a `result` line per scenario (parsed by
-//! `scripts/bench-core-report.py`, which `scripts/bench-core.sh` runs to write `docs/benchmarks.md`).
+//! `scripts/bench/report.py core`, which `scripts/bench.sh core` runs to write `docs/benchmarks.md`).
 //!
 //! What makes the comparison fair:
 //!

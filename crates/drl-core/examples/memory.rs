@@ -5,7 +5,7 @@
 //! cargo run --release -p drl-core --example memory [-- --keys 1000000]
 //! ```
 //!
-//! Prints a Markdown table (`scripts/bench-core.sh` copies it into `docs/benchmarks.md`).
+//! Prints a Markdown table (`scripts/bench.sh core` copies it into `docs/benchmarks.md`).
 //!
 //! Method: the process's resident set size (`VmRSS` in `/proc/self/status`) before and after
 //! inserting the keys, divided by the number of keys, so everything a key costs is counted: its

@@ -13,7 +13,7 @@
 //! The check costs papaya's emptiness test (a sum over its few striped length counters) while
 //! no user is banned, and one hash lookup of the user otherwise: no store round trip for an
 //! ordinary request. State is per process; on the Redis store the server shares it between
-//! nodes (`drl_server::coordination`), applying other nodes' bans with [`Bans::apply`].
+//! nodes (`drl_redis::shared::Coordination`), applying other nodes' bans with [`Bans::apply`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -7,10 +7,14 @@
 //! - [`clock`]: the time source, injectable so tests never sleep.
 //! - [`store`]: the [`Store`] trait and the lock-free [`MemoryStore`].
 //! - [`limiter`]: the [`Limiter`] handle that ties them together:
-//!   `limiter.check_and_increment("alice", "/api/search")`.
+//!   `limiter.check_and_increment("alice", "/api/search")`; the native check and the descriptor
+//!   check of Envoy's API, each with its decision type.
+//! - [`abuse`]: bans of users who keep hitting their limits, blocks and the blocklist.
+//! - [`adaptive`]: load-adaptive limits, scaled by each backend's reported load.
+//! - [`decision`], [`error`]: what a check answers, and the errors of every part.
 //!
-//! The guarantee of the default algorithm (docs/design.md, "The guarantee first"): no interval of length T ever holds more
-//! than N admitted requests for one key, under any concurrency.
+//! The guarantee of the default algorithm (docs/design.md, "The guarantee first"): no interval of
+//! length T ever holds more than N admitted requests for one key, under any concurrency.
 
 pub mod abuse;
 pub mod adaptive;
@@ -33,8 +37,11 @@ pub use decision::Decision;
 pub use error::{CheckError, PolicyError, RuleError};
 pub use key::CounterKey;
 pub use limiter::{
-    Descriptor, DescriptorStatus, Limiter, LimiterBuilder, LimiterError, Outcome, Verdict,
+    DecidedBy, Descriptor, DescriptorDecision, Limiter, LimiterBuilder, LimiterError,
+    RequestDecision,
 };
 pub use policy::{Limit, Policy, parse_duration};
-pub use rules::{Action, DescriptorRule, DomainRules, Entry, Rule, RuleLevel, Rules, Target};
+pub use rules::{
+    Action, DescriptorRule, DomainRules, Entry, RequestLimits, Rule, RuleLevel, Rules, Target,
+};
 pub use store::{MemoryStore, Store, StoreError, StoreRequest};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use drl_core::abuse::AbusePolicy;
 use drl_core::{
-    Algorithm, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock, Policy, Rule,
-    Rules, Verdict,
+    Algorithm, DecidedBy, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock,
+    Policy, Rule, Rules,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -29,12 +29,7 @@ fn abuse() -> AbusePolicy {
 }
 
 fn limiter(rules: Rules) -> (Limiter, ManualClock) {
-    let clock = ManualClock::new(1_000_000_000);
-    let limiter = Limiter::builder(rules)
-        .clock(clock.clone())
-        .sweep_interval(None)
-        .build();
-    (limiter, clock)
+    drl_testkit::manual_limiter(rules, 1_000_000_000)
 }
 
 #[test]
@@ -156,6 +151,7 @@ fn envoy_requests_are_banned_by_their_user_entry() {
                 action: Some(drl_core::Action::Limit(vec![per_minute(1)])),
                 ..DescriptorRule::default()
             }],
+            ..Default::default()
         }])
         .expect("valid rules")
         .with_abuse(Some(abuse()));
@@ -181,8 +177,8 @@ fn envoy_requests_are_banned_by_their_user_entry() {
     let outcome = now(l.check_descriptors("web", &request)).expect("valid request");
     assert!(!outcome.allowed);
     assert!(matches!(
-        outcome.statuses[0].verdict,
-        Verdict::Blocked { .. }
+        outcome.statuses[0].decided_by,
+        DecidedBy::Blocked { .. }
     ));
     // The native API sees the same ban.
     assert!(l.check_ruled("bot", "/x", 1).expect("valid").banned);

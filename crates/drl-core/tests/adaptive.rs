@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drl_core::adaptive::BackendSettings;
 use drl_core::limiter::AdaptiveError;
-use drl_core::{Algorithm, Limiter, ManualClock, Policy, Rule, Rules};
+use drl_core::{Algorithm, Limiter, Policy, Rule, Rules};
 
 fn rules() -> Rules {
     let per_minute =
@@ -36,11 +36,7 @@ fn limit(l: &Limiter, endpoint: &str) -> u32 {
 
 #[test]
 fn reports_scale_the_limits_of_the_rules_that_name_the_backend() {
-    let clock = ManualClock::new(0);
-    let l = Limiter::builder(rules())
-        .clock(clock.clone())
-        .sweep_interval(None)
-        .build();
+    let (l, clock) = drl_testkit::manual_limiter(rules(), 0);
     // Spend 30 of /search's 100 before the load rises.
     for _ in 0..30 {
         assert!(l.check_and_increment("u", "/search"));

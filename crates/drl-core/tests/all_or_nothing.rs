@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drl_core::{
-    Action, Algorithm, Descriptor, DescriptorRule, DomainRules, Entry, Limiter, ManualClock,
-    Policy, Rule, Rules, Verdict,
+    Action, Algorithm, DecidedBy, Descriptor, DescriptorRule, DomainRules, Entry, Limiter,
+    ManualClock, Policy, Rule, Rules,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -26,12 +26,7 @@ fn per(n: u64, window: Duration) -> Policy {
 }
 
 fn limiter(rules: Rules) -> (Limiter, ManualClock) {
-    let clock = ManualClock::new(1_000_000_000);
-    let limiter = Limiter::builder(rules)
-        .clock(clock.clone())
-        .sweep_interval(None)
-        .build();
-    (limiter, clock)
+    drl_testkit::manual_limiter(rules, 1_000_000_000)
 }
 
 #[test]
@@ -93,13 +88,14 @@ fn web_rules() -> Rules {
                     ..DescriptorRule::default()
                 },
             ],
+            ..Default::default()
         }])
         .expect("valid rules")
 }
 
-fn decision(v: &Verdict) -> drl_core::Decision {
+fn decision(v: &DecidedBy) -> drl_core::Decision {
     match v {
-        Verdict::Limited { decision, .. } => *decision,
+        DecidedBy::Limited { decision, .. } => *decision,
         other => panic!("not limited: {other:?}"),
     }
 }
@@ -129,7 +125,7 @@ fn a_denied_descriptor_counts_nothing_in_the_others() {
     ];
     let first = now(l.check_descriptors("web", &both)).unwrap();
     assert!(first.allowed);
-    assert_eq!(decision(&first.statuses[1].verdict).remaining, 4);
+    assert_eq!(decision(&first.statuses[1].decided_by).remaining, 4);
     for _ in 0..3 {
         let again = now(l.check_descriptors("web", &both)).unwrap();
         assert!(!again.allowed);
@@ -146,7 +142,7 @@ fn a_denied_descriptor_counts_nothing_in_the_others() {
         }],
     ))
     .unwrap();
-    assert_eq!(decision(&b_only.statuses[0].verdict).remaining, 4);
+    assert_eq!(decision(&b_only.statuses[0].decided_by).remaining, 4);
 }
 
 #[test]
@@ -184,11 +180,11 @@ fn unlimited_unmatched_and_shadow_descriptors_never_deny() {
     for round in 0..3 {
         let outcome = now(l.check_descriptors("web", &request)).unwrap();
         assert!(outcome.allowed, "round {round}");
-        assert_eq!(outcome.statuses[0].verdict, Verdict::Unlimited);
-        assert_eq!(outcome.statuses[1].verdict, Verdict::NoLimit);
-        let Verdict::Limited {
+        assert_eq!(outcome.statuses[0].decided_by, DecidedBy::Unlimited);
+        assert_eq!(outcome.statuses[1].decided_by, DecidedBy::NoLimit);
+        let DecidedBy::Limited {
             decision, shadow, ..
-        } = outcome.statuses[2].verdict
+        } = outcome.statuses[2].decided_by
         else {
             panic!("shadow rule not limited");
         };
@@ -251,6 +247,7 @@ fn concurrent_all_or_nothing_requests_count_both_counters_or_neither() {
                     ..DescriptorRule::default()
                 },
             ],
+            ..Default::default()
         }])
         .unwrap();
     let (l, _clock) = limiter(rules);
@@ -307,7 +304,7 @@ fn concurrent_all_or_nothing_requests_count_both_counters_or_neither() {
             }],
         ))
         .unwrap();
-        decision(&outcome.statuses[0].verdict).remaining
+        decision(&outcome.statuses[0].decided_by).remaining
     };
     let pairs = admitted.load(Ordering::Relaxed);
     assert_eq!(pairs, n);

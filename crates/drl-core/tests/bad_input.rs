@@ -11,9 +11,7 @@ use drl_core::algorithm::{Algorithm, MAX_PRECISION};
 use drl_core::key::MAX_ID_LEN;
 use drl_core::limiter::LimiterError;
 use drl_core::policy::{MAX_LIMIT, MAX_WINDOW, MIN_WINDOW};
-use drl_core::{
-    CheckError, Limit, Limiter, ManualClock, Policy, PolicyError, Rule, Rules, parse_duration,
-};
+use drl_core::{CheckError, Limit, Limiter, Policy, PolicyError, Rule, Rules, parse_duration};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -21,10 +19,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 fn limiter(algorithm: Algorithm) -> Limiter {
     let policy = Policy::per(3, MINUTE, algorithm).expect("a supported policy");
-    Limiter::builder(Rules::only_default(policy))
-        .clock(ManualClock::new(1_000_000_000))
-        .sweep_interval(None)
-        .build()
+    drl_testkit::manual_limiter(Rules::only_default(policy), 1_000_000_000).0
 }
 
 fn every_algorithm() -> [Algorithm; 4] {
@@ -426,11 +421,7 @@ proptest! {
             return Ok(());
         };
         let policy = Policy::new(limit, algorithm).unwrap();
-        let clock = ManualClock::new(start);
-        let l = Limiter::builder(Rules::only_default(policy))
-            .clock(clock.clone())
-            .sweep_interval(None)
-            .build();
+        let (l, clock) = drl_testkit::manual_limiter(Rules::only_default(policy), start);
         for (hits, gap) in checks {
             clock.advance(Duration::from_nanos(gap));
             let d = l.check("u", "/e", hits).unwrap();

@@ -23,6 +23,7 @@
 //! serves, in one call (`allow-cross-slot-keys`): one round trip for all the checks in flight
 //! on a master.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use drl_core::algorithm::token_bucket;
@@ -166,18 +167,32 @@ impl Scripts {
     /// slot map, a slot moving) gets an error and changes nothing; the others still run.
     /// `test_now_ns` replaces the server clock (tests only). `checks` must not be empty.
     pub(crate) fn call_many(&self, checks: &[Part<'_>], test_now_ns: Option<u64>) -> Cmd {
+        // Each distinct policy travels once; a check names it by its number.
+        let mut numbers: HashMap<&Policy, usize> = HashMap::new();
+        let mut policies: Vec<&Policy> = Vec::new();
+        let index: Vec<usize> = checks
+            .iter()
+            .map(|check| {
+                *numbers.entry(check.policy).or_insert_with(|| {
+                    policies.push(check.policy);
+                    policies.len()
+                })
+            })
+            .collect();
         let mut call = redis::cmd("EVALSHA");
         call.arg(self.many.get_hash()).arg(1);
         call.arg(checks.first().map_or(&b""[..], |c| c.key));
         call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
-        for check in checks {
-            let (letter, params) = params(check.policy);
-            call.arg(check.key)
-                .arg(letter)
-                .arg(check.hits)
-                .arg(check.policy.requests())
-                .arg(check.policy.window_ns())
+        call.arg(policies.len());
+        for policy in policies {
+            let (letter, params) = params(policy);
+            call.arg(letter)
+                .arg(policy.requests())
+                .arg(policy.window_ns())
                 .arg(&params[..]);
+        }
+        for (check, number) in checks.iter().zip(index) {
+            call.arg(check.key).arg(number).arg(check.hits);
         }
         call
     }

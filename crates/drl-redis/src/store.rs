@@ -22,13 +22,16 @@ use crate::config::{Consistency, OnError, RedisConfig};
 use crate::conn::{Conn, Connector};
 use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
-use crate::follow::{FOLLOW_EVERY, Follower, REFRESH_EVERY};
+use crate::follow::Follower;
 use crate::keys::{RedisKey, SLOTS, redis_key};
 use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all};
 use crate::topology::SlotMap;
 
 mod batch;
+mod health;
+
 use batch::{Batcher, Job, Work};
+use health::{follow_soon, follower, prober, replicas_attached};
 
 /// How often the background prober tries the masters of failing slots.
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
@@ -38,8 +41,6 @@ pub const MAX_DOWN: Duration = Duration::from_secs(1);
 const PROBES_PER_ROUND: usize = 64;
 /// Least time [`RedisStore::ping`] may take to warm the store up.
 pub const WARM_UP: Duration = Duration::from_secs(2);
-/// `retry_after` of a denial given because the store failed.
-const ERROR_RETRY: Duration = Duration::from_secs(1);
 
 /// Counters for the server's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -232,7 +233,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
-    async fn decide(&self, request: StoreRequest<'_>) -> Decision {
+    async fn decide(&self, request: StoreRequest<'_>) -> Result<Decision, StoreError> {
         self.follow();
         let inner = &self.inner;
         let key = redis_key(&request.key, request.policy.algorithm());
@@ -252,11 +253,11 @@ impl RedisStore {
                 .counters
                 .deny_cache_hits
                 .fetch_add(1, Ordering::Relaxed);
-            return denial;
+            return Ok(denial);
         }
         let since = inner.failing[slot].load(Ordering::Relaxed);
         if since != 0 && inner.now().saturating_sub(since) < MAX_DOWN.as_nanos() as u64 {
-            return inner.fallback(&request);
+            return inner.fallback(&request, inner.backing_off(since));
         }
         let outcome = match tokio::time::timeout(inner.timeout, self.run(&key, &request)).await {
             Ok(outcome) => outcome,
@@ -272,7 +273,7 @@ impl RedisStore {
                         &reply.decision,
                     );
                 }
-                reply.decision
+                Ok(reply.decision)
             }
             Err(failure) => {
                 inner.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +282,7 @@ impl RedisStore {
                     inner.connector.reset_after(e).await;
                 }
                 self.mark_failing(slot);
-                inner.fallback(&request)
+                inner.fallback(&request, inner.cause(failure))
             }
         }
     }
@@ -341,10 +342,10 @@ impl RedisStore {
     }
 
     /// `check_all`: see [`Store::check_all`] on [`RedisStore`].
-    async fn decide_all(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
+    async fn decide_all(&self, requests: &[StoreRequest<'_>]) -> Result<Vec<Decision>, StoreError> {
         match requests {
-            [] => return Vec::new(),
-            [one] => return vec![self.decide(*one).await],
+            [] => return Ok(Vec::new()),
+            [one] => return self.decide(*one).await.map(|d| vec![d]),
             _ => {}
         }
         self.follow();
@@ -378,12 +379,12 @@ impl RedisStore {
             }
         };
         let now = inner.now();
-        let down = counters.iter().any(|c| {
-            let since = inner.failing[slot_index(c)].load(Ordering::Relaxed);
-            since != 0 && now.saturating_sub(since) < MAX_DOWN.as_nanos() as u64
-        });
-        if down {
-            return inner.fallback_all(requests);
+        let down = counters
+            .iter()
+            .map(|c| inner.failing[slot_index(c)].load(Ordering::Relaxed))
+            .find(|&since| since != 0 && now.saturating_sub(since) < MAX_DOWN.as_nanos() as u64);
+        if let Some(since) = down {
+            return inner.fallback_all(requests, inner.backing_off(since));
         }
         let outcome = match tokio::time::timeout(inner.timeout, self.run_all(&counters)).await {
             Ok(outcome) => outcome,
@@ -399,7 +400,7 @@ impl RedisStore {
                             .insert(&c.key.name, c.epoch, now, &reply.decision);
                     }
                 }
-                counter_of.iter().map(|&c| replies[c].decision).collect()
+                Ok(counter_of.iter().map(|&c| replies[c].decision).collect())
             }
             Err(failure) => {
                 inner.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +411,7 @@ impl RedisStore {
                 for c in &counters {
                     self.mark_failing(slot_index(c));
                 }
-                inner.fallback_all(requests)
+                inner.fallback_all(requests, inner.cause(failure))
             }
         }
     }
@@ -615,54 +616,63 @@ impl Inner {
     }
 
     /// The `on_error` answer for an all-or-nothing check.
-    fn fallback_all(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
+    fn fallback_all(
+        &self,
+        requests: &[StoreRequest<'_>],
+        cause: StoreError,
+    ) -> Result<Vec<Decision>, StoreError> {
         match self.on_error {
             OnError::Local => {
                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                self.local.check_all_now(requests)
+                Ok(self.local.check_all_now(requests))
             }
-            OnError::Deny | OnError::Allow => requests.iter().map(|r| self.fallback(r)).collect(),
+            OnError::Deny | OnError::Allow => requests
+                .iter()
+                .map(|r| self.fallback(r, cause.clone()))
+                .collect(),
         }
     }
 
-    /// The `on_error` answer.
-    fn fallback(&self, request: &StoreRequest<'_>) -> Decision {
+    /// The `on_error` answer: `deny` is the store's error itself (the node answers it as
+    /// unavailable: HTTP 503, gRPC `UNAVAILABLE`, never as a rate limit), `allow` an admission
+    /// counted nowhere, `local` the in-memory store's decision.
+    fn fallback(
+        &self,
+        request: &StoreRequest<'_>,
+        cause: StoreError,
+    ) -> Result<Decision, StoreError> {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         let limit = request.policy.requests();
         match self.on_error {
-            OnError::Deny => Decision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset_after: ERROR_RETRY,
-                retry_after: ERROR_RETRY,
-            },
-            OnError::Allow => Decision {
+            OnError::Deny => Err(cause),
+            OnError::Allow => Ok(Decision {
                 allowed: true,
                 limit,
                 remaining: limit.saturating_sub(request.hits),
                 reset_after: Duration::ZERO,
                 retry_after: Duration::ZERO,
-            },
-            OnError::Local => self.local.check_now(request),
+            }),
+            OnError::Local => Ok(self.local.check_now(request)),
         }
     }
-}
 
-/// The number of replicas a master's `ROLE` reply lists (`None` for a reply that is not a
-/// master's, e.g. a replica answering during a failover: not a reason to call the node unready).
-fn replicas_attached(role: &Value) -> Option<usize> {
-    let Value::Array(parts) = role else {
-        return None;
-    };
-    let is_master = match parts.first() {
-        Some(Value::BulkString(name)) => name.as_slice() == b"master",
-        Some(Value::SimpleString(name)) => name == "master",
-        _ => false,
-    };
-    match parts.get(2) {
-        Some(Value::Array(replicas)) if is_master => Some(replicas.len()),
-        _ => None,
+    /// The error of a failed check, as the caller sees it.
+    fn cause(&self, failure: Failure) -> StoreError {
+        match failure {
+            Failure::Timeout => StoreError::Timeout(self.timeout),
+            other => StoreError::Unavailable(format!("redis: {other}")),
+        }
+    }
+
+    /// The error of a check not tried because its slot failed at `since` (ns on the store's
+    /// clock) and backs off.
+    fn backing_off(&self, since: u64) -> StoreError {
+        let ago = Duration::from_nanos(self.now().saturating_sub(since));
+        StoreError::Unavailable(format!(
+            "redis failed {} ms ago and is tried again within {} s",
+            ago.as_millis(),
+            MAX_DOWN.as_secs()
+        ))
     }
 }
 
@@ -670,69 +680,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Retries failing slots in the background: PINGs each one's master (the one instance, in
-/// single mode) every [`PROBE_EVERY`], bounded by the timeout, and clears the slots that answer.
-/// Stops when no slot is failing, or when the store is dropped.
-async fn prober(store: std::sync::Weak<Inner>) {
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        let Some(inner) = store.upgrade() else { return };
-        let slots: Vec<u16> = lock(&inner.down)
-            .iter()
-            .copied()
-            .take(PROBES_PER_ROUND)
-            .collect();
-        if slots.is_empty() {
-            inner.probing.store(false, Ordering::SeqCst);
-            // A slot marked in between found `probing` still set; take the job back.
-            if lock(&inner.down).is_empty() || inner.probing.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            continue;
-        }
-        for slot in slots {
-            let ping = async {
-                let mut conn = inner.connector.get().await?;
-                conn.ping(slot).await
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(inner.timeout, ping).await {
-                inner.failing[usize::from(slot)].store(0, Ordering::Relaxed);
-                lock(&inner.down).remove(&slot);
-            } else {
-                follow_soon(&inner);
-            }
-        }
-    }
-}
-
-/// Asks the cluster for its map soon, in the background (cluster only; at most every
-/// [`crate::follow::REFRESH_EVERY`]): an error or a timeout may mean that the connection sends a
-/// slot to a hung master the cluster has replaced.
-fn follow_soon(inner: &Arc<Inner>) {
-    if inner.cluster && inner.follower.claim() {
-        let inner = Arc::clone(inner);
-        tokio::spawn(async move {
-            inner.follow_now().await;
-        });
-    }
-}
-
-/// Refreshes the cluster's map every [`FOLLOW_EVERY`] until the store is dropped, so the node
-/// follows a failover even when no check fails; every [`REFRESH_EVERY`] while slots are failing
-/// (their checks are answered by `on_error` without trying Redis, so they ask for nothing).
-async fn follower(store: std::sync::Weak<Inner>) {
-    let mut last = Instant::now();
-    loop {
-        tokio::time::sleep(REFRESH_EVERY).await;
-        let Some(inner) = store.upgrade() else { return };
-        let due = last.elapsed() >= FOLLOW_EVERY || !lock(&inner.down).is_empty();
-        if due && inner.follower.claim() {
-            last = Instant::now();
-            inner.follow_now().await;
-        }
-    }
 }
 
 /// One distinct counter of a `check_all`.
@@ -746,7 +693,7 @@ struct Counter<'a> {
 
 impl Store for RedisStore {
     async fn check(&self, request: StoreRequest<'_>) -> Result<Decision, StoreError> {
-        Ok(self.decide(request).await)
+        self.decide(request).await
     }
 
     /// All or nothing over several counters:
@@ -764,7 +711,7 @@ impl Store for RedisStore {
     /// - the deny cache is filled by denied counters but not consulted (answering the other
     ///   counters' decisions needs the store anyway); a store failure answers `on_error` for all.
     async fn check_all(&self, requests: &[StoreRequest<'_>]) -> Result<Vec<Decision>, StoreError> {
-        Ok(self.decide_all(requests).await)
+        self.decide_all(requests).await
     }
 
     fn stats(&self) -> Vec<(&'static str, u64)> {

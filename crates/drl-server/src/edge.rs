@@ -2,24 +2,24 @@
 //! keep slow, silent or stalled clients from holding the node's budgets (docs/api.md, "Input
 //! limits"; SECURITY.md).
 //!
-//! Every accepted connection, HTTP or gRPC, plaintext or TLS, is served by [`serve`]:
+//! Every accepted connection, HTTP or gRPC, plaintext or TLS, is served by `serve`:
 //!
 //! - it takes a place in the [`Gate`]'s connection budget *before* its TLS handshake (a
 //!   connection over the budget is closed at once), and holds it until it is closed;
-//! - its TLS handshake must finish within [`Limits::header_read_timeout`];
+//! - its TLS handshake must finish within [`EdgeLimits::header_read_timeout`];
 //! - it is served by hyper (HTTP/1.1 and cleartext HTTP/2 on the HTTP listener, HTTP/2 only
-//!   on the gRPC one) with an HTTP/1.1 header read timeout ([`Limits::header_read_timeout`],
+//!   on the gRPC one) with an HTTP/1.1 header read timeout ([`EdgeLimits::header_read_timeout`],
 //!   counted from when the connection is ready for a request: accepted, or its previous
-//!   response sent), at most [`Limits::max_streams`] concurrent HTTP/2 streams, and HTTP/2
-//!   keep-alive pings every [`Limits::keepalive_interval`] of silence (a peer that does not
+//!   response sent), at most [`EdgeLimits::max_streams`] concurrent HTTP/2 streams, and HTTP/2
+//!   keep-alive pings every [`EdgeLimits::keepalive_interval`] of silence (a peer that does not
 //!   answer one within [`KEEPALIVE_TIMEOUT`] is dropped);
-//! - each request's body must be in within [`Limits::body_read_timeout`] of its head
+//! - each request's body must be in within [`EdgeLimits::body_read_timeout`] of its head
 //!   ([`BodyTimedOut`] otherwise): the HTTP API takes the in-flight place only once the body
 //!   is in, and the gRPC API decodes the whole message before taking it;
 //! - a connection that has not begun a request within its first-request time (the header read
 //!   timeout on the HTTP listener, the idle timeout on the gRPC one, whose clients may connect
 //!   ahead of their first call), or that has had no request in progress for
-//!   [`Limits::idle_timeout`], is closed: at once if it never sent a request, gracefully
+//!   [`EdgeLimits::idle_timeout`], is closed: at once if it never sent a request, gracefully
 //!   otherwise (HTTP/2 `GOAWAY`);
 //! - on shutdown, connections that never sent a request are closed at once; the others are
 //!   closed gracefully, once their requests in progress are answered.
@@ -46,14 +46,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::limits::{Gate, Limits};
+use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::tls::{Api, ServerTls};
 
 /// How long an HTTP/2 peer has to answer a keep-alive ping before its connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The body of a request read past [`Limits::body_read_timeout`].
+/// The body of a request read past [`EdgeLimits::body_read_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyTimedOut(pub Duration);
 
@@ -160,7 +160,7 @@ where
 }
 
 /// The hyper server of one listener.
-fn builder(api: Api, limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn builder(api: Api, limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -184,7 +184,7 @@ fn builder(api: Api, limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection<Svc> {
     builder: auto::Builder<TokioExecutor>,
     service: Svc,
-    limits: Limits,
+    limits: EdgeLimits,
     api: Api,
     stopped: watch::Receiver<bool>,
 }
@@ -363,7 +363,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 pub struct TimedBody {
     body: Incoming,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// When the head was received.
+    started: Instant,
+    /// Armed the first time the body is waited for: a body already in (the common case)
+    /// costs no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for TimedBody {
@@ -379,7 +383,8 @@ impl TimedBody {
         Self {
             body,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            started: Instant::now(),
+            deadline: None,
         }
     }
 }
@@ -395,7 +400,11 @@ impl Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        match self.deadline.as_mut().poll(cx) {
+        let at = self.started + self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout))))),
             Poll::Pending => Poll::Pending,
         }

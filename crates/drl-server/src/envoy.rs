@@ -1,7 +1,7 @@
 //! The Envoy rate-limit request, as both APIs take it: `ShouldRateLimit` over gRPC and `POST /json`
 //! over HTTP (envoyproxy/ratelimit's JSON form of the same message). Both are read into one
 //! [`EnvoyRequest`], checked by [`Node::check_descriptors`] through the limiter's rule engine
-//! (all or nothing over the request's descriptors), and written back from one [`Outcome`].
+//! (all or nothing over the request's descriptors), and written back from one [`RequestDecision`].
 //!
 //! Semantics follow envoyproxy/ratelimit: the request-level `hits_addend` (0 or unset: 1) unless a
 //! descriptor sets its own (which may be 0: check without counting); `overall_code` is OVER_LIMIT
@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use drl_core::limiter::{LimiterError, Outcome, Verdict};
+use drl_core::limiter::{DecidedBy, LimiterError, RequestDecision};
 use drl_core::{Algorithm, Descriptor, Entry, Limit, Policy, Store};
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use rls::rate_limit_response::rate_limit::Unit;
@@ -186,7 +186,7 @@ impl From<&rls::RateLimitRequest> for EnvoyRequest {
 
 impl<S: Store> Node<S> {
     /// Checks an Envoy request through the rule engine and counts it in the metrics.
-    pub async fn check_envoy(&self, request: &EnvoyRequest) -> Result<Outcome, EnvoyError> {
+    pub async fn check_envoy(&self, request: &EnvoyRequest) -> Result<RequestDecision, EnvoyError> {
         if request.domain.is_empty() {
             return Err(EnvoyError::EmptyDomain);
         }
@@ -235,11 +235,11 @@ impl<S: Store> Node<S> {
             })?;
         let took = started.elapsed();
         for status in &outcome.statuses {
-            let result = match status.verdict {
-                Verdict::NoLimit => "no_rule",
-                Verdict::Blocked { .. } => "blocked",
-                Verdict::Unlimited => "unlimited",
-                Verdict::Limited {
+            let result = match status.decided_by {
+                DecidedBy::NoLimit => "no_rule",
+                DecidedBy::Blocked { .. } => "blocked",
+                DecidedBy::Unlimited => "unlimited",
+                DecidedBy::Limited {
                     decision, shadow, ..
                 } => match (decision.allowed, shadow) {
                     (true, _) if outcome.allowed => "allowed",
@@ -255,7 +255,7 @@ impl<S: Store> Node<S> {
         let banned = outcome
             .statuses
             .iter()
-            .any(|s| matches!(s.verdict, Verdict::Blocked { .. }));
+            .any(|s| matches!(s.decided_by, DecidedBy::Blocked { .. }));
         self.count_abuse(banned, outcome.shadow_denied, outcome.new_bans.len());
         for ban in &outcome.new_bans {
             self.share_ban(ban);
@@ -275,26 +275,26 @@ fn override_policy(limit: &EnvoyLimit) -> Result<Policy, String> {
 }
 
 /// The gRPC response.
-pub(crate) fn proto_response(outcome: &Outcome) -> rls::RateLimitResponse {
+pub(crate) fn proto_response(outcome: &RequestDecision) -> rls::RateLimitResponse {
     let statuses = outcome
         .statuses
         .iter()
-        .map(|s| match s.verdict {
-            Verdict::NoLimit => DescriptorStatus {
+        .map(|s| match s.decided_by {
+            DecidedBy::NoLimit => DescriptorStatus {
                 code: Code::Ok.into(),
                 ..Default::default()
             },
-            Verdict::Blocked { retry_after } => DescriptorStatus {
+            DecidedBy::Blocked { retry_after } => DescriptorStatus {
                 code: Code::OverLimit.into(),
                 duration_until_reset: prost_types::Duration::try_from(retry_after).ok(),
                 ..Default::default()
             },
-            Verdict::Unlimited => DescriptorStatus {
+            DecidedBy::Unlimited => DescriptorStatus {
                 code: Code::Ok.into(),
                 limit_remaining: u32::MAX,
                 ..Default::default()
             },
-            Verdict::Limited {
+            DecidedBy::Limited {
                 decision, window, ..
             } => DescriptorStatus {
                 code: if s.over_limit() {
@@ -354,7 +354,7 @@ pub(crate) struct JsonLimit {
 }
 
 /// The JSON response, from the same statuses as the gRPC one.
-pub(crate) fn json_response(outcome: &Outcome) -> JsonResponse {
+pub(crate) fn json_response(outcome: &RequestDecision) -> JsonResponse {
     let code = |over: bool| if over { "OVER_LIMIT" } else { "OK" }.to_owned();
     let proto = proto_response(outcome);
     JsonResponse {

@@ -25,11 +25,17 @@
 //!     when there is none).
 //! - Anything else: 404 or 405, also with a JSON error.
 //!
+//! [`router`] serves all of these on one listener. When the admin API has a listener of its own
+//! (`--admin-addr`), that one serves the status page, `/metrics`, health and the admin routes
+//! (`admin_router`), and the public one the checks and health (`public_router`): there the status
+//! page, `/metrics` and the admin routes answer 404.
+//!
 //! Every failure is an [`ApiError`], turned into a status and a JSON `{"error": ...}` body in
 //! one place ([`ApiError::status`]). A request that fails validation is rejected before the
 //! limiter sees it, so nothing is counted. Before routing, every request passes the node's
-//! [`Limits`] (headers: 431; in flight: 503 with `Retry-After`), and bodies are read up to
-//! [`Limits::max_body_bytes`] (413).
+//! [`EdgeLimits`]: headers (431), then the body, read whole up to [`EdgeLimits::max_body_bytes`] (413)
+//! within [`EdgeLimits::body_read_timeout`] (408), and only then the in-flight place (503 with
+//! `Retry-After`), so a client that stalls its body holds none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,41 +68,78 @@ use drl_proto::json::{
     ReloadResponse, checked_hits,
 };
 
-/// Largest accepted request body by default ([`Limits::max_body_bytes`]). A check is a few
+/// Largest accepted request body by default ([`EdgeLimits::max_body_bytes`]). A check is a few
 /// hundred bytes; ids are capped at 1 KiB each.
 pub const MAX_BODY_BYTES: usize = crate::limits::DEFAULT_MAX_BODY_BYTES;
 
-/// The routes of a node.
+/// The routes of a node on one listener: the decision API, health, and the admin API (the
+/// status page, `/metrics` and the admin routes).
 pub fn router<S: Store>(state: impl Into<Node<S>>) -> Router {
     let state = state.into();
-    let routes = Router::new()
-        .route("/", get(crate::status::page))
+    let routes = decision_routes()
+        .merge(health_routes())
+        .merge(admin_routes(&state));
+    let gate = Arc::clone(&state.gate);
+    finish(routes, state, gate)
+}
+
+/// The routes of the public listener when the admin API has its own ([`admin_router`]): the
+/// decision API and health; the admin API's routes answer 404 here.
+pub(crate) fn public_router<S: Store>(state: Node<S>) -> Router {
+    let gate = Arc::clone(&state.gate);
+    finish(decision_routes().merge(health_routes()), state, gate)
+}
+
+/// The routes of the admin listener: the status page, `/metrics`, health and, with a token, the
+/// admin routes; a check answers 404 here. Its requests take their in-flight places in `gate`,
+/// the admin listener's own, so that a flood of the public listeners cannot shed them.
+pub(crate) fn admin_router<S: Store>(state: Node<S>, gate: Arc<Gate>) -> Router {
+    let routes = health_routes().merge(admin_routes(&state));
+    finish(routes, state, gate)
+}
+
+fn decision_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
+}
+
+fn health_routes<S: Store>() -> Router<Node<S>> {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
+}
+
+/// The status page and `/metrics`, and the admin routes if `state` has a token.
+fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
+    let routes = Router::new()
+        .route("/", get(crate::status::page))
         .route("/metrics", get(metrics_text::<S>));
     // Without a token the admin routes do not exist: not even a 405 with `Allow:` for a wrong
     // method may show that they would.
-    let routes = if state.admin_token.is_some() {
-        routes
-            .route("/v1/config", get(show_config::<S>))
-            .route("/v1/config/reload", post(reload_config::<S>))
-            .route("/v1/blocks", get(list_blocks::<S>))
-            .route("/v1/load", post(report_load::<S>))
-            .route("/v1/offenders", get(list_offenders::<S>))
-            .route(
-                "/v1/blocks/{user_id}",
-                put(put_block::<S>).delete(delete_block::<S>),
-            )
-    } else {
-        routes
-    };
+    if state.admin_token.is_none() {
+        return routes;
+    }
+    routes
+        .route("/v1/config", get(show_config::<S>))
+        .route("/v1/config/reload", post(reload_config::<S>))
+        .route("/v1/blocks", get(list_blocks::<S>))
+        .route("/v1/load", post(report_load::<S>))
+        .route("/v1/offenders", get(list_offenders::<S>))
+        .route(
+            "/v1/blocks/{user_id}",
+            put(put_block::<S>).delete(delete_block::<S>),
+        )
+}
+
+/// `routes` with the fallbacks and the edge's limits (requests in flight counted in `gate`),
+/// over `state`.
+fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>, gate: Arc<Gate>) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            (Arc::clone(&state.gate), Arc::clone(&state.metrics)),
+            (gate, Arc::clone(&state.metrics)),
             enforce_limits,
         ))
         .layer(middleware::from_fn_with_state(
@@ -117,10 +160,10 @@ async fn count_in_flight(
 }
 
 /// The header, body and in-flight limits, before anything else: a request whose headers are
-/// above [`Limits::max_header_bytes`] is answered 431; its body is then read whole (413 above
-/// [`Limits::max_body_bytes`], 408 past [`Limits::body_read_timeout`]), and only then does it
+/// above [`EdgeLimits::max_header_bytes`] is answered 431; its body is then read whole (413 above
+/// [`EdgeLimits::max_body_bytes`], 408 past [`EdgeLimits::body_read_timeout`]), and only then does it
 /// take an in-flight place, so a client that stalls its body holds none: one arriving while
-/// [`Limits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
+/// [`EdgeLimits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
 /// metrics routes excepted, so a saturated node still reports). The place is held until the
 /// response is made.
 async fn enforce_limits(
@@ -163,15 +206,15 @@ pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("unsupported content type {0}: send the body as application/json")]
     ContentType(String),
-    /// The body is above [`Limits::max_body_bytes`].
+    /// The body is above [`EdgeLimits::max_body_bytes`].
     #[error("request body is larger than {0} bytes, the maximum (max_body_bytes)")]
     BodyTooLarge(usize),
-    /// The headers are above [`Limits::max_header_bytes`].
+    /// The headers are above [`EdgeLimits::max_header_bytes`].
     #[error(
         "request headers are {size} bytes (names and values); the maximum is {max} bytes (max_header_bytes)"
     )]
     HeadersTooLarge { size: usize, max: usize },
-    /// [`Limits::max_in_flight`] requests are being answered: this one is shed.
+    /// [`EdgeLimits::max_in_flight`] requests are being answered: this one is shed.
     #[error(
         "overloaded: {0} requests are in flight, the maximum (max_in_flight); retry after a second, or on another node"
     )]
@@ -179,7 +222,7 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("cannot read the request body: {0}")]
     BodyUnreadable(String),
-    /// The body was not all in within [`Limits::body_read_timeout`] of the request's head.
+    /// The body was not all in within [`EdgeLimits::body_read_timeout`] of the request's head.
     #[error("the request body was not received within {0:?} (body_read_timeout); send it at once")]
     BodyTimeout(Duration),
     /// A JSON array where the check object should be.
@@ -286,7 +329,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Self::Overloaded(_)) {
+        if matches!(self, Self::Overloaded(_) | Self::Store(_)) {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

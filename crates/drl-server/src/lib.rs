@@ -17,7 +17,6 @@
 //!   for by the admin route.
 //! - [`tls`]: TLS for both servers, its files reloaded when they change.
 //! - `status`: the status page at `GET /`, reading the other routes from the browser.
-//! - [`coordination`]: bans, blocks and adaptive factors shared by the nodes of one Redis.
 //!
 //! The library owns the node: [`run`] wires a whole node from its [`Settings`] (config, store,
 //! reload, TLS) on two bound listeners, as `drl serve` does; [`serve`] (HTTP), [`grpc::serve`]
@@ -26,7 +25,6 @@
 //! sockets.
 
 pub mod config;
-pub mod coordination;
 pub mod edge;
 mod envoy;
 
@@ -48,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drl_core::Store;
+use limits::Gate;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Diagnostic, StoreConfig};
@@ -66,18 +65,26 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let node = node.into();
-    let (tls, gate, metrics) = (
-        node.tls.clone(),
-        Arc::clone(&node.gate),
-        Arc::clone(&node.metrics),
-    );
+    let gate = Arc::clone(&node.gate);
+    serve_routes(listener, node.clone(), http::router(node), gate, shutdown).await
+}
+
+/// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does, its connections
+/// counted in `gate`.
+async fn serve_routes<S: Store>(
+    listener: TcpListener,
+    node: Node<S>,
+    routes: axum::Router,
+    gate: Arc<Gate>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     edge::serve(
         listener,
-        tls,
+        node.tls,
         tls::Api::Http,
         gate,
-        metrics,
-        http::router(node),
+        node.metrics,
+        routes,
         shutdown,
     )
     .await
@@ -108,14 +115,59 @@ pub async fn serve_all_draining<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http,
+        grpc,
+        admin: None,
+    };
+    serve_listeners(listeners, node, shutdown, drain).await
+}
+
+/// [`serve_all_draining`] on `listeners`: with [`Listeners::admin`], the admin API (the status
+/// page, `/metrics` and the admin routes, and health) is served there and answers 404 on the
+/// HTTP listener. The admin listener has budgets of its own (connections, requests in flight)
+/// with the node's limits, so that a flood of the public listeners cannot shed the operator's
+/// requests, and is served over [`Node::admin_tls`] if set, else over [`Node::tls`]. It stops and drains with the others, and its failure stops them too.
+pub async fn serve_listeners<S: Store>(
+    listeners: Listeners,
+    node: impl Into<Node<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let Listeners { http, grpc, admin } = listeners;
     let node = node.into();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Completes once `stop` says so (or is gone).
     let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&stop| stop).await;
     };
+    let (public_routes, admin_server) = match admin {
+        Some(admin) => {
+            // Budgets of its own, with the same limits: a flood of the public listeners
+            // cannot lock the operator out.
+            let gate = Arc::new(Gate::new(*node.gate.limits()));
+            let routes = http::admin_router(node.clone(), Arc::clone(&gate));
+            let tls = node.admin_tls.clone().or_else(|| node.tls.clone());
+            let admin_node = node.clone().with_tls(tls);
+            let server = serve_routes(
+                admin,
+                admin_node,
+                routes,
+                gate,
+                stop_signal(stopped.clone()),
+            );
+            (http::public_router(node.clone()), Some(server))
+        }
+        None => (http::router(node.clone()), None),
+    };
     let ticker_node = node.clone();
-    let http_server = serve(http, node.clone(), stop_signal(stopped.clone()));
+    let http_server = serve_routes(
+        http,
+        node.clone(),
+        public_routes,
+        Arc::clone(&node.gate),
+        stop_signal(stopped.clone()),
+    );
     let grpc_server = grpc::serve(grpc, node, stop_signal(stopped.clone()));
     let trigger = async {
         let mut stopped = stop.subscribe();
@@ -126,11 +178,18 @@ pub async fn serve_all_draining<S: Store>(
         stop.send_replace(true);
     };
     let servers = async {
-        let (http, grpc) = tokio::join!(
+        let admin_server = async {
+            match admin_server {
+                Some(server) => stop_after(server, &stop).await,
+                None => Ok(()),
+            }
+        };
+        let (http, grpc, admin) = tokio::join!(
             stop_after(http_server, &stop),
-            stop_after(grpc_server, &stop)
+            stop_after(grpc_server, &stop),
+            admin_server
         );
-        http.and(grpc)
+        http.and(grpc).and(admin)
     };
     let housekeeping = tokio::spawn(housekeeping(ticker_node, stopped.clone()));
     let deadline = async {

@@ -1,16 +1,17 @@
 //! The node's resource limits, enforced at the edge before the limiter sees a request
 //! (docs/api.md, "Input limits"):
 //!
-//! - [`Limits`]: the configurable ones — HTTP body size, gRPC message size, header size,
+//! - [`EdgeLimits`]: the configurable ones — HTTP body size, gRPC message size, header size,
 //!   requests in flight and open connections — with defaults sized so a node serves tens of
 //!   thousands of decisions per second without reaching them.
 //! - [`Gate`]: the two budgets shared by the HTTP and gRPC APIs of one node: requests in flight
 //!   ([`Gate::admit`]: a request over it is shed at once, 503 / UNAVAILABLE, rather than queued)
 //!   and open connections (taken by [`crate::edge`] as a connection is accepted, before its TLS
 //!   handshake: a connection over it is closed at once).
-//! - The timeouts of [`Limits`] ([`Limits::header_read_timeout`], [`Limits::body_read_timeout`],
-//!   [`Limits::idle_timeout`], [`Limits::keepalive_interval`]) and the HTTP/2 stream cap
-//!   ([`Limits::max_streams`]), applied to every connection by [`crate::edge`].
+//! - The timeouts of [`EdgeLimits`] ([`EdgeLimits::header_read_timeout`],
+//!   [`EdgeLimits::body_read_timeout`], [`EdgeLimits::idle_timeout`],
+//!   [`EdgeLimits::keepalive_interval`]) and the HTTP/2 stream cap ([`EdgeLimits::max_streams`]),
+//!   applied to every connection by [`crate::edge`].
 //!
 //! The fixed limits of a request's contents (identifier lengths, descriptors, entries, batch
 //! size, hits) live where they are checked: `drl_core::key::MAX_ID_LEN`,
@@ -23,36 +24,36 @@ use std::time::Duration;
 
 use crate::metrics::{Metrics, Shed};
 
-/// Default of [`Limits::max_body_bytes`]: 64 KiB. A check is a few hundred bytes; an Envoy
+/// Default of [`EdgeLimits::max_body_bytes`]: 64 KiB. A check is a few hundred bytes; an Envoy
 /// request of 64 descriptors with short values a few KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Default of [`Limits::max_message_bytes`]: 4 MiB, tonic's and Envoy's default. The largest
+/// Default of [`EdgeLimits::max_message_bytes`]: 4 MiB, tonic's and Envoy's default. The largest
 /// valid request (a batch of 1 000 checks, or 64 descriptors of 16 entries, with 1 KiB
 /// identifiers) is about 2.1 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Default of [`Limits::max_header_bytes`]: 16 KiB, hyper's HTTP/2 default.
+/// Default of [`EdgeLimits::max_header_bytes`]: 16 KiB, hyper's HTTP/2 default.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Default of [`Limits::max_in_flight`].
+/// Default of [`EdgeLimits::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
-/// Default of [`Limits::max_connections`].
+/// Default of [`EdgeLimits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default of [`Limits::header_read_timeout`]: 5 s. A check's head is a few hundred bytes.
+/// Default of [`EdgeLimits::header_read_timeout`]: 5 s. A check's head is a few hundred bytes.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default of [`Limits::body_read_timeout`]: 5 s. A check's body is a few hundred bytes.
+/// Default of [`EdgeLimits::body_read_timeout`]: 5 s. A check's body is a few hundred bytes.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default of [`Limits::idle_timeout`]: 60 s.
+/// Default of [`EdgeLimits::idle_timeout`]: 60 s.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default of [`Limits::keepalive_interval`]: 30 s.
+/// Default of [`EdgeLimits::keepalive_interval`]: 30 s.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// Default of [`Limits::max_streams`]: 100, as nginx and most gRPC servers.
+/// Default of [`EdgeLimits::max_streams`]: 100, as nginx and most gRPC servers.
 pub const DEFAULT_MAX_STREAMS: u32 = 100;
 
-/// The longest of the timeouts of [`Limits`]: a day (a longer one is taken as a day).
+/// The longest of the timeouts of [`EdgeLimits`]: a day (a longer one is taken as a day).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The configurable limits of one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct EdgeLimits {
     /// Largest HTTP request body, in bytes: above it, 413.
     pub max_body_bytes: usize,
     /// Largest gRPC request message, in bytes (tonic's `max_decoding_message_size`): above it,
@@ -87,7 +88,7 @@ pub struct Limits {
     pub max_streams: u32,
 }
 
-impl Default for Limits {
+impl Default for EdgeLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -109,23 +110,23 @@ impl Default for Limits {
 /// compare-and-swap, giving it back a subtraction (no lock, no queue).
 #[derive(Debug)]
 pub struct Gate {
-    limits: Limits,
+    limits: EdgeLimits,
     in_flight: AtomicUsize,
     connections: Arc<AtomicUsize>,
 }
 
 impl Default for Gate {
     fn default() -> Self {
-        Self::new(Limits::default())
+        Self::new(EdgeLimits::default())
     }
 }
 
 impl Gate {
     /// Budgets of `limits` (a limit of 0 is taken as 1, for streams too; a timeout above
     /// [`MAX_TIMEOUT`] as [`MAX_TIMEOUT`]).
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: EdgeLimits) -> Self {
         Self {
-            limits: Limits {
+            limits: EdgeLimits {
                 max_in_flight: limits.max_in_flight.max(1),
                 max_connections: limits.max_connections.max(1),
                 max_streams: limits.max_streams.max(1),
@@ -140,7 +141,7 @@ impl Gate {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &EdgeLimits {
         &self.limits
     }
 
@@ -221,10 +222,10 @@ mod tests {
     #[test]
     fn the_gate_gauges_follow_the_gate_at_each_report() {
         let metrics = Metrics::new();
-        let gate = Gate::new(Limits {
+        let gate = Gate::new(EdgeLimits {
             max_in_flight: 3,
             max_connections: 7,
-            ..Limits::default()
+            ..EdgeLimits::default()
         });
         let place = gate.admit();
         gate.report(&metrics);

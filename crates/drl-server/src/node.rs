@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use drl_core::limiter::LimiterError;
 use drl_core::{Decision, Limiter, RuleLevel, Store};
 
-use crate::coordination::Coordination;
-use crate::limits::{Gate, Limits};
+use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::tls::ServerTls;
+use drl_redis::shared::Coordination;
 
 /// A node: the limiter, the metrics, and what the APIs share around them (the reloader and the
 /// admin token of the admin routes, the shared state of the Redis store, TLS, the edge's
@@ -30,6 +30,8 @@ pub struct Node<S = drl_core::MemoryStore> {
     pub shared: Option<Arc<Coordination>>,
     /// Set to serve both APIs over TLS.
     pub tls: Option<Arc<ServerTls>>,
+    /// Set to serve the admin listener (if any) over TLS of its own; else it uses `tls`.
+    pub admin_tls: Option<Arc<ServerTls>>,
     /// The input limits and the in-flight and connection budgets of both APIs.
     pub gate: Arc<Gate>,
 }
@@ -43,6 +45,7 @@ impl<S> Clone for Node<S> {
             admin_token: self.admin_token.clone(),
             shared: self.shared.clone(),
             tls: self.tls.clone(),
+            admin_tls: self.admin_tls.clone(),
             gate: Arc::clone(&self.gate),
         }
     }
@@ -58,12 +61,13 @@ impl<S: Store> Node<S> {
             admin_token: None,
             shared: None,
             tls: None,
+            admin_tls: None,
             gate: Arc::default(),
         }
     }
 
     /// Enforces `limits` (both APIs of the node share its budgets).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
+    pub fn with_limits(mut self, limits: EdgeLimits) -> Self {
         self.gate = Arc::new(Gate::new(limits));
         self
     }
@@ -71,6 +75,12 @@ impl<S: Store> Node<S> {
     /// Serves both APIs over TLS with `tls` (plaintext when `None`).
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Serves the admin listener over `tls` rather than the APIs' TLS (the same when `None`).
+    pub fn with_admin_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.admin_tls = tls;
         self
     }
 
@@ -141,11 +151,11 @@ impl<S: Store> Node<S> {
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<Checked, LimiterError> {
+    ) -> Result<TimedDecision, LimiterError> {
         let started = Instant::now();
         let checked = self
             .limiter
-            .check_async_ruled(user_id, endpoint, hits)
+            .native_decision(user_id, endpoint, hits)
             .await
             .inspect_err(|e| {
                 if matches!(e, LimiterError::Store(_)) {
@@ -160,14 +170,14 @@ impl<S: Store> Node<S> {
         if let Some(ban) = &checked.new_ban {
             self.share_ban(ban);
         }
-        Ok(Checked {
+        Ok(TimedDecision {
             level: checked.level,
             decision: checked.decision,
             took: started.elapsed(),
         })
     }
 
-    /// [`Limits::max_body_bytes`].
+    /// [`EdgeLimits::max_body_bytes`].
     pub(crate) fn max_body(&self) -> usize {
         self.gate.limits().max_body_bytes
     }
@@ -180,7 +190,7 @@ impl<S: Store> Node<S> {
 
 /// A decision with the level of the rule that made it and how long it took.
 #[derive(Debug, Clone, Copy)]
-pub struct Checked {
+pub struct TimedDecision {
     pub level: RuleLevel,
     pub decision: Decision,
     pub took: Duration,

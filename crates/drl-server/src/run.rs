@@ -14,13 +14,13 @@ use drl_redis::RedisStore;
 use drl_redis::shared::SharedState;
 use tokio::net::TcpListener;
 
-use crate::coordination::Coordination;
-use crate::limits::Limits;
+use crate::limits::EdgeLimits;
 use crate::metrics::Metrics;
 use crate::node::{AdminToken, Node};
 use crate::reload::{self, Reloader};
 use crate::tls::{self, ServerTls};
 use crate::{Config, StoreConfig};
+use drl_redis::shared::Coordination;
 
 /// What a node is started with.
 #[derive(Debug, Default)]
@@ -28,22 +28,28 @@ pub struct Settings {
     /// The config file or directory; `None` runs the built-in rules on the memory store.
     pub config: Option<PathBuf>,
     /// The edge's input limits and budgets.
-    pub limits: Limits,
+    pub limits: EdgeLimits,
     /// Enables the admin routes.
     pub admin_token: Option<AdminToken>,
 }
 
-/// The bound listeners of both APIs.
+/// The bound listeners of a node.
 #[derive(Debug)]
 pub struct Listeners {
+    /// The HTTP API: checks and health, and the admin API unless `admin` is set.
     pub http: TcpListener,
+    /// The gRPC API.
     pub grpc: TcpListener,
+    /// The admin API on its own listener (`--admin-addr`): the status page, `/metrics`, health
+    /// and the admin routes, which then answer 404 on `http`. When `None`, [`run`] binds the
+    /// config's `server.admin.addr` if it has one.
+    pub admin: Option<TcpListener>,
 }
 
 /// Runs a node with `settings` on `listeners` until `shutdown` completes, then drains it.
 pub async fn run(
     settings: Settings,
-    listeners: Listeners,
+    mut listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Settings {
@@ -51,7 +57,7 @@ pub async fn run(
         limits,
         admin_token,
     } = settings;
-    let (store, rules, tls, native_file) = match &config {
+    let (store, rules, tls, admin, native_file) = match &config {
         Some(path) => {
             let config = Config::load(path)?;
             tracing::info!(
@@ -59,19 +65,43 @@ pub async fn run(
                 path.display(),
                 config.rules.rules().len()
             );
+            for warning in config.warnings() {
+                tracing::warn!("config {}: {warning}", path.display());
+            }
             let native_file = config.native_file().map(str::to_owned);
-            (config.store, config.rules, config.tls, native_file)
+            let Config {
+                store,
+                rules,
+                tls,
+                admin,
+                ..
+            } = config;
+            (store, rules, tls, admin, native_file)
         }
-        None => (StoreConfig::Memory, Rules::builtin(), None, None),
+        None => (StoreConfig::Memory, Rules::builtin(), None, None, None),
     };
     let tls = match tls {
         Some(files) => Some(Arc::new(ServerTls::load(files).context("server.tls")?)),
         None => None,
     };
+    let admin_tls = match admin.as_ref().and_then(|admin| admin.tls.clone()) {
+        Some(files) => Some(Arc::new(
+            ServerTls::load(files).context("server.admin.tls")?,
+        )),
+        None => None,
+    };
+    // `--admin-addr` (already bound) wins over the config's address.
+    if let (None, Some(admin)) = (&listeners.admin, &admin) {
+        let listener = TcpListener::bind(&admin.addr)
+            .await
+            .with_context(|| format!("server.admin.addr: cannot listen on {}", admin.addr))?;
+        listeners.admin = Some(listener);
+    }
     let wiring = Wiring {
         config: config.as_deref(),
         native_file,
         tls,
+        admin_tls,
         limits,
         admin_token,
     };
@@ -85,6 +115,10 @@ pub async fn run(
             match store.ping().await {
                 Ok(()) => tracing::info!("Redis store at {}", redis.urls.join(", ")),
                 Err(e) => tracing::warn!("Redis store not reachable yet: {e}"),
+            }
+            // Reachable is not ready: strict mode on a master without a replica denies all.
+            if let Err(e) = drl_core::Store::ready(&store).await {
+                tracing::warn!("the node is not ready (/readyz, gRPC health): {e}");
             }
             let limiter = Limiter::builder(rules).build_with_store(store);
             // Bans, blocks and load factors are shared by every node on this Redis.
@@ -101,7 +135,9 @@ struct Wiring<'a> {
     /// The file of `config` that held the native part, if any (see `Config::native_file`).
     native_file: Option<String>,
     tls: Option<Arc<ServerTls>>,
-    limits: Limits,
+    /// The admin listener's own TLS (`server.admin.tls`).
+    admin_tls: Option<Arc<ServerTls>>,
+    limits: EdgeLimits,
     admin_token: Option<AdminToken>,
 }
 
@@ -117,6 +153,7 @@ async fn run_node<S: Store>(
         config,
         native_file,
         tls,
+        admin_tls,
         limits,
         admin_token,
     } = wiring;
@@ -126,12 +163,20 @@ async fn run_node<S: Store>(
         .with_admin_token(admin_token)
         .with_shared(coordination)
         .with_tls(tls.clone())
+        .with_admin_tls(admin_tls.clone())
         .with_limits(limits);
     // The certificate files are polled while the node runs; a new pair serves new connections.
-    let _tls_watch = tls
-        .as_ref()
-        .map(|tls| tls::watch(Arc::clone(tls), tls::POLL_INTERVAL));
+    let _tls_watches: Vec<_> = [&tls, &admin_tls]
+        .into_iter()
+        .flatten()
+        .map(|tls| tls::watch(Arc::clone(tls), tls::POLL_INTERVAL))
+        .collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let admin_scheme = if admin_tls.is_some() || tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Reload triggers run until they are dropped, after the server has stopped.
     let mut triggers = Vec::new();
     if let Some(path) = config {
@@ -153,9 +198,14 @@ async fn run_node<S: Store>(
         #[cfg(unix)]
         triggers.push(reload::ignore_sighup().context("cannot listen for SIGHUP")?);
     }
-    let Listeners { http, grpc } = listeners;
-    tracing::info!("listening on {scheme}://{}", http.local_addr()?);
-    tracing::info!("gRPC listening on {}", grpc.local_addr()?);
+    tracing::info!("listening on {scheme}://{}", listeners.http.local_addr()?);
+    tracing::info!("gRPC listening on {}", listeners.grpc.local_addr()?);
+    if let Some(admin) = &listeners.admin {
+        tracing::info!(
+            "admin listening on {admin_scheme}://{}",
+            admin.local_addr()?
+        );
+    }
     if let Some(tls) = &tls {
         tracing::info!(
             "TLS on both APIs with {}{}",
@@ -167,7 +217,18 @@ async fn run_node<S: Store>(
             }
         );
     }
-    crate::serve_all(http, grpc, node, shutdown).await?;
+    if let Some(tls) = &admin_tls {
+        tracing::info!(
+            "TLS on the admin listener with {}{}",
+            tls.files().cert.display(),
+            if tls.files().client_ca.is_some() {
+                "; client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
+    crate::serve_listeners(listeners, node, shutdown, crate::DRAIN_TIMEOUT).await?;
     drop(triggers);
     tracing::info!("stopped");
     Ok(())

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use drl_core::{Limiter, Rules};
-use drl_server::limits::{Gate, Limits};
+use drl_server::limits::{EdgeLimits, Gate};
 use drl_server::tls::{ServerTls, TlsConfig};
 use drl_server::{Metrics, Node, serve_all_draining};
 use drl_testkit::ca::TestCa;
@@ -48,12 +48,12 @@ struct EdgeNode {
 }
 
 impl EdgeNode {
-    async fn start(limits: Limits) -> Self {
+    async fn start(limits: EdgeLimits) -> Self {
         Self::start_with(limits, None, Duration::from_secs(10)).await
     }
 
     /// With TLS if given, and `drain` as the shutdown's drain timeout.
-    async fn start_with(limits: Limits, tls: Option<Arc<ServerTls>>, drain: Duration) -> Self {
+    async fn start_with(limits: EdgeLimits, tls: Option<Arc<ServerTls>>, drain: Duration) -> Self {
         let metrics = Arc::new(Metrics::new());
         let node = Node::new(Limiter::new(Rules::builtin()), Arc::clone(&metrics))
             .with_limits(limits)
@@ -209,10 +209,10 @@ async fn announced_streams(addr: SocketAddr) -> Option<u32> {
 
 #[tokio::test]
 async fn stalled_http1_bodies_hold_no_in_flight_place_and_are_answered_408() {
-    let node = EdgeNode::start(Limits {
+    let node = EdgeNode::start(EdgeLimits {
         max_in_flight: 8,
         body_read_timeout: Duration::from_secs(2),
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     // Eight requests declare 200 bytes of body and send 10.
@@ -257,10 +257,10 @@ async fn stalled_http1_bodies_hold_no_in_flight_place_and_are_answered_408() {
 
 #[tokio::test]
 async fn stalled_http2_streams_hold_no_in_flight_place_and_are_answered_408() {
-    let node = EdgeNode::start(Limits {
+    let node = EdgeNode::start(EdgeLimits {
         max_in_flight: 8,
         body_read_timeout: Duration::from_secs(2),
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     // Cleartext HTTP/2 on the HTTP port: eight streams of one connection stall their bodies.
@@ -307,16 +307,16 @@ async fn stalled_http2_streams_hold_no_in_flight_place_and_are_answered_408() {
 
 #[tokio::test]
 async fn http2_connections_are_told_the_stream_cap_on_both_listeners() {
-    let node = EdgeNode::start(Limits {
+    let node = EdgeNode::start(EdgeLimits {
         max_streams: 4,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     assert_eq!(announced_streams(node.http).await, Some(4));
     assert_eq!(announced_streams(node.grpc).await, Some(4));
     node.stop().await;
     // The default is announced too.
-    let node = EdgeNode::start(Limits::default()).await;
+    let node = EdgeNode::start(EdgeLimits::default()).await;
     assert_eq!(
         announced_streams(node.grpc).await,
         Some(drl_server::limits::DEFAULT_MAX_STREAMS)
@@ -328,10 +328,10 @@ async fn http2_connections_are_told_the_stream_cap_on_both_listeners() {
 
 #[tokio::test]
 async fn silent_slow_and_idle_connections_are_closed_on_both_listeners() {
-    let node = EdgeNode::start(Limits {
+    let node = EdgeNode::start(EdgeLimits {
         header_read_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(2),
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let started = Instant::now();
@@ -398,10 +398,10 @@ async fn silent_slow_and_idle_connections_are_closed_on_both_listeners() {
 
 #[tokio::test]
 async fn health_gets_through_once_silent_connections_fill_the_cap() {
-    let node = EdgeNode::start(Limits {
+    let node = EdgeNode::start(EdgeLimits {
         max_connections: 4,
         header_read_timeout: Duration::from_secs(1),
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let mut silent = Vec::new();
@@ -443,10 +443,10 @@ fn tls(test: &str) -> Arc<ServerTls> {
 #[tokio::test]
 async fn tls_handshakes_in_progress_count_in_the_connection_cap() {
     let node = EdgeNode::start_with(
-        Limits {
+        EdgeLimits {
             max_connections: 2,
             header_read_timeout: Duration::from_secs(60),
-            ..Limits::default()
+            ..EdgeLimits::default()
         },
         Some(tls("cap")),
         Duration::from_secs(10),
@@ -473,9 +473,9 @@ async fn tls_handshakes_in_progress_count_in_the_connection_cap() {
 #[tokio::test]
 async fn a_tls_handshake_not_finished_within_the_header_read_timeout_is_dropped() {
     let node = EdgeNode::start_with(
-        Limits {
+        EdgeLimits {
             header_read_timeout: Duration::from_secs(1),
-            ..Limits::default()
+            ..EdgeLimits::default()
         },
         Some(tls("timeout")),
         Duration::from_secs(10),
@@ -504,10 +504,10 @@ async fn a_tls_handshake_not_finished_within_the_header_read_timeout_is_dropped(
 async fn connections_that_never_sent_a_request_do_not_hold_shutdown() {
     // A drain timeout far above the bound waited for: the node must not need it.
     let node = EdgeNode::start_with(
-        Limits {
+        EdgeLimits {
             header_read_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(600),
-            ..Limits::default()
+            ..EdgeLimits::default()
         },
         None,
         Duration::from_secs(600),

@@ -7,7 +7,6 @@
 
 use drl_testkit::node as common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,22 +19,21 @@ use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::config::Config;
 use drl_server::{Metrics, Node};
 use drl_testkit::DEADLINE;
+use drl_testkit::node::TestNode;
 use rls::rate_limit_response::Code;
 use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_service_client::RateLimitServiceClient;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// A node on `yaml` (one envoyproxy/ratelimit-format file), with a manual clock.
-struct TestNode {
+struct EnvoyNode {
     client: RateLimitServiceClient<Channel>,
     clock: ManualClock,
     metrics: Arc<Metrics>,
-    _stop: oneshot::Sender<()>,
+    _node: TestNode,
 }
 
-impl TestNode {
+impl EnvoyNode {
     async fn start(yaml: &str) -> Self {
         let config = Config::from_yaml("rules.yaml", yaml).unwrap();
         let clock = ManualClock::new(0);
@@ -43,18 +41,9 @@ impl TestNode {
             .clock(clock.clone())
             .sweep_interval(None)
             .build();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let metrics = Arc::new(Metrics::new());
-        tokio::spawn(drl_server::grpc::serve(
-            listener,
-            Node::new(limiter, Arc::clone(&metrics)),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+        let node = TestNode::start(Node::new(limiter, Arc::clone(&metrics))).await;
+        let endpoint = Channel::from_shared(format!("http://{}", node.grpc)).unwrap();
         let channel = tokio::time::timeout(DEADLINE, endpoint.connect())
             .await
             .unwrap()
@@ -63,7 +52,7 @@ impl TestNode {
             client: RateLimitServiceClient::new(channel),
             clock,
             metrics,
-            _stop: stop,
+            _node: node,
         }
     }
 
@@ -119,7 +108,7 @@ fn status(response: &rls::RateLimitResponse, i: usize) -> (Code, u32, Unit, u32)
 
 #[tokio::test]
 async fn key_and_value_select_a_rule() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: mongo_cps
 descriptors:
   - key: database
@@ -143,7 +132,7 @@ descriptors:
 
 #[tokio::test]
 async fn nested_descriptors_and_several_descriptors_per_request() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: messaging
 descriptors:
   - key: message_type
@@ -183,7 +172,7 @@ descriptors:
 
 #[tokio::test]
 async fn key_and_value_beat_key_alone_and_zero_denies() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: edge_proxy_per_ip
 descriptors:
   - key: remote_address
@@ -207,7 +196,7 @@ descriptors:
 
 #[tokio::test]
 async fn a_request_matches_only_rules_of_its_own_depth() {
-    let mut shallow = TestNode::start(
+    let mut shallow = EnvoyNode::start(
         "domain: example4
 descriptors:
   - key: key
@@ -220,7 +209,7 @@ descriptors:
     let r = shallow.ask("example4", &[two]).await;
     assert_eq!(status(&r, 0), (Code::Ok, 0, Unit::Unknown, 0));
 
-    let mut nested = TestNode::start(
+    let mut nested = EnvoyNode::start(
         "domain: example4
 descriptors:
   - key: key
@@ -240,7 +229,7 @@ descriptors:
 
 #[tokio::test]
 async fn unlimited_descriptors_answer_ok_with_max_remaining() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: internal
 descriptors:
   - key: ldap
@@ -263,7 +252,7 @@ descriptors:
 
 #[tokio::test]
 async fn shadow_mode_counts_but_never_denies() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: example6
 descriptors:
   - key: service
@@ -301,7 +290,7 @@ descriptors:
 
 #[tokio::test]
 async fn replaces_drops_the_named_limit_and_leaves_it_untouched() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: example7
 descriptors:
   - key: key_1
@@ -337,7 +326,7 @@ descriptors:
 
 #[tokio::test]
 async fn wildcards_match_anywhere_and_exact_values_win() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: example9
 descriptors:
   - key: key1
@@ -386,7 +375,7 @@ descriptors:
 
 #[tokio::test]
 async fn share_threshold_puts_every_match_on_one_counter() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: example11
 descriptors:
   - key: files
@@ -414,7 +403,7 @@ descriptors:
 
 #[tokio::test]
 async fn any_window_and_several_limits_on_one_descriptor() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: api
 descriptors:
   - key: client
@@ -444,7 +433,7 @@ descriptors:
 
 #[tokio::test]
 async fn hits_addend_and_per_descriptor_hits() {
-    let mut node = TestNode::start(
+    let mut node = EnvoyNode::start(
         "domain: d
 descriptors:
   - key: k
@@ -474,7 +463,7 @@ descriptors:
 
 #[tokio::test]
 async fn the_native_rules_answer_in_their_domain() {
-    let mut node = TestNode::start("domain: other\ndescriptors: []\n").await;
+    let mut node = EnvoyNode::start("domain: other\ndescriptors: []\n").await;
     let pair: &[(&str, &str)] = &[("user_id", "alice"), ("endpoint", "/a")];
     let r = node.ask("drl", &[pair]).await;
     // The built-in default: 100 per minute.
@@ -625,4 +614,59 @@ fn a_config_over_the_yaml_size_cap_says_what_the_cap_is() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("at most 250 000 YAML nodes"), "{e}");
+}
+
+/// A descriptor's own `limit` replaces the rule (Envoy's behaviour) unless the domain says
+/// `allow_request_limits: false`: then the configured rules decide, in a domain file and in
+/// the native domain alike.
+#[tokio::test]
+async fn a_domain_can_refuse_the_limits_requests_bring() {
+    use drl_proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+    use drl_proto::envoy::r#type::v3::RateLimitUnit;
+
+    async fn ask_with_limit(
+        node: &mut EnvoyNode,
+        domain: &str,
+        entries: &[(&str, &str)],
+    ) -> (u32, u32) {
+        let mut d = descriptor(entries);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 1_000,
+            unit: RateLimitUnit::Minute.into(),
+        });
+        let request = rls::RateLimitRequest {
+            domain: domain.into(),
+            descriptors: vec![d],
+            hits_addend: 0,
+        };
+        let response = node
+            .client
+            .should_rate_limit(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let (_, limit, _, remaining) = status(&response, 0);
+        (limit, remaining)
+    }
+    let file = |allow: &str| {
+        format!(
+            "domain: web\n{allow}descriptors:\n  - key: user_id\n    rate_limit: {{unit: minute, requests_per_unit: 2}}\n"
+        )
+    };
+    let alice: &[(&str, &str)] = &[("user_id", "alice")];
+    let mut open = EnvoyNode::start(&file("")).await;
+    assert_eq!(ask_with_limit(&mut open, "web", alice).await, (1_000, 999));
+    let mut allowed = EnvoyNode::start(&file("allow_request_limits: true\n")).await;
+    assert_eq!(
+        ask_with_limit(&mut allowed, "web", alice).await,
+        (1_000, 999)
+    );
+    let mut closed = EnvoyNode::start(&file("allow_request_limits: false\n")).await;
+    assert_eq!(ask_with_limit(&mut closed, "web", alice).await, (2, 1));
+    assert_eq!(ask_with_limit(&mut closed, "web", alice).await, (2, 0));
+
+    let native = "allow_request_limits: false\ndefault: {limit: 2, window: 1m}\n";
+    let mut node = EnvoyNode::start(native).await;
+    let pair: &[(&str, &str)] = &[("user_id", "alice"), ("endpoint", "/a")];
+    assert_eq!(ask_with_limit(&mut node, "drl", pair).await, (2, 1));
 }

@@ -16,15 +16,13 @@ use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_server::grpc::MAX_BATCH;
 use drl_server::{Metrics, Node};
 use drl_testkit::DEADLINE;
+use drl_testkit::node::TestNode;
 use native::check_error::Code as ItemCode;
 use native::check_result::Outcome;
 use native::rate_limiter_client::RateLimiterClient;
 use rls::rate_limit_response::Code as EnvoyCode;
 use rls::rate_limit_response::rate_limit::Unit;
 use rls::rate_limit_service_client::RateLimitServiceClient;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -33,12 +31,11 @@ fn per_minute(n: u64) -> Rules {
     Rules::only_default(Policy::per(n, Duration::from_secs(60), Algorithm::default()).unwrap())
 }
 
-/// A node serving gRPC on a fresh loopback port, with a manual clock.
+/// A node on fresh loopback ports, with a manual clock, asked over gRPC.
 struct GrpcServer {
     addr: SocketAddr,
     limiter: Limiter,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    node: TestNode,
 }
 
 impl GrpcServer {
@@ -52,21 +49,11 @@ impl GrpcServer {
             .clock(ManualClock::new(0))
             .sweep_interval(None)
             .build();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::grpc::serve(
-            listener,
-            Node::new(limiter.clone(), metrics),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let node = TestNode::start(Node::new(limiter.clone(), metrics)).await;
         Self {
-            addr,
+            addr: node.grpc,
             limiter,
-            stop: Some(stop),
-            task,
+            node,
         }
     }
 
@@ -91,12 +78,8 @@ impl GrpcServer {
         self.limiter.check(user_id, endpoint, 0).unwrap().remaining
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
-        result.expect("server stops").unwrap().unwrap();
+    async fn stop(self) {
+        self.node.stop().await;
     }
 }
 
@@ -322,6 +305,10 @@ async fn envoy_request_is_all_or_nothing_across_descriptors() {
     assert_eq!(response.statuses.len(), 2);
     assert_eq!(response.statuses[0].code(), EnvoyCode::Ok);
     assert_eq!(response.statuses[1].code(), EnvoyCode::OverLimit);
+    assert_eq!(
+        response.statuses[0].limit_remaining, 3,
+        "bob's status says his true remainder: he was not counted"
+    );
     assert_eq!(server.remaining("bob", "/a"), 3, "bob is not counted");
     assert_eq!(server.remaining("alice", "/a"), 1, "alice is not counted");
 

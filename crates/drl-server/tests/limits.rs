@@ -18,17 +18,16 @@ use drl_proto::envoy::service::ratelimit::v3 as rls;
 use drl_proto::json::MAX_HITS;
 use drl_redis::{Consistency, RedisConfig, RedisStore};
 use drl_server::grpc::MAX_BATCH;
-use drl_server::limits::Limits;
+use drl_server::limits::EdgeLimits;
 use drl_server::{Config, Metrics, Node};
+use drl_testkit::node::TestNode;
 use drl_testkit::redis::Redis;
 use drl_testkit::{DEADLINE, wait_until};
 use native::rate_limiter_client::RateLimiterClient;
 use prost::Message;
 use rls::rate_limit_service_client::RateLimitServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -40,7 +39,7 @@ fn domain() -> String {
     "d".repeat(MAX_ID)
 }
 
-/// The rules of [`TestNode`]: the native default rule (100 per minute) and the domain
+/// The rules of [`LimitsNode`]: the native default rule (100 per minute) and the domain
 /// [`domain()`], whose `user` key allows 10 per minute.
 fn rules() -> drl_core::Rules {
     let yaml = format!(
@@ -52,15 +51,14 @@ fn rules() -> drl_core::Rules {
 
 /// A node serving HTTP and gRPC with `limits`: the native default rule (100 per minute) and
 /// the domain [`domain()`], whose `user` key allows 10 per minute.
-struct TestNode {
+struct LimitsNode {
     http: SocketAddr,
     grpc: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    node: TestNode,
 }
 
-impl TestNode {
-    async fn start(limits: Limits) -> Self {
+impl LimitsNode {
+    async fn start(limits: EdgeLimits) -> Self {
         let limiter = Limiter::builder(rules())
             .clock(ManualClock::new(0))
             .sweep_interval(None)
@@ -70,7 +68,7 @@ impl TestNode {
 
     /// The same node on a Redis store (a single instance, `fast`; each check waits at most
     /// `timeout` for it).
-    async fn start_on_redis(limits: Limits, redis: &Redis, timeout: Duration) -> Self {
+    async fn start_on_redis(limits: EdgeLimits, redis: &Redis, timeout: Duration) -> Self {
         let mut config = RedisConfig::new(vec![redis.url()]);
         config.consistency = Consistency::Fast;
         config.timeout = timeout;
@@ -81,30 +79,19 @@ impl TestNode {
         Self::serve(limiter, limits).await
     }
 
-    async fn serve<S: Store>(limiter: Limiter<S>, limits: Limits) -> Self {
+    async fn serve<S: Store>(limiter: Limiter<S>, limits: EdgeLimits) -> Self {
         let metrics = Arc::new(Metrics::new());
         let node = Node::new(limiter, Arc::clone(&metrics)).with_limits(limits);
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
-            let _ = stopped.await;
-        }));
+        let node = TestNode::start(node).await;
         Self {
-            http: http_addr,
-            grpc: grpc_addr,
-            stop: Some(stop),
-            task,
+            http: node.http,
+            grpc: node.grpc,
+            node,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
-        result.expect("server stops").unwrap().unwrap();
+    async fn stop(self) {
+        self.node.stop().await;
     }
 
     /// Sends `request` on a new connection and reads until the server closes it.
@@ -282,8 +269,8 @@ fn envoy_json(descriptors: &[Vec<(String, String)>]) -> String {
 
 #[tokio::test]
 async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
-    let node = TestNode::start(Limits::default()).await;
-    let max = Limits::default().max_body_bytes;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
+    let max = EdgeLimits::default().max_body_bytes;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
     let padded = |len: usize| format!("{check}{}", " ".repeat(len - check.len()));
 
@@ -310,9 +297,9 @@ async fn http_body_at_the_limit_is_read_and_one_byte_more_is_413() {
 
 #[tokio::test]
 async fn http_body_limit_is_configurable() {
-    let node = TestNode::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_body_bytes: 100,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;
@@ -352,9 +339,9 @@ fn batch_of_size(size: usize) -> native::CheckRequest {
 #[tokio::test]
 async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range() {
     let max = 8 * 1024;
-    let node = TestNode::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_message_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let mut client = node.native().await;
@@ -386,7 +373,7 @@ async fn grpc_message_at_the_limit_is_decoded_and_one_byte_more_is_out_of_range(
 
 #[tokio::test]
 async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every_api() {
-    let node = TestNode::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let max = "x".repeat(MAX_ID);
     let over = "x".repeat(MAX_ID + 1);
 
@@ -485,7 +472,7 @@ async fn identifiers_of_1_kib_are_accepted_and_one_byte_more_is_refused_by_every
 
 #[tokio::test]
 async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refused() {
-    let node = TestNode::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let counted = || vec![("user".to_owned(), "u".to_owned())];
     let other = |i: usize| vec![("other".to_owned(), i.to_string())];
     let deep = |n: usize| -> Vec<(String, String)> {
@@ -559,7 +546,7 @@ async fn descriptors_and_entries_at_the_limit_are_checked_and_one_more_is_refuse
 
 #[tokio::test]
 async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
-    let node = TestNode::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let mut client = node.native().await;
     let mut batch = vec![item("alice", "/a", 0); MAX_BATCH - 1];
     batch.push(item("alice", "/a", 1));
@@ -588,7 +575,7 @@ async fn a_native_batch_of_1000_is_answered_and_1001_is_refused_whole() {
 
 #[tokio::test]
 async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api() {
-    let node = TestNode::start(Limits::default()).await;
+    let node = LimitsNode::start(EdgeLimits::default()).await;
     let range = format!("it must be from 0 to {MAX_HITS}");
 
     // HTTP: MAX_HITS is a valid request (denied: more than the limit, nothing counted); 0 only
@@ -663,9 +650,9 @@ async fn hits_up_to_the_maximum_are_decided_and_beyond_are_refused_by_every_api(
 #[tokio::test]
 async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
     let max = 1024;
-    let node = TestNode::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_header_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let body = br#"{"user_id": "u", "endpoint": "/e"}"#;
@@ -698,9 +685,9 @@ async fn http_headers_at_the_limit_are_read_and_one_byte_more_is_431() {
 #[tokio::test]
 async fn grpc_headers_within_the_limit_are_read_and_beyond_the_call_is_refused() {
     let max = 4096;
-    let node = TestNode::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_header_bytes: max,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let mut client = node.native().await;
@@ -730,10 +717,10 @@ async fn requests_beyond_max_in_flight_are_shed_at_once_on_both_apis() {
     // A check holds its place in flight while the store does not answer: a real Redis,
     // stopped (SIGSTOP) while the check waits for it.
     let redis = Redis::start();
-    let node = TestNode::start_on_redis(
-        Limits {
+    let node = LimitsNode::start_on_redis(
+        EdgeLimits {
             max_in_flight: 1,
-            ..Limits::default()
+            ..EdgeLimits::default()
         },
         &redis,
         Duration::from_secs(60),
@@ -873,9 +860,9 @@ async fn check_on(stream: &mut TcpStream, body: &str) -> Reply {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
-    let node = TestNode::start(Limits {
+    let node = LimitsNode::start(EdgeLimits {
         max_connections: 1,
-        ..Limits::default()
+        ..EdgeLimits::default()
     })
     .await;
     let check = r#"{"user_id": "u", "endpoint": "/e"}"#;

@@ -32,9 +32,17 @@ async fn a_node_runs_in_process_from_its_config_and_stops_on_shutdown() {
         config: Some(config),
         ..Settings::default()
     };
-    let node = tokio::spawn(drl_server::run(settings, Listeners { http, grpc }, async {
-        let _ = stopped.await;
-    }));
+    let node = tokio::spawn(drl_server::run(
+        settings,
+        Listeners {
+            http,
+            grpc,
+            admin: None,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let client = Client::new(&url).unwrap();
     let answers: Vec<bool> = [
@@ -63,8 +71,46 @@ async fn a_config_that_does_not_load_is_an_error() {
         config: Some(config),
         ..Settings::default()
     };
-    let e = drl_server::run(settings, Listeners { http, grpc }, std::future::pending())
-        .await
-        .unwrap_err();
+    let e = drl_server::run(
+        settings,
+        Listeners {
+            http,
+            grpc,
+            admin: None,
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("drl.yaml:1:"), "{e:#}");
+}
+
+#[tokio::test]
+async fn an_admin_address_that_cannot_be_bound_is_an_error() {
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine.
+    let config = config_file(
+        "admin-addr",
+        "server:\n  admin:\n    addr: 192.0.2.1:9090\n",
+    );
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let settings = Settings {
+        config: Some(config),
+        ..Settings::default()
+    };
+    let listeners = Listeners {
+        http,
+        grpc,
+        admin: None,
+    };
+    let run = drl_server::run(settings, listeners, std::future::pending());
+    let e = tokio::time::timeout(DEADLINE, run)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("server.admin.addr: cannot listen on 192.0.2.1:9090"),
+        "{message}"
+    );
 }

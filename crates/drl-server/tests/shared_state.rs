@@ -13,8 +13,8 @@ use drl_core::abuse::AbusePolicy;
 use drl_core::adaptive::BackendSettings;
 use drl_core::{Algorithm, Limiter, Policy, Rule, Rules};
 use drl_redis::RedisConfig;
+use drl_redis::shared::Coordination;
 use drl_redis::shared::SharedState;
-use drl_server::coordination::Coordination;
 use drl_testkit::redis::Redis;
 
 fn rules() -> Rules {
@@ -182,4 +182,157 @@ async fn eve_status(server: &common::TestServer) -> u16 {
         .check(r#"{"user_id": "eve", "endpoint": "/x", "hits": 0}"#)
         .await
         .status
+}
+
+/// `on_error: deny` answers a Redis that fails as a store failure on every API, never as a rate
+/// limit: HTTP 503 with `Retry-After` and the reason, gRPC `UNAVAILABLE` (native and Envoy's),
+/// counted in `drl_store_errors_total` and not as a denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_deny_answers_a_dead_redis_as_unavailable_on_every_api() {
+    use drl_core::RuleLevel;
+    use drl_proto::drl::v1 as native;
+    use drl_proto::envoy::extensions::common::ratelimit::v3::{
+        RateLimitDescriptor, rate_limit_descriptor::Entry,
+    };
+    use drl_proto::envoy::service::ratelimit::v3 as rls;
+    use drl_redis::{Consistency, OnError, RedisStore};
+    use drl_server::{Metrics, Node};
+    use drl_testkit::node::{RawResponse, TestNode};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut redis = Redis::start();
+    let mut config = RedisConfig::new(vec![redis.url()]);
+    config.on_error = OnError::Deny;
+    config.consistency = Consistency::Fast;
+    config.timeout = Duration::from_secs(2);
+    let limiter = Limiter::builder(rules())
+        .sweep_interval(None)
+        .build_with_store(RedisStore::new(&config).unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let node = TestNode::start(Node::new(limiter, Arc::clone(&metrics))).await;
+    let check = || async {
+        let body = br#"{"user_id": "u", "endpoint": "/x"}"#;
+        let mut stream = tokio::net::TcpStream::connect(node.http).await.unwrap();
+        let head = format!(
+            "POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        RawResponse::parse(&raw)
+    };
+    let up = check().await;
+    assert_eq!(up.status, 200, "Redis up: {}", up.body);
+
+    redis.kill();
+    // The first check finds Redis gone; the second is answered while its slot backs off.
+    for _ in 0..2 {
+        let response = check().await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert_eq!(response.header("retry-after"), Some("1"));
+        assert!(response.error().starts_with("store "), "{}", response.body);
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let batch = native::rate_limiter_client::RateLimiterClient::new(channel.clone())
+        .check(native::CheckRequest {
+            checks: vec![native::Check {
+                user_id: "u".into(),
+                endpoint: "/x".into(),
+                hits: None,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(native::check_result::Outcome::Error(error)) = &batch.results[0].outcome else {
+        panic!("an item error: {batch:?}");
+    };
+    assert_eq!(error.code(), native::check_error::Code::Unavailable);
+    let entry = |key: &str, value: &str| Entry {
+        key: key.into(),
+        value: value.into(),
+    };
+    let envoy = rls::rate_limit_service_client::RateLimitServiceClient::new(channel)
+        .should_rate_limit(rls::RateLimitRequest {
+            domain: "drl".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![entry("user_id", "u"), entry("endpoint", "/x")],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(envoy.code(), tonic::Code::Unavailable, "{envoy:?}");
+
+    assert_eq!(metrics.decisions(false, RuleLevel::Default), 0);
+    let text = metrics.encode();
+    let errors: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("drl_store_errors_total "))
+        .unwrap_or_else(|| panic!("drl_store_errors_total in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert_eq!(errors, 4, "{text}");
+    node.stop().await;
+}
+
+/// gRPC health says what `GET /readyz` says: NOT_SERVING on a single Redis under `consistency:
+/// strict` (no replica: WAIT can confirm nothing) and when Redis is gone, SERVING while it
+/// answers in fast mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_the_readiness_of_readyz() {
+    use drl_redis::{Consistency, RedisStore};
+    use drl_server::Node;
+    use drl_testkit::node::TestNode;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut redis = Redis::start();
+    let node = |consistency| {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.consistency = consistency;
+        config.timeout = Duration::from_secs(1);
+        let limiter = Limiter::builder(rules())
+            .sweep_interval(None)
+            .build_with_store(RedisStore::new(&config).unwrap());
+        TestNode::start(Node::from(limiter))
+    };
+    let status = async |node: &TestNode| {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let mut statuses = Vec::new();
+        for service in ["", "drl.v1.RateLimiter"] {
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            statuses.push(client.check(request).await.unwrap().into_inner().status());
+        }
+        assert_eq!(statuses[0], statuses[1]);
+        statuses[0]
+    };
+    let strict = node(Consistency::Strict).await;
+    assert_eq!(status(&strict).await, ServingStatus::NotServing);
+    strict.stop().await;
+
+    let fast = node(Consistency::Fast).await;
+    assert_eq!(status(&fast).await, ServingStatus::Serving);
+    redis.kill();
+    drl_testkit::wait_until("NOT_SERVING once Redis is gone", async || {
+        status(&fast).await == ServingStatus::NotServing
+    })
+    .await;
+    fast.stop().await;
 }

@@ -1,31 +1,31 @@
 //! TLS on both APIs, over real loopback sockets, with a throwaway CA made by each test: a
 //! client trusting the CA is answered on HTTP and gRPC, one that does not is refused; new
 //! certificate files serve new connections while established ones keep theirs; a bad pair
-//! keeps the certificate in force; mutual TLS refuses a client without a certificate.
+//! keeps the certificate in force; mutual TLS refuses a client without a certificate; the admin
+//! listener serves the APIs' certificate or its own (`server.admin.tls`).
 
 #![allow(clippy::unwrap_used)] // Test code.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drl_core::{Limiter, Rules};
 use drl_proto::drl::v1 as native;
 use drl_server::tls::{ServerTls, TlsConfig};
 use drl_server::{Metrics, Node};
+use drl_testkit::ca::{Leaf, TestCa};
+use drl_testkit::node::TestNode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use native::check_result::Outcome;
 use native::rate_limiter_client::RateLimiterClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -33,50 +33,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 /// Upper bound for anything a test waits for; reached only when something is broken.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-// --- A throwaway PKI ------------------------------------------------------------------------
-
-/// A CA made for one test.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, as PEM, with the certificate's DER to compare.
-struct Leaf {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses) with serial number `serial`.
-    fn leaf(&self, names: &[&str], serial: u64) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.serial_number = Some(serial.into());
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-}
+// --- Certificate files ----------------------------------------------------------------------
 
 /// A fresh directory for one test's files.
 fn test_dir(test: &str) -> PathBuf {
@@ -112,8 +69,7 @@ struct TlsNode {
     http: SocketAddr,
     grpc: SocketAddr,
     tls: Arc<ServerTls>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    node: TestNode,
 }
 
 impl TlsNode {
@@ -121,28 +77,17 @@ impl TlsNode {
         let tls = Arc::new(ServerTls::load(files).unwrap());
         let limiter = Limiter::new(Rules::builtin());
         let node = Node::new(limiter, Arc::new(Metrics::new())).with_tls(Some(Arc::clone(&tls)));
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
-            let _ = stopped.await;
-        }));
+        let node = TestNode::start(node).await;
         Self {
-            http: http_addr,
-            grpc: grpc_addr,
+            http: node.http,
+            grpc: node.grpc,
             tls,
-            stop: Some(stop),
-            task,
+            node,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(DEADLINE, &mut self.task).await;
-        result.expect("node stops").unwrap().unwrap();
+    async fn stop(self) {
+        self.node.stop().await;
     }
 }
 
@@ -408,20 +353,13 @@ async fn the_watch_picks_up_new_files_by_itself() {
 
     let next = ca.leaf(&["localhost", "drl-next.test"], 7);
     install(&dir, &next);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    drl_testkit::wait_within(DEADLINE, "the new certificate to be served", async || {
         let client = HttpsClient::connect(node.http, Arc::clone(&config))
             .await
             .unwrap();
-        if client.cert == next.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate is not served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        client.cert == next.der
+    })
+    .await;
     node.stop().await;
 }
 
@@ -531,6 +469,101 @@ fn bad_tls_settings_are_located() {
         ),
     ];
     for (yaml, message, line) in cases {
+        let e = drl_server::Config::from_yaml("t.yaml", yaml).unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert!(d.message.contains(message), "{yaml}: {e}");
+        assert_eq!(d.line, line, "{yaml}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_the_apis_certificate_or_its_own() {
+    let ca = TestCa::new("drl test CA");
+    let admin_ca = TestCa::new("drl admin CA");
+    let (public, admin) = (ca.leaf(&["localhost"], 1), admin_ca.leaf(&["localhost"], 2));
+    let public_tls =
+        Arc::new(ServerTls::load(install(&test_dir("admin-public"), &public)).unwrap());
+    let admin_tls = Arc::new(ServerTls::load(install(&test_dir("admin-own"), &admin)).unwrap());
+    let trust = |ca: &TestCa| client_config(&ca.pem(), None, b"http/1.1");
+    let node = |admin_tls: Option<Arc<ServerTls>>| {
+        Node::new(Limiter::new(Rules::builtin()), Arc::new(Metrics::new()))
+            .with_tls(Some(Arc::clone(&public_tls)))
+            .with_admin_tls(admin_tls)
+    };
+
+    // Without TLS of its own, the admin listener serves the APIs' certificate.
+    let started = TestNode::start_with_admin(node(None)).await;
+    let mut client = HttpsClient::connect(started.admin.unwrap(), trust(&ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, public.der);
+    assert_eq!(
+        client.check("alice").await.unwrap().0,
+        404,
+        "no checks on the admin listener"
+    );
+    started.stop().await;
+
+    // With its own, that one; the HTTP listener keeps the APIs'.
+    let started = TestNode::start_with_admin(node(Some(admin_tls))).await;
+    let admin_addr = started.admin.unwrap();
+    let client = HttpsClient::connect(admin_addr, trust(&admin_ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, admin.der);
+    let refused = HttpsClient::connect(admin_addr, trust(&ca)).await;
+    assert!(
+        refused.is_err(),
+        "the admin listener served the APIs' certificate"
+    );
+    let mut client = HttpsClient::connect(started.http, trust(&ca))
+        .await
+        .unwrap();
+    assert_eq!(client.cert, public.der);
+    assert_eq!(client.check("alice").await.unwrap().0, 200);
+    started.stop().await;
+}
+
+#[test]
+fn the_admin_listener_is_read_from_the_config_and_checked() {
+    let dir = test_dir("admin-config");
+    let path = dir.join("drl.yaml");
+    std::fs::write(
+        &path,
+        "server:\n  admin:\n    addr: 127.0.0.1:9090\n    tls:\n      cert: admin.crt\n      key: admin.key\n",
+    )
+    .unwrap();
+    let config = drl_server::Config::load(&path).unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.addr, "127.0.0.1:9090");
+    assert_eq!(admin.tls.unwrap().cert, dir.join("admin.crt"));
+    let plain = "server:\n  admin: {addr: \"[::1]:0\"}\n";
+    let config = drl_server::Config::from_yaml("t.yaml", plain).unwrap();
+    assert_eq!(config.admin.unwrap().tls, None);
+
+    for (yaml, message, line) in [
+        ("server:\n  admin: {}\n", "missing field `addr`", 2),
+        (
+            "server:\n  admin:\n    addr: \"9090\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: \"host:99999\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: \":9090\"\n",
+            "not an address to listen on",
+            3,
+        ),
+        (
+            "server:\n  admin:\n    addr: a:1\n    tls: {cert: c}\n",
+            "missing field `key`",
+            4,
+        ),
+    ] {
         let e = drl_server::Config::from_yaml("t.yaml", yaml).unwrap_err();
         let d = &e.diagnostics()[0];
         assert!(d.message.contains(message), "{yaml}: {e}");

@@ -6,7 +6,8 @@
 //! - [`ca`]: a throwaway CA and the certificates it signs, for the TLS tests.
 //! - [`node`] (feature `node`, on by default): a node of `drl-server` on a loopback socket, on a
 //!   manual clock, with a raw HTTP/1.1 client that can send anything.
-//! - [`vectors`] (feature `vectors`): the shared test vectors of the algorithms, which the Rust
+//! - [`manual_limiter`] (feature `core`): a limiter on a manual clock, without a sweeper.
+//! - [`vectors`] (feature `core`): the shared test vectors of the algorithms, which the Rust
 //!   algorithms and the Redis scripts must both reproduce.
 //! - [`fuzz::replay`]: every seed and regression input of a fuzz target, through its entry point.
 //! - [`wait_until`] and [`wait_until_blocking`]: the one polling loop, bounded by [`DEADLINE`].
@@ -22,7 +23,7 @@ pub mod fuzz;
 pub mod node;
 pub mod process;
 pub mod redis;
-#[cfg(feature = "vectors")]
+#[cfg(feature = "core")]
 pub mod vectors;
 
 use std::fmt::Display;
@@ -64,4 +65,19 @@ pub fn wait_within_blocking(within: Duration, what: impl Display, mut ready: imp
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         std::thread::sleep(POLL);
     }
+}
+
+/// A limiter on `rules` whose clock starts at `start_ns` and moves only when the test advances it,
+/// with no background sweeper.
+#[cfg(feature = "core")]
+pub fn manual_limiter(
+    rules: drl_core::Rules,
+    start_ns: u64,
+) -> (drl_core::Limiter, drl_core::ManualClock) {
+    let clock = drl_core::ManualClock::new(start_ns);
+    let limiter = drl_core::Limiter::builder(rules)
+        .clock(clock.clone())
+        .sweep_interval(None)
+        .build();
+    (limiter, clock)
 }

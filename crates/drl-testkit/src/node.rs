@@ -32,11 +32,7 @@ impl TestServer {
 
     /// Serves `rules` on a fresh loopback port, with the state `node` makes of the limiter.
     pub async fn start_with(rules: Rules, node: impl FnOnce(Limiter) -> Node) -> Self {
-        let clock = ManualClock::new(0);
-        let limiter = Limiter::builder(rules)
-            .clock(clock.clone())
-            .sweep_interval(None)
-            .build();
+        let (limiter, clock) = crate::manual_limiter(rules, 0);
         let state = node(limiter.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -92,19 +88,7 @@ impl TestServer {
         headers: &[&str],
         body: &[u8],
     ) -> RawResponse {
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n",
-            self.addr,
-            body.len()
-        );
-        for header in headers {
-            request.push_str(header);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
-        let mut request = request.into_bytes();
-        request.extend_from_slice(body);
-        self.send(&request).await
+        request(self.addr, method, path, headers, body).await
     }
 
     pub async fn get(&self, path: &str) -> RawResponse {
@@ -117,18 +101,46 @@ impl TestServer {
 
     /// Sends `request` as is and reads the response until the server closes.
     pub async fn send(&self, request: &[u8]) -> RawResponse {
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await.unwrap();
-            stream.write_all(request).await.unwrap();
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await.unwrap();
-            response
-        };
-        let response = tokio::time::timeout(DEADLINE, exchange)
-            .await
-            .expect("server answers");
-        RawResponse::parse(&response)
+        send(self.addr, request).await
     }
+}
+
+/// An HTTP/1.1 request to `addr` with extra header lines (`"name: value"`) and a body (may be
+/// empty), on a connection of its own.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> RawResponse {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    send(addr, &request).await
+}
+
+/// Sends `request` to `addr` as is and reads the response until the server closes.
+pub async fn send(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        response
+    };
+    let response = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("server answers");
+    RawResponse::parse(&response)
 }
 
 /// A parsed HTTP/1.1 response (bodies with content-length only, which is what the server sends).
@@ -141,7 +153,8 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(raw: &[u8]) -> Self {
+    /// Parses a whole response as read until the server closed.
+    pub fn parse(raw: &[u8]) -> Self {
         let text = String::from_utf8(raw.to_vec()).expect("UTF-8 response");
         let (head, body) = text.split_once("\r\n\r\n").expect("complete response");
         let mut lines = head.split("\r\n");
@@ -180,28 +193,52 @@ impl RawResponse {
     }
 }
 
-/// Both APIs of a node (HTTP and gRPC) on fresh loopback ports.
+/// Both APIs of a node (HTTP and gRPC), and the admin API if it has its own listener, on fresh
+/// loopback ports.
 #[derive(Debug)]
 pub struct TestNode {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The admin listener of [`TestNode::start_with_admin`].
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl TestNode {
-    /// Serves `node` on two fresh loopback ports.
+    /// Serves `node` on two fresh loopback ports, the admin API on the HTTP one.
     pub async fn start<S: drl_core::Store>(node: drl_server::Node<S>) -> Self {
+        Self::serve(node, false).await
+    }
+
+    /// Serves `node` on three fresh loopback ports: HTTP, gRPC and the admin API.
+    pub async fn start_with_admin<S: drl_core::Store>(node: drl_server::Node<S>) -> Self {
+        Self::serve(node, true).await
+    }
+
+    async fn serve<S: drl_core::Store>(node: drl_server::Node<S>, admin: bool) -> Self {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = match admin {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(drl_server::serve_all(http, grpc, node, async {
-            let _ = stopped.await;
-        }));
+        let listeners = drl_server::Listeners { http, grpc, admin };
+        let task = tokio::spawn(drl_server::serve_listeners(
+            listeners,
+            node,
+            async {
+                let _ = stopped.await;
+            },
+            drl_server::DRAIN_TIMEOUT,
+        ));
         Self {
             http: http_addr,
             grpc: grpc_addr,
+            admin: admin_addr,
             stop: Some(stop),
             task,
         }

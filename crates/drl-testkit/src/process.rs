@@ -55,6 +55,7 @@ impl DrlProcess {
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("DRL_ADMIN_TOKEN")
+            .env_remove("DRL_ADMIN_ADDR")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Target};
 use drl_client::DEFAULT_SERVER;
-use drl_server::limits::{self, Limits};
+use drl_server::limits::{self, EdgeLimits};
 use drl_server::{AdminToken, Config, Listeners, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -55,7 +55,7 @@ struct LimitArgs {
     max_streams: u32,
 }
 
-impl From<LimitArgs> for Limits {
+impl From<LimitArgs> for EdgeLimits {
     fn from(a: LimitArgs) -> Self {
         Self {
             max_body_bytes: a.max_body_bytes,
@@ -121,6 +121,12 @@ enum Command {
         /// grpc.health.v1.Health (host:port; port 0 picks a free one).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
         grpc_addr: String,
+        /// Serve the admin API (the status page, /metrics and the admin routes) on this
+        /// address of its own instead of the HTTP API's, where it then answers 404 (host:port;
+        /// e.g. 127.0.0.1:9090 to keep it on the machine). Replaces the config's
+        /// server.admin.addr; over TLS as server.tls (or server.admin.tls) says.
+        #[arg(long, env = "DRL_ADMIN_ADDR", value_name = "ADDR")]
+        admin_addr: Option<String>,
         /// Log lines as text or as one JSON object per line.
         #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -248,15 +254,23 @@ async fn main() -> ExitCode {
             config,
             http_addr,
             grpc_addr,
+            admin_addr,
             limits,
             ..
-        } => match serve(config.as_deref(), &http_addr, &grpc_addr, limits.into()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("drl serve: {e:#}");
-                ExitCode::FAILURE
+        } => {
+            let addrs = Addrs {
+                http: &http_addr,
+                grpc: &grpc_addr,
+                admin: admin_addr.as_deref(),
+            };
+            match serve(config.as_deref(), addrs, limits.into()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drl serve: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Check {
             server,
             user_id,
@@ -345,13 +359,16 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// `drl serve`: binds both listeners, then runs the node on them until a shutdown signal.
-async fn serve(
-    config: Option<&Path>,
-    http_addr: &str,
-    grpc_addr: &str,
-    limits: Limits,
-) -> anyhow::Result<()> {
+/// The addresses `drl serve` listens on.
+#[derive(Debug, Clone, Copy)]
+struct Addrs<'a> {
+    http: &'a str,
+    grpc: &'a str,
+    admin: Option<&'a str>,
+}
+
+/// `drl serve`: binds the listeners, then runs the node on them until a shutdown signal.
+async fn serve(config: Option<&Path>, addrs: Addrs<'_>, limits: EdgeLimits) -> anyhow::Result<()> {
     allocator::return_freed_memory();
     let admin_token = std::env::var(AdminToken::ENV)
         .ok()
@@ -362,24 +379,33 @@ async fn serve(
     // Installed before the node says it listens, so that a SIGTERM sent as soon as it does is
     // a graceful stop, never the default action.
     let shutdown = drl_server::shutdown_signal();
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {http_addr}"))?;
-    let grpc = tokio::net::TcpListener::bind(grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {grpc_addr}"))?;
+    let http = bind(addrs.http).await?;
+    let grpc = bind(addrs.grpc).await?;
+    let admin = match addrs.admin {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let settings = Settings {
         config: config.map(Path::to_path_buf),
         limits,
         admin_token,
     };
-    drl_server::run(settings, Listeners { http, grpc }, shutdown).await
+    drl_server::run(settings, Listeners { http, grpc, admin }, shutdown).await
+}
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn validate(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             let rules = config.rules.rules().len();
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             println!("{}: valid ({rules} rules)", file.display());
             ExitCode::SUCCESS
         }

@@ -1,6 +1,6 @@
 //! The built `drl` binary end to end: `serve` on a free port, `check` against it, `config
 //! validate`, a graceful stop on SIGTERM, reloads (file change, SIGHUP, admin route with the
-//! token from the environment), JSON logs, and transparent huge pages turned off for the node.
+//! token from the environment), the admin API on its own address, JSON logs, and transparent huge pages turned off for the node.
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
@@ -168,6 +168,31 @@ fn config_validate_reports_every_error_with_its_position() {
     let out = drl(&["config", "validate", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8(out.stdout).unwrap().contains("valid"));
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "", "no warning");
+
+    // Valid, but a single Redis in strict mode needs a replica: warned, still valid.
+    let strict = write_file(
+        "strict.yaml",
+        "store:\n  kind: redis\n  redis:\n    urls: [\"redis://127.0.0.1:6379\"]\n",
+    );
+    let out = drl(&["config", "validate", strict.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("warning: store.redis: consistency strict")
+            && err.contains("consistency: fast"),
+        "{err}"
+    );
+    let fast = write_file(
+        "fast.yaml",
+        "store:\n  kind: redis\n  redis:\n    urls: [\"redis://127.0.0.1:6379\"]\n    consistency: fast\n",
+    );
+    let out = drl(&["config", "validate", fast.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "",
+        "fast: no warning"
+    );
 
     let bad = write_file(
         "bad.yaml",
@@ -334,6 +359,68 @@ fn a_file_change_reloads_and_the_admin_token_comes_from_the_environment() {
     assert_eq!(status("Bearer wrong"), 401);
     // SIGINT stops it as cleanly as SIGTERM, watcher and SIGHUP tasks included.
     let status = node.stop_with("-INT");
+    assert!(status.success(), "{status:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_admin_api_moves_to_the_admin_address_from_the_environment() {
+    let config = write_file("admin-addr.yaml", "default:\n  limit: 3\n  window: 1h\n");
+    let node = DrlProcess::start_with(
+        DRL,
+        &config,
+        &[],
+        &[
+            ("DRL_ADMIN_TOKEN", "t0ken"),
+            ("DRL_ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let admin = &admin_addr(&node);
+    assert_ne!(admin, &node.url);
+    // The admin route answers there with the token, 401 without; 404 on the HTTP address.
+    assert_eq!(reload_status(admin, "Bearer t0ken"), 200);
+    node.wait_for_log("reloaded: version 2");
+    assert_eq!(reload_status(admin, "Bearer wrong"), 401);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let (code, out) = node.check("alice", "/a");
+    assert_eq!(code, Some(0), "{out}");
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The admin address a node logged: `admin listening on URL`.
+fn admin_addr(node: &DrlProcess) -> String {
+    let line = node.wait_for_log("admin listening on ");
+    let (_, rest) = line.split_once("admin listening on ").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+#[cfg(unix)]
+#[test]
+fn the_admin_address_comes_from_the_config_unless_the_flag_gives_one() {
+    let config = write_file(
+        "admin-config.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 127.0.0.1:0\n",
+    );
+    let env = [("DRL_ADMIN_TOKEN", "t0ken")];
+    let node = DrlProcess::start_with(DRL, &config, &[], &env);
+    let admin = admin_addr(&node);
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
+    assert_eq!(reload_status(&node.url, "Bearer t0ken"), 404);
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the node starts only because the
+    // flag's address replaces it.
+    let config = write_file(
+        "admin-flag.yaml",
+        "default:\n  limit: 3\n  window: 1h\nserver:\n  admin:\n    addr: 192.0.2.1:9090\n",
+    );
+    let node = DrlProcess::start_with(DRL, &config, &["--admin-addr", "127.0.0.1:0"], &env);
+    let admin = admin_addr(&node);
+    assert!(admin.starts_with("http://127.0.0.1:"), "{admin}");
+    assert_eq!(reload_status(&admin, "Bearer t0ken"), 200);
+    let status = node.terminate();
     assert!(status.success(), "{status:?}");
 }
 

@@ -37,25 +37,23 @@ local function sw_live(ring, p, width, cell, here, cleared, slots)
   return sw_count(ring, p, width, cell)
 end
 
--- The bytes of ring positions [from, to) of `ring` (zeros for an empty ring), with the `cleared`
--- slots up to position `here` zeroed.
-local function sw_span(ring, from, to, width, here, cleared, slots)
-  if to <= from then return '' end
-  if ring == nil then return string.rep('\0', (to - from) * width) end
-  if cleared then
-    local parts = {}
-    for p = from, to - 1 do
-      local d = here - p
-      if d < 0 then d = d + slots end
-      if d < cleared then
-        parts[#parts + 1] = string.rep('\0', width)
-      else
-        parts[#parts + 1] = string.sub(ring, SW_HEAD_LEN + 1 + p * width, SW_HEAD_LEN + (p + 1) * width)
-      end
-    end
-    return table.concat(parts)
+-- The ring's bytes as they are after this check: `ring`'s (zeros for an empty ring) with the
+-- `cleared` slots up to position `here` zeroed (those whose buckets left since the state was
+-- read: a span that may wrap) and the count `mine` at `here`. A few substrings, whatever the
+-- number of slots.
+local function sw_body(ring, here, cleared, slots, width, mine)
+  local zero = string.rep('\0', width)
+  if ring == nil then
+    return string.rep(zero, here) .. mine .. string.rep(zero, slots - here - 1)
   end
-  return string.sub(ring, SW_HEAD_LEN + 1 + from * width, SW_HEAD_LEN + to * width)
+  local from = here - (cleared or 1) + 1
+  local after = string.sub(ring, SW_HEAD_LEN + (here + 1) * width + 1)
+  if from >= 0 then
+    return string.sub(ring, SW_HEAD_LEN + 1, SW_HEAD_LEN + from * width)
+      .. string.rep(zero, here - from) .. mine .. after
+  end
+  return string.rep(zero, here) .. mine
+    .. string.sub(after, 1, (slots + from - here - 1) * width) .. string.rep(zero, -from)
 end
 
 -- A ring (with a header to be replaced) holding `counts` (bucket -> count) and nothing else.
@@ -184,27 +182,23 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
 
   local idle_in = 0
   if idle >= 0 then idle_in = (idle + 1 - current) * g + window - offset end
+  local in_place = exists and not rewrite and not moved_on and idle == last_idle and idle_in > 0
   if dry or not (admitted or (exists and (moved_on or rewrite))) then
     -- Nothing to write.
-  elseif exists and not rewrite and idle_in > 0 then
-    -- In place: the header's counters, then the slots from the first expired one to the
-    -- current one (the current one alone when time has not moved on).
+  elseif in_place and here < 128 then
+    -- In place, in one SETRANGE: the header's counters, the slots before the current one as
+    -- they are, and the current one (its expiry stands: the newest admission's bucket is
+    -- unchanged).
+    redis.call('SETRANGE', key, SW_MUTABLE, struct.pack(SW_TAIL, newest, idle, total)
+      .. string.sub(ring, SW_HEAD_LEN + 1, SW_HEAD_LEN + here * width) .. struct.pack(cell, mine))
+  elseif in_place then
     redis.call('SETRANGE', key, SW_MUTABLE, struct.pack(SW_TAIL, newest, idle, total))
-    local from = here - (cleared or 1) + 1
-    if from >= 0 then
-      redis.call('SETRANGE', key, SW_HEAD_LEN + from * width,
-        string.rep('\0', (here - from) * width) .. struct.pack(cell, mine))
-    else
-      redis.call('SETRANGE', key, SW_HEAD_LEN, string.rep('\0', here * width) .. struct.pack(cell, mine))
-      redis.call('SETRANGE', key, SW_HEAD_LEN + (slots + from) * width, string.rep('\0', -from * width))
-    end
-    -- The bucket of the newest admission is the last to leave: at (idle + 1)·g + T.
-    if admitted and idle ~= last_idle then expire_in(key, idle_in) end
+    redis.call('SETRANGE', key, SW_HEAD_LEN + here * width, struct.pack(cell, mine))
   else
-    -- The whole string: the header, then the ring with the current slot's count spliced in.
+    -- The whole string in one SET, with the expiry: the newest admission's bucket is the last
+    -- to leave, at (idle + 1)·g + T.
     store(key, struct.pack(SW_HEAD, g, slots, width, newest, idle, total)
-      .. sw_span(ring, 0, here, width, here, cleared, slots) .. struct.pack(cell, mine)
-      .. sw_span(ring, here + 1, slots, width, here, cleared, slots), idle_in)
+      .. sw_body(ring, here, cleared, slots, width, struct.pack(cell, mine)), idle_in)
   end
   local reset_after = 0
   if used > 0 then reset_after = idle_in end
@@ -218,8 +212,24 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     -- Free buckets from the oldest on until enough hits have left the window.
     local must_free = used + want - limit
     retry_after = reset_after
+    -- Every count at once (one unpack, not one per slot: a denial after a burst walks the
+    -- whole window), read in ring order from the oldest slot of the span; emptied slots count 0.
+    local counts = {}
+    if ring ~= nil then
+      counts = {struct.unpack('<' .. string.rep(width == 2 and 'I2' or 'I4', slots), ring,
+        SW_HEAD_LEN + 1)}
+    end
+    local p = here - span
+    if p < 0 then p = p + slots end
     for age = span - 1, 0, -1 do
-      local c = sw_live(ring, sw_pos(current - age, slots), width, cell, here, cleared, slots)
+      p = p + 1
+      if p == slots then p = 0 end
+      local c = counts[p + 1] or 0
+      if cleared then
+        local d = here - p
+        if d < 0 then d = d + slots end
+        if d < cleared then c = 0 end
+      end
       if c >= must_free then
         retry_after = (1 - age) * g + window - offset
         break

@@ -27,7 +27,8 @@
 //! statistics there and change nothing here: drl's metrics are labelled by configured rule, never
 //! by a request's value. Extensions: `window:` (any duration, instead of `unit`), `algorithm:`,
 //! `precision:`, `burst:`, `rate_limits:` for several limits on one descriptor, and `abuse:
-//! false` to opt a rule out of abuse protection. Not
+//! false` to opt a rule out of abuse protection, and a top-level `allow_request_limits: false`
+//! that ignores the `limit` a request sets on a descriptor (the configured rules decide). Not
 //! supported, and refused with an error rather than silently ignored: `quota_mode`, `metadata`.
 //! Two rules with the same key and value at one level are an error (as there).
 
@@ -35,7 +36,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use drl_core::rules::MAX_LIMITS_PER_RULE;
-use drl_core::{Action, DescriptorRule, DomainRules, Limit, Policy};
+use drl_core::{Action, DescriptorRule, DomainRules, Limit, Policy, RequestLimits};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -48,6 +49,8 @@ use super::validate::Validator;
 pub(crate) struct RawDomain {
     domain: Text,
     descriptors: Option<Vec<Spanned<RawDescriptor>>>,
+    /// `false`: a descriptor's `limit` sent by the caller is ignored (the rules decide).
+    allow_request_limits: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +108,14 @@ fn unit_window(unit: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// `allow_request_limits:` as the rules take it (absent: allowed, as in Envoy).
+pub(crate) fn request_limits(allow: Option<bool>) -> RequestLimits {
+    match allow {
+        Some(false) => RequestLimits::Ignored,
+        Some(true) | None => RequestLimits::Allowed,
+    }
+}
+
 impl Validator<'_> {
     /// A domain file's rules; `None` when something is wrong (diagnostics recorded).
     pub(crate) fn domain(&mut self, raw: &RawDomain) -> Option<DomainRules> {
@@ -121,6 +132,7 @@ impl Validator<'_> {
         Some(DomainRules {
             domain: raw.domain.value.clone(),
             descriptors,
+            request_limits: request_limits(raw.allow_request_limits),
         })
     }
 

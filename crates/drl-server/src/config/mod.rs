@@ -57,10 +57,22 @@ pub struct Config {
     pub rules: Rules,
     /// `server.tls`: serve both APIs over TLS (plaintext when `None`).
     pub tls: Option<TlsConfig>,
+    /// `server.admin`: serve the admin API on a listener of its own.
+    pub admin: Option<AdminConfig>,
     /// The file that held the native part (store, default, rules), if any: a reload that loses
     /// it (the file deleted from a config directory) is refused rather than falling back to the
     /// built-in default.
     native_file: Option<String>,
+}
+
+/// `server.admin`: the admin API (the status page, `/metrics`, the admin routes) on a listener of
+/// its own; the HTTP listener then answers those routes 404.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `server.admin.addr`: where it listens (`host:port`); `--admin-addr` overrides it.
+    pub addr: String,
+    /// `server.admin.tls`: TLS of its own; `None`: the same as `server.tls`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The store a node keeps its counters in.
@@ -155,6 +167,22 @@ impl fmt::Display for DisplayLines<'_> {
 }
 
 impl Config {
+    /// What is valid but likely wrong, one sentence each: `drl config validate` prints them and
+    /// a starting node logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let StoreConfig::Redis(redis) = &self.store
+            && !redis.cluster
+            && redis.consistency == drl_redis::Consistency::Strict
+        {
+            warnings.push(
+                "store.redis: consistency strict (the default) on a single Redis admits only once                  a replica of it confirms (WAIT): with no replica attached, every check waits out                  the timeout and is answered by on_error, and /readyz and gRPC health say not                  ready; attach a replica, or set consistency: fast"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Reads and validates the config at `path`: a file, or a directory whose `*.yaml` and
     /// `*.yml` files are read in name order. Each file is either the native config (store,
     /// default, rules; at most one) or an envoyproxy/ratelimit-format domain (a top-level
@@ -259,6 +287,7 @@ impl Config {
                 store: StoreConfig::default(),
                 rules: Rules::builtin(),
                 tls: None,
+                admin: None,
                 native_file: None,
             },
             |(name, c)| Config {

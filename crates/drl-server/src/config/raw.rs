@@ -17,6 +17,9 @@ pub(crate) struct RawConfig {
     pub(crate) rules: Option<Vec<Spanned<RawRule>>>,
     /// Global shadow mode: every denial is reported and answered allowed.
     pub(crate) shadow_mode: Option<bool>,
+    /// `false`: in the native domain (`drl`) of the Envoy API, a descriptor's `limit` sent by
+    /// the caller is ignored (the rules decide).
+    pub(crate) allow_request_limits: Option<bool>,
     pub(crate) abuse: Option<Spanned<RawAbuse>>,
     /// Users blocked for as long as this config is in force.
     pub(crate) blocklist: Option<Vec<Text>>,
@@ -30,6 +33,15 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
+    pub(crate) tls: Option<Spanned<RawServerTls>>,
+    pub(crate) admin: Option<Spanned<RawServerAdmin>>,
+}
+
+/// `server.admin:` — the admin API on a listener of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerAdmin {
+    pub(crate) addr: Text,
     pub(crate) tls: Option<Spanned<RawServerTls>>,
 }
 

@@ -4,9 +4,9 @@
 use drl_redis::{ClientCert, RedisTls};
 use serde_saphyr::{Location, Spanned};
 
-use super::StoreConfig;
-use super::raw::{RawRedis, RawRedisTls, RawServerTls, RawStore, Text};
+use super::raw::{RawRedis, RawRedisTls, RawServerAdmin, RawServerTls, RawStore, Text};
 use super::validate::Validator;
+use super::{AdminConfig, StoreConfig};
 use crate::tls::TlsConfig;
 
 impl Validator<'_> {
@@ -142,6 +142,40 @@ impl Validator<'_> {
             key: key?,
             client_ca: client_ca?,
         })
+    }
+
+    /// `server.admin`: an address to listen on, and TLS files if it has its own.
+    pub(crate) fn server_admin(&mut self, raw: &RawServerAdmin) -> Option<AdminConfig> {
+        let addr = self.listen_addr(&raw.addr);
+        let tls = match &raw.tls {
+            Some(tls) => self.server_tls(&tls.value).map(Some),
+            None => Some(None),
+        };
+        Some(AdminConfig {
+            addr: addr?,
+            tls: tls?,
+        })
+    }
+
+    /// An address to listen on: `host:port`, the port a number up to 65535 (0: any free one).
+    fn listen_addr(&mut self, raw: &Text) -> Option<String> {
+        let port = raw
+            .value
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if let Some((host, Ok(_))) = port
+            && !host.is_empty()
+        {
+            return Some(raw.value.clone());
+        }
+        self.error(
+            raw.referenced,
+            format_args!(
+                "{:?} is not an address to listen on: write host:port (e.g. 127.0.0.1:9090)",
+                raw.value
+            ),
+        );
+        None
     }
 
     /// `store.redis.tls`; `urls` are the store's, which must all be `rediss://`.

@@ -50,18 +50,26 @@ impl Validator<'_> {
             Some(tls) => self.server_tls(&tls.value).map(Some),
             None => Some(None),
         };
-        let (store, default, rules, abuse, blocklist, backends, tls) = (
-            store?, default?, rules?, abuse?, blocklist?, backends?, tls?,
+        let admin = match raw.server.as_ref().and_then(|s| s.admin.as_ref()) {
+            Some(admin) => self.server_admin(&admin.value).map(Some),
+            None => Some(None),
+        };
+        let (store, default, rules, abuse, blocklist, backends, tls, admin) = (
+            store?, default?, rules?, abuse?, blocklist?, backends?, tls?, admin?,
         );
         match Rules::new(default, rules) {
             Ok(rules) => Some(Config {
                 store,
                 tls,
+                admin,
                 native_file: None,
                 rules: rules
                     .with_backends(backends)
                     .with_abuse(abuse)
                     .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
+                    .with_native_request_limits(super::envoy::request_limits(
+                        raw.allow_request_limits,
+                    ))
                     .with_blocklist(blocklist),
             }),
             Err(e) => {

@@ -24,6 +24,9 @@
 //!
 //! Lookups borrow the request's strings and allocate nothing: per level, a short scan of the
 //! node's keys and one hash probe for the exact value.
+//!
+//! Here: the rules as configured and the [`Rules`] in force. `tree`: a domain's compiled tree,
+//! its matching and how rules are inserted into it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,10 +39,14 @@ use std::collections::BTreeMap;
 use crate::abuse::AbusePolicy;
 use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
-use crate::error::{CheckError, RuleError};
+use crate::error::RuleError;
 use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
-use crate::key::{MAX_ID_LEN, validate_id};
 use crate::policy::Policy;
+
+mod tree;
+
+pub use tree::Domain;
+use tree::{LevelMatch, PathId, insert_descriptor, insert_native, most_specific};
 
 type Map<V> = HashMap<Box<str>, V, RandomState>;
 
@@ -165,6 +172,21 @@ pub struct DescriptorRule {
 pub struct DomainRules {
     pub domain: String,
     pub descriptors: Vec<DescriptorRule>,
+    /// What a request's own `limit` on a descriptor does here.
+    pub request_limits: RequestLimits,
+}
+
+/// What a descriptor's `limit` sent by the caller (Envoy's per-descriptor override) does in a
+/// domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestLimits {
+    /// It replaces the configured rule for that descriptor, on a counter of its own (Envoy's
+    /// behaviour).
+    #[default]
+    Allowed,
+    /// It is ignored: the configured rules decide, as if no `limit` had been sent
+    /// (`allow_request_limits: false`).
+    Ignored,
 }
 
 /// How a domain's tree is walked.
@@ -271,184 +293,6 @@ pub struct Entry<'a> {
     pub value: &'a str,
 }
 
-/// A domain's rule tree.
-#[derive(Debug, Clone)]
-pub struct Domain {
-    matching: Matching,
-    root: Node,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Node {
-    branches: Vec<Branch>,
-    target: Option<Target>,
-}
-
-/// The children of a node for one entry key.
-#[derive(Debug, Clone)]
-struct Branch {
-    key: Box<str>,
-    exact: Map<Node>,
-    wildcards: Vec<(Pattern, Node)>,
-    any: Option<Box<Node>>,
-}
-
-impl Branch {
-    fn new(key: &str) -> Self {
-        Self {
-            key: key.into(),
-            exact: Map::default(),
-            wildcards: Vec::new(),
-            any: None,
-        }
-    }
-}
-
-impl Node {
-    #[inline]
-    fn branch(&self, key: &str) -> Option<&Branch> {
-        self.branches.iter().find(|b| &*b.key == key)
-    }
-
-    fn branch_mut(&mut self, key: &str) -> &mut Branch {
-        let at = match self.branches.iter().position(|b| &*b.key == key) {
-            Some(at) => at,
-            None => {
-                self.branches.push(Branch::new(key));
-                self.branches.len() - 1
-            }
-        };
-        &mut self.branches[at]
-    }
-}
-
-impl Domain {
-    fn new(matching: Matching) -> Self {
-        Self {
-            matching,
-            root: Node::default(),
-        }
-    }
-
-    /// The rule for a request descriptor, if any.
-    #[inline]
-    pub fn find(&self, entries: &[Entry<'_>]) -> Option<&Target> {
-        if entries.is_empty() {
-            return None;
-        }
-        match self.matching {
-            Matching::Envoy => {
-                let mut node = &self.root;
-                for entry in entries {
-                    let branch = node.branch(entry.key)?;
-                    node = branch
-                        .exact
-                        .get(entry.value)
-                        .or_else(|| {
-                            branch
-                                .wildcards
-                                .iter()
-                                .find(|(p, _)| p.matches(entry.value))
-                                .map(|(_, n)| n)
-                        })
-                        .or(branch.any.as_deref())?;
-                }
-                node.target.as_ref()
-            }
-            Matching::MostSpecific => most_specific(&self.root, entries),
-        }
-    }
-
-    pub fn matching(&self) -> Matching {
-        self.matching
-    }
-}
-
-/// Depth-first, most specific candidate first at every level.
-fn most_specific<'r>(node: &'r Node, entries: &[Entry<'_>]) -> Option<&'r Target> {
-    let Some((entry, rest)) = entries.split_first() else {
-        return node.target.as_ref();
-    };
-    let branch = node.branch(entry.key)?;
-    if let Some(found) = branch
-        .exact
-        .get(entry.value)
-        .and_then(|n| most_specific(n, rest))
-    {
-        return Some(found);
-    }
-    for (pattern, n) in &branch.wildcards {
-        if pattern.matches(entry.value)
-            && let Some(found) = most_specific(n, rest)
-        {
-            return Some(found);
-        }
-    }
-    branch.any.as_deref().and_then(|n| most_specific(n, rest))
-}
-
-/// A value pattern: `*` matches any run of characters (bytes), anything else itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pattern {
-    text: Box<str>,
-}
-
-impl Pattern {
-    /// Glob match with backtracking over the last `*`: linear in practice, O(n·m) at worst.
-    fn matches(&self, value: &str) -> bool {
-        let (p, v) = (self.text.as_bytes(), value.as_bytes());
-        let (mut pi, mut vi) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while vi < v.len() {
-            if pi < p.len() && p[pi] == b'*' {
-                star = Some((pi, vi));
-                pi += 1;
-            } else if pi < p.len() && p[pi] == v[vi] {
-                pi += 1;
-                vi += 1;
-            } else if let Some((sp, sv)) = star {
-                pi = sp + 1;
-                vi = sv + 1;
-                star = Some((sp, sv + 1));
-            } else {
-                return false;
-            }
-        }
-        p[pi..].iter().all(|&c| c == b'*')
-    }
-}
-
-/// How a level of a rule path matched, for the rule's identity.
-#[derive(Debug, Clone, Copy)]
-enum LevelMatch<'a> {
-    Any,
-    Exact(&'a str),
-    Wildcard(&'a str),
-}
-
-/// Builds rule identities: per level, the key, how it matches and the value, each
-/// length-prefixed.
-#[derive(Debug, Clone, Default)]
-struct PathId {
-    bytes: Vec<u8>,
-}
-
-impl PathId {
-    fn push(&mut self, key: &str, matched: LevelMatch<'_>) {
-        let (tag, value) = match matched {
-            LevelMatch::Any => (0u8, ""),
-            LevelMatch::Exact(v) => (1, v),
-            LevelMatch::Wildcard(v) => (2, v),
-        };
-        for field in [key, value] {
-            self.bytes
-                .extend_from_slice(&(field.len() as u32).to_le_bytes());
-            self.bytes.extend_from_slice(field.as_bytes());
-        }
-        self.bytes.push(tag);
-    }
-}
-
 /// A validated rule set: the native rules and any envoyproxy/ratelimit-format domains.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -527,6 +371,7 @@ impl Rules {
                 });
             }
             let mut domain = Domain::new(Matching::Envoy);
+            domain.request_limits = rules.request_limits;
             let mut path = Vec::new();
             for rule in &rules.descriptors {
                 insert_descriptor(name, &mut domain.root, rule, &mut path, &PathId::default())?;
@@ -535,6 +380,12 @@ impl Rules {
             self.listed_domains.push(rules);
         }
         Ok(self)
+    }
+
+    /// Sets what a request's own `limit` does in the native domain (`drl`).
+    pub fn with_native_request_limits(mut self, request_limits: RequestLimits) -> Self {
+        self.native.request_limits = request_limits;
+        self
     }
 
     /// Turns on automatic bans with `policy`.
@@ -616,11 +467,16 @@ impl Rules {
                     .iter()
                     .map(|r| scale_tree(r, &factor))
                     .collect(),
+                request_limits: d.request_limits,
             })
             .collect();
         // The same rules with smaller limits: valid whenever `self` is.
         match Rules::new(self.default.clone(), native).and_then(|r| r.with_domains(domains)) {
             Ok(rules) => Self {
+                native: Domain {
+                    request_limits: self.native.request_limits,
+                    ..rules.native
+                },
                 abuse: self.abuse.clone(),
                 shadow_mode: self.shadow_mode,
                 blocklist: self.blocklist.clone(),
@@ -725,165 +581,6 @@ fn check_limits(selector: &dyn Fn() -> String, limits: &[Policy]) -> Result<(), 
     Ok(())
 }
 
-fn insert_native(native: &mut Domain, rule: &Rule) -> Result<(), RuleError> {
-    let selector = rule.selector();
-    let check = |field, value: &Option<String>| match value {
-        Some(v) => validate_id(field, v).map_err(|source| RuleError::Identifier {
-            selector: selector.clone(),
-            source,
-        }),
-        None => Ok(()),
-    };
-    check(USER_KEY, &rule.user_id)?;
-    check(ENDPOINT_KEY, &rule.endpoint)?;
-    check_limits(&|| selector.clone(), &rule.limits)?;
-    let mut id = PathId::default();
-    let mut node = &mut native.root;
-    for (key, value) in [(USER_KEY, &rule.user_id), (ENDPOINT_KEY, &rule.endpoint)] {
-        let branch = node.branch_mut(key);
-        node = match value {
-            Some(v) => {
-                id.push(key, LevelMatch::Exact(v));
-                branch.exact.entry(v.as_str().into()).or_default()
-            }
-            None => {
-                id.push(key, LevelMatch::Any);
-                branch.any.get_or_insert_default()
-            }
-        };
-    }
-    if node.target.is_some() {
-        return Err(RuleError::Duplicate { selector });
-    }
-    let level = rule.level();
-    node.target = Some(Target {
-        id: id.bytes.into(),
-        label: level.name().into(),
-        level: Some(level),
-        action: Action::Limit(rule.limits.clone()),
-        shadow_mode: rule.shadow_mode,
-        abuse_exempt: rule.abuse_exempt,
-        name: None,
-        replaces: Box::default(),
-        shared: Box::default(),
-    });
-    Ok(())
-}
-
-/// Inserts `rule` (and its subtree) under `node`. `path` holds the shared patterns of the
-/// levels above, `id` their identity, `label` is built from both.
-fn insert_descriptor(
-    domain: &str,
-    node: &mut Node,
-    rule: &DescriptorRule,
-    path: &mut Vec<(String, Option<Box<str>>)>,
-    id: &PathId,
-) -> Result<(), RuleError> {
-    let selector = || {
-        let mut s = domain.to_owned();
-        for (label, _) in path.iter() {
-            s.push('.');
-            s.push_str(label);
-        }
-        s.push('.');
-        s.push_str(&level_label(rule));
-        s
-    };
-    if rule.key.is_empty() {
-        return Err(RuleError::Invalid {
-            selector: selector(),
-            reason: "a descriptor needs a non-empty key".into(),
-        });
-    }
-    for field in [Some(&rule.key), rule.value.as_ref()].into_iter().flatten() {
-        if field.len() > MAX_ID_LEN {
-            return Err(RuleError::Identifier {
-                selector: selector(),
-                source: CheckError::TooLong {
-                    field: "descriptor key or value",
-                    len: field.len(),
-                    max: MAX_ID_LEN,
-                },
-            });
-        }
-    }
-    let wildcard = rule.value.as_deref().filter(|v| v.contains('*'));
-    if rule.share_threshold && wildcard.is_none() {
-        return Err(RuleError::Invalid {
-            selector: selector(),
-            reason: "share_threshold applies only to a value with a `*` wildcard".into(),
-        });
-    }
-    let mut id = id.clone();
-    let branch = node.branch_mut(&rule.key);
-    let child = match (&rule.value, wildcard) {
-        (None, _) => {
-            id.push(&rule.key, LevelMatch::Any);
-            branch.any.get_or_insert_default()
-        }
-        (Some(_), Some(pattern)) => {
-            id.push(&rule.key, LevelMatch::Wildcard(pattern));
-            let at = match branch
-                .wildcards
-                .iter()
-                .position(|(p, _)| &*p.text == pattern)
-            {
-                Some(at) => at,
-                None => {
-                    branch.wildcards.push((
-                        Pattern {
-                            text: pattern.into(),
-                        },
-                        Node::default(),
-                    ));
-                    branch.wildcards.len() - 1
-                }
-            };
-            &mut branch.wildcards[at].1
-        }
-        (Some(value), None) => {
-            id.push(&rule.key, LevelMatch::Exact(value));
-            branch.exact.entry(value.as_str().into()).or_default()
-        }
-    };
-    path.push((
-        level_label(rule),
-        rule.share_threshold
-            .then(|| wildcard.map(Box::from))
-            .flatten(),
-    ));
-    if let Some(action) = &rule.action {
-        if child.target.is_some() {
-            let selector = selector_of(domain, path);
-            path.pop();
-            return Err(RuleError::Duplicate { selector });
-        }
-        if let Action::Limit(limits) = action {
-            check_limits(&|| selector_of(domain, path), limits)?;
-        }
-        child.target = Some(Target {
-            id: id.bytes.clone().into(),
-            label: selector_of(domain, path).into(),
-            level: None,
-            action: action.clone(),
-            shadow_mode: rule.shadow_mode,
-            abuse_exempt: rule.abuse_exempt,
-            name: rule.name.as_deref().map(Box::from),
-            replaces: rule
-                .replaces
-                .iter()
-                .map(|r| Box::from(r.as_str()))
-                .collect(),
-            shared: path.iter().map(|(_, shared)| shared.clone()).collect(),
-        });
-    }
-    for deeper in &rule.descriptors {
-        insert_descriptor(domain, child, deeper, path, &id)?;
-    }
-    path.pop();
-    Ok(())
-}
-
 /// `policy` with its limit scaled by `factor` (unchanged at 1).
 fn scale_policy(policy: &Policy, factor: f64) -> Policy {
     if factor >= 1.0 {
@@ -895,25 +592,9 @@ fn scale_policy(policy: &Policy, factor: f64) -> Policy {
     scaled.unwrap_or_else(|_| policy.clone())
 }
 
-/// `key`, `key_value` or `key_pattern`: the level's part of a label (configured text only).
-fn level_label(rule: &DescriptorRule) -> String {
-    match &rule.value {
-        Some(v) => format!("{}_{}", rule.key, v),
-        None => rule.key.clone(),
-    }
-}
-
-fn selector_of(domain: &str, path: &[(String, Option<Box<str>>)]) -> String {
-    let mut s = domain.to_owned();
-    for (label, _) in path {
-        s.push('.');
-        s.push_str(label);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
+    use super::tree::Pattern;
     use super::*;
 
     fn per_minute(n: u64) -> Policy {
@@ -1027,6 +708,7 @@ mod tests {
             .with_domains([DomainRules {
                 domain: "web".into(),
                 descriptors: vec![user, alice, d("ip", Some("10.*"), limit(5))],
+                ..Default::default()
             }])
             .unwrap();
         let web = rules.domain("web").unwrap();
@@ -1060,10 +742,12 @@ mod tests {
                     DomainRules {
                         domain: name.into(),
                         descriptors: vec![],
+                        ..Default::default()
                     },
                     DomainRules {
                         domain: "x".into(),
                         descriptors: vec![],
+                        ..Default::default()
                     },
                 ])
                 .unwrap_err()
@@ -1074,6 +758,7 @@ mod tests {
         let twice = Rules::builtin().with_domains([DomainRules {
             domain: "w".into(),
             descriptors: vec![d("k", None, limit(1)), d("k", None, limit(2))],
+            ..Default::default()
         }]);
         assert_eq!(twice.unwrap_err().to_string(), "duplicate rule for w.k");
         let shared = Rules::builtin().with_domains([DomainRules {
@@ -1082,6 +767,7 @@ mod tests {
                 share_threshold: true,
                 ..d("k", Some("v"), limit(1))
             }],
+            ..Default::default()
         }]);
         assert!(shared.is_err());
     }

@@ -1,14 +1,11 @@
-#!/usr/bin/env python3
-"""Helpers of scripts/bench-server.sh.
+"""The server section (`scripts/bench.sh server`), for `report.py server`.
 
-  bench-server-report.py run --server-pid PID --out FILE.json -- DRL BENCH-ARGS...
+  report.py server run --server-pid PID --out FILE.json -- DRL BENCH-ARGS...
       runs one `drl bench ... --json`, samples the CPU time of the server and of the bench
       process (from /proc) between 1 s after the start and 0.5 s before the planned end, and
       writes the bench's JSON with a "cpu" object added: cores used by each, and the machine's.
-  bench-server-report.py report --machine machine.env --runs DIR
+  report.py server report --machine machine.env --runs DIR
       prints the Markdown section from the run files (written in the order of runs.list).
-  bench-server-report.py --splice SECTION DOCS
-      replaces the section between the bench-server markers of DOCS (appending it if absent).
 """
 
 import json
@@ -17,7 +14,9 @@ import subprocess
 import sys
 import time
 
-BEGIN = "<!-- bench-server:begin (written by scripts/bench-server.sh; edits here are overwritten) -->"
+from report import fmt_rate, ms
+
+BEGIN = "<!-- bench-server:begin (written by scripts/bench.sh server; edits here are overwritten) -->"
 END = "<!-- bench-server:end -->"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -113,14 +112,6 @@ def run(argv):
     )
 
 
-def ms(us):
-    return f"{us / 1000:.2f}"
-
-
-def fmt_rate(x):
-    return f"{x:,.0f}".replace(",", " ")
-
-
 def report(argv):
     machine = {}
     with open(argv[argv.index("--machine") + 1]) as f:
@@ -161,7 +152,7 @@ def report(argv):
     w("")
     w(
         "The load generator (`drl bench`) and the server run on the same machine and share its "
-        "cores. Reproduce: `scripts/bench-server.sh` (builds release, starts `drl serve` on "
+        "cores. Reproduce: `scripts/bench.sh server` (builds release, starts `drl serve` on "
         "loopback ports with the configs below, runs every scenario, stops the server)."
     )
     w("")
@@ -241,35 +232,12 @@ def report(argv):
     print("\n".join(out))
 
 
-def splice(section_path, docs_path):
-    with open(section_path) as f:
-        section = f.read().strip("\n")
-    try:
-        with open(docs_path) as f:
-            docs = f.read()
-    except FileNotFoundError:
-        docs = "# Benchmarks\n"
-    begin = docs.find(BEGIN.split(" (")[0])
-    end = docs.find(END)
-    if begin >= 0 and end > begin:
-        docs = docs[:begin] + section + docs[end + len(END) :]
-    else:
-        docs = docs.rstrip("\n") + "\n\n" + section + "\n"
-    with open(docs_path, "w") as f:
-        f.write(docs)
-
-
-def main():
-    argv = sys.argv[1:]
+def main(argv):
     if argv[:1] == ["run"]:
         run(argv[1:])
     elif argv[:1] == ["report"]:
         report(argv[1:])
-    elif argv[:1] == ["--splice"] and len(argv) == 3:
-        splice(argv[1], argv[2])
     else:
         sys.exit(__doc__)
 
 
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,10 @@ use crate::config::RedisConfig;
 use crate::conn::Connector;
 use crate::error::ConfigError;
 
+mod coordination;
+
+pub use coordination::Coordination;
+
 const BANS: &str = "drl:{shared}:bans";
 const FACTORS: &str = "drl:{shared}:factors";
 

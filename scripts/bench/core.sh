@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks of the core crate, with the machine they ran on, written into docs/benchmarks.md.
 #
-#   scripts/bench-core.sh            full run (about 6 minutes on 2 cores, plus compiling);
+#   scripts/bench.sh core            full run (about 6 minutes on 2 cores, plus compiling);
 #                                    updates the bench-core section of docs/benchmarks.md
-#   scripts/bench-core.sh --quick    smoke run (about 1 minute): short measurements, 100 000 keys
+#   scripts/bench.sh core --quick    smoke run (about 1 minute): short measurements, 100 000 keys
 #                                    for the memory table; prints the section, leaves the docs alone
 #
 # Options: --docs / --no-docs force writing the docs or not; --note "TEXT" adds a note to the
@@ -14,7 +14,7 @@
 # bench `parts` (the steps of one check), then the `memory` example (bytes per active key, sweep
 # cost). Raw output is kept in target/bench-core/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 quick=0
 docs=""
@@ -85,7 +85,7 @@ cargo run --release -p drl-core --example memory -- --keys "$memory_keys" | tee 
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.env"
 
 say "report"
-python3 scripts/bench-core-report.py \
+python3 scripts/bench/report.py core \
   --criterion "${CRITERION_HOME:-$target/criterion}" \
   --since "$out/started" \
   --machine "$out/machine.env" \
@@ -94,7 +94,7 @@ python3 scripts/bench-core-report.py \
   > "$out/section.md"
 
 if [ "$docs" = 1 ]; then
-  python3 scripts/bench-core-report.py --splice "$out/section.md" docs/benchmarks.md
+  python3 scripts/bench/report.py splice "$out/section.md" docs/benchmarks.md
   echo "docs/benchmarks.md updated" >&2
 else
   cat "$out/section.md"

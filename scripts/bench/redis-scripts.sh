@@ -4,11 +4,11 @@
 # random keys, one call in flight per client. Each algorithm's single-check script, and the
 # sliding window through the many-checks call (16 checks per call, per-master batching's unit).
 #
-#   scripts/bench-redis-scripts.sh [--quick] [--rounds R] [--cluster-port PORT] [--out DIR]
+#   scripts/bench/redis-scripts.sh [--quick] [--rounds R] [--cluster-port PORT] [--out DIR]
 #
 # Targets: a single redis-server, and a Redis Cluster of 3 masters with 1 replica each
 # (scripts/redis-cluster.sh). Both are started here on free loopback ports and stopped on exit,
-# unless --cluster-port names a running cluster to use (scripts/bench.sh passes its own).
+# unless --cluster-port names a running cluster to use (scripts/bench.sh redis passes its own).
 # Every run starts from empty masters (FLUSHALL). Per round the scripts run one after another on
 # the same target, the two targets alternate; the table gives medians over the rounds (default
 # 3): calls/s, decisions/s, Redis CPU per decision (INFO cpu used_cpu_sys + used_cpu_user of
@@ -16,7 +16,7 @@
 # replica), and each figure's ratio to the sorted-set log's in the same round (median of the
 # per-round ratios). Raw rows go to DIR/scripts.tsv (default target/bench-scripts).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 quick=0
 rounds=3
@@ -124,8 +124,9 @@ command_for() {
   case "$script" in
     zset) echo "EVALSHA ${sha[zset]} 1 'rl:$key' 60000 100 __rand_int__" ;;
     many)
-      local line="EVALSHA ${sha[many]} 1 'drl:W$key' ''" i
-      for i in $(seq "$batch"); do line="$line 'drl:W$key' w 1 100 60000000000 1000000000 61 0"; done
+      # One policy (w, N, T, its parameters), then per check: key, policy number 1, hits 1.
+      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' 1 w 100 60000000000 1000000000 61 0" i
+      for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
       # In cluster mode every check of a call shares the client's {tag}: one node serves them.
       echo "$line" ;;
     *) echo "EVALSHA ${sha[$script]} 1 'drl:${letter[$script]}$key' ${args[$script]}" ;;

@@ -3,7 +3,7 @@
 # 1 replica each, scripts/redis-cluster.sh) against the textbook sorted-set sliding log run
 # straight from redis-benchmark on the same cluster, and what a decision costs.
 #
-#   [DRL=path/to/drl] scripts/bench-redis.sh [--runs N] [--duration S] [--out DIR]
+#   [DRL=path/to/drl] scripts/bench/redis-path.sh [--runs N] [--duration S] [--out DIR]
 #
 # Each round runs, one after another on the same cluster (alternated, so a busy machine weighs
 # on all alike): the sorted-set log from redis-benchmark (EVALSHA of ZREMRANGEBYSCORE, ZCARD,
@@ -16,7 +16,7 @@
 # for are computed from the medians of runs taken alternately. Needs redis-server,
 # redis-benchmark, wrk, python3 and a release build of drl (built if missing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 runs=3
 duration=10

@@ -1,5 +1,5 @@
 //! Cluster-wide bans, blocks and adaptive factors for nodes on the Redis store, through
-//! [`drl_redis::shared`]: every change is written as it happens, and [`Coordination::sync`]
+//! [`SharedState`]: every change is written as it happens, and [`Coordination::sync`]
 //! (run once a second by the node) reads the shared state back into the local limiter, so a ban
 //! or block made on any node is enforced by all of them within about a second, and every node
 //! scales its limits by the same factors.
@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::{SharedBan, SharedFactor, SharedState};
 use drl_core::abuse::{Ban, BanKind};
 use drl_core::{Limiter, Store, StoreError};
-use drl_redis::shared::{SharedBan, SharedFactor, SharedState};
 
 /// A synced ban: its end (Unix ms; `None`: permanent), and the round from which the store is
 /// known to hold it.

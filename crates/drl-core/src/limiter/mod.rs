@@ -11,6 +11,9 @@
 //! budget: the mistake of a limiter whose copies each get their own budget cannot happen here.
 //! Rules can be replaced at run time ([`Limiter::set_rules`]); checks in flight finish under the
 //! rules they started with.
+//!
+//! Here: the handle, its builder and sweeper, the rules in force and the load-adaptive factors.
+//! `native`: the (user_id, endpoint) check. `descriptors`: the descriptor check of Envoy's API.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,10 +31,17 @@ use crate::adaptive::{BackendSettings, BackendState};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::CheckError;
-use crate::key::{CounterKey, ENDPOINT_KEY, MAX_ID_LEN, NATIVE_DOMAIN, USER_KEY, validate_id};
-use crate::policy::Policy;
-use crate::rules::{Action, Entry, RuleLevel, Rules, Target};
-use crate::store::{MemoryStore, Store, StoreError, StoreRequest};
+use crate::key::NATIVE_DOMAIN;
+use crate::rules::{Action, Rules, Target};
+use crate::store::{MemoryStore, Store, StoreError};
+
+mod descriptors;
+mod native;
+
+pub use descriptors::{
+    DecidedBy, Descriptor, DescriptorDecision, MAX_DESCRIPTORS, MAX_ENTRIES, RequestDecision,
+};
+pub use native::NativeDecision;
 
 /// How often the background sweeper reclaims idle keys by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -220,7 +230,7 @@ impl Limiter<MemoryStore> {
     pub fn check_and_increment(&self, user_id: &str, endpoint: &str) -> bool {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            let Ok((target, values)) = native(rules, user_id, endpoint) else {
+            let Ok((target, values)) = native::native_target(rules, user_id, endpoint) else {
                 return false;
             };
             let now = self.inner.clock.now_ns();
@@ -253,10 +263,10 @@ impl Limiter<MemoryStore> {
         user_id: &str,
         endpoint: &str,
         hits: u32,
-    ) -> Result<Checked, CheckError> {
+    ) -> Result<NativeDecision, CheckError> {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            let (target, values) = native(rules, user_id, endpoint)?;
+            let (target, values) = native::native_target(rules, user_id, endpoint)?;
             let now = self.inner.clock.now_ns();
             Ok(self.answer_now(rules, target, &values, hits, now, rules_epoch))
         })
@@ -271,7 +281,7 @@ impl Limiter<MemoryStore> {
         hits: u32,
         now: u64,
         epoch: u64,
-    ) -> Checked {
+    ) -> NativeDecision {
         if let Some(checked) = self.banned(rules, target, values[0], now) {
             return checked;
         }
@@ -331,436 +341,22 @@ impl Limiter<MemoryStore> {
 }
 
 impl<S: Store> Limiter<S> {
-    /// The check on any store, networked ones included.
-    pub async fn check_async(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Decision, LimiterError> {
-        Ok(self
-            .check_async_ruled(user_id, endpoint, hits)
-            .await?
-            .decision)
-    }
-
-    /// [`Limiter::check_async`] with what a caller may report about it: the level of the rule
-    /// that decided it (what a metric can label a decision with, from the same rule lookup),
-    /// and whether a ban or shadow mode answered.
-    pub async fn check_async_ruled(
-        &self,
-        user_id: &str,
-        endpoint: &str,
-        hits: u32,
-    ) -> Result<Checked, LimiterError> {
-        let rules_epoch = self.inner.store.rules_epoch();
-        let rules = self.inner.rules.load_full();
-        let (target, values) = native(&rules, user_id, endpoint)?;
-        let now = self.inner.clock.now_ns();
-        if let Some(checked) = self.banned(&rules, target, user_id, now) {
-            return Ok(checked);
-        }
-        let decision = match self.single(target, &values, hits, now, rules_epoch) {
-            Some(request) => self.inner.store.check(request).await?,
-            None => match target.action() {
-                Action::Limit(limits) => {
-                    let requests = self.requests_in(
-                        &self.inner.domain,
-                        target,
-                        limits,
-                        &values,
-                        hits,
-                        now,
-                        rules_epoch,
-                    );
-                    combine(&self.inner.store.check_all(&requests).await?)
-                }
-                other => fixed_answer(other),
-            },
-        };
-        Ok(self.after(&rules, target, user_id, now, decision))
-    }
-
-    /// The answer for a banned user (no counter touched), or `None`.
-    #[inline]
-    fn banned(&self, rules: &Rules, target: &Target, user: &str, now: u64) -> Option<Checked> {
-        let until = if rules.blocklisted(user) {
-            u64::MAX
+    /// Until when (ns; `u64::MAX` for good) `user` is refused without touching a counter: the
+    /// config's blocklist, or a ban or block in force (which an abuse-exempt rule ignores). The
+    /// first step of the native and the descriptor check alike.
+    fn refused_until(&self, rules: &Rules, user: &str, now: u64, exempt: bool) -> Option<u64> {
+        if rules.blocklisted(user) {
+            Some(u64::MAX)
         } else {
-            self.inner
-                .bans
-                .banned_until(user, now, target.abuse_exempt())?
-        };
-        let limit = match target.action() {
-            Action::Limit(limits) => limits.first().map_or(0, Policy::requests),
-            _ => 0,
-        };
-        let left = until.saturating_sub(now);
-        let decision = Decision::new(false, limit, 0, left, left);
-        let mut checked = Checked {
-            level: target.level().unwrap_or(RuleLevel::Default),
-            decision,
-            banned: true,
-            shadow_denied: false,
-            new_ban: None,
-        };
-        if rules.shadow_mode() || target.shadow_mode() {
-            checked.shadow();
-        }
-        Some(checked)
-    }
-
-    /// After a decision: a denial counts as an offense (and may ban), and shadow mode turns it
-    /// into an admission.
-    #[inline]
-    fn after(
-        &self,
-        rules: &Rules,
-        target: &Target,
-        user: &str,
-        now: u64,
-        decision: Decision,
-    ) -> Checked {
-        let mut checked = Checked {
-            level: target.level().unwrap_or(RuleLevel::Default),
-            decision,
-            banned: false,
-            shadow_denied: false,
-            new_ban: None,
-        };
-        if !decision.allowed {
-            if let Some(policy) = rules.abuse()
-                && !target.abuse_exempt()
-            {
-                checked.new_ban = self.inner.bans.offense(user, now, policy);
-            }
-            if rules.shadow_mode() || target.shadow_mode() {
-                checked.shadow();
-            }
-        }
-        checked
-    }
-
-    /// The common case as one store request: a single enforced limit.
-    #[inline]
-    fn single<'a>(
-        &'a self,
-        target: &'a Target,
-        values: &'a [&'a str],
-        hits: u32,
-        now_ns: u64,
-        rules_epoch: u64,
-    ) -> Option<StoreRequest<'a>> {
-        match target.action() {
-            Action::Limit(limits) if limits.len() == 1 && !target.shadow_mode() => {
-                Some(StoreRequest {
-                    key: CounterKey {
-                        domain: &self.inner.domain,
-                        rule: target.id(),
-                        limit: 0,
-                        values,
-                    },
-                    policy: &limits[0],
-                    hits,
-                    now_ns,
-                    rules_epoch,
-                })
-            }
-            _ => None,
+            self.inner.bans.banned_until(user, now, exempt)
         }
     }
 
-    /// One store request per limit of `target`, in `domain`.
-    #[allow(clippy::too_many_arguments)]
-    fn requests_in<'a>(
-        &'a self,
-        domain: &'a str,
-        target: &'a Target,
-        limits: &'a [Policy],
-        values: &'a [&'a str],
-        hits: u32,
-        now_ns: u64,
-        rules_epoch: u64,
-    ) -> Vec<StoreRequest<'a>> {
-        (0..limits.len())
-            .map(|i| StoreRequest {
-                key: CounterKey {
-                    domain,
-                    rule: target.id(),
-                    limit: i as u16,
-                    values,
-                },
-                policy: &limits[i],
-                hits,
-                now_ns,
-                rules_epoch,
-            })
-            .collect()
-    }
-
-    /// Checks an Envoy-style request: the descriptors of `domain`, all or nothing (if any
-    /// enforced limit of any descriptor denies, no descriptor is counted). Descriptors matching
-    /// no rule, `unlimited` ones and ones whose rule another matched rule `replaces` are not
-    /// limited; shadow-mode descriptors are counted when the rest is admitted but never deny.
-    pub async fn check_descriptors(
-        &self,
-        domain: &str,
-        descriptors: &[Descriptor<'_>],
-    ) -> Result<Outcome, LimiterError> {
-        validate_descriptors(descriptors)?;
-        if domain == NATIVE_DOMAIN {
-            // The native API's identifier rules hold for its domain whichever API is used.
-            for d in descriptors {
-                for e in d.entries {
-                    if e.key == USER_KEY || e.key == ENDPOINT_KEY {
-                        validate_id(
-                            if e.key == USER_KEY {
-                                "user_id"
-                            } else {
-                                "endpoint"
-                            },
-                            e.value,
-                        )?;
-                    }
-                }
-            }
-        }
-        let rules_epoch = self.inner.store.rules_epoch();
-        let rules = self.inner.rules.load_full();
-        let Some(rule_domain) = rules.domain(domain) else {
-            return Err(CheckError::UnknownDomain {
-                domain: domain.to_owned(),
-            }
-            .into());
-        };
-        // Native-domain requests share the native API's counters.
-        let counter_domain: &str = if domain == NATIVE_DOMAIN {
-            &self.inner.domain
-        } else {
-            domain
-        };
-        let overrides: Vec<Option<Target>> = descriptors
-            .iter()
-            .map(|d| {
-                d.limit
-                    .clone()
-                    .map(|policy| Target::overriding(domain, d.entries, policy))
-            })
-            .collect();
-        let mut targets: Vec<Option<&Target>> = descriptors
-            .iter()
-            .zip(&overrides)
-            .map(|(d, o)| o.as_ref().or_else(|| rule_domain.find(d.entries)))
-            .collect();
-        let now = self.inner.clock.now_ns();
-        if let Some(outcome) = self.blocked(&rules, descriptors, &targets, now) {
-            return Ok(outcome);
-        }
-        let replaced: Vec<&str> = targets
-            .iter()
-            .flatten()
-            .flat_map(|t| t.replaces())
-            .collect();
-        for target in &mut targets {
-            if target.is_some_and(|t| t.name().is_some_and(|n| replaced.contains(&n))) {
-                *target = None;
-            }
-        }
-        let values: Vec<Vec<&str>> = descriptors
-            .iter()
-            .zip(&targets)
-            .map(|(d, t)| match t {
-                Some(t) => d
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .map(|(level, e)| t.counter_value(level, e.value))
-                    .collect(),
-                None => Vec::new(),
-            })
-            .collect();
-
-        // Enforced limits of every descriptor go to the store as one all-or-nothing check.
-        let mut enforced = Vec::new();
-        let mut spans = vec![0..0; descriptors.len()];
-        let mut denied_outright = false;
-        for (i, (d, target)) in descriptors.iter().zip(&targets).enumerate() {
-            let Some(target) = target else { continue };
-            match target.action() {
-                Action::Limit(limits) if !target.shadow_mode() => {
-                    let start = enforced.len();
-                    enforced.extend(self.requests_in(
-                        counter_domain,
-                        target,
-                        limits,
-                        &values[i],
-                        d.hits,
-                        now,
-                        rules_epoch,
-                    ));
-                    spans[i] = start..enforced.len();
-                }
-                Action::Deny { .. } if !target.shadow_mode() => denied_outright = true,
-                _ => {}
-            }
-        }
-        let decided = if enforced.is_empty() || denied_outright {
-            // Nothing is counted when a deny-all rule matched: read instead.
-            let reads: Vec<StoreRequest<'_>> = enforced
-                .iter()
-                .map(|r| StoreRequest { hits: 0, ..*r })
-                .collect();
-            self.inner.store.check_all(&reads).await?
-        } else {
-            self.inner.store.check_all(&enforced).await?
-        };
-        let admitted = !denied_outright && decided.iter().all(|d| d.allowed);
-
-        let mut statuses = Vec::with_capacity(descriptors.len());
-        for (i, (d, target)) in descriptors.iter().zip(&targets).enumerate() {
-            let Some(target) = target else {
-                statuses.push(DescriptorStatus::no_limit());
-                continue;
-            };
-            let label = Some(Arc::clone(target.label()));
-            let status = match target.action() {
-                Action::Unlimited => DescriptorStatus {
-                    label,
-                    verdict: Verdict::Unlimited,
-                },
-                Action::Deny { window } => DescriptorStatus {
-                    label,
-                    verdict: Verdict::Limited {
-                        decision: fixed_answer(target.action()),
-                        window: *window,
-                        shadow: target.shadow_mode(),
-                    },
-                },
-                Action::Limit(limits) if target.shadow_mode() => {
-                    // Counted only if the enforced part was admitted; otherwise only read.
-                    let hits = if admitted { d.hits } else { 0 };
-                    let requests = self.requests_in(
-                        counter_domain,
-                        target,
-                        limits,
-                        &values[i],
-                        hits,
-                        now,
-                        rules_epoch,
-                    );
-                    let decided = self.inner.store.check_all(&requests).await?;
-                    let at = chosen(&decided);
-                    DescriptorStatus {
-                        label,
-                        verdict: Verdict::Limited {
-                            decision: decided[at],
-                            window: limits[at].limit().window(),
-                            shadow: true,
-                        },
-                    }
-                }
-                Action::Limit(limits) => {
-                    let decided = &decided[spans[i].clone()];
-                    let at = chosen(decided);
-                    DescriptorStatus {
-                        label,
-                        verdict: Verdict::Limited {
-                            decision: decided[at],
-                            window: limits[at].limit().window(),
-                            shadow: false,
-                        },
-                    }
-                }
-            };
-            statuses.push(status);
-        }
-        let mut outcome = Outcome {
-            allowed: admitted,
-            statuses,
-            shadow_denied: false,
-            new_bans: Vec::new(),
-        };
-        if !admitted {
-            if let Some(policy) = rules.abuse() {
-                for ((d, target), status) in descriptors.iter().zip(&targets).zip(&outcome.statuses)
-                {
-                    let exempt = target.is_none_or(|t| t.abuse_exempt());
-                    if status.over_limit()
-                        && !exempt
-                        && let Some(user) = d.entries.iter().find(|e| e.key == policy.user_key)
-                        && !outcome.new_bans.iter().any(|b| b.user_id == user.value)
-                        && let Some(ban) = self.inner.bans.offense(user.value, now, policy)
-                    {
-                        outcome.new_bans.push(ban);
-                    }
-                }
-            }
-            if rules.shadow_mode() {
-                outcome.allowed = true;
-                outcome.shadow_denied = true;
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// The answer when a descriptor names a banned user: denied, nothing counted.
-    fn blocked(
-        &self,
-        rules: &Rules,
-        descriptors: &[Descriptor<'_>],
-        targets: &[Option<&Target>],
-        now: u64,
-    ) -> Option<Outcome> {
-        if self.inner.bans.is_empty() && !rules.has_blocklist() {
-            return None;
-        }
-        let user_key = rules.abuse().map_or(USER_KEY, |p| p.user_key.as_str());
-        let statuses: Vec<DescriptorStatus> = descriptors
-            .iter()
-            .zip(targets)
-            .map(|(d, target)| {
-                let exempt = target.is_some_and(|t| t.abuse_exempt());
-                let until = d
-                    .entries
-                    .iter()
-                    .find(|e| e.key == user_key)
-                    .and_then(|user| {
-                        if rules.blocklisted(user.value) {
-                            Some(u64::MAX)
-                        } else {
-                            self.inner.bans.banned_until(user.value, now, exempt)
-                        }
-                    });
-                match until {
-                    Some(until) => DescriptorStatus {
-                        label: target.map(|t| Arc::clone(t.label())),
-                        verdict: Verdict::Blocked {
-                            retry_after: Duration::from_nanos(until.saturating_sub(now)),
-                        },
-                    },
-                    None => DescriptorStatus::no_limit(),
-                }
-            })
-            .collect();
-        if !statuses
-            .iter()
-            .any(|s| matches!(s.verdict, Verdict::Blocked { .. }))
-        {
-            return None;
-        }
-        Some(Outcome {
-            allowed: rules.shadow_mode(),
-            statuses,
-            shadow_denied: rules.shadow_mode(),
-            new_bans: Vec::new(),
-        })
-    }
-
-    /// `check_and_increment` on any store: `true` only if admitted; errors answer `false`.
-    pub async fn check_and_increment_async(&self, user_id: &str, endpoint: &str) -> bool {
-        self.check_async(user_id, endpoint, 1)
-            .await
-            .is_ok_and(|d| d.allowed)
+    /// Counts a denial of `user` as an offense under the rules' abuse policy, if they have one;
+    /// the ban it made. The last step of both checks, for denials of rules not exempt.
+    fn offense(&self, rules: &Rules, user: &str, now: u64) -> Option<Ban> {
+        let policy = rules.abuse()?;
+        self.inner.bans.offense(user, now, policy)
     }
 
     /// Replaces the rules atomically. Counters whose rule identity is unchanged carry on under
@@ -940,157 +536,6 @@ pub enum AdaptiveError {
     /// Not a finite number ≥ 0.
     #[error("load {0} is invalid: it must be a finite number at least 0")]
     BadLoad(f64),
-}
-
-/// A native decision with what a caller may report about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
-    /// The level of the rule that decided.
-    pub level: RuleLevel,
-    /// The answer to give (in shadow mode, an admission even when a limit or ban denied).
-    pub decision: Decision,
-    /// The user is banned or blocked: answered without touching any counter.
-    pub banned: bool,
-    /// A limit or ban denied, and shadow mode answered allowed instead.
-    pub shadow_denied: bool,
-    /// This denial banned the user.
-    pub new_ban: Option<Ban>,
-}
-
-impl Checked {
-    /// Answers allowed, remembering that it would have been denied.
-    fn shadow(&mut self) {
-        self.shadow_denied = true;
-        self.decision.allowed = true;
-        self.decision.retry_after = Duration::ZERO;
-    }
-}
-
-/// Most descriptors in one request.
-pub const MAX_DESCRIPTORS: usize = 64;
-/// Most entries in one descriptor.
-pub const MAX_ENTRIES: usize = 16;
-
-/// One descriptor of an Envoy-style request.
-#[derive(Debug, Clone)]
-pub struct Descriptor<'a> {
-    /// The entries, matched level by level against the domain's rules.
-    pub entries: &'a [Entry<'a>],
-    /// Hits to count (all or nothing; 0 reads).
-    pub hits: u32,
-    /// A limit brought by the request, used instead of the configured rules.
-    pub limit: Option<Policy>,
-}
-
-/// What one descriptor was answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DescriptorStatus {
-    /// The matched rule's metric label (bounded; never a request value). `None` when no rule
-    /// matched.
-    pub label: Option<Arc<str>>,
-    pub verdict: Verdict,
-}
-
-impl DescriptorStatus {
-    fn no_limit() -> Self {
-        Self {
-            label: None,
-            verdict: Verdict::NoLimit,
-        }
-    }
-
-    /// This descriptor denies the request (shadow-mode descriptors never do).
-    pub fn over_limit(&self) -> bool {
-        matches!(
-            self.verdict,
-            Verdict::Blocked { .. }
-                | Verdict::Limited {
-                    decision: Decision { allowed: false, .. },
-                    shadow: false,
-                    ..
-                }
-        )
-    }
-}
-
-/// How a descriptor was limited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// No rule matched, or another matched rule replaces this one.
-    NoLimit,
-    /// The rule says `unlimited`.
-    Unlimited,
-    /// The user the descriptor names is banned or blocked for `retry_after` more (`u64::MAX`
-    /// ns for a permanent block): denied without touching any counter.
-    Blocked { retry_after: Duration },
-    /// The rule's limits decided; a shadow-mode rule's denial does not deny the request.
-    /// `window` is the window of the limit the decision reports.
-    Limited {
-        decision: Decision,
-        window: Duration,
-        shadow: bool,
-    },
-}
-
-/// The answer to an Envoy-style request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Every enforced limit admitted the request, and it was counted.
-    pub allowed: bool,
-    /// One per descriptor, in request order.
-    pub statuses: Vec<DescriptorStatus>,
-    /// Global shadow mode answered allowed where a limit or ban denied.
-    pub shadow_denied: bool,
-    /// Users this request's denial banned.
-    pub new_bans: Vec<Ban>,
-}
-
-/// Validates the native pair and finds its rule.
-#[inline]
-fn native<'a>(
-    rules: &'a Rules,
-    user_id: &'a str,
-    endpoint: &'a str,
-) -> Result<(&'a Target, [&'a str; 2]), CheckError> {
-    validate_id("user_id", user_id)?;
-    validate_id("endpoint", endpoint)?;
-    Ok((rules.lookup(user_id, endpoint), [user_id, endpoint]))
-}
-
-fn validate_descriptors(descriptors: &[Descriptor<'_>]) -> Result<(), CheckError> {
-    if descriptors.is_empty() {
-        return Err(CheckError::NoDescriptors);
-    }
-    if descriptors.len() > MAX_DESCRIPTORS {
-        return Err(CheckError::TooMany {
-            what: "descriptors",
-            count: descriptors.len(),
-            max: MAX_DESCRIPTORS,
-        });
-    }
-    for (index, d) in descriptors.iter().enumerate() {
-        if d.entries.is_empty() {
-            return Err(CheckError::EmptyDescriptor { index });
-        }
-        if d.entries.len() > MAX_ENTRIES {
-            return Err(CheckError::TooMany {
-                what: "entries in a descriptor",
-                count: d.entries.len(),
-                max: MAX_ENTRIES,
-            });
-        }
-        for e in d.entries {
-            validate_id("descriptor entry key", e.key)?;
-            if e.value.len() > MAX_ID_LEN {
-                return Err(CheckError::TooLong {
-                    field: "descriptor entry value",
-                    len: e.value.len(),
-                    max: MAX_ID_LEN,
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One decision for several limits checked together: when all admit, the one with the least

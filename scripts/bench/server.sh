@@ -2,9 +2,9 @@
 # Server benchmarks: `drl bench` against one `drl serve` (memory store) on loopback, with the
 # machine they ran on, written into docs/benchmarks.md.
 #
-#   scripts/bench-server.sh            full run (about 3 minutes plus compiling): 10 s per
+#   scripts/bench.sh server            full run (about 3 minutes plus compiling): 10 s per
 #                                      scenario; updates the bench-server section of the docs
-#   scripts/bench-server.sh --quick    smoke run (about 1 minute): 3 s per scenario; prints
+#   scripts/bench.sh server --quick    smoke run (about 1 minute): 3 s per scenario; prints
 #                                      the section, leaves the docs alone
 #
 # Options: --docs / --no-docs force writing the docs or not; --note "TEXT" adds a note to the
@@ -18,7 +18,9 @@
 # CPU time of the server, of the load generator and of the rest of the machine. Raw results are
 # kept in target/bench-server/. Everything started here is stopped on exit.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 quick=0
 docs=""
@@ -79,23 +81,7 @@ default:
   limit: $limit
   window: 1m
 EOF
-  RUST_LOG=info "$drl" serve --config "$out/$name.yaml" \
-    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 2> "$out/$name.log" &
-  server_pid=$!
-  HTTP="" GRPC=""
-  for _ in $(seq 100); do
-    HTTP=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    GRPC=$(sed -n 's/.*gRPC listening on \([0-9.:]*\).*/\1/p' "$out/$name.log" | head -1)
-    [ -n "$HTTP" ] && [ -n "$GRPC" ] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out/$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  if [ -z "$HTTP" ] || [ -z "$GRPC" ]; then
-    echo "drl serve did not report its addresses:" >&2
-    cat "$out/$name.log" >&2
-    exit 1
-  fi
-  echo "$name: HTTP $HTTP, gRPC $GRPC" >&2
+  start_drl "$name"
 }
 
 # scenario NAME "TITLE" "CONFIG" BENCH-ARGS...: one `drl bench` run, recorded.
@@ -103,7 +89,7 @@ scenario() {
   local name=$1 title=$2 config=$3
   shift 3
   say "$title ($config)"
-  python3 scripts/bench-server-report.py run --server-pid "$server_pid" \
+  python3 scripts/bench/report.py server run --server-pid "$server_pid" \
     --out "$out/runs/$name.json" -- "$drl" bench --duration "$duration" "$@"
   printf '%s\t%s\t%s\n' "$name" "$title" "$config" >> "$out/runs/runs.list"
 }
@@ -157,10 +143,10 @@ stop_server
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.env"
 
 say "report"
-python3 scripts/bench-server-report.py report --machine "$out/machine.env" --runs "$out/runs" \
+python3 scripts/bench/report.py server report --machine "$out/machine.env" --runs "$out/runs" \
   > "$out/section.md"
 if [ "$docs" = 1 ]; then
-  python3 scripts/bench-server-report.py --splice "$out/section.md" docs/benchmarks.md
+  python3 scripts/bench/report.py splice "$out/section.md" docs/benchmarks.md
   echo "docs/benchmarks.md updated" >&2
 else
   cat "$out/section.md"

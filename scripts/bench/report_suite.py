@@ -1,12 +1,9 @@
-#!/usr/bin/env python3
-"""The report of scripts/bench.sh.
+"""The suite's section (`scripts/bench.sh all|keys|redis`), for `report.py suite`.
 
-  bench-report.py --out DIR --plots PLOTDIR
+  report.py suite --out DIR --plots PLOTDIR
       prints the Markdown section from the results in DIR (machine.env, runs/, series/,
       profile/) and renders bench-latency.svg and bench-keys.svg into PLOTDIR with gnuplot
       (skipped, with a note, when gnuplot is absent).
-  bench-report.py --splice SECTION DOCS
-      replaces the section between the bench markers of DOCS (appending it if absent).
 """
 
 import json
@@ -14,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+
+from report import fmt_rate, ms, read_env
 
 BEGIN = "<!-- bench:begin (written by scripts/bench.sh; edits here are overwritten) -->"
 END = "<!-- bench:end -->"
@@ -25,25 +24,8 @@ GROUPS = {
 }
 
 
-def fmt_rate(x):
-    return f"{x:,.0f}".replace(",", " ")
-
-
-def ms(us):
-    return f"{us / 1000:.2f}"
-
-
 def mib(kib):
     return f"{int(kib) / 1024:,.0f}".replace(",", " ")
-
-
-def read_env(path):
-    values = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition("=")
-            values[key] = value
-    return values
 
 
 def load(out):
@@ -367,7 +349,7 @@ def section(out, plots):
         w("### Each script alone, next to the sorted-set log")
         w("")
         w(
-            "`scripts/bench-redis-scripts.sh`: limit 100 per 60 s, 64 clients, keys drawn from "
+            "`scripts/bench/redis-scripts.sh`: limit 100 per 60 s, 64 clients, keys drawn from "
             "10 000, every run from empty masters; each of drl's single-check scripts and the "
             "sliding window through the many-checks call (16 checks per call), on a single "
             "redis-server and on the cluster above, the scripts in turn and the targets "
@@ -558,26 +540,8 @@ def section(out, plots):
     return "\n".join(w_lines)
 
 
-def splice(section_path, docs_path):
-    with open(section_path) as f:
-        text = f.read().strip("\n")
-    with open(docs_path) as f:
-        docs = f.read()
-    begin = docs.find(BEGIN.split(" (")[0])
-    end = docs.find(END)
-    if begin >= 0 and end > begin:
-        docs = docs[:begin] + text + docs[end + len(END):]
-    else:
-        docs = docs.rstrip("\n") + "\n\n" + text + "\n"
-    with open(docs_path, "w") as f:
-        f.write(docs)
-
-
-def main():
-    argv = sys.argv[1:]
-    if argv[:1] == ["--splice"] and len(argv) == 3:
-        splice(argv[1], argv[2])
-    elif "--out" in argv and "--plots" in argv:
+def main(argv):
+    if "--out" in argv and "--plots" in argv:
         out = argv[argv.index("--out") + 1]
         plots = argv[argv.index("--plots") + 1]
         print(section(out, plots))
@@ -585,5 +549,3 @@ def main():
         sys.exit(__doc__)
 
 
-if __name__ == "__main__":
-    main()

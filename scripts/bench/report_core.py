@@ -1,16 +1,10 @@
-#!/usr/bin/env python3
-"""Turns the output of scripts/bench-core.sh into the bench-core section of docs/benchmarks.md.
+"""The core section (`scripts/bench.sh core`), for `report.py core`: the output of
+scripts/bench/core.sh as the bench-core section of docs/benchmarks.md.
 
-Two modes:
-
-  bench-core-report.py --criterion DIR --since FILE --machine FILE --limiter LOG --memory MD
+  report.py core --criterion DIR --since FILE --machine FILE --limiter LOG --memory MD
       prints the section (Markdown) built from the limiter bench's output (drl and governor
       interleaved: `result` and `series` lines), criterion's estimates of the parts bench newer
-      than FILE, the machine description and the memory table;
-
-  bench-core-report.py --splice SECTION DOCS
-      replaces the section between the bench-core markers of DOCS (creating the file, or
-      appending the section, when they are missing).
+      than FILE, the machine description and the memory table.
 """
 
 import argparse
@@ -19,7 +13,9 @@ import os
 import re
 import sys
 
-BEGIN = "<!-- bench-core:begin (written by scripts/bench-core.sh; edits here are overwritten) -->"
+from report import read_env
+
+BEGIN = "<!-- bench-core:begin (written by scripts/bench.sh core; edits here are overwritten) -->"
 END = "<!-- bench-core:end -->"
 
 KEY_SETS = [("hot_key", "1 hot key"), ("100k_keys", "100 000 keys"), ("1M_keys", "1 000 000 keys")]
@@ -88,15 +84,6 @@ def load_limiter(log):
             elif line.startswith("series "):
                 series.append(fields(line))
     return results, series
-
-
-def load_env(path):
-    env = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition("=")
-            env[key] = value
-    return env
 
 
 def fmt_ns(ns):
@@ -185,7 +172,7 @@ def memory_verdict(memory_md):
 
 
 def section(args):
-    env = load_env(args.machine)
+    env = read_env(args.machine)
     est = load_estimates(args.criterion, args.since)
     results, series = load_limiter(args.limiter)
     with open(args.memory) as f:
@@ -215,7 +202,7 @@ def section(args):
     out += [
         "### Speed",
         "",
-        "Reproduce: `scripts/bench-core.sh` (bench `crates/drl-core/benches/limiter.rs`: drl and "
+        "Reproduce: `scripts/bench.sh core` (bench `crates/drl-core/benches/limiter.rs`: drl and "
         "governor take turns in one process, the order flipping every round; each figure is the "
         "median of the rounds, the ratio the median of the rounds' ratios). Both limiters enforce "
         "10 000 per minute per key: drl `sliding_window` at the default precision (60 buckets, "
@@ -263,38 +250,14 @@ def section(args):
     return "\n".join(out) + "\n"
 
 
-def splice(section_path, docs_path):
-    with open(section_path) as f:
-        new = f.read().strip("\n")
-    if os.path.exists(docs_path):
-        with open(docs_path) as f:
-            docs = f.read()
-    else:
-        docs = ("# Benchmarks\n\nMeasured figures, each with the machine it ran on. Speed goals "
-                "live here, not in timed tests.\n")
-    begin_line = BEGIN.split(" (")[0]
-    start = docs.find(begin_line)
-    end = docs.find(END)
-    if start != -1 and end != -1 and end > start:
-        docs = docs[:start] + new + docs[end + len(END):]
-    else:
-        docs = docs.rstrip("\n") + "\n\n" + new + "\n"
-    with open(docs_path, "w") as f:
-        f.write(docs)
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv):
+    p = argparse.ArgumentParser(prog="report.py core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--criterion")
     p.add_argument("--since")
     p.add_argument("--machine")
     p.add_argument("--limiter")
     p.add_argument("--memory")
-    p.add_argument("--splice", nargs=2, metavar=("SECTION", "DOCS"))
-    args = p.parse_args()
-    if args.splice:
-        splice(*args.splice)
-        return 0
+    args = p.parse_args(argv)
     missing = [n for n in ("criterion", "since", "machine", "limiter", "memory") if not getattr(args, n)]
     if missing:
         p.error("missing " + ", ".join("--" + n for n in missing))
@@ -302,5 +265,3 @@ def main():
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
