@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from report import read_env
+from reportlib import read_env
 
 BEGIN = "<!-- bench-core:begin (written by scripts/bench.sh core; edits here are overwritten) -->"
 END = "<!-- bench-core:end -->"

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from report import fmt_rate, ms, read_env
+from reportlib import fmt_rate, ms, read_env
 
 BEGIN = "<!-- bench:begin (written by scripts/bench.sh; edits here are overwritten) -->"
 END = "<!-- bench:end -->"
