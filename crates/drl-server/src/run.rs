@@ -65,6 +65,9 @@ pub async fn run(
                 path.display(),
                 config.rules.rules().len()
             );
+            for warning in config.warnings() {
+                tracing::warn!("config {}: {warning}", path.display());
+            }
             let native_file = config.native_file().map(str::to_owned);
             let Config {
                 store,
@@ -112,6 +115,10 @@ pub async fn run(
             match store.ping().await {
                 Ok(()) => tracing::info!("Redis store at {}", redis.urls.join(", ")),
                 Err(e) => tracing::warn!("Redis store not reachable yet: {e}"),
+            }
+            // Reachable is not ready: strict mode on a master without a replica denies all.
+            if let Err(e) = drl_core::Store::ready(&store).await {
+                tracing::warn!("the node is not ready (/readyz, gRPC health): {e}");
             }
             let limiter = Limiter::builder(rules).build_with_store(store);
             // Bans, blocks and load factors are shared by every node on this Redis.

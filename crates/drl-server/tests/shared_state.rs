@@ -284,3 +284,55 @@ async fn on_error_deny_answers_a_dead_redis_as_unavailable_on_every_api() {
     assert_eq!(errors, 4, "{text}");
     node.stop().await;
 }
+
+/// gRPC health says what `GET /readyz` says: NOT_SERVING on a single Redis under `consistency:
+/// strict` (no replica: WAIT can confirm nothing) and when Redis is gone, SERVING while it
+/// answers in fast mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_the_readiness_of_readyz() {
+    use drl_redis::{Consistency, RedisStore};
+    use drl_server::Node;
+    use drl_testkit::node::TestNode;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut redis = Redis::start();
+    let node = |consistency| {
+        let mut config = RedisConfig::new(vec![redis.url()]);
+        config.consistency = consistency;
+        config.timeout = Duration::from_secs(1);
+        let limiter = Limiter::builder(rules())
+            .sweep_interval(None)
+            .build_with_store(RedisStore::new(&config).unwrap());
+        TestNode::start(Node::from(limiter))
+    };
+    let status = async |node: &TestNode| {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let mut statuses = Vec::new();
+        for service in ["", "drl.v1.RateLimiter"] {
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            statuses.push(client.check(request).await.unwrap().into_inner().status());
+        }
+        assert_eq!(statuses[0], statuses[1]);
+        statuses[0]
+    };
+    let strict = node(Consistency::Strict).await;
+    assert_eq!(status(&strict).await, ServingStatus::NotServing);
+    strict.stop().await;
+
+    let fast = node(Consistency::Fast).await;
+    assert_eq!(status(&fast).await, ServingStatus::Serving);
+    redis.kill();
+    drl_testkit::wait_until("NOT_SERVING once Redis is gone", async || {
+        status(&fast).await == ServingStatus::NotServing
+    })
+    .await;
+    fast.stop().await;
+}

@@ -403,6 +403,9 @@ fn validate(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             let rules = config.rules.rules().len();
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             println!("{}: valid ({rules} rules)", file.display());
             ExitCode::SUCCESS
         }

@@ -168,6 +168,31 @@ fn config_validate_reports_every_error_with_its_position() {
     let out = drl(&["config", "validate", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8(out.stdout).unwrap().contains("valid"));
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "", "no warning");
+
+    // Valid, but a single Redis in strict mode needs a replica: warned, still valid.
+    let strict = write_file(
+        "strict.yaml",
+        "store:\n  kind: redis\n  redis:\n    urls: [\"redis://127.0.0.1:6379\"]\n",
+    );
+    let out = drl(&["config", "validate", strict.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("warning: store.redis: consistency strict")
+            && err.contains("consistency: fast"),
+        "{err}"
+    );
+    let fast = write_file(
+        "fast.yaml",
+        "store:\n  kind: redis\n  redis:\n    urls: [\"redis://127.0.0.1:6379\"]\n    consistency: fast\n",
+    );
+    let out = drl(&["config", "validate", fast.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "",
+        "fast: no warning"
+    );
 
     let bad = write_file(
         "bad.yaml",

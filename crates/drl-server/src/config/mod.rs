@@ -167,6 +167,22 @@ impl fmt::Display for DisplayLines<'_> {
 }
 
 impl Config {
+    /// What is valid but likely wrong, one sentence each: `drl config validate` prints them and
+    /// a starting node logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let StoreConfig::Redis(redis) = &self.store
+            && !redis.cluster
+            && redis.consistency == drl_redis::Consistency::Strict
+        {
+            warnings.push(
+                "store.redis: consistency strict (the default) on a single Redis admits only once                  a replica of it confirms (WAIT): with no replica attached, every check waits out                  the timeout and is answered by on_error, and /readyz and gRPC health say not                  ready; attach a replica, or set consistency: fast"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Reads and validates the config at `path`: a file, or a directory whose `*.yaml` and
     /// `*.yml` files are read in name order. Each file is either the native config (store,
     /// default, rules; at most one) or an envoyproxy/ratelimit-format domain (a top-level
