@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from report import fmt_rate, ms
+from reportlib import fmt_rate, ms
 
 BEGIN = "<!-- bench-server:begin (written by scripts/bench.sh server; edits here are overwritten) -->"
 END = "<!-- bench-server:end -->"

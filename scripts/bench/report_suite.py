@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from report import fmt_rate, ms, read_env
+from reportlib import fmt_rate, ms, read_env
 
 BEGIN = "<!-- bench:begin (written by scripts/bench.sh; edits here are overwritten) -->"
 END = "<!-- bench:end -->"
@@ -439,7 +439,7 @@ def section(out, plots):
         w("")
         w(
             "A fresh node per row, `default: {limit: 60000, window: W}` (limits up to 65 535 keep "
-            "the default inline `u16` ring). *Fill*: exactly K keys, each checked once "
+            "the default `u16` state: sparse, then a `u16` ring). *Fill*: exactly K keys, each checked once "
             "(`--sequential`, native batches of 100, 8 workers); *measure*: uniform over the same "
             "K keys for the scenario's duration; then wait for W and the sweeper (every 2 s) "
             "until the server is idle; then *refill*: K keys never seen (`--first-key K`). RSS is "

@@ -194,7 +194,7 @@ stop_server
 # --- 2. key-count series --------------------------------------------------------------------------
 # A node per row; its window W outlasts filling (and, on a machine not too busy, measuring), so
 # exactly K keys are live when the RSS after filling is read. Limit 60 000 per window: every check is allowed, and the state is the
-# default inline u16 ring (limits up to 65 535).
+# default u16 state (sparse, then a u16 ring; limits up to 65 535).
 for keys in $series; do
   if [ "$keys" -ge 10000000 ]; then window=90; elif [ "$keys" -ge 1000000 ]; then window=25
   elif [ "$quick" = 1 ]; then window=8; else window=15; fi

@@ -33,7 +33,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 const VARIANTS: &[(&str, &str)] = &[
     (
         "sliding_window",
-        "drl sliding_window, precision 60, N = 100 (inline `u16` ring)",
+        "drl sliding_window, precision 60, N = 100 (sparse state; a `u16` ring once full)",
     ),
     (
         "sliding_window_large_n",

@@ -218,7 +218,33 @@ impl LimitState for SlidingWindow {
                 pos,
                 counts,
             } => {
-                // Unpack onto the stack, step the ring, pack again (or promote).
+                let n = usize::from(*used);
+                // An admission into the newest bucket, where its count is kept or has room.
+                let at = pos[..n].iter().position(|&p| p == *head);
+                if at.is_some() || n < SPARSE_BUCKETS {
+                    let mut total = counts[..n].iter().fold(0u16, |t, &c| t.saturating_add(c));
+                    let mut added = 0;
+                    if let Some(step) = admit_in_newest(
+                        header.newest,
+                        header.idle_at,
+                        &mut total,
+                        &mut added,
+                        policy,
+                        now_ns,
+                        hits,
+                    ) {
+                        match at {
+                            Some(i) => counts[i] += added,
+                            None => {
+                                pos[n] = *head;
+                                counts[n] = added;
+                                *used += 1;
+                            }
+                        }
+                        return step;
+                    }
+                }
+                // Otherwise unpack onto the stack, step the ring, pack again (or promote).
                 let slots = usize::from(*len);
                 let mut ring = [0u16; INLINE_SLOTS];
                 let mut total = 0u16;

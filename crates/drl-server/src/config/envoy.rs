@@ -36,12 +36,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use drl_core::rules::MAX_LIMITS_PER_RULE;
-use drl_core::{Action, DescriptorRule, DomainRules, Limit, Policy, RequestLimits};
+use drl_core::{Action, DescriptorRule, DomainRules, Limit, Policy};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::raw::Text;
-use super::validate::Validator;
+use super::validate::{Validator, request_limits};
 
 /// A whole file.
 #[derive(Debug, Deserialize)]
@@ -106,14 +106,6 @@ fn unit_window(unit: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(secs))
-}
-
-/// `allow_request_limits:` as the rules take it (absent: allowed, as in Envoy).
-pub(crate) fn request_limits(allow: Option<bool>) -> RequestLimits {
-    match allow {
-        Some(false) => RequestLimits::Ignored,
-        Some(true) | None => RequestLimits::Allowed,
-    }
 }
 
 impl Validator<'_> {

@@ -10,11 +10,21 @@ use drl_core::abuse::AbusePolicy;
 use drl_core::adaptive::BackendSettings;
 use drl_core::endpoint::EndpointNormalization;
 use drl_core::rules::MAX_LIMITS_PER_RULE;
-use drl_core::{Algorithm, Limit, Policy, PolicyError, Rule, Rules, key::validate_id};
+use drl_core::{
+    Algorithm, Limit, Policy, PolicyError, RequestLimits, Rule, Rules, key::validate_id,
+};
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{PolicyFields, RawAbuse, RawBackend, RawConfig, RawPolicy, RawRule, Text};
 use super::{Config, Diagnostic, StoreConfig, diagnostic};
+
+/// `allow_request_limits:` as the rules take it (absent: allowed, as in Envoy), in both formats.
+pub(crate) fn request_limits(allow: Option<bool>) -> RequestLimits {
+    match allow {
+        Some(false) => RequestLimits::Ignored,
+        Some(true) | None => RequestLimits::Allowed,
+    }
+}
 
 /// Turns the raw file into a config, collecting every problem instead of stopping at the first.
 pub(crate) struct Validator<'f> {
@@ -74,9 +84,7 @@ impl Validator<'_> {
                     .with_abuse(abuse)
                     .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
                     .with_endpoint_normalization(endpoints)
-                    .with_native_request_limits(super::envoy::request_limits(
-                        raw.allow_request_limits,
-                    ))
+                    .with_native_request_limits(request_limits(raw.allow_request_limits))
                     .with_blocklist(blocklist),
             }),
             Err(e) => {
