@@ -336,3 +336,52 @@ async fn grpc_health_follows_the_readiness_of_readyz() {
     .await;
     fast.stop().await;
 }
+
+/// Ban and block ends are kept on Redis's clock, never a node's: what a node writes is Redis's
+/// `TIME` plus the time left, and a syncing node removes a ban only once Redis's clock has
+/// passed its end, and applies one by the time left on Redis's clock.
+#[tokio::test]
+async fn shared_ban_ends_are_on_redis_time() {
+    let redis = Redis::start();
+    let redis_ms = || -> u64 {
+        let time = redis.cli(&["TIME"]);
+        let mut parts = time.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+        let (secs, micros) = (parts.next().unwrap(), parts.next().unwrap());
+        secs * 1_000 + micros / 1_000
+    };
+    let (a, link_a) = node(&redis);
+    let hour = a.now_ns() + 3_600_000_000_000;
+    let block = a.bans().block("eve", Some(hour));
+    link_a.publish_ban(&a, &block).await.unwrap();
+    let stored = redis.cli(&["HGET", "drl:{shared}:bans", "eve"]);
+    let until: u64 = stored.split('|').nth(1).unwrap().parse().unwrap();
+    let left = until.abs_diff(redis_ms() + 3_600_000);
+    assert!(left < 5_000, "{stored}: {left} ms off Redis's TIME + 1 h");
+
+    // Written by other nodes on Redis's clock: one ended, one with 10 minutes left.
+    let now = redis_ms();
+    let ended = format!("a|{}|1", now - 1_000);
+    let ten_minutes = format!("a|{}|1", now + 600_000);
+    redis.cli(&[
+        "HSET",
+        "drl:{shared}:bans",
+        "old",
+        &ended,
+        "bob",
+        &ten_minutes,
+    ]);
+    let (b, link_b) = node(&redis);
+    link_b.sync(&b).await.unwrap();
+    assert_eq!(redis.cli(&["HEXISTS", "drl:{shared}:bans", "old"]), "0");
+    assert!(
+        b.check_and_increment("old", "/x"),
+        "an ended ban is not applied"
+    );
+    let bob = b.check_ruled("bob", "/x", 1).unwrap();
+    assert!(bob.banned);
+    let retry = bob.decision.retry_after;
+    assert!(
+        retry > Duration::from_secs(590) && retry <= Duration::from_secs(600),
+        "{retry:?}"
+    );
+}

@@ -7,14 +7,12 @@
 //! The local state stays authoritative for the hot path (a check never waits for Redis); a
 //! failed sync is logged and retried on the next tick.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::{SharedBan, SharedFactor, SharedState};
 use drl_core::abuse::{Ban, BanKind};
 use drl_core::{Limiter, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A synced ban: its end (Unix ms; `None`: permanent), and the round from which the store is
 /// known to hold it.
@@ -38,12 +36,6 @@ pub struct Coordination {
 /// long taken over).
 const FACTOR_MAX_AGE_MS: u64 = 3_600_000;
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -58,15 +50,16 @@ impl Coordination {
         }
     }
 
-    /// The shared form of a local ban (local clock → Unix time).
-    fn to_shared<S: Store>(limiter: &Limiter<S>, ban: &Ban) -> SharedBan {
+    /// The shared form of a local ban: its remaining time (on the limiter's clock) added to
+    /// Redis's time `redis_ms`.
+    fn to_shared<S: Store>(limiter: &Limiter<S>, ban: &Ban, redis_ms: u64) -> SharedBan {
         let now = limiter.now_ns();
         SharedBan {
             user_id: ban.user_id.clone(),
             manual: ban.kind == BanKind::Manual,
-            until_unix_ms: ban
-                .until_ns
-                .map(|until| unix_ms() + until.saturating_sub(now).div_ceil(1_000_000)),
+            until_unix_ms: ban.until_ns.map(|until| {
+                redis_ms.saturating_add(until.saturating_sub(now).div_ceil(1_000_000))
+            }),
             strike: ban.strike,
         }
     }
@@ -77,7 +70,7 @@ impl Coordination {
         limiter: &Limiter<S>,
         ban: &Ban,
     ) -> Result<(), StoreError> {
-        let shared = Self::to_shared(limiter, ban);
+        let shared = Self::to_shared(limiter, ban, self.shared.time_ms().await?);
         lock(&self.synced).insert(shared.user_id.clone(), (shared.until_unix_ms, None));
         self.shared.put_ban(&shared).await?;
         self.confirm(&shared);
@@ -102,7 +95,7 @@ impl Coordination {
 
     /// Writes a backend's factor after a load report on this node.
     pub async fn publish_factor(&self, backend: &str, factor: f64) -> Result<(), StoreError> {
-        let at = unix_ms();
+        let at = self.shared.time_ms().await?;
         lock(&self.factors_seen).insert(backend.to_owned(), at);
         self.shared
             .put_factor(
@@ -122,8 +115,9 @@ impl Coordination {
         // Taken before reading the store: writes confirmed before this round began are in
         // what it reads.
         let round = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
+        // Redis's time: ends are compared and converted on it, never on this node's wall clock.
+        let now_ms = self.shared.time_ms().await?;
         let now_ns = limiter.now_ns();
-        let now_ms = unix_ms();
         let remote: HashMap<String, SharedBan> = self
             .shared
             .bans()
@@ -138,7 +132,7 @@ impl Coordination {
             let mut synced = lock(&self.synced);
             for ban in &local {
                 if !synced.contains_key(&ban.user_id) && !remote.contains_key(&ban.user_id) {
-                    let shared = Self::to_shared(limiter, ban);
+                    let shared = Self::to_shared(limiter, ban, now_ms);
                     synced.insert(ban.user_id.clone(), (shared.until_unix_ms, None));
                     to_write.push(shared);
                 }

@@ -4,8 +4,10 @@
 //! Nodes write a change as it happens (a ban, a block, an unblock, a load report) and read both
 //! hashes about once a second (polling rather than pub/sub: one round trip per node per second,
 //! and a node that was disconnected catches up on its next read without a replay). So a ban made
-//! on any node is enforced by every node within about a second. Times are Unix milliseconds, as
-//! nodes' monotonic clocks do not compare.
+//! on any node is enforced by every node within about a second. Times are Unix milliseconds on
+//! **Redis's clock** (`TIME`, read on the master of the hashes' slot), never a node's: nodes'
+//! monotonic clocks do not compare, and a node whose wall clock is off must not end a ban early
+//! (a node 2 h ahead would otherwise see a 1 h block as over and delete it for everyone).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -101,6 +103,20 @@ impl SharedState {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Redis's clock, Unix milliseconds (`TIME` on the master that holds the shared hashes).
+    pub async fn time_ms(&self) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)")
+            .arg(1)
+            .arg(BANS);
+        match self.query(cmd).await? {
+            Value::Int(ms) if ms > 0 => Ok(ms.unsigned_abs()),
+            other => Err(StoreError::Unavailable(format!(
+                "unexpected reply to TIME: {other:?}"
+            ))),
         }
     }
 
