@@ -21,6 +21,7 @@ pub mod adaptive;
 pub mod algorithm;
 pub mod clock;
 pub mod decision;
+pub mod endpoint;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -670,3 +670,46 @@ async fn a_domain_can_refuse_the_limits_requests_bring() {
     let pair: &[(&str, &str)] = &[("user_id", "alice"), ("endpoint", "/a")];
     assert_eq!(ask_with_limit(&mut node, "drl", pair).await, (2, 1));
 }
+
+/// The shipped Envoy example's rules count a path without its query (Envoy's `:path` carries
+/// it) and in one spelling: every variant of `/api/search` is the `/api/search` rule's counter,
+/// on the Envoy API and the native one alike.
+#[tokio::test]
+async fn the_envoy_example_counts_the_path_without_its_query() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/envoy/drl/limits.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let mut node = EnvoyNode::start(&yaml).await;
+    let mut remaining = Vec::new();
+    for endpoint in ["/api/search?q=1", "//api/search/", "/api/%73earch?q=2"] {
+        let response = node
+            .ask_hits("drl", &[&[("user_id", "alice"), ("endpoint", endpoint)]], 1)
+            .await;
+        let (code, limit, _, left) = status(&response, 0);
+        assert_eq!((code, limit), (Code::Ok, 3), "{endpoint}");
+        remaining.push(left);
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    let over = node
+        .ask(
+            "drl",
+            &[&[("user_id", "alice"), ("endpoint", "/api/search?q=3")]],
+        )
+        .await;
+    assert_eq!(over.overall_code(), Code::OverLimit);
+    // Case is kept: another endpoint, under the default.
+    let upper = node
+        .ask(
+            "drl",
+            &[&[("user_id", "alice"), ("endpoint", "/API/search")]],
+        )
+        .await;
+    assert_eq!(status(&upper, 0).1, 100);
+
+    let server = TestServer::start(Config::from_yaml("limits.yaml", &yaml).unwrap().rules).await;
+    let native = server
+        .check(r#"{"user_id": "bob", "endpoint": "/api/search/?page=2"}"#)
+        .await;
+    assert_eq!(native.json()["limit"], 3, "{}", native.body);
+    server.stop().await;
+}

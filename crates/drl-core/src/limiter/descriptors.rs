@@ -1,6 +1,7 @@
 //! The descriptor check (Envoy's API): a request's descriptors through the domain's rule tree,
 //! all or nothing, one decision per descriptor.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,55 @@ impl<S: Store> Limiter<S> {
     /// enforced limit of any descriptor denies, no descriptor is counted). Descriptors matching
     /// no rule, `unlimited` ones and ones whose rule another matched rule `replaces` are not
     /// limited; shadow-mode descriptors are counted when the rest is admitted but never deny.
+    ///
+    /// In the native domain, `endpoint` entries are normalised as the rules say
+    /// ([`Rules::endpoint_normalization`]), as in the native API.
     pub async fn check_descriptors(
+        &self,
+        domain: &str,
+        descriptors: &[Descriptor<'_>],
+    ) -> Result<RequestDecision, LimiterError> {
+        let normalization = *self.inner.rules.load().endpoint_normalization();
+        if domain != NATIVE_DOMAIN || normalization.is_off() {
+            return self.decide_descriptors(domain, descriptors).await;
+        }
+        let values: Vec<Vec<Cow<'_, str>>> = descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|e| match e.key {
+                        ENDPOINT_KEY => normalization.apply(e.value),
+                        _ => Cow::Borrowed(e.value),
+                    })
+                    .collect()
+            })
+            .collect();
+        let entries: Vec<Vec<Entry<'_>>> = descriptors
+            .iter()
+            .zip(&values)
+            .map(|(d, values)| {
+                d.entries
+                    .iter()
+                    .zip(values)
+                    .map(|(e, value)| Entry { key: e.key, value })
+                    .collect()
+            })
+            .collect();
+        let normalized: Vec<Descriptor<'_>> = descriptors
+            .iter()
+            .zip(&entries)
+            .map(|(d, entries)| Descriptor {
+                entries,
+                hits: d.hits,
+                limit: d.limit.clone(),
+            })
+            .collect();
+        self.decide_descriptors(domain, &normalized).await
+    }
+
+    /// [`Limiter::check_descriptors`] once the descriptors are normalised.
+    async fn decide_descriptors(
         &self,
         domain: &str,
         descriptors: &[Descriptor<'_>],

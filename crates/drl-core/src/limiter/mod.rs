@@ -230,7 +230,8 @@ impl Limiter<MemoryStore> {
     pub fn check_and_increment(&self, user_id: &str, endpoint: &str) -> bool {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            let Ok((target, values)) = native::native_target(rules, user_id, endpoint) else {
+            let endpoint = rules.endpoint_normalization().apply(endpoint);
+            let Ok((target, values)) = native::native_target(rules, user_id, &endpoint) else {
                 return false;
             };
             let now = self.inner.clock.now_ns();
@@ -266,7 +267,8 @@ impl Limiter<MemoryStore> {
     ) -> Result<NativeDecision, CheckError> {
         let rules_epoch = self.inner.store.rules_epoch();
         self.with_rules(|rules| {
-            let (target, values) = native::native_target(rules, user_id, endpoint)?;
+            let endpoint = rules.endpoint_normalization().apply(endpoint);
+            let (target, values) = native::native_target(rules, user_id, &endpoint)?;
             let now = self.inner.clock.now_ns();
             Ok(self.answer_now(rules, target, &values, hits, now, rules_epoch))
         })

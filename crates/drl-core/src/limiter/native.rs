@@ -37,7 +37,8 @@ impl<S: Store> Limiter<S> {
     ) -> Result<NativeDecision, LimiterError> {
         let rules_epoch = self.inner.store.rules_epoch();
         let rules = self.inner.rules.load_full();
-        let (target, values) = native_target(&rules, user_id, endpoint)?;
+        let endpoint = rules.endpoint_normalization().apply(endpoint);
+        let (target, values) = native_target(&rules, user_id, &endpoint)?;
         let now = self.inner.clock.now_ns();
         if let Some(checked) = self.banned(&rules, target, user_id, now) {
             return Ok(checked);

@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 use crate::abuse::AbusePolicy;
 use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
+use crate::endpoint::EndpointNormalization;
 use crate::error::RuleError;
 use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
 use crate::policy::Policy;
@@ -303,6 +304,8 @@ pub struct Rules {
     listed_domains: Vec<DomainRules>,
     abuse: Option<AbusePolicy>,
     shadow_mode: bool,
+    /// How endpoints are normalised before they are compared and counted.
+    endpoints: EndpointNormalization,
     /// Users blocked for good by the config (`blocklist:`).
     blocklist: std::collections::HashSet<Box<str>, RandomState>,
     /// Backends of adaptive limits, by name.
@@ -349,6 +352,7 @@ impl Rules {
             listed_domains: Vec::new(),
             abuse: None,
             shadow_mode: false,
+            endpoints: EndpointNormalization::default(),
             blocklist: Default::default(),
             backends: BTreeMap::new(),
         })
@@ -397,6 +401,13 @@ impl Rules {
     /// Global shadow mode: every denial is counted and reported, and answered allowed.
     pub fn with_shadow_mode(mut self, on: bool) -> Self {
         self.shadow_mode = on;
+        self
+    }
+
+    /// Normalises endpoints with `endpoints` before they are compared and counted (native
+    /// checks, and the `endpoint` entries of Envoy requests in the native domain).
+    pub fn with_endpoint_normalization(mut self, endpoints: EndpointNormalization) -> Self {
+        self.endpoints = endpoints;
         self
     }
 
@@ -479,6 +490,7 @@ impl Rules {
                 },
                 abuse: self.abuse.clone(),
                 shadow_mode: self.shadow_mode,
+                endpoints: self.endpoints,
                 blocklist: self.blocklist.clone(),
                 backends: self.backends.clone(),
                 ..rules
@@ -516,6 +528,12 @@ impl Rules {
     #[inline]
     pub fn shadow_mode(&self) -> bool {
         self.shadow_mode
+    }
+
+    /// How endpoints are normalised (all off: byte for byte).
+    #[inline]
+    pub fn endpoint_normalization(&self) -> &EndpointNormalization {
+        &self.endpoints
     }
 
     /// The rule for `(user_id, endpoint)`: always one, the default at worst.

@@ -27,6 +27,31 @@ pub(crate) struct RawConfig {
     pub(crate) adaptive: Option<BTreeMap<String, Spanned<RawBackend>>>,
     /// Settings of the node's servers.
     pub(crate) server: Option<RawServer>,
+    /// Endpoints normalised before they are compared (all off: byte for byte).
+    pub(crate) normalize_endpoints: Option<Spanned<RawNormalize>>,
+}
+
+/// `normalize_endpoints:` — each step off unless set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNormalize {
+    pub(crate) strip_query: Option<bool>,
+    pub(crate) decode_unreserved: Option<bool>,
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) trailing_slash: Option<bool>,
+    pub(crate) lowercase: Option<bool>,
+}
+
+impl RawNormalize {
+    pub(crate) fn normalization(&self) -> drl_core::endpoint::EndpointNormalization {
+        drl_core::endpoint::EndpointNormalization {
+            strip_query: self.strip_query.unwrap_or(false),
+            decode_unreserved: self.decode_unreserved.unwrap_or(false),
+            merge_slashes: self.merge_slashes.unwrap_or(false),
+            trailing_slash: self.trailing_slash.unwrap_or(false),
+            lowercase: self.lowercase.unwrap_or(false),
+        }
+    }
 }
 
 /// `server:` — the node's listeners.

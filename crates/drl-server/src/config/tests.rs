@@ -407,3 +407,20 @@ fn files_are_read_and_named() {
     assert!(e.diagnostics().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn normalize_endpoints_is_off_by_default_and_refuses_rules_it_would_never_match() {
+    let plain = Config::from_yaml("x.yaml", "default: {limit: 5, window: 1m}\n").unwrap();
+    assert!(plain.rules.endpoint_normalization().is_off());
+    let on = "normalize_endpoints: {strip_query: true, lowercase: true}\nrules:\n  - endpoint: /Search\n    limit: 1\n    window: 1m\n";
+    let e = error_at(on, 3, 15);
+    assert!(
+        e.contains("\"/Search\" can never match") && e.contains("\"/search\""),
+        "{e}"
+    );
+    let fixed = on.replace("/Search", "/search");
+    let config = Config::from_yaml("x.yaml", &fixed).unwrap();
+    let n = config.rules.endpoint_normalization();
+    assert!(n.strip_query && n.lowercase && !n.merge_slashes);
+    assert!(!errors("normalize_endpoints: {strip_queries: true}\n").is_empty());
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use drl_core::abuse::AbusePolicy;
 use drl_core::adaptive::BackendSettings;
+use drl_core::endpoint::EndpointNormalization;
 use drl_core::rules::MAX_LIMITS_PER_RULE;
 use drl_core::{
     Algorithm, Limit, Policy, PolicyError, RequestLimits, Rule, Rules, key::validate_id,
@@ -49,7 +50,12 @@ impl Validator<'_> {
             Some(default) => self.policy(&default.fields()),
             None => Some(Rules::builtin().default_policy().clone()),
         };
-        let rules = self.rules(raw.rules.as_deref().unwrap_or_default());
+        let endpoints = raw
+            .normalize_endpoints
+            .as_ref()
+            .map(|n| n.value.normalization())
+            .unwrap_or_default();
+        let rules = self.rules(raw.rules.as_deref().unwrap_or_default(), &endpoints);
         let abuse = match &raw.abuse {
             Some(abuse) => self.abuse(abuse).map(Some),
             None => Some(None),
@@ -77,6 +83,7 @@ impl Validator<'_> {
                     .with_backends(backends)
                     .with_abuse(abuse)
                     .with_shadow_mode(raw.shadow_mode.unwrap_or(false))
+                    .with_endpoint_normalization(endpoints)
                     .with_native_request_limits(request_limits(raw.allow_request_limits))
                     .with_blocklist(blocklist),
             }),
@@ -241,14 +248,31 @@ impl Validator<'_> {
         }
     }
 
-    pub(crate) fn rules(&mut self, raw: &[Spanned<RawRule>]) -> Option<Vec<Rule>> {
+    pub(crate) fn rules(
+        &mut self,
+        raw: &[Spanned<RawRule>],
+        endpoints: &EndpointNormalization,
+    ) -> Option<Vec<Rule>> {
         let mut rules = Vec::with_capacity(raw.len());
         // Selector → line of the rule that first used it.
         let mut seen: HashMap<(Option<&str>, Option<&str>), u64> = HashMap::new();
         let mut ok = true;
         for raw_rule in raw {
             let user_id = self.selector(&raw_rule.value.user_id, "user_id");
-            let endpoint = self.selector(&raw_rule.value.endpoint, "endpoint");
+            let mut endpoint = self.selector(&raw_rule.value.endpoint, "endpoint");
+            if let Some(Some(written)) = endpoint {
+                let normal = endpoints.apply(written);
+                if normal != written {
+                    self.error(
+                        raw_rule.value.endpoint.referenced,
+                        format_args!(
+                            "endpoint {written:?} can never match: normalize_endpoints turns every \
+                             endpoint asked for into its normal form; write {normal:?}"
+                        ),
+                    );
+                    endpoint = None;
+                }
+            }
             let limits = self.rule_limits(raw_rule);
             let (Some(user_id), Some(endpoint), Some(limits)) = (user_id, endpoint, limits) else {
                 ok = false;
