@@ -5,7 +5,7 @@
 //! shorter than T. Its own bound: at most N per aligned window, so at most 2N in any interval of
 //! length T.
 
-use super::{LimitState, Step, demand};
+use super::{LimitState, StepDecision, demand};
 use crate::policy::Policy;
 
 /// One key's counter for the window that starts at `start`.
@@ -21,7 +21,7 @@ impl LimitState for FixedWindow {
         Self::default()
     }
 
-    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
         let window = policy.window_ns();
         let limit = u64::from(policy.requests());
         // Time never runs backwards for a key; a window that has ended restarts aligned.
@@ -46,7 +46,7 @@ impl LimitState for FixedWindow {
         } else {
             self.start + window - now
         };
-        Step::new(
+        StepDecision::new(
             allowed,
             policy,
             limit.saturating_sub(self.count),

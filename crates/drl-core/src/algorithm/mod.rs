@@ -29,7 +29,7 @@ pub use token_bucket::TokenBucket;
 
 /// One algorithm step: the decision, and the absolute time behind its `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
+pub struct StepDecision {
     pub decision: Decision,
     /// When denied: the exact time (ns) from which the same request could be admitted if nothing
     /// else is admitted first (`u64::MAX` if never). Stores use it to answer repeated denials
@@ -37,7 +37,7 @@ pub struct Step {
     pub retry_at_ns: u64,
 }
 
-impl Step {
+impl StepDecision {
     /// Builds a step from times relative to the effective `now`, rounding the decision's
     /// durations up to whole milliseconds.
     pub(crate) fn new(
@@ -76,7 +76,7 @@ pub trait LimitState: Clone + Send + Sized + 'static {
 
     /// Decides whether `hits` may be admitted at `now_ns` under `policy` and, if so (and
     /// `hits > 0`), counts them. All or nothing. Denials and reads change nothing.
-    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step;
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision;
 
     /// [`LimitState::step`], returning only the decision.
     fn check(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Decision {

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::{LimitState, Step, demand};
+use super::{LimitState, StepDecision, demand};
 use crate::policy::Policy;
 
 /// One key's log: admitted timestamps, oldest first, all within the last window.
@@ -24,7 +24,7 @@ impl LimitState for SlidingLog {
         Self::default()
     }
 
-    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
         let window = policy.window_ns();
         let limit = u64::from(policy.requests());
         // Time never runs backwards for a key.
@@ -59,7 +59,7 @@ impl LimitState for SlidingLog {
             let must_free = (used + want - limit) as usize;
             leaves_at(self.admitted[must_free - 1])
         };
-        Step::new(
+        StepDecision::new(
             allowed,
             policy,
             limit.saturating_sub(used),

@@ -23,7 +23,7 @@
 //! runs the same ring step, and packs it again; when more buckets hold admissions than fit, the
 //! key is promoted to a boxed `u16` ring, for good. Larger policies use a boxed `u32` ring.
 
-use super::{LimitState, Step, demand};
+use super::{LimitState, StepDecision, demand};
 use crate::policy::Policy;
 
 /// Largest ring of `u16` counts: the default precision (60) needs 61 slots.
@@ -202,7 +202,7 @@ impl LimitState for SlidingWindow {
         }
     }
 
-    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
         if self.bucket_ns != policy.bucket_ns() || !self.counts.fits(policy) {
             self.regroup(policy, now_ns);
         }
@@ -345,7 +345,7 @@ fn admit_in_newest(
     policy: &Policy,
     now_ns: u64,
     hits: u32,
-) -> Option<Step> {
+) -> Option<StepDecision> {
     let g = policy.bucket_ns();
     let newest_start = *newest * g;
     let now = now_ns.max(newest_start);
@@ -366,7 +366,7 @@ fn admit_in_newest(
     *total = used as u16;
     *pending += hits as u16;
     *idle_at = (*newest + 1) * g + window;
-    Some(Step::new(
+    Some(StepDecision::new(
         true,
         policy,
         limit - used,
@@ -383,7 +383,7 @@ fn step_ring<S: Slot>(
     policy: &Policy,
     now_ns: u64,
     hits: u32,
-) -> Step {
+) -> StepDecision {
     let g = policy.bucket_ns();
     let window = policy.window_ns();
     let limit = u64::from(policy.requests());
@@ -480,7 +480,7 @@ fn step_ring<S: Slot>(
         }
         retry
     };
-    Step::new(
+    StepDecision::new(
         allowed,
         policy,
         limit.saturating_sub(used),

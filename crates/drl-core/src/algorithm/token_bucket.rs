@@ -8,7 +8,7 @@
 //! it guarantees P only when burst + rate·T ≤ N; with the default burst = N that is 2N. Use it to
 //! smooth traffic, and `sliding_window` where P matters.
 
-use super::{LimitState, Step, demand};
+use super::{LimitState, StepDecision, demand};
 use crate::algorithm::Algorithm;
 use crate::policy::Policy;
 
@@ -35,7 +35,7 @@ impl LimitState for TokenBucket {
         Self::default()
     }
 
-    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+    fn step(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
         let e = u128::from(policy.emission_ns());
         let burst = u64::from(burst(policy));
         let capacity = u128::from(burst) * e;
@@ -54,7 +54,7 @@ impl LimitState for TokenBucket {
         } else {
             saturate((after - now).saturating_sub(capacity))
         };
-        Step::new(
+        StepDecision::new(
             allowed,
             policy,
             saturate(remaining),

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use crate::algorithm::{
-    Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, Step, TokenBucket,
+    Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, StepDecision, TokenBucket,
 };
 use crate::decision::Decision;
 use crate::key::{CounterKey, Fingerprinter};
@@ -181,7 +181,7 @@ impl MemoryStore {
                 }
                 continue;
             }
-            let steps: Vec<Step> = held
+            let steps: Vec<StepDecision> = held
                 .iter_mut()
                 .zip(&counters)
                 .map(|(h, &(first, hits))| {
@@ -375,7 +375,7 @@ trait Held {
     /// The sweep removed this cell before we locked it.
     fn retired(&self) -> bool;
     /// Steps a copy of the state; [`Held::commit`] makes the copy the state.
-    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step;
+    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision;
     fn commit(&mut self);
     /// Caches a denial of at most one hit, as the single-key check does.
     fn publish_denial(&self, until: u64);
@@ -393,7 +393,7 @@ impl<S: LimitState> Held for HeldCell<'_, S> {
         self.cell.denied_until.load(Ordering::Relaxed) == RETIRED
     }
 
-    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> Step {
+    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
         let mut trial = self.state.clone();
         let step = trial.step(policy, now_ns.max(self.swept_at), hits);
         self.trial = Some(trial);
