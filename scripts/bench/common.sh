@@ -22,3 +22,33 @@ start_drl() {
   fi
   echo "$name: HTTP $HTTP, gRPC $GRPC" >&2
 }
+
+# bench_options HELP_LINES ARGS...: the options every sub-command takes: --quick (a smoke run),
+# --docs / --no-docs (write docs/benchmarks.md or not; by default only a full run does), --note
+# TEXT, --help (prints lines HELP_LINES, e.g. 2,13, of the script). Sets quick, docs and note;
+# the options it does not know are left, in order, in the array extra.
+bench_options() {
+  local help=$1
+  shift
+  quick=0 docs="" note="" extra=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --quick) quick=1 ;;
+      --docs) docs=1 ;;
+      --no-docs) docs=0 ;;
+      --note) note="${2:?--note takes a text}"; shift ;;
+      -h|--help) sed -n "${help}p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      *) extra+=("$1") ;;
+    esac
+    shift
+  done
+  [ -n "$docs" ] || docs=$((1 - quick))
+}
+
+# no_extra_options: refuses what bench_options left in extra.
+no_extra_options() {
+  if [ ${#extra[@]} -gt 0 ]; then
+    echo "unknown option: ${extra[0]} (see --help)" >&2
+    exit 2
+  fi
+}

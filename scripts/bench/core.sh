@@ -16,21 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-quick=0
-docs=""
-note=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --quick) quick=1 ;;
-    --docs) docs=1 ;;
-    --no-docs) docs=0 ;;
-    --note) note="${2:?--note takes a text}"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
-[ -n "$docs" ] || docs=$((1 - quick))
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
+bench_options 2,13 "$@"
+no_extra_options
 
 target="${CARGO_TARGET_DIR:-target}"
 out="$target/bench-core"

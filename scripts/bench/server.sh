@@ -22,23 +22,18 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/common.sh
 . scripts/bench/common.sh
 
-quick=0
-docs=""
-note=""
+bench_options 2,19 "$@"
 duration=""
+set -- ${extra[@]+"${extra[@]}"}
+extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) quick=1 ;;
-    --docs) docs=1 ;;
-    --no-docs) docs=0 ;;
-    --note) note="${2:?--note takes a text}"; shift ;;
     --duration) duration="${2:?--duration takes a time such as 10s}"; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    *) extra+=("$1") ;;
   esac
   shift
 done
-[ -n "$docs" ] || docs=$((1 - quick))
+no_extra_options
 if [ -z "$duration" ]; then
   if [ "$quick" = 1 ]; then duration=3s; else duration=10s; fi
 fi

@@ -40,21 +40,8 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/common.sh
 . scripts/bench/common.sh
 
-quick=0
-docs=""
-note=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --quick) quick=1 ;;
-    --docs) docs=1 ;;
-    --no-docs) docs=0 ;;
-    --note) note="${2:?--note takes a text}"; shift ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
-  esac
-  shift
-done
-[ -n "$docs" ] || docs=$((1 - quick))
+bench_options 2,30 "$@"
+no_extra_options
 if [ "$quick" = 1 ]; then
   duration=3s
   series="1000 100000"
