@@ -71,6 +71,92 @@ fn two_nodes_share_one_budget_in_redis() {
     assert_ne!(redis.cli(&["DBSIZE"]), "0");
 }
 
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+fn libfaketime() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
+    .expect("libfaketime (scripts/test.sh installs Debian's faketime package)")
+}
+
+/// `PUT path` with a JSON body and the admin token; the status code.
+fn admin_put(node: &DrlProcess, path: &str, token: &str, body: &str) -> u16 {
+    let addr = node.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Shared bans and blocks end on Redis's clock, not a node's: a node whose wall clock runs 2 h
+/// ahead (libfaketime) syncs a 1 h block made through another node, enforces it, and does not
+/// lift it. (Ends on each node's own clock made that node see the block as long over and delete
+/// it from Redis, for every node.)
+#[test]
+fn a_node_whose_clock_runs_two_hours_ahead_keeps_a_one_hour_block() {
+    let redis = support::Redis::start();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("drl-redis-nodes-clock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("drl.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n    \
+             timeout: 2s\ndefault:\n  limit: 1000\n  window: 1m\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let token = "clock-test-token";
+    let a = DrlProcess::start_with(DRL, &config, &[], &[("DRL_ADMIN_TOKEN", token)]);
+    let ahead = DrlProcess::start_with(
+        DRL,
+        &config,
+        &[],
+        &[
+            ("LD_PRELOAD", libfaketime()),
+            ("FAKETIME", "+2h"),
+            // Timers and timeouts run on the monotonic clock: only the wall clock is moved.
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    assert_eq!(ahead.check("mallory", "/x").0, Some(0));
+    assert_eq!(
+        admin_put(&a, "/v1/blocks/mallory", token, r#"{"duration":"1h"}"#),
+        200
+    );
+    // The node ahead picks the block up at its next sync (once a second) and enforces it.
+    drl_testkit::wait_within_blocking(
+        Duration::from_secs(20),
+        "the node ahead to enforce the block",
+        || ahead.check("mallory", "/x").0 == Some(1),
+    );
+    // Several more syncs of the node ahead: the block stays, on both nodes and in Redis.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ahead.check("mallory", "/x").0, Some(1));
+    assert_eq!(a.check("mallory", "/x").0, Some(1));
+    assert_eq!(a.check("someone-else", "/x").0, Some(0));
+}
+
 /// Rounds of a client per check of its ledger.
 const LEDGER_EVERY: usize = 4;
 
