@@ -3,13 +3,14 @@
 `scripts/cluster.sh up --prometheus` starts a Redis Cluster (3 masters, no replicas: `fast`
 consistency), 3 drl nodes and Prometheus (deploy/prometheus/, scraping every second), all on
 free loopback ports. The test then sends a known amount of traffic to each node, stops Redis and
-sends more (every check answered by `on_error: deny`), and asks Prometheus's HTTP API for:
+sends more (every check answered by `on_error: deny`: HTTP 503, a store error, no decision),
+and asks Prometheus's HTTP API for:
 
 - each node's decisions, as a total and as `rate()` over the whole life of its series, evaluated
   at the node's last scrape (exact: no extrapolation, since every series starts at 0 before any
   traffic and the range ends on a sample), against what was sent to it;
 - the denial ratio, of every node together and of each node;
-- the store error rate: node 0's checks answered by `on_error` (fallbacks) over its checks;
+- the store error rate: node 0's checks answered by `on_error` (fallbacks) over its decisions;
 - that the alert rules loaded and evaluate without error, and that the fallbacks put
   DrlOnErrorFallbacks in `pending` for node 0 and no other;
 - every query of deploy/grafana/drl.json (Grafana's variables substituted): no error, some
@@ -44,7 +45,7 @@ from harness import (ROOT, Failed, Processes, check, drl_binary, equal, port_ope
 # Per node: (user, checks sent) on an endpoint whose rule allows LIMIT an hour per user.
 LIMIT = 10
 TRAFFIC = [("u0", 25), ("u1", 15), ("u2", 5)]
-# Node 0's checks once Redis is stopped: all denied by on_error, each one a fallback.
+# Node 0's checks once Redis is stopped: all answered 503 by on_error (deny), each a fallback.
 OUTAGE_CHECKS = 12
 TOKEN = "e2e-admin-token"
 DECISIONS = '{__name__=~"drl_decisions_total|drl_descriptor_decisions_total"'
@@ -234,14 +235,16 @@ def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict)
                 json.dumps({"backend": "db", "utilization": 0.95}).encode())
     equal(r.status, 200, "a load report for backend db")
 
-    # Redis stops: node 0's checks are answered by on_error (deny), each counted as a fallback.
+    # Redis stops: node 0's checks are answered by on_error (deny): each is the store's error,
+    # HTTP 503 (never a rate-limit denial, nor a decision), and counted as a fallback.
     out = subprocess.run([str(ROOT / "scripts" / "redis-cluster.sh"), "down"], env=env,
                          capture_output=True, text=True, timeout=60)
     equal(out.returncode, 0, "Redis Cluster stopped")
-    allowed = sum(check_json(ports[0], "v0", "/e2e") for _ in range(OUTAGE_CHECKS))
-    equal(allowed, 0, f"{OUTAGE_CHECKS} checks with Redis down: allowed")
-    expected[instances[0]]["checks"] += OUTAGE_CHECKS
-    expected[instances[0]]["denied"] += OUTAGE_CHECKS
+    body = json.dumps({"user_id": "v0", "endpoint": "/e2e"}).encode()
+    statuses = [request(ports[0], "POST", "/v1/check", {"content-type": "application/json"},
+                        body).status for _ in range(OUTAGE_CHECKS)]
+    equal(statuses, [503] * OUTAGE_CHECKS,
+          f"{OUTAGE_CHECKS} checks with Redis down: answered as unavailable")
     expected[instances[0]]["fallbacks"] = OUTAGE_CHECKS
 
     totals = f"sum by (instance) ({DECISIONS}}})"
@@ -249,6 +252,10 @@ def measure(prom: Prometheus, ports: list[int], instances: list[str], env: dict)
     wait_until(lambda: prom.by_instance(totals) == want,
                f"Prometheus's totals reach {want}", timeout=30)
     check(True, f"decisions per node, as totals: {want}")
+    # The outage's checks are no decisions: wait for a scrape that has node 0's fallbacks too.
+    fallbacks = 'drl_store_events_total{job="drl", event="fallbacks"}'
+    wait_until(lambda: prom.by_instance(fallbacks).get(instances[0]) == OUTAGE_CHECKS,
+               f"Prometheus sees node 0's {OUTAGE_CHECKS} fallbacks", timeout=30)
 
     # The last scrape of each node, and a range reaching back before its first.
     last = prom.by_instance('timestamp(drl_config_version{job="drl"})')
