@@ -37,22 +37,34 @@ fn store_errors(node: &DrlProcess) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-#[test]
-fn two_nodes_share_one_budget_in_redis() {
-    let redis = support::Redis::start();
+/// The config of this file's nodes, written for test `test`: `store.redis` on `redis` in fast
+/// mode (2 s timeout, `store_extra` lines added), then `rules` (the default and any rules).
+fn redis_config(test: &str, redis: &support::Redis, store_extra: &str, rules: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("drl-redis-nodes-{}", std::process::id()));
+        .join(format!("drl-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("drl.yaml");
     std::fs::write(
         &config,
         format!(
-            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n    \
-             timeout: 2s\ndefault:\n  limit: 3\n  window: 1m\n",
+            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n\
+             {store_extra}    timeout: 2s\n{rules}",
             redis.url()
         ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn two_nodes_share_one_budget_in_redis() {
+    let redis = support::Redis::start();
+    let config = redis_config(
+        "redis-nodes",
+        &redis,
+        "",
+        "default:\n  limit: 3\n  window: 1m\n",
+    );
     let (a, b) = (
         DrlProcess::start(DRL, &config),
         DrlProcess::start(DRL, &config),
@@ -113,19 +125,12 @@ fn admin_put(node: &DrlProcess, path: &str, token: &str, body: &str) -> u16 {
 #[test]
 fn a_node_whose_clock_runs_two_hours_ahead_keeps_a_one_hour_block() {
     let redis = support::Redis::start();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("drl-redis-nodes-clock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("drl.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n    \
-             timeout: 2s\ndefault:\n  limit: 1000\n  window: 1m\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
+    let config = redis_config(
+        "redis-nodes-clock",
+        &redis,
+        "",
+        "default:\n  limit: 1000\n  window: 1m\n",
+    );
     let token = "clock-test-token";
     let a = DrlProcess::start_with(DRL, &config, &[], &[("DRL_ADMIN_TOKEN", token)]);
     let ahead = DrlProcess::start_with(
@@ -188,21 +193,15 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
     const N: usize = 20;
     const WINDOW: Duration = Duration::from_secs(1);
     let redis = support::Redis::start();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("drl-node-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("drl.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "store:\n  kind: redis\n  redis:\n    urls: [\"{}\"]\n    consistency: fast\n    \
-             on_error: deny\n    timeout: 2s\ndefault:\n  limit: {N}\n  window: 1s\n  \
-             algorithm: sliding_log\nrules:\n  - endpoint: /ledger\n    limit: 10000\n    \
-             window: 1h\n    algorithm: sliding_log\n",
-            redis.url()
+    let config = redis_config(
+        "node-kill",
+        &redis,
+        "    on_error: deny\n",
+        &format!(
+            "default:\n  limit: {N}\n  window: 1s\n  algorithm: sliding_log\nrules:\n  \
+             - endpoint: /ledger\n    limit: 10000\n    window: 1h\n    algorithm: sliding_log\n"
         ),
-    )
-    .unwrap();
+    );
     let mut nodes: Vec<DrlProcess> = (0..3).map(|_| DrlProcess::start(DRL, &config)).collect();
     let clients: Arc<Vec<Client>> = Arc::new(
         nodes
