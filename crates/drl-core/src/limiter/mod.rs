@@ -42,6 +42,7 @@ pub use descriptors::{
     DecidedBy, Descriptor, DescriptorDecision, MAX_DESCRIPTORS, MAX_ENTRIES, RequestDecision,
 };
 pub use native::NativeDecision;
+use native::Plan;
 
 /// How often the background sweeper reclaims idle keys by default.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -274,7 +275,8 @@ impl Limiter<MemoryStore> {
         })
     }
 
-    /// Decides a native check synchronously on the memory store.
+    /// Decides a native check synchronously on the memory store: the plan, the store's answer,
+    /// then what follows a decision.
     fn answer_now(
         &self,
         rules: &Rules,
@@ -284,26 +286,11 @@ impl Limiter<MemoryStore> {
         now: u64,
         epoch: u64,
     ) -> NativeDecision {
-        if let Some(checked) = self.banned(rules, target, values[0], now) {
-            return checked;
-        }
-        let decision = match self.single(target, values, hits, now, epoch) {
-            Some(request) => self.inner.store.check_now(&request),
-            None => match target.action() {
-                Action::Limit(limits) => {
-                    let requests = self.requests_in(
-                        &self.inner.domain,
-                        target,
-                        limits,
-                        values,
-                        hits,
-                        now,
-                        epoch,
-                    );
-                    combine(&self.inner.store.check_all_now(&requests))
-                }
-                other => fixed_answer(other),
-            },
+        let decision = match self.plan(rules, target, values, hits, now, epoch) {
+            Plan::Answered(checked) => return checked,
+            Plan::Fixed(decision) => decision,
+            Plan::One(request) => self.inner.store.check_now(&request),
+            Plan::All(requests) => combine(&self.inner.store.check_all_now(&requests)),
         };
         self.after(rules, target, values[0], now, decision)
     }

@@ -40,28 +40,44 @@ impl<S: Store> Limiter<S> {
         let endpoint = rules.endpoint_normalization().apply(endpoint);
         let (target, values) = native_target(&rules, user_id, &endpoint)?;
         let now = self.inner.clock.now_ns();
-        if let Some(checked) = self.banned(&rules, target, user_id, now) {
-            return Ok(checked);
-        }
-        let decision = match self.single(target, &values, hits, now, rules_epoch) {
-            Some(request) => self.inner.store.check(request).await?,
-            None => match target.action() {
-                Action::Limit(limits) => {
-                    let requests = self.requests_in(
-                        &self.inner.domain,
-                        target,
-                        limits,
-                        &values,
-                        hits,
-                        now,
-                        rules_epoch,
-                    );
-                    combine(&self.inner.store.check_all(&requests).await?)
-                }
-                other => fixed_answer(other),
-            },
+        let decision = match self.plan(&rules, target, &values, hits, now, rules_epoch) {
+            Plan::Answered(checked) => return Ok(checked),
+            Plan::Fixed(decision) => decision,
+            Plan::One(request) => self.inner.store.check(request).await?,
+            Plan::All(requests) => combine(&self.inner.store.check_all(&requests).await?),
         };
         Ok(self.after(&rules, target, user_id, now, decision))
+    }
+
+    /// What a native check asks of the store, decided before touching it: the one step the
+    /// synchronous (memory store) and the async path share before each calls its store.
+    pub(super) fn plan<'a>(
+        &'a self,
+        rules: &Rules,
+        target: &'a Target,
+        values: &'a [&'a str; 2],
+        hits: u32,
+        now: u64,
+        rules_epoch: u64,
+    ) -> Plan<'a> {
+        if let Some(checked) = self.banned(rules, target, values[0], now) {
+            return Plan::Answered(checked);
+        }
+        if let Some(request) = self.single(target, values, hits, now, rules_epoch) {
+            return Plan::One(request);
+        }
+        match target.action() {
+            Action::Limit(limits) => Plan::All(self.requests_in(
+                &self.inner.domain,
+                target,
+                limits,
+                values,
+                hits,
+                now,
+                rules_epoch,
+            )),
+            other => Plan::Fixed(fixed_answer(other)),
+        }
     }
 
     /// The answer for a banned user (no counter touched), or `None`.
@@ -221,4 +237,16 @@ pub(super) fn native_target<'a>(
     validate_id("user_id", user_id)?;
     validate_id("endpoint", endpoint)?;
     Ok((rules.lookup(user_id, endpoint), [user_id, endpoint]))
+}
+
+/// A native check's plan ([`Limiter::plan`]).
+pub(super) enum Plan<'a> {
+    /// Answered without any counter: a ban, a block or the blocklist.
+    Answered(NativeDecision),
+    /// The rule's fixed answer (`deny` or `unlimited`), no counter touched.
+    Fixed(Decision),
+    /// One counter: the common case of one plain limit.
+    One(StoreRequest<'a>),
+    /// The rule's limits, all or nothing.
+    All(Vec<StoreRequest<'a>>),
 }
