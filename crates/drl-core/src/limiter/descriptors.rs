@@ -28,9 +28,14 @@ impl<S: Store> Limiter<S> {
         domain: &str,
         descriptors: &[Descriptor<'_>],
     ) -> Result<RequestDecision, LimiterError> {
-        let normalization = *self.inner.rules.load().endpoint_normalization();
+        // One rule set for the whole request: the one that normalises it also decides it.
+        let rules_epoch = self.inner.store.rules_epoch();
+        let rules = self.inner.rules.load_full();
+        let normalization = *rules.endpoint_normalization();
         if domain != NATIVE_DOMAIN || normalization.is_off() {
-            return self.decide_descriptors(domain, descriptors).await;
+            return self
+                .decide_descriptors(rules, rules_epoch, domain, descriptors)
+                .await;
         }
         let values: Vec<Vec<Cow<'_, str>>> = descriptors
             .iter()
@@ -64,12 +69,15 @@ impl<S: Store> Limiter<S> {
                 limit: d.limit.clone(),
             })
             .collect();
-        self.decide_descriptors(domain, &normalized).await
+        self.decide_descriptors(rules, rules_epoch, domain, &normalized)
+            .await
     }
 
     /// [`Limiter::check_descriptors`] once the descriptors are normalised.
     async fn decide_descriptors(
         &self,
+        rules: Arc<Rules>,
+        rules_epoch: u64,
         domain: &str,
         descriptors: &[Descriptor<'_>],
     ) -> Result<RequestDecision, LimiterError> {
@@ -91,8 +99,6 @@ impl<S: Store> Limiter<S> {
                 }
             }
         }
-        let rules_epoch = self.inner.store.rules_epoch();
-        let rules = self.inner.rules.load_full();
         let Some(rule_domain) = rules.domain(domain) else {
             return Err(CheckError::UnknownDomain {
                 domain: domain.to_owned(),
