@@ -52,3 +52,25 @@ no_extra_options() {
     exit 2
   fi
 }
+
+# stop_server: stops the node start_drl started, if it runs: SIGTERM, then SIGKILL after 10 s.
+stop_server() {
+  if [ -n "${server_pid:-}" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+
+# machine_facts: KEY=value lines on this machine (CPU, cores, memory, kernel, virtualization,
+# compiler) for a report's machine file.
+machine_facts() {
+  echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "cores=$(nproc)"
+  echo "memory=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "kernel=$(uname -sr)"
+  echo "virtualization=vm: $(systemd-detect-virt --vm 2>/dev/null || echo none), container: $(systemd-detect-virt --container 2>/dev/null || echo none)"
+  echo "rustc=$(rustc --version)"
+}

@@ -40,12 +40,7 @@ fi
 
 say "machine"
 {
-  echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-  echo "cores=$(nproc)"
-  echo "memory=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
-  echo "kernel=$(uname -sr)"
-  echo "virtualization=vm: $(systemd-detect-virt --vm 2>/dev/null || echo none), container: $(systemd-detect-virt --container 2>/dev/null || echo none)"
-  echo "rustc=$(rustc --version)"
+  machine_facts
   echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates/drl-core || echo ' (drl-core modified)')"
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -55,15 +55,6 @@ drl="$target/release/drl"
 
 # The nodes this script starts, stopped on any exit.
 server_pid=""
-stop_server() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  server_pid=""
-}
 trap stop_server EXIT INT TERM
 
 # start_server NAME LIMIT: a node on free loopback ports; sets GRPC and HTTP.
@@ -91,12 +82,7 @@ scenario() {
 
 say "machine"
 {
-  echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-  echo "cores=$(nproc)"
-  echo "memory=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
-  echo "kernel=$(uname -sr)"
-  echo "virtualization=vm: $(systemd-detect-virt --vm 2>/dev/null || echo none), container: $(systemd-detect-virt --container 2>/dev/null || echo none)"
-  echo "rustc=$(rustc --version)"
+  machine_facts
   echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' (crates modified)')"
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
