@@ -111,20 +111,25 @@ impl<S: Store> Limiter<S> {
         } else {
             domain
         };
-        let overrides: Vec<Option<Target>> = descriptors
-            .iter()
-            .map(|d| match rule_domain.request_limits() {
-                RequestLimits::Allowed => d
-                    .limit
-                    .clone()
-                    .map(|policy| Target::overriding(domain, d.entries, policy)),
-                RequestLimits::Ignored => None,
-            })
-            .collect();
+        // Limits brought by the request, when the domain takes them (none: nothing allocated).
+        let overrides: Vec<Option<Target>> = match rule_domain.request_limits() {
+            RequestLimits::Allowed if descriptors.iter().any(|d| d.limit.is_some()) => descriptors
+                .iter()
+                .map(|d| {
+                    d.limit
+                        .clone()
+                        .map(|policy| Target::overriding(domain, d.entries, policy))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut targets: Vec<Option<&Target>> = descriptors
             .iter()
-            .zip(&overrides)
-            .map(|(d, o)| o.as_ref().or_else(|| rule_domain.find(d.entries)))
+            .enumerate()
+            .map(|(i, d)| match overrides.get(i) {
+                Some(Some(o)) => Some(o),
+                _ => rule_domain.find(d.entries),
+            })
             .collect();
         let now = self.inner.clock.now_ns();
         if let Some(outcome) = self.blocked(&rules, descriptors, &targets, now) {
@@ -135,24 +140,31 @@ impl<S: Store> Limiter<S> {
             .flatten()
             .flat_map(|t| t.replaces())
             .collect();
-        for target in &mut targets {
-            if target.is_some_and(|t| t.name().is_some_and(|n| replaced.contains(&n))) {
-                *target = None;
+        if !replaced.is_empty() {
+            for target in &mut targets {
+                if target.is_some_and(|t| t.name().is_some_and(|n| replaced.contains(&n))) {
+                    *target = None;
+                }
             }
         }
-        let values: Vec<Vec<&str>> = descriptors
-            .iter()
-            .zip(&targets)
-            .map(|(d, t)| match t {
-                Some(t) => d
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .map(|(level, e)| t.counter_value(level, e.value))
-                    .collect(),
-                None => Vec::new(),
-            })
-            .collect();
+        // The counter values of every limited descriptor in one vector; `at[i]` is descriptor
+        // i's part of it.
+        let mut values: Vec<&str> =
+            Vec::with_capacity(descriptors.iter().map(|d| d.entries.len()).sum());
+        let mut at = Vec::with_capacity(descriptors.len());
+        for (d, t) in descriptors.iter().zip(&targets) {
+            let start = values.len();
+            if let Some(t) = t {
+                values.extend(
+                    d.entries
+                        .iter()
+                        .enumerate()
+                        .map(|(level, e)| t.counter_value(level, e.value)),
+                );
+            }
+            at.push(start..values.len());
+        }
+        let values = values.as_slice();
 
         // Enforced limits of every descriptor go to the store as one all-or-nothing check.
         let mut enforced = Vec::new();
@@ -163,15 +175,20 @@ impl<S: Store> Limiter<S> {
             match target.action() {
                 Action::Limit(limits) if !target.shadow_mode() => {
                     let start = enforced.len();
-                    enforced.extend(self.requests_in(
+                    let requests = self.requests_in(
                         counter_domain,
                         target,
                         limits,
-                        &values[i],
+                        &values[at[i].clone()],
                         d.hits,
                         now,
                         rules_epoch,
-                    ));
+                    );
+                    if enforced.is_empty() {
+                        enforced = requests;
+                    } else {
+                        enforced.extend(requests);
+                    }
                     spans[i] = start..enforced.len();
                 }
                 Action::Deny { .. } if !target.shadow_mode() => denied_outright = true,
@@ -217,7 +234,7 @@ impl<S: Store> Limiter<S> {
                         counter_domain,
                         target,
                         limits,
-                        &values[i],
+                        &values[at[i].clone()],
                         hits,
                         now,
                         rules_epoch,

@@ -18,7 +18,7 @@
 //!   indistinguishable from a fresh one and is removed, so memory follows the active key set. A
 //!   check that raced with the sweep and finds its cell retired looks the key up again.
 //! - Each algorithm has its own table, so a cell is exactly as large as its state (a
-//!   default-precision sliding window is one allocation of about 200 bytes).
+//!   default-precision sliding window's entry, fingerprint and cell, is one 72-byte allocation).
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
@@ -80,9 +80,11 @@ impl MemoryStore {
     /// Checks and counts synchronously: the embedded fast path.
     #[inline]
     pub fn check_now(&self, request: &StoreRequest<'_>) -> Decision {
-        match self.answer(request) {
+        match self.answer(request, true) {
             Answer::Decided(decision) => decision,
             Answer::Denied(denial) => denial.decision(request.policy.requests(), request.now_ns),
+            // Only `admit_now` asks for answers without times.
+            Answer::Refused => Decision::new(false, request.policy.requests(), 0, 0, 0),
         }
     }
 
@@ -90,27 +92,29 @@ impl MemoryStore {
     /// computing retry and reset times (the `check_and_increment` path).
     #[inline]
     pub fn admit_now(&self, request: &StoreRequest<'_>) -> bool {
-        match self.answer(request) {
+        match self.answer(request, false) {
             Answer::Decided(decision) => decision.allowed,
-            Answer::Denied(_) => false,
+            Answer::Denied(_) | Answer::Refused => false,
         }
     }
 
+    /// The answer to `request`; `timed`: a cached denial must come with its retry and reset
+    /// times ([`Answer::Denied`], not [`Answer::Refused`]).
     #[inline]
-    fn answer(&self, request: &StoreRequest<'_>) -> Answer {
+    fn answer(&self, request: &StoreRequest<'_>, timed: bool) -> Answer {
         // The memo is looked up before the fingerprint is computed: a hammered key is answered
         // for the cost of a cheap hash and a comparison of its identity.
         if request.hits <= 1
-            && let Some(denial) = memo_lookup(self.id, request)
+            && let Some(answer) = memo_lookup(self.id, request, timed)
         {
-            return Answer::Denied(denial);
+            return answer;
         }
-        let id = self.fingerprints.fingerprint(&request.key);
+        let id = Fingerprint::from(self.fingerprints.fingerprint(&request.key));
         let (answer, denial) = match request.policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs),
-            Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs),
-            Algorithm::FixedWindow => self.fixed.check(id, request, &self.epochs),
-            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs),
+            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs, timed),
+            Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs, timed),
+            Algorithm::FixedWindow => self.fixed.check(id, request, &self.epochs, timed),
+            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs, timed),
         };
         if let Some(denial) = denial {
             memo_insert(self.id, &request.key, request.rules_epoch, denial);
@@ -156,7 +160,7 @@ impl MemoryStore {
         let steps = loop {
             let mut held: Vec<Box<dyn Held + '_>> = Vec::with_capacity(counters.len());
             for &(first, _) in &counters {
-                let (id, policy) = (ids[first], requests[first].policy);
+                let (id, policy) = (Fingerprint::from(ids[first]), requests[first].policy);
                 held.push(match policy.algorithm() {
                     Algorithm::SlidingWindow { .. } => self.windows.hold(id, policy, &guards.0),
                     Algorithm::SlidingLog => self.logs.hold(id, policy, &guards.1),
@@ -171,7 +175,7 @@ impl MemoryStore {
                 drop(held);
                 for c in retired {
                     let (first, _) = counters[c];
-                    let id = ids[first];
+                    let id = Fingerprint::from(ids[first]);
                     match requests[first].policy.algorithm() {
                         Algorithm::SlidingWindow { .. } => self.windows.forget(id, &guards.0),
                         Algorithm::SlidingLog => self.logs.forget(id, &guards.1),
@@ -267,6 +271,8 @@ impl Store for MemoryStore {
 enum Answer {
     Decided(Decision),
     Denied(Denial),
+    /// A cached denial, answered without its times (for a caller that wants only "admitted?").
+    Refused,
 }
 
 /// A denial that may be answered without the key's lock until `until`.
@@ -276,6 +282,14 @@ struct Denial {
     until: u64,
     /// The key's [`LimitState::idle_at`], for the answer's `reset_after`.
     idle_at: u64,
+}
+
+/// A denial to remember in the per-thread memo: the key's `idle_at` is known when the check
+/// read the state (under its lock), not when it answered from the cell's cached `until` alone.
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    until: u64,
+    idle_at: Option<u64>,
 }
 
 impl Denial {
@@ -300,7 +314,7 @@ const MEMO_SLOTS: usize = 64;
 struct MemoEntry {
     store: u64,
     epoch: u64,
-    denial: Denial,
+    denial: Remembered,
     /// The counter's [`CounterKey::encode`]: an entry answers only a key that encodes exactly
     /// so, so the slot's hash needs no resistance to collisions (a collision only evicts).
     identity: Box<[u8]>,
@@ -327,8 +341,10 @@ fn memo_slot(key: &CounterKey<'_>) -> usize {
     (hash as usize) % MEMO_SLOTS
 }
 
+/// The memo's answer for `request`: [`Answer::Denied`] (with times) or, unless `timed`,
+/// [`Answer::Refused`].
 #[inline]
-fn memo_lookup(store: u64, request: &StoreRequest<'_>) -> Option<Denial> {
+fn memo_lookup(store: u64, request: &StoreRequest<'_>, timed: bool) -> Option<Answer> {
     if request.now_ns >= MEMO_UNTIL.get() {
         return None;
     }
@@ -340,11 +356,19 @@ fn memo_lookup(store: u64, request: &StoreRequest<'_>) -> Option<Denial> {
             && entry.epoch == request.rules_epoch
             && request.now_ns < entry.denial.until
             && request.key.encodes_as(&entry.identity))
-        .then_some(entry.denial)
+        .then_some(())?;
+        match (entry.denial.idle_at, timed) {
+            (Some(idle_at), _) => Some(Answer::Denied(Denial {
+                until: entry.denial.until,
+                idle_at,
+            })),
+            (None, false) => Some(Answer::Refused),
+            (None, true) => None,
+        }
     })
 }
 
-fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
+fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Remembered) {
     let slot = memo_slot(key);
     MEMO_UNTIL.set(MEMO_UNTIL.get().max(denial.until));
     MEMO.with(|memo| {
@@ -353,9 +377,17 @@ fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
             match entry {
                 // The same key again (its previous denial ran out): keep its identity.
                 Some(e) if key.encodes_as(&e.identity) => {
+                    // A denial answered from the cell's `until` alone keeps the `idle_at` this
+                    // entry already knew for the same denial.
+                    let known = e.denial.idle_at.filter(|_| {
+                        e.store == store && e.epoch == epoch && e.denial.until == denial.until
+                    });
                     e.store = store;
                     e.epoch = epoch;
-                    e.denial = denial;
+                    e.denial = Remembered {
+                        until: denial.until,
+                        idle_at: denial.idle_at.or(known),
+                    };
                 }
                 _ => {
                     *entry = Some(MemoEntry {
@@ -403,9 +435,6 @@ impl<S: LimitState> Held for HeldCell<'_, S> {
     fn commit(&mut self) {
         if let Some(trial) = self.trial.take() {
             *self.state = trial;
-            self.cell
-                .idle_at
-                .store(self.state.idle_at(), Ordering::Relaxed);
         }
     }
 
@@ -417,7 +446,7 @@ impl<S: LimitState> Held for HeldCell<'_, S> {
 /// One algorithm's keys.
 #[derive(Debug)]
 struct Table<S> {
-    map: papaya::HashMap<u128, Cell<S>, FingerprintHash>,
+    map: papaya::HashMap<Fingerprint, Cell<S>, FingerprintHash>,
     /// `now` of the latest sweep. A check that finds its cell swept uses at least this time for
     /// the fresh cell, so a clock reading taken before the sweep cannot see state the sweep
     /// already judged expired.
@@ -436,7 +465,30 @@ impl<S> Default for Table<S> {
 /// `denied_until` of a cell the sweep has removed.
 const RETIRED: u64 = u64::MAX;
 
-/// One key: its algorithm state behind a mutex, and two atomics read without the lock.
+/// A key's 128-bit fingerprint as the map's key: two words, aligned to 8 bytes (a `u128` is
+/// aligned to 16, which would round the map's entry, fingerprint and cell, up to a multiple of 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u64; 2]);
+
+impl From<u128> for Fingerprint {
+    fn from(id: u128) -> Self {
+        Self([id as u64, (id >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform keyed hash: fold it (see `FingerprintHash`).
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
+}
+
+/// One key: its algorithm state behind a mutex, and its cached denial, read without the lock.
+///
+/// The map's entry (fingerprint and cell) is one allocation: 72 bytes for the default sliding
+/// window (16 + 8 + a 48-byte mutex around the 40-byte state), which glibc serves from an 80-byte
+/// chunk. The state's `idle_at` is not mirrored in an atomic: that took the entry to 80 bytes and
+/// a 96-byte chunk (16 bytes more per key).
 #[derive(Debug)]
 struct Cell<S> {
     /// While `now < denied_until`, not even one hit can be admitted (nothing can change that but
@@ -444,9 +496,6 @@ struct Cell<S> {
     /// under the lock when a check of at most one hit is denied; 0 when no denial is cached;
     /// [`RETIRED`] once the sweep has judged the cell idle and removed it.
     denied_until: AtomicU64,
-    /// The state's [`LimitState::idle_at`], published after every admission: the sweep reads it
-    /// without locking, and a cached denial's `reset_after` is derived from it.
-    idle_at: AtomicU64,
     state: Mutex<S>,
 }
 
@@ -454,7 +503,6 @@ impl<S> Cell<S> {
     fn new(state: S) -> Self {
         Self {
             denied_until: AtomicU64::new(0),
-            idle_at: AtomicU64::new(0),
             state: Mutex::new(state),
         }
     }
@@ -467,14 +515,16 @@ impl<S> Cell<S> {
 }
 
 impl<S: LimitState> Table<S> {
-    /// The check, and the denial it may be remembered by.
+    /// The check, and the denial it may be remembered by. A cached denial is answered without
+    /// the lock unless the answer must be `timed` (its reset time is the state's `idle_at`).
     #[inline]
     fn check(
         &self,
-        id: u128,
+        id: Fingerprint,
         request: &StoreRequest<'_>,
         epochs: &Epochs,
-    ) -> (Answer, Option<Denial>) {
+        timed: bool,
+    ) -> (Answer, Option<Remembered>) {
         let (policy, hits) = (request.policy, request.hits);
         let map = self.map.pin();
         let mut now = request.now_ns;
@@ -494,17 +544,19 @@ impl<S: LimitState> Table<S> {
                 },
             };
 
+            let cached = |until: u64, now: u64| {
+                hits <= 1
+                    && now < until
+                    && until != RETIRED
+                    && epochs.settled.load(Ordering::SeqCst) == request.rules_epoch
+            };
             let until = cell.denied_until.load(Ordering::Acquire);
-            if hits <= 1
-                && now < until
-                && until != RETIRED
-                && epochs.settled.load(Ordering::SeqCst) == request.rules_epoch
-            {
-                let denial = Denial {
+            if !timed && cached(until, now) {
+                let denial = Remembered {
                     until,
-                    idle_at: cell.idle_at.load(Ordering::Relaxed),
+                    idle_at: None,
                 };
-                return (Answer::Denied(denial), Some(denial));
+                return (Answer::Refused, Some(denial));
             }
 
             // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
@@ -517,18 +569,29 @@ impl<S: LimitState> Table<S> {
                 let _ = map.remove_if(&id, |_, v| std::ptr::eq(v, cell));
                 continue;
             }
+            // A cached denial, with its times: a denial changes no state, so the state's
+            // `idle_at` is the one it was decided with.
+            let until = cell.denied_until.load(Ordering::Relaxed);
+            if cached(until, now) {
+                let idle_at = state.idle_at();
+                let denial = Denial { until, idle_at };
+                let remembered = Remembered {
+                    until,
+                    idle_at: Some(idle_at),
+                };
+                return (Answer::Denied(denial), Some(remembered));
+            }
             let step = state.step(policy, now, hits);
             let mut denial = None;
-            if step.decision.allowed {
-                if hits > 0 {
-                    cell.idle_at.store(state.idle_at(), Ordering::Relaxed);
-                }
-            } else if hits <= 1 && epochs.current.load(Ordering::SeqCst) == request.rules_epoch {
+            if !step.decision.allowed
+                && hits <= 1
+                && epochs.current.load(Ordering::SeqCst) == request.rules_epoch
+            {
                 // Published only if decided under the current rules (see `rules_changed`).
                 cell.denied_until.store(step.retry_at_ns, Ordering::Release);
-                denial = Some(Denial {
+                denial = Some(Remembered {
                     until: step.retry_at_ns,
-                    idle_at: state.idle_at(),
+                    idle_at: Some(state.idle_at()),
                 });
             }
             return (Answer::Decided(step.decision), denial);
@@ -540,10 +603,8 @@ impl<S: LimitState> Table<S> {
         let map = self.map.pin();
         let before = map.len();
         map.retain(|_, cell| {
-            // Most cells are active: skip them without touching their lock.
-            if cell.idle_at.load(Ordering::Relaxed) > now_ns {
-                return true;
-            }
+            // The state's `idle_at` is read under its lock (a cell mirrors no copy of it, to
+            // keep the entry small); a cell in use right now is not idle.
             let state = match cell.state.try_lock() {
                 Ok(guard) => guard,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -563,7 +624,7 @@ impl<S: LimitState> Table<S> {
     /// The cell of `id`, created fresh if missing, locked (for [`MemoryStore::check_all_now`]).
     fn hold<'g>(
         &'g self,
-        id: u128,
+        id: Fingerprint,
         policy: &Policy,
         guard: &'g papaya::LocalGuard<'g>,
     ) -> Box<dyn Held + 'g> {
@@ -585,7 +646,7 @@ impl<S: LimitState> Table<S> {
     }
 
     /// Removes `id` if its cell was retired by the sweep.
-    fn forget(&self, id: u128, guard: &papaya::LocalGuard<'_>) {
+    fn forget(&self, id: Fingerprint, guard: &papaya::LocalGuard<'_>) {
         let _ = self.map.remove_if(
             &id,
             |_, v| v.denied_until.load(Ordering::Relaxed) == RETIRED,
@@ -624,6 +685,9 @@ pub struct FingerprintHasher(u64);
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
         self.0
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
     }
     fn write_u128(&mut self, v: u128) {
         self.0 ^= (v as u64) ^ ((v >> 64) as u64);
@@ -740,6 +804,30 @@ mod tests {
                     t + 37_000_001 * (i % 5)
                 };
             }
+        }
+    }
+
+    #[test]
+    fn denials_cached_without_times_still_answer_timed_checks_exactly() {
+        // `admit_now` caches a denial without the key's `idle_at` (it reads no state); a later
+        // `check_now` of the same key, on this thread or from the cell, must still get the
+        // algorithm's exact reset and retry times.
+        let p = Policy::per(2, Duration::from_secs(7), Algorithm::default()).unwrap();
+        let store = MemoryStore::new();
+        let mut model = <SlidingWindow as LimitState>::fresh(&p);
+        let mut t = 3 * SEC + 12_345;
+        for i in 0..40u64 {
+            let want = model.step(&p, t, 1).decision;
+            if i % 3 == 2 {
+                assert_eq!(store.check_now(&request(&p, "k", t, 1)), want, "step {i}");
+            } else {
+                assert_eq!(
+                    store.admit_now(&request(&p, "k", t, 1)),
+                    want.allowed,
+                    "step {i}"
+                );
+            }
+            t += 300_000_001;
         }
     }
 
