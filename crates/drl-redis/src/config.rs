@@ -67,6 +67,37 @@ pub struct RedisConfig {
     /// TLS settings for `rediss://` URLs (without them: the system's root CAs, no client
     /// certificate).
     pub tls: Option<RedisTls>,
+    /// Leases of hot keys (`store.redis.leases`, docs/hot-keys.md); `None`: off.
+    pub leases: Option<LeaseConfig>,
+}
+
+/// `store.redis.leases`: when a node answers a hot key's checks from a slice of its window held
+/// in memory (sliding_window and fixed_window only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseConfig {
+    /// Checks per second of one key on this node above which the node asks for slices.
+    pub threshold: f64,
+    /// Most of N one slice may hold (0 < max_fraction ≤ 1).
+    pub max_fraction: f64,
+}
+
+// Never NaN: the configuration refuses it.
+impl Eq for LeaseConfig {}
+
+impl LeaseConfig {
+    /// Default `threshold`: checks per second of one key on one node.
+    pub const DEFAULT_THRESHOLD: f64 = 1000.0;
+    /// Default `max_fraction`.
+    pub const DEFAULT_MAX_FRACTION: f64 = 0.1;
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            threshold: Self::DEFAULT_THRESHOLD,
+            max_fraction: Self::DEFAULT_MAX_FRACTION,
+        }
+    }
 }
 
 /// `store.redis.tls`: the PEM files of a TLS connection to Redis (`rediss://` URLs only).
@@ -101,6 +132,7 @@ impl RedisConfig {
             timeout: DEFAULT_TIMEOUT,
             deny_cache_capacity: DEFAULT_DENY_CACHE,
             tls: None,
+            leases: None,
         }
     }
 }

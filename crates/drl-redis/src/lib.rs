@@ -7,6 +7,8 @@
 //!   `on_error: deny | allow | local`, and the local deny cache; checks in flight batched per
 //!   master (`store/batch.rs`), failing slots probed in the background (`store/health.rs`), and
 //!   the cluster's slot map followed through failovers (`follow.rs`, `topology.rs`).
+//! - `lease`: hot keys answered from slices of their window leased into the node's memory
+//!   (`store.redis.leases`, docs/hot-keys.md).
 //! - [`RedisConfig`]: `store.redis` of the config.
 //! - [`shared`]: bans, blocks and adaptive factors shared by every node, and the
 //!   [`shared::Coordination`] that writes a node's changes and syncs the others' into its limiter.
@@ -20,11 +22,12 @@ mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+mod lease;
 mod scripts;
 pub mod shared;
 mod store;
 mod topology;
 
-pub use config::{ClientCert, Consistency, OnError, RedisConfig, RedisTls};
+pub use config::{ClientCert, Consistency, LeaseConfig, OnError, RedisConfig, RedisTls};
 pub use error::ConfigError;
 pub use store::{MAX_DOWN, PROBE_EVERY, RedisStats, RedisStore, WARM_UP};

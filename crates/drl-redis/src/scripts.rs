@@ -37,10 +37,11 @@ const SLIDING_WINDOW: &str = include_str!("lua/sliding_window.lua");
 const SLIDING_LOG: &str = include_str!("lua/sliding_log.lua");
 const FIXED_WINDOW: &str = include_str!("lua/fixed_window.lua");
 const TOKEN_BUCKET: &str = include_str!("lua/token_bucket.lua");
+const TAKE_BACK: &str = include_str!("lua/take_back.lua");
 
 /// The scripts, compiled once per store: one per algorithm for single checks, one for
 /// all-or-nothing checks of several counters of one slot, one to refund admissions, and one for
-/// many independent checks on one master.
+/// many independent checks on one master, and one to grant leases (`lease`).
 #[derive(Debug)]
 pub(crate) struct Scripts {
     sliding_window: Script,
@@ -50,6 +51,7 @@ pub(crate) struct Scripts {
     all: Script,
     refund: Script,
     many: Script,
+    lease: Script,
 }
 
 /// A counter in an all-or-nothing call: its key, policy and hits.
@@ -78,7 +80,7 @@ impl Scripts {
         let every = |flags: &str, trailer: &str| {
             Script::new(&format!(
                 "#!lua{flags}\n{PRELUDE}\n{SLIDING_WINDOW}\n{SLIDING_LOG}\n{FIXED_WINDOW}\n\
-                 {TOKEN_BUCKET}\n{trailer}"
+                 {TOKEN_BUCKET}\n{TAKE_BACK}\n{trailer}"
             ))
         };
         Self {
@@ -89,11 +91,12 @@ impl Scripts {
             all: every("", include_str!("lua/all.lua")),
             refund: every("", include_str!("lua/refund.lua")),
             many: every(" flags=allow-cross-slot-keys", include_str!("lua/many.lua")),
+            lease: every("", include_str!("lua/lease.lua")),
         }
     }
 
     /// Every script, for preloading with SCRIPT LOAD.
-    pub(crate) fn all(&self) -> [&Script; 7] {
+    pub(crate) fn all(&self) -> [&Script; 8] {
         [
             &self.sliding_window,
             &self.sliding_log,
@@ -102,6 +105,7 @@ impl Scripts {
             &self.all,
             &self.refund,
             &self.many,
+            &self.lease,
         ]
     }
 
@@ -194,6 +198,31 @@ impl Scripts {
         for (check, number) in checks.iter().zip(index) {
             call.arg(check.key).arg(number).arg(check.hits);
         }
+        call
+    }
+
+    /// The EVALSHA of a lease on `key`: up to `want` admissions of `policy` (a sliding or fixed
+    /// window), all counted now, after giving back `back` (a previous slice's refund token and
+    /// its unused admissions). Read the reply with [`parse_lease`].
+    pub(crate) fn call_lease(
+        &self,
+        key: &[u8],
+        policy: &Policy,
+        want: u32,
+        back: Option<(&str, u32)>,
+        test_now_ns: Option<u64>,
+    ) -> Cmd {
+        let (letter, params) = params(policy);
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.lease.get_hash()).arg(1).arg(key);
+        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()))
+            .arg(letter)
+            .arg(want)
+            .arg(policy.requests())
+            .arg(policy.window_ns())
+            .arg(&params[..]);
+        let (token, unused) = back.unwrap_or(("", 0));
+        call.arg(token).arg(unused);
         call
     }
 
@@ -347,6 +376,42 @@ pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError
             Some(Value::Int(v)) => v.to_string(),
             _ => String::new(),
         },
+    })
+}
+
+/// A lease's answer: the decision of the check that asked (admitted when `granted ≥ 1`), how
+/// many admissions were granted and counted, for how long from the script's instant they stay
+/// usable, and how many of the returned admissions were taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) reply: Reply,
+    pub(crate) granted: u32,
+    pub(crate) life: Duration,
+    pub(crate) returned: u32,
+}
+
+/// Reads the reply of [`Scripts::call_lease`], given N.
+pub(crate) fn parse_lease(value: &Value, limit: u32) -> Result<Grant, ReplyError> {
+    let reply = parse_reply(value, limit)?;
+    let Value::Array(items) = value else {
+        return Err(ReplyError(format!("expected an array, got {value:?}")));
+    };
+    let int = |i: usize| -> Result<u64, ReplyError> {
+        match items.get(i) {
+            Some(Value::Int(v)) if *v >= 0 => Ok(*v as u64),
+            other => Err(ReplyError(format!("lease field {i}: {other:?}"))),
+        }
+    };
+    let granted = u32::try_from(int(6)?).map_err(|e| ReplyError(e.to_string()))?;
+    if granted > 0 && !reply.decision.allowed {
+        return Err(ReplyError(format!("{granted} granted to a denied check")));
+    }
+    Ok(Grant {
+        reply,
+        granted,
+        // Rounded down: the slice must never outlive its bucket.
+        life: Duration::from_nanos(int(7)?),
+        returned: u32::try_from(int(8)?).map_err(|e| ReplyError(e.to_string()))?,
     })
 }
 
@@ -657,5 +722,81 @@ mod tests {
                 "{policy:?}: the old admissions count"
             );
         }
+    }
+
+    /// A lease grants all that fits (fewer near the limit, none at it), counts every granted
+    /// admission at once (a single check then sees them), lives only until its bucket or window
+    /// ends, and takes back unused admissions only from a bucket or window still counted.
+    #[tokio::test]
+    async fn a_lease_grants_what_fits_and_counts_it_at_once() {
+        let redis = Redis::start();
+        let mut conn = connect(&redis.url()).await;
+        let scripts = Scripts::new();
+        let per = |n, secs, algorithm| {
+            Policy::per(n, Duration::from_secs(secs), algorithm).expect("policy")
+        };
+        // 10 per 10 s: sliding in 1 s buckets, fixed aligned to 10 s.
+        let sliding = per(10, 10, Algorithm::SlidingWindow { precision: 10 });
+        let fixed = per(10, 10, Algorithm::FixedWindow);
+        for policy in [&sliding, &fixed] {
+            let key = key_for(b"lease", b"lease", policy.algorithm()).name;
+            let lease = |now: u64, want: u32, back: Option<(&str, u32)>| {
+                scripts.call_lease(&key, policy, want, back, Some(now))
+            };
+            // 0.25 s into a bucket (and into the fixed window): 6 asked, 6 granted.
+            let now = T0 + 250_000_000;
+            let grant =
+                parse_lease(&eval(&mut conn, &lease(now, 6, None)).await, 10).expect("lease");
+            assert_eq!(
+                (grant.granted, grant.reply.decision.remaining),
+                (6, 4),
+                "{policy:?}"
+            );
+            assert!(grant.reply.decision.allowed);
+            let life = match policy.algorithm() {
+                Algorithm::FixedWindow => 9_750_000_000,
+                _ => 750_000_000,
+            };
+            assert_eq!(grant.life, Duration::from_nanos(life), "{policy:?}");
+            // A single check sees the 6: 4 fit, of 5 asked.
+            let value = eval(&mut conn, &scripts.call(&key, policy, 5, Some(now))).await;
+            assert!(!parse_reply(&value, 10).expect("reply").decision.allowed);
+            // Partial: 8 asked, 4 left, 4 granted; then none at the limit.
+            let partial =
+                parse_lease(&eval(&mut conn, &lease(now, 8, None)).await, 10).expect("lease");
+            assert_eq!((partial.granted, partial.reply.decision.remaining), (4, 0));
+            let none =
+                parse_lease(&eval(&mut conn, &lease(now, 3, None)).await, 10).expect("lease");
+            assert_eq!(none.granted, 0);
+            assert!(!none.reply.decision.allowed);
+            assert!(none.reply.decision.retry_after > Duration::ZERO);
+            // 3 of the first slice unused, returned while its bucket is counted: taken back, and
+            // 3 granted again in the same call.
+            let back = Some((grant.reply.token.as_str(), 3));
+            let again =
+                parse_lease(&eval(&mut conn, &lease(now + 1, 5, back)).await, 10).expect("lease");
+            assert_eq!((again.returned, again.granted), (3, 3), "{policy:?}");
+            // A return naming a window that is no longer counted changes nothing.
+            let later = T0 + 30 * SEC;
+            let stale = Some((grant.reply.token.as_str(), 5));
+            let fresh =
+                parse_lease(&eval(&mut conn, &lease(later, 2, stale)).await, 10).expect("lease");
+            assert_eq!(
+                (
+                    fresh.returned,
+                    fresh.granted,
+                    fresh.reply.decision.remaining
+                ),
+                (0, 2, 8)
+            );
+        }
+        // No leases for the other algorithms: an error reply, nothing counted.
+        let bucket = per(10, 10, Algorithm::TokenBucket { burst: None });
+        let key = key_for(b"lease", b"lease", bucket.algorithm()).name;
+        let value: Result<Value, _> = scripts
+            .call_lease(&key, &bucket, 3, None, Some(T0))
+            .query_async(&mut conn)
+            .await;
+        assert!(value.is_err() || matches!(value, Ok(Value::ServerError(_))));
     }
 }

@@ -24,7 +24,8 @@ use crate::deny_cache::DenyCache;
 use crate::error::ConfigError;
 use crate::follow::Follower;
 use crate::keys::{RedisKey, SLOTS, redis_key};
-use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all};
+use crate::lease::{Leases, Take, leasable};
+use crate::scripts::{Part, Refund, Reply, Scripts, params, parse_all, parse_lease};
 use crate::topology::SlotMap;
 
 mod batch;
@@ -56,6 +57,22 @@ pub struct RedisStats {
     /// Cluster connections replaced because they sent slots to a node that no longer served
     /// them (a master that hung and was replaced by its replica).
     pub reroutes: u64,
+    /// Script calls that carried single checks (each a batch of one master's checks).
+    pub batch_calls: u64,
+    /// Single checks those calls carried (`batch_checks / batch_calls`: checks per call).
+    pub batch_checks: u64,
+    /// Leases (`store.redis.leases`): requests granted at least one admission.
+    pub lease_grants: u64,
+    /// Admissions granted by leases (each counted in the shared window when granted).
+    pub lease_granted: u64,
+    /// Granted admissions that admitted a check.
+    pub lease_used: u64,
+    /// Decisions answered from a slice in memory, with no call to Redis.
+    pub lease_answers: u64,
+    /// Unused granted admissions taken back.
+    pub lease_returned: u64,
+    /// Unused granted admissions neither used nor taken back (under-admission).
+    pub lease_expired: u64,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +81,8 @@ struct Counters {
     fallbacks: AtomicU64,
     deny_cache_hits: AtomicU64,
     wait_shortfalls: AtomicU64,
+    batch_calls: AtomicU64,
+    batch_checks: AtomicU64,
 }
 
 /// The Redis store. Cheap to share (`Arc` inside); all state that matters is in Redis.
@@ -96,6 +115,8 @@ struct Inner {
     batcher: OnceLock<Batcher>,
     /// The cluster's slot map, kept current, and the connection kept following it.
     follower: Follower,
+    /// Leases of hot keys, when configured.
+    leases: Option<Leases>,
 }
 
 /// Why a check got no decision from Redis.
@@ -136,6 +157,7 @@ impl RedisStore {
                 started: Instant::now(),
                 batcher: OnceLock::new(),
                 follower: Follower::new(),
+                leases: config.leases.map(Leases::new),
             }),
         })
     }
@@ -149,6 +171,25 @@ impl RedisStore {
             deny_cache_hits: c.deny_cache_hits.load(Ordering::Relaxed),
             wait_shortfalls: c.wait_shortfalls.load(Ordering::Relaxed),
             reroutes: self.inner.follower.replaced(),
+            batch_calls: c.batch_calls.load(Ordering::Relaxed),
+            batch_checks: c.batch_checks.load(Ordering::Relaxed),
+            ..self.lease_stats()
+        }
+    }
+
+    fn lease_stats(&self) -> RedisStats {
+        let Some(leases) = &self.inner.leases else {
+            return RedisStats::default();
+        };
+        let c = &leases.counters;
+        RedisStats {
+            lease_grants: c.grants.load(Ordering::Relaxed),
+            lease_granted: c.granted.load(Ordering::Relaxed),
+            lease_used: c.used.load(Ordering::Relaxed),
+            lease_answers: c.answers.load(Ordering::Relaxed),
+            lease_returned: c.returned.load(Ordering::Relaxed),
+            lease_expired: c.expired.load(Ordering::Relaxed),
+            ..RedisStats::default()
         }
     }
 
@@ -243,7 +284,19 @@ impl RedisStore {
         } else {
             0
         };
-        if request.hits <= 1
+        let mut ask = None;
+        if let Some(leases) = &inner.leases
+            && request.hits == 1
+            && leasable(request.policy)
+        {
+            match leases.take(&key.name, request.policy, request.rules_epoch, inner.now()) {
+                Take::Answer(decision) => return Ok(decision),
+                Take::Ask { want, back } => ask = Some((want, back)),
+                Take::Pass => {}
+            }
+        }
+        if ask.is_none()
+            && request.hits <= 1
             && let Some(denial) =
                 inner
                     .deny_cache
@@ -257,12 +310,32 @@ impl RedisStore {
         }
         let since = inner.failing[slot].load(Ordering::Relaxed);
         if since != 0 && inner.now().saturating_sub(since) < MAX_DOWN.as_nanos() as u64 {
+            if let (Some(leases), Some((_, back))) = (&inner.leases, &ask) {
+                leases.failed(&key.name, back.as_ref().map(|b| b.1));
+            }
             return inner.fallback(&request, inner.backing_off(since));
         }
-        let outcome = match tokio::time::timeout(inner.timeout, self.run(&key, &request)).await {
+        let asked = ask.is_some();
+        let returning = ask
+            .as_ref()
+            .and_then(|(_, back)| back.as_ref().map(|b| b.1));
+        let work = async {
+            match ask {
+                Some((want, back)) => self.lease(&key, &request, want, back).await,
+                None => self.run(&key, &request).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(inner.timeout, work).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Failure::Timeout),
         };
+        if let Some(leases) = &inner.leases {
+            match &outcome {
+                Ok(reply) => leases.observe(&key.name, reply.decision.remaining),
+                Err(_) if asked => leases.failed(&key.name, returning),
+                Err(_) => {}
+            }
+        }
         match outcome {
             Ok(reply) => {
                 if !reply.decision.allowed && request.hits <= 1 && !reply.never {
@@ -290,18 +363,55 @@ impl RedisStore {
     async fn run(&self, key: &RedisKey, request: &StoreRequest<'_>) -> Result<Reply, Failure> {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
-        self.batcher().send(Job {
-            slot: if inner.cluster { key.slot } else { 0 },
-            work: Work::Check {
-                key: key.name.clone(),
-                policy: request.policy.clone(),
-                hits: request.hits,
-                reply: tx,
+        self.batcher().send(
+            inner,
+            Job {
+                slot: if inner.cluster { key.slot } else { 0 },
+                work: Work::Check {
+                    key: key.name.clone(),
+                    policy: request.policy.clone(),
+                    hits: request.hits,
+                    reply: tx,
+                },
             },
-        })?;
+        );
         let (mut reply, replicated) = rx
             .await
             .map_err(|_| Failure::Reply("batch dropped".into()))??;
+        if reply.decision.allowed && !replicated {
+            self.shortfall(&mut reply);
+        }
+        Ok(reply)
+    }
+
+    /// A lease request: up to `want` admissions of `request`'s key, giving back `back`; the
+    /// first admission granted answers this check, the rest go into the key's slice.
+    async fn lease(
+        &self,
+        key: &RedisKey,
+        request: &StoreRequest<'_>,
+        want: u32,
+        back: Option<(String, u32)>,
+    ) -> Result<Reply, Failure> {
+        let inner = &self.inner;
+        let Some(leases) = &inner.leases else {
+            return Err(Failure::Reply("leases are off".into()));
+        };
+        let sent = inner.now();
+        let cmd = inner.scripts.call_lease(
+            &key.name,
+            request.policy,
+            want,
+            back.as_ref()
+                .map(|(token, unused)| (token.as_str(), *unused)),
+            None,
+        );
+        let (value, replicated) = self.execute(key.slot, cmd, true).await?;
+        let grant = parse_lease(&value, request.policy.requests())
+            .map_err(|e| Failure::Reply(e.to_string()))?;
+        let epochs = (request.rules_epoch, inner.deny_cache.epoch());
+        leases.granted(&key.name, request.policy, epochs, sent, &grant, replicated);
+        let mut reply = grant.reply;
         if reply.decision.allowed && !replicated {
             self.shortfall(&mut reply);
         }
@@ -333,10 +443,13 @@ impl RedisStore {
             return Ok((value, true));
         }
         let (tx, rx) = oneshot::channel();
-        self.batcher().send(Job {
-            slot: if inner.cluster { slot } else { 0 },
-            work: Work::Call { cmd, reply: tx },
-        })?;
+        self.batcher().send(
+            inner,
+            Job {
+                slot: if inner.cluster { slot } else { 0 },
+                work: Work::Call { cmd, reply: tx },
+            },
+        );
         rx.await
             .map_err(|_| Failure::Reply("batch dropped".into()))?
     }
@@ -559,7 +672,7 @@ impl RedisStore {
     fn batcher(&self) -> &Batcher {
         self.inner
             .batcher
-            .get_or_init(|| Batcher::start(Arc::downgrade(&self.inner), self.inner.consistency))
+            .get_or_init(|| Batcher::start(&self.inner))
     }
 }
 
@@ -722,6 +835,14 @@ impl Store for RedisStore {
             ("deny_cache_hits", s.deny_cache_hits),
             ("wait_shortfalls", s.wait_shortfalls),
             ("reroutes", s.reroutes),
+            ("batch_calls", s.batch_calls),
+            ("batch_checks", s.batch_checks),
+            ("lease_grants", s.lease_grants),
+            ("lease_granted", s.lease_granted),
+            ("lease_used", s.lease_used),
+            ("lease_answers", s.lease_answers),
+            ("lease_returned", s.lease_returned),
+            ("lease_expired", s.lease_expired),
         ]
     }
 
@@ -769,6 +890,9 @@ impl Store for RedisStore {
 
     fn rules_changed(&self) {
         self.inner.deny_cache.clear();
+        if let Some(leases) = &self.inner.leases {
+            leases.rules_changed();
+        }
         self.inner.local.rules_changed();
     }
 }

@@ -1,9 +1,10 @@
 //! Per-master batching of script calls ("group commit"), in both consistency modes.
 //!
 //! Single checks queue per master (per slot until the cluster's slot map is known). A master
-//! has at most [`Batcher::in_flight`] calls out at a time; checks that arrive meanwhile form its
+//! has at most [`IN_FLIGHT`] calls out at a time; checks that arrive meanwhile form its
 //! next call, so under load one round trip and one script call decide many checks, and a slow or
-//! dead master holds up only its own slots:
+//! dead master holds up only its own slots. The caller that finds its master idle starts the
+//! call; no task sits between a check and its master:
 //!
 //! - the checks of a batch travel in **one** [`Scripts::call_many`](crate::scripts::Scripts)
 //!   call (Redis 7 `allow-cross-slot-keys`): each is the single script's check, in arrival
@@ -16,17 +17,24 @@
 //!   MOVED/ASK), and the slot map is refreshed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use drl_core::Policy;
 use redis::{Cmd, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Failure, Inner, follow_soon};
 use crate::config::Consistency;
 use crate::conn::Conn;
 use crate::scripts::{ManyError, Part, Reply, parse_many, parse_reply};
 use crate::topology::SlotMap;
+
+/// Calls a master may have out at once, in both modes. Checks that arrive while one is out form
+/// the next call, so a loaded node sends deep batches: with two out (tried in fast mode), each
+/// call of a loaded node carried about half as many checks and Redis paid its per-call cost
+/// twice as often. In strict mode the call's WAIT blocks the master's connection anyway.
+const IN_FLIGHT: usize = 1;
 
 /// Most jobs in one batch (one `call_many` call; in strict mode, one pipeline and one WAIT).
 const MAX_BATCH: usize = 1_024;
@@ -53,93 +61,94 @@ pub(super) struct Job {
     pub(super) work: Work,
 }
 
-/// The queue's handle; the task behind it stops when the store is dropped.
+/// The per-master queues. A check is queued by its caller; when its master has fewer than
+/// [`IN_FLIGHT`] calls out, the caller also takes the queue and starts a call (one
+/// task per busy master, not a hop per check), and that task sends whatever queued meanwhile
+/// as its next call until the queue is empty.
 #[derive(Debug)]
 pub(super) struct Batcher {
-    tx: mpsc::UnboundedSender<Job>,
+    lanes: Mutex<HashMap<u32, Lane>>,
+}
+
+/// One master's (or, before the slot map is known, one slot's) queue.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: Vec<Job>,
+    /// Calls out to this master.
+    busy: usize,
 }
 
 impl Batcher {
-    /// Starts the batcher of `inner` (inside the runtime).
-    pub(super) fn start(inner: Weak<Inner>, consistency: Consistency) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(inner, rx, Self::in_flight(consistency)));
-        Self { tx }
-    }
-
-    /// Calls a master may have out at once: in strict mode one (its WAIT blocks the master's
-    /// connection anyway); in fast mode two, so a batch forms while the previous one is decided.
-    fn in_flight(consistency: Consistency) -> usize {
-        match consistency {
-            Consistency::Fast => 2,
-            Consistency::Strict => 1,
+    /// The batcher of `inner` (inside the runtime: it starts following the cluster's map).
+    pub(super) fn start(inner: &Arc<Inner>) -> Self {
+        follow_soon(inner);
+        Self {
+            lanes: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(super) fn send(&self, job: Job) -> Result<(), Failure> {
-        self.tx
-            .send(job)
-            .map_err(|_| Failure::Reply("the batcher stopped".into()))
+    /// Queues `job` for its master; starts a call when that master has room for one.
+    pub(super) fn send(&self, inner: &Arc<Inner>, job: Job) {
+        let map = inner.current_slot_map();
+        let lane = SlotMap::lane(map.as_deref(), job.slot);
+        let jobs = {
+            let mut lanes = lock(&self.lanes);
+            let state = lanes.entry(lane).or_default();
+            state.queue.push(job);
+            if state.busy >= IN_FLIGHT {
+                return;
+            }
+            state.busy += 1;
+            take(&mut state.queue)
+        };
+        tokio::spawn(drive(Arc::clone(inner), lane, jobs));
+    }
+
+    /// The next call's jobs for `lane`, or None (and the lane is one call less busy) if none
+    /// queued.
+    fn next(&self, lane: u32) -> Option<Vec<Job>> {
+        let mut lanes = lock(&self.lanes);
+        let state = lanes.get_mut(&lane)?;
+        if state.queue.is_empty() {
+            state.busy = state.busy.saturating_sub(1);
+            if state.busy == 0 {
+                lanes.remove(&lane);
+            }
+            return None;
+        }
+        Some(take(&mut state.queue))
     }
 }
 
-async fn run(store: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Job>, in_flight: usize) {
-    let mut pending: HashMap<u32, Vec<Job>> = HashMap::new();
-    let mut busy: HashMap<u32, usize> = HashMap::new();
-    let mut tasks: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
-    let mut open = true;
-    if let Some(inner) = store.upgrade() {
-        follow_soon(&inner);
+/// At most [`MAX_BATCH`] jobs off the front of `queue`.
+fn take(queue: &mut Vec<Job>) -> Vec<Job> {
+    if queue.len() > MAX_BATCH {
+        queue.drain(..MAX_BATCH).collect()
+    } else {
+        std::mem::take(queue)
     }
-    while open || !tasks.is_empty() {
-        tokio::select! {
-            job = rx.recv(), if open => match job {
-                Some(job) => {
-                    let map = store.upgrade().and_then(|inner| inner.current_slot_map());
-                    let lane = |slot| SlotMap::lane(map.as_deref(), slot);
-                    pending.entry(lane(job.slot)).or_default().push(job);
-                    while let Ok(job) = rx.try_recv() {
-                        pending.entry(lane(job.slot)).or_default().push(job);
-                    }
-                }
-                None => open = false,
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(lane) = done
-                    && let Some(n) = busy.get_mut(&lane)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        busy.remove(&lane);
-                    }
-                }
-            }
+}
+
+/// Sends `jobs` to their master, then what queued for `lane` meanwhile, until nothing has.
+async fn drive(inner: Arc<Inner>, lane: u32, mut jobs: Vec<Job>) {
+    loop {
+        if !run_group(&inner, jobs).await {
+            follow_soon(&inner);
         }
-        let Some(inner) = store.upgrade() else { return };
-        let ready: Vec<u32> = pending
-            .keys()
-            .copied()
-            .filter(|lane| busy.get(lane).copied().unwrap_or(0) < in_flight)
-            .collect();
-        for lane in ready {
-            let Some(queue) = pending.get_mut(&lane) else {
-                continue;
-            };
-            let jobs: Vec<Job> = if queue.len() > MAX_BATCH {
-                queue.drain(..MAX_BATCH).collect()
-            } else {
-                pending.remove(&lane).unwrap_or_default()
-            };
-            *busy.entry(lane).or_default() += 1;
-            let inner = Arc::clone(&inner);
-            tasks.spawn(async move {
-                if !run_group(&inner, jobs).await {
-                    follow_soon(&inner);
-                }
-                lane
-            });
+        let Some(batcher) = inner.batcher.get() else {
+            return;
+        };
+        match batcher.next(lane) {
+            Some(next) => jobs = next,
+            None => return,
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A batch's checks and calls, split out of the jobs.
@@ -191,6 +200,11 @@ async fn run_group(inner: &Inner, jobs: Vec<Job>) -> bool {
     };
     let strict = inner.consistency == Consistency::Strict;
     let group = Group::of(&jobs);
+    if !group.checks.is_empty() {
+        let counters = &inner.counters;
+        counters.batch_calls.fetch_add(1, Ordering::Relaxed);
+        (counters.batch_checks).fetch_add(group.checks.len() as u64, Ordering::Relaxed);
+    }
     let work = async {
         let mut conn = inner.connector.get().await.map_err(Failure::Redis)?;
         let mut sent = send(inner, &mut conn, slot, &group, strict).await?;
