@@ -99,6 +99,12 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// Seeds the key choice of every worker (worker w uses seed + w).
     pub seed: u64,
+    /// The domain of the Envoy requests ([`target::ENVOY_DOMAIN`] by default: the node's
+    /// native rules decide them).
+    pub domain: String,
+    /// Count the admissions in any interval this long ([`Admissions`]): the over-admission
+    /// check of a limit of N per this window.
+    pub admission_window: Option<Duration>,
 }
 
 impl BenchOptions {
@@ -119,6 +125,8 @@ impl BenchOptions {
             length: Length::Duration(Duration::from_secs(10)),
             timeout: Duration::from_secs(5),
             seed: 1,
+            domain: target::ENVOY_DOMAIN.to_owned(),
+            admission_window: None,
         }
     }
 
@@ -217,6 +225,18 @@ impl BenchOptions {
         if self.timeout.is_zero() {
             return invalid("--timeout must be longer than 0".into());
         }
+        if self.domain != target::ENVOY_DOMAIN && self.target != Target::Envoy {
+            return invalid(format!(
+                "--domain is for --target envoy; {} has no domain",
+                self.target.name()
+            ));
+        }
+        if self.domain.is_empty() {
+            return invalid("--domain must not be empty".into());
+        }
+        if self.admission_window.is_some_and(|w| w.is_zero()) {
+            return invalid("--admission-window must be longer than 0".into());
+        }
         Ok(())
     }
 }
@@ -254,6 +274,7 @@ pub async fn run(options: &BenchOptions, progress: Progress) -> Result<Report, B
         options.server(),
         options.concurrency,
         options.connections(),
+        &options.domain,
     )
     .await?;
     match callers {
@@ -285,6 +306,8 @@ struct Plan {
     first_key: u64,
     hits: u32,
     timeout: Duration,
+    /// Record when each admitted request was sent and answered.
+    admissions: bool,
 }
 
 /// Runs `callers` (one per worker) as `options` say, and reports.
@@ -335,6 +358,7 @@ async fn drive<C: Caller>(
         first_key: options.first_key,
         hits: options.hits,
         timeout: options.timeout,
+        admissions: options.admission_window.is_some(),
     });
 
     let stats: Vec<Arc<Mutex<WorkerStats>>> = (0..workers)
@@ -431,16 +455,20 @@ async fn worker<C: Caller>(
         for key in &mut keys {
             *key = key.wrapping_add(offset);
         }
+        let sent = Instant::now();
         let outcome = match tokio::time::timeout(plan.timeout, caller.call(&keys, plan.hits)).await
         {
             Ok(outcome) => outcome,
             Err(_) => Outcome::failed(keys.len(), format!("no answer within {:?}", plan.timeout)),
         };
-        let latency = due.elapsed();
-        stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record(&outcome, latency);
+        let answered = Instant::now();
+        let latency = answered - due;
+        let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.record(&outcome, latency);
+        if plan.admissions && outcome.allowed > 0 {
+            let at = |t: Instant| u64::try_from((t - plan.start).as_nanos()).unwrap_or(u64::MAX);
+            stats.admit(at(sent), at(answered), outcome.allowed);
+        }
     }
 }
 
@@ -490,7 +518,14 @@ struct WorkerStats {
     /// Nanoseconds, of the answered requests.
     latency: Histogram<u64>,
     first_error: Option<String>,
+    /// With an admission window: `(sent, answered)` of each admitted check, in ns from the start
+    /// (at most [`MAX_ADMISSIONS`]; more are counted in `admissions_dropped`).
+    admissions: Vec<(u64, u64)>,
+    admissions_dropped: u64,
 }
+
+/// Most admissions a run records for [`Admissions`].
+pub const MAX_ADMISSIONS: usize = 1_000_000;
 
 impl WorkerStats {
     fn new() -> Self {
@@ -501,6 +536,18 @@ impl WorkerStats {
             errors: 0,
             latency: new_histogram(),
             first_error: None,
+            admissions: Vec::new(),
+            admissions_dropped: 0,
+        }
+    }
+
+    fn admit(&mut self, sent: u64, answered: u64, checks: u64) {
+        for _ in 0..checks {
+            if self.admissions.len() < MAX_ADMISSIONS {
+                self.admissions.push((sent, answered));
+            } else {
+                self.admissions_dropped += 1;
+            }
         }
     }
 
@@ -529,6 +576,12 @@ impl WorkerStats {
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
+        let room = MAX_ADMISSIONS.saturating_sub(self.admissions.len());
+        let taken = other.admissions.len().min(room);
+        self.admissions
+            .extend_from_slice(&other.admissions[..taken]);
+        self.admissions_dropped +=
+            other.admissions_dropped + (other.admissions.len() - taken) as u64;
     }
 }
 
@@ -573,6 +626,62 @@ pub struct Report {
     pub percentiles_us: Vec<[f64; 2]>,
     /// The first error of the run, if any.
     pub first_error: Option<String>,
+    /// With `--admission-window`: the most admissions in any interval of that length.
+    pub admissions: Option<Admissions>,
+}
+
+/// The over-admission check of a run against a limit of N per `window_s`: how many admitted
+/// checks fall in one interval of that length. A limiter that keeps N per window can never
+/// show more than N in `proven`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Admissions {
+    pub window_s: f64,
+    /// Admitted checks recorded.
+    pub admitted: u64,
+    /// Admitted checks past [`MAX_ADMISSIONS`], not in the figures.
+    pub dropped: u64,
+    /// The most admissions whose answers arrived within one window. An answer can arrive after
+    /// its decision's window ended, so this may exceed N without an over-admission.
+    pub most_by_answer: u64,
+    /// The most admissions whose whole `[sent, answered]` lies in one window: their decisions
+    /// certainly fell in it, so a value above N proves an over-admission.
+    pub most_proven: u64,
+}
+
+impl Admissions {
+    fn of(window: Duration, admitted: &[(u64, u64)], dropped: u64) -> Self {
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let mut answers: Vec<u64> = admitted.iter().map(|&(_, r)| r).collect();
+        answers.sort_unstable();
+        let mut most_by_answer = 0;
+        let mut first = 0;
+        for (i, &r) in answers.iter().enumerate() {
+            while r - answers[first] >= window_ns {
+                first += 1;
+            }
+            most_by_answer = most_by_answer.max(i - first + 1);
+        }
+        // Windows that open at a send time: the pairs sent from then on and answered within it.
+        let mut pairs = admitted.to_vec();
+        pairs.sort_unstable();
+        let mut most_proven = 0;
+        for (i, &(start, _)) in pairs.iter().enumerate() {
+            let end = start.saturating_add(window_ns);
+            let inside = pairs[i..]
+                .iter()
+                .take_while(|&&(s, _)| s <= end)
+                .filter(|&&(_, r)| r <= end)
+                .count();
+            most_proven = most_proven.max(inside);
+        }
+        Self {
+            window_s: window.as_secs_f64(),
+            admitted: admitted.len() as u64,
+            dropped,
+            most_by_answer: most_by_answer as u64,
+            most_proven: most_proven as u64,
+        }
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -666,6 +775,9 @@ impl Report {
             latency_us: Latency::of(&stats.latency),
             percentiles_us: percentile_curve(&stats.latency),
             first_error: stats.first_error.clone(),
+            admissions: options
+                .admission_window
+                .map(|w| Admissions::of(w, &stats.admissions, stats.admissions_dropped)),
         }
     }
 
@@ -759,6 +871,13 @@ impl fmt::Display for Report {
         } else {
             writeln!(f, "  latency     (no request was answered)")?;
         }
+        if let Some(a) = &self.admissions {
+            writeln!(
+                f,
+                "  admissions  most in any {} s: {} by answer time, {} proven ([sent, answered] inside it); {} admitted",
+                a.window_s, a.most_by_answer, a.most_proven, a.admitted
+            )?;
+        }
         if let Some(e) = &self.first_error {
             writeln!(f, "  first error {e}")?;
         }
@@ -769,6 +888,24 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admissions_count_answers_and_proven_spans_per_window() {
+        let s = 1_000_000_000;
+        // Two bursts 10 s apart, two answers each; one answer of the first burst arrives late.
+        let admitted = [
+            (0, 1_000),
+            (5, 11 * s),
+            (10 * s, 10 * s + 1),
+            (10 * s + 2, 10 * s + 3),
+        ];
+        let a = Admissions::of(Duration::from_secs(10), &admitted, 0);
+        assert_eq!(a.admitted, 4);
+        // By answer time, [10 s, 20 s) holds three answers (10 s + 1, 10 s + 3, 11 s).
+        assert_eq!(a.most_by_answer, 3);
+        // But the late one was sent at 5 ns: no 10 s interval holds all three whole spans.
+        assert_eq!(a.most_proven, 2);
+    }
 
     /// A server that answers every check `allowed` after `delay`.
     struct FakeServer {

@@ -117,6 +117,7 @@ impl Callers {
         server: &str,
         workers: usize,
         connections: usize,
+        domain: &str,
     ) -> Result<Self, BenchError> {
         Ok(match target {
             Target::Envoy => {
@@ -127,6 +128,7 @@ impl Callers {
                             client: RateLimitServiceClient::new(
                                 channels[i % channels.len()].clone(),
                             ),
+                            domain: domain.to_owned(),
                         })
                         .collect(),
                 )
@@ -180,16 +182,18 @@ async fn channels(server: &str, connections: usize) -> Result<Vec<Channel>, Benc
 #[derive(Debug)]
 pub struct EnvoyCaller {
     client: RateLimitServiceClient<Channel>,
+    domain: String,
 }
 
-/// The request for key `key`: one descriptor (user_id, endpoint) in [`ENVOY_DOMAIN`].
-pub fn envoy_request(key: u64, hits: u32) -> rls::RateLimitRequest {
+/// The request for key `key`: one descriptor (user_id, endpoint) in `domain` (the bench's
+/// default: [`ENVOY_DOMAIN`]).
+pub fn envoy_request(domain: &str, key: u64, hits: u32) -> rls::RateLimitRequest {
     let entry = |key: &str, value: String| Entry {
         key: key.to_owned(),
         value,
     };
     rls::RateLimitRequest {
-        domain: ENVOY_DOMAIN.to_owned(),
+        domain: domain.to_owned(),
         descriptors: vec![RateLimitDescriptor {
             entries: vec![
                 entry(USER_KEY, user_id(key)),
@@ -212,7 +216,7 @@ impl Caller for EnvoyCaller {
         for &key in keys {
             match self
                 .client
-                .should_rate_limit(envoy_request(key, hits))
+                .should_rate_limit(envoy_request(&self.domain, key, hits))
                 .await
             {
                 Ok(response) => match response.into_inner().overall_code() {

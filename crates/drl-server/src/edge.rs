@@ -21,6 +21,8 @@
 //!   ahead of their first call), or that has had no request in progress for
 //!   [`EdgeLimits::idle_timeout`], is closed: at once if it never sent a request, gracefully
 //!   otherwise (HTTP/2 `GOAWAY`);
+//! - on the gRPC listener, the answers of the streams that finish together are written together
+//!   ([`Coalesce`]): one system call for many calls rather than one each;
 //! - on shutdown, connections that never sent a request are closed at once; the others are
 //!   closed gracefully, once their requests in progress are answered.
 
@@ -46,6 +48,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
+use crate::coalesce::Coalesce;
 use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::tls::{Api, ServerTls};
@@ -227,9 +230,10 @@ where
             Api::Http => self.limits.header_read_timeout,
             Api::Grpc => self.limits.idle_timeout,
         };
-        let connection = self
-            .builder
-            .serve_connection(TokioIo::new(io), hyper_service);
+        let connection = self.builder.serve_connection(
+            TokioIo::new(Coalesce::new(io, self.api == Api::Grpc)),
+            hyper_service,
+        );
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             done = connection.as_mut() => {

@@ -156,24 +156,25 @@ impl UnitName {
     }
 }
 
-impl From<&rls::RateLimitRequest> for EnvoyRequest {
-    fn from(r: &rls::RateLimitRequest) -> Self {
+impl From<rls::RateLimitRequest> for EnvoyRequest {
+    /// Takes the decoded message's strings as they are (no copy).
+    fn from(r: rls::RateLimitRequest) -> Self {
         Self {
-            domain: r.domain.clone(),
+            domain: r.domain,
             hits_addend: u64::from(r.hits_addend),
             descriptors: r
                 .descriptors
-                .iter()
+                .into_iter()
                 .map(|d| EnvoyDescriptor {
                     entries: d
                         .entries
-                        .iter()
+                        .into_iter()
                         .map(|e| EnvoyEntry {
-                            key: e.key.clone(),
-                            value: e.value.clone(),
+                            key: e.key,
+                            value: e.value,
                         })
                         .collect(),
-                    limit: d.limit.as_ref().map(|l| EnvoyLimit {
+                    limit: d.limit.map(|l| EnvoyLimit {
                         requests_per_unit: u64::from(l.requests_per_unit),
                         unit: unit_of_proto(l.unit),
                     }),
@@ -193,21 +194,21 @@ impl<S: Store> Node<S> {
         drl_core::key::validate_id("domain", &request.domain)
             .map_err(|e| EnvoyError::Limiter(e.into()))?;
         let request_hits = request.hits_addend.max(1);
-        let entries: Vec<Vec<Entry<'_>>> = request
+        // Every descriptor's entries in one vector, each descriptor a slice of it.
+        let entries: Vec<Entry<'_>> = request
             .descriptors
             .iter()
-            .map(|d| {
-                d.entries
-                    .iter()
-                    .map(|e| Entry {
-                        key: &e.key,
-                        value: &e.value,
-                    })
-                    .collect()
+            .flat_map(|d| &d.entries)
+            .map(|e| Entry {
+                key: &e.key,
+                value: &e.value,
             })
             .collect();
-        let mut descriptors = Vec::with_capacity(entries.len());
-        for (index, (d, entries)) in request.descriptors.iter().zip(&entries).enumerate() {
+        let mut rest = entries.as_slice();
+        let mut descriptors = Vec::with_capacity(request.descriptors.len());
+        for (index, d) in request.descriptors.iter().enumerate() {
+            let (entries, after) = rest.split_at(d.entries.len());
+            rest = after;
             let hits = checked_hits(d.hits_addend.unwrap_or(request_hits))
                 .map_err(|source| EnvoyError::Hits { index, source })?;
             let limit = match &d.limit {
@@ -248,8 +249,7 @@ impl<S: Store> Node<S> {
                     (false, false) => "denied",
                 },
             };
-            let rule = status.label.as_deref().unwrap_or("none");
-            self.metrics.descriptor(rule, result);
+            self.metrics.descriptor(status.label.as_ref(), result);
         }
         self.metrics.observe_check(took);
         let banned = outcome

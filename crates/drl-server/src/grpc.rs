@@ -68,26 +68,90 @@ pub async fn serve<S: Store>(
             serving = follow_readiness::<S>(&health, &limiter, serving).await;
         }
     });
-    let routes = tonic::service::Routes::new(
-        RateLimiterServer::new(api.clone()).max_decoding_message_size(limits.max_message_bytes),
-    )
-    .add_service(
-        RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
-    )
-    .add_service(health_service)
-    .prepare();
-    let served = crate::edge::serve(
-        listener,
-        tls,
-        Api::Grpc,
-        gate,
-        metrics,
-        routes.into_axum_router(),
-        shutdown,
-    )
-    .await;
+    let routes = Routes {
+        native: RateLimiterServer::new(api.clone())
+            .max_decoding_message_size(limits.max_message_bytes),
+        envoy: RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
+        health: health_service,
+    };
+    let served =
+        crate::edge::serve(listener, tls, Api::Grpc, gate, metrics, routes, shutdown).await;
     follower.abort();
     served
+}
+
+/// The three services by the first segment of the path: one prefix comparison per call, where a
+/// general router would match patterns, collect path parameters and clone a boxed service. A
+/// path of no service is answered UNIMPLEMENTED, as tonic's router does.
+struct Routes<S, H> {
+    native: RateLimiterServer<GrpcApi<S>>,
+    envoy: RateLimitServiceServer<GrpcApi<S>>,
+    health: H,
+}
+
+impl<S, H: Clone> Clone for Routes<S, H> {
+    fn clone(&self) -> Self {
+        Self {
+            native: self.native.clone(),
+            envoy: self.envoy.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// The future of every route: the generated servers' own boxed future.
+type RouteFuture = std::pin::Pin<
+    Box<
+        dyn Future<
+                Output = Result<axum::http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
+impl<S, H, B> tower_service::Service<axum::http::Request<B>> for Routes<S, H>
+where
+    S: Store,
+    H: tower_service::Service<
+            axum::http::Request<B>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future = RouteFuture,
+        > + NamedService,
+    B: hyper::body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The generated servers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let service = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|path| path.split_once('/'))
+            .map(|(service, _)| service);
+        match service {
+            Some(name) if name == <RateLimitServiceServer<GrpcApi<S>> as NamedService>::NAME => {
+                self.envoy.call(request)
+            }
+            Some(name) if name == <RateLimiterServer<GrpcApi<S>> as NamedService>::NAME => {
+                self.native.call(request)
+            }
+            Some(name) if name == H::NAME => self.health.call(request),
+            _ => Box::pin(std::future::ready(
+                Ok(Status::unimplemented("").into_http()),
+            )),
+        }
+    }
 }
 
 /// Asks the store whether the node is ready (what `GET /readyz` answers) and, when that changed
@@ -314,7 +378,7 @@ impl<S: Store> RateLimitService for GrpcApi<S> {
         request: Request<rls::RateLimitRequest>,
     ) -> Result<Response<rls::RateLimitResponse>, Status> {
         let _place = self.admit()?;
-        let request = EnvoyRequest::from(&request.into_inner());
+        let request = EnvoyRequest::from(request.into_inner());
         let outcome = self
             .0
             .check_envoy(&request)

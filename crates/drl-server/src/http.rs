@@ -53,7 +53,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use drl_core::limiter::LimiterError;
 use drl_core::{CheckError, Decision, Store, StoreError};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use thiserror::Error;
 
 use crate::config::ConfigError;
@@ -98,20 +98,20 @@ pub(crate) fn admin_router<S: Store>(state: Node<S>, gate: Arc<Gate>) -> Router 
     finish(routes, state, gate)
 }
 
-fn decision_routes<S: Store>() -> Router<Node<S>> {
+fn decision_routes<S: Store>() -> Router<Shared<S>> {
     Router::new()
         .route("/v1/check", post(check::<S>))
         .route("/json", post(envoy_json::<S>))
 }
 
-fn health_routes<S: Store>() -> Router<Node<S>> {
+fn health_routes<S: Store>() -> Router<Shared<S>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
 }
 
 /// The status page and `/metrics`, and the admin routes if `state` has a token.
-fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
+fn admin_routes<S: Store>(state: &Node<S>) -> Router<Shared<S>> {
     let routes = Router::new()
         .route("/", get(crate::status::page))
         .route("/metrics", get(metrics_text::<S>));
@@ -132,45 +132,48 @@ fn admin_routes<S: Store>(state: &Node<S>) -> Router<Node<S>> {
         )
 }
 
+/// The state of the routes: the node behind one reference count, so that a request clones one
+/// `Arc` to reach it rather than the node's every field (each a shared count both cores write).
+type Shared<S> = Arc<Node<S>>;
+
+impl<S> axum::extract::FromRef<Shared<S>> for Node<S> {
+    fn from_ref(shared: &Shared<S>) -> Self {
+        Node::clone(shared)
+    }
+}
+
 /// `routes` with the fallbacks and the edge's limits (requests in flight counted in `gate`),
 /// over `state`.
-fn finish<S: Store>(routes: Router<Node<S>>, state: Node<S>, gate: Arc<Gate>) -> Router {
+fn finish<S: Store>(routes: Router<Shared<S>>, state: Node<S>, gate: Arc<Gate>) -> Router {
+    let edge = Arc::new(Edge {
+        gate,
+        metrics: Arc::clone(&state.metrics),
+    });
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            (gate, Arc::clone(&state.metrics)),
-            enforce_limits,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            count_in_flight,
-        ))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(edge, enforce_limits))
+        .with_state(Arc::new(state))
 }
 
-/// Keeps the in-flight gauge up to date around every request, fallbacks included.
-async fn count_in_flight(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let _in_flight = metrics.request_started();
-    next.run(request).await
+/// What [`enforce_limits`] needs, behind one reference count.
+#[derive(Debug)]
+struct Edge {
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
 }
 
-/// The header, body and in-flight limits, before anything else: a request whose headers are
+/// The header, body and in-flight limits, before anything else, with every request (fallbacks
+/// included) counted in the in-flight gauge while it is answered: a request whose headers are
 /// above [`EdgeLimits::max_header_bytes`] is answered 431; its body is then read whole (413 above
 /// [`EdgeLimits::max_body_bytes`], 408 past [`EdgeLimits::body_read_timeout`]), and only then does it
 /// take an in-flight place, so a client that stalls its body holds none: one arriving while
 /// [`EdgeLimits::max_in_flight`] are in flight is answered 503 with `Retry-After` (health and
 /// metrics routes excepted, so a saturated node still reports). The place is held until the
 /// response is made.
-async fn enforce_limits(
-    State((gate, metrics)): State<(Arc<Gate>, Arc<Metrics>)>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn enforce_limits(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+    let Edge { gate, metrics } = &*edge;
+    let _in_flight = metrics.request_started();
     let limits = gate.limits();
     let size: usize = request
         .headers()
@@ -339,7 +342,7 @@ impl IntoResponse for ApiError {
 }
 
 async fn check<S: Store>(
-    State(state): State<Node<S>>,
+    State(state): State<Shared<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -354,7 +357,7 @@ async fn check<S: Store>(
 /// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
 /// `RateLimitResponse` as JSON (envoyproxy/ratelimit's HTTP form).
 async fn envoy_json<S: Store>(
-    State(state): State<Node<S>>,
+    State(state): State<Shared<S>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -405,15 +408,45 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge(max)),
-        Err(e) => match find_body_timeout(&*e) {
-            Some(timeout) => Err(ApiError::BodyTimeout(timeout.0)),
-            None => Err(ApiError::BodyUnreadable(e.to_string())),
-        },
+/// The whole body, at most `max` bytes (413 above, 408 past the body read timeout). A body that
+/// comes in one piece (a check of a few hundred bytes, or one [`enforce_limits`] already read)
+/// is returned as it is: no copy, no list of chunks.
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, ApiError> {
+    if hyper::body::Body::size_hint(&body).lower() > u64::try_from(max).unwrap_or(u64::MAX) {
+        return Err(ApiError::BodyTooLarge(max));
     }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match find_body_timeout(&e) {
+            Some(timeout) => ApiError::BodyTimeout(timeout.0),
+            None => ApiError::BodyUnreadable(e.to_string()),
+        })?;
+        // Trailers carry no body.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(ApiError::BodyTooLarge(max));
+        }
+        match &first {
+            None => first = Some(data),
+            Some(head) => {
+                if joined.is_empty() {
+                    joined.reserve(len);
+                    joined.extend_from_slice(head);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if joined.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(joined)
+    })
 }
 
 /// The [`BodyTimedOut`] that `error` is or was caused by, if any.

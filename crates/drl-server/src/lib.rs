@@ -24,6 +24,7 @@
 //! shutdown future, so the binary only parses arguments and tests bind port 0 and talk to real
 //! sockets.
 
+mod coalesce;
 pub mod config;
 pub mod edge;
 mod envoy;

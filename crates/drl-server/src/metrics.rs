@@ -12,13 +12,16 @@
 //! metrics (CPU time, resident memory, open file descriptors, start time), read from `/proc` at
 //! each scrape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use drl_core::RuleLevel;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::AtomicU64;
@@ -60,6 +63,8 @@ pub struct Metrics {
     store_errors: Counter,
     /// Envoy-API descriptors by matched rule (a configured rule's label: bounded) and result.
     descriptors: Family<DescriptorLabels, Counter>,
+    /// The `rule` label of a descriptor no rule matched.
+    no_rule: Arc<str>,
     /// `[automatic, manual]`.
     bans: [Counter; 2],
     /// The store's own counts ([`Store::stats`](drl_core::Store::stats)), by event.
@@ -75,8 +80,20 @@ pub struct Metrics {
     gate_max: [Gauge; 2],
 }
 
-/// `(rule, result)` of a descriptor decision.
-type DescriptorLabels = [(&'static str, String); 2];
+/// `(rule, result)` of a descriptor decision: the rule's label shared with the rule set, so
+/// counting allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DescriptorLabels {
+    rule: Arc<str>,
+    result: &'static str,
+}
+
+impl EncodeLabelSet for DescriptorLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("rule", &*self.rule).encode(encoder.encode_label())?;
+        ("result", self.result).encode(encoder.encode_label())
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -224,6 +241,7 @@ impl Metrics {
             config_version,
             store_errors,
             descriptors,
+            no_rule: Arc::from("none"),
             bans,
             store_events,
             factors,
@@ -254,10 +272,12 @@ impl Metrics {
     }
 
     /// Counts one descriptor of an Envoy request: `rule` is the matched rule's label (from the
-    /// config, never from the request), `result` one of the documented results.
-    pub fn descriptor(&self, rule: &str, result: &'static str) {
+    /// config, never from the request; `None`: no rule, counted as `none`), `result` one of the
+    /// documented results.
+    pub fn descriptor(&self, rule: Option<&Arc<str>>, result: &'static str) {
+        let rule = Arc::clone(rule.unwrap_or(&self.no_rule));
         self.descriptors
-            .get_or_create(&[("rule", rule.to_owned()), ("result", result.to_owned())])
+            .get_or_create(&DescriptorLabels { rule, result })
             .inc();
     }
 

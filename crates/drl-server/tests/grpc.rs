@@ -592,3 +592,25 @@ async fn invalid_utf8_is_invalid_argument_and_counts_nothing() {
     assert!(server.limiter.store().is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_the_node_does_not_have_is_unimplemented() {
+    let server = GrpcServer::start(per_minute(10)).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    for path in [
+        "/envoy.service.ratelimit.v2.RateLimitService/ShouldRateLimit",
+        "/drl.v1.RateLimiterX/Check",
+        "/nothing",
+    ] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<rls::RateLimitRequest, rls::RateLimitResponse, _>(
+                tonic::Request::new(rls::RateLimitRequest::default()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}");
+    }
+}

@@ -2,7 +2,7 @@
 //! address read from its log), its log lines as they come, signals, and `drl check` against it.
 //! Killed and reaped when dropped, on success or panic.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -116,6 +116,25 @@ impl DrlProcess {
         let pid = self.child.as_ref().unwrap().id().to_string();
         let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(sent.success());
+    }
+
+    /// A counter of the node's `GET /metrics`: `drl_store_events_total{event="NAME"}` (0 while
+    /// the store has not counted it yet).
+    pub fn store_event(&self, name: &str) -> u64 {
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PROCESS_DEADLINE)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let prefix = format!("drl_store_events_total{{event=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 
     /// `drl check` against the node: its exit code (0 allowed, 1 denied, 2 error) and stdout.

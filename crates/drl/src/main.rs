@@ -212,6 +212,14 @@ struct BenchArgs {
     /// Seed of the key choice.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// The domain of the Envoy requests (descriptor user_id, endpoint) [default: drl, the
+    /// node's native rules].
+    #[arg(long, value_name = "NAME", default_value = drl_bench::target::ENVOY_DOMAIN)]
+    domain: String,
+    /// Report the most admitted checks in any interval this long (e.g. 10s): the
+    /// over-admission check of a limit of N per that window.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    admission_window: Option<Duration>,
     /// Print the result as one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -320,6 +328,8 @@ async fn bench(args: BenchArgs) -> ExitCode {
         },
         timeout: args.timeout,
         seed: args.seed,
+        domain: args.domain,
+        admission_window: args.admission_window,
     };
     let progress = if std::io::stderr().is_terminal() {
         bench::Progress::Stderr

@@ -17,26 +17,6 @@ use drl_testkit::process::DrlProcess;
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 
-/// `drl_store_events_total{event="errors"}` from a node's `GET /metrics`: checks the store failed
-/// to answer in time (their scripts may have run later).
-fn store_errors(node: &DrlProcess) -> u64 {
-    let addr = node.url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("drl_store_events_total{event=\"errors\"} "))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 /// The config of this file's nodes, written for test `test`: `store.redis` on `redis` in fast
 /// mode (2 s timeout, `store_extra` lines added), then `rules` (the default and any rules).
 fn redis_config(test: &str, redis: &support::Redis, store_extra: &str, rules: &str) -> PathBuf {
@@ -279,7 +259,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
     std::thread::sleep(Duration::from_millis(1_500));
     let answered_before = seen.lock().unwrap().len();
     // Its failed store checks so far (none expected with a 2 s timeout; read just before).
-    let failed_killed = store_errors(&nodes[0]);
+    let failed_killed = nodes[0].store_event("errors");
     nodes[0].kill();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(2_500));
@@ -289,7 +269,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
             done.unwrap();
         }
     });
-    let failed = failed_killed + store_errors(&nodes[1]) + store_errors(&nodes[2]);
+    let failed = failed_killed + nodes[1].store_event("errors") + nodes[2].store_event("errors");
     let seen = seen.lock().unwrap();
     let seen_ledger = seen_ledger.lock().unwrap();
     let after = seen.iter().filter(|s| s.sent >= killed).count();

@@ -133,6 +133,17 @@ pub(crate) struct RawRedis {
     pub(crate) on_error: Option<Text>,
     pub(crate) timeout: Option<Text>,
     pub(crate) tls: Option<Spanned<RawRedisTls>>,
+    pub(crate) leases: Option<Spanned<RawLeases>>,
+}
+
+/// `store.redis.leases:` — hot keys answered from slices of their window (docs/hot-keys.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLeases {
+    /// Checks per second of one key on one node above which the node leases it.
+    pub(crate) threshold: Option<Spanned<f64>>,
+    /// Most of N one slice may hold.
+    pub(crate) max_fraction: Option<Spanned<f64>>,
 }
 
 /// `default:` — a policy without selectors.

@@ -4,7 +4,7 @@
 use drl_redis::{ClientCert, RedisTls};
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{RawRedis, RawRedisTls, RawServerAdmin, RawServerTls, RawStore, Text};
+use super::raw::{RawLeases, RawRedis, RawRedisTls, RawServerAdmin, RawServerTls, RawStore, Text};
 use super::validate::Validator;
 use super::{AdminConfig, StoreConfig};
 use crate::tls::TlsConfig;
@@ -124,6 +124,49 @@ impl Validator<'_> {
             match self.redis_tls(tls, redis.urls.as_deref().unwrap_or_default()) {
                 Some(tls) => config.tls = Some(tls),
                 None => ok = false,
+            }
+        }
+        if let Some(leases) = &redis.leases {
+            match self.leases(&leases.value) {
+                Some(leases) => config.leases = Some(leases),
+                None => ok = false,
+            }
+        }
+        ok.then_some(config)
+    }
+
+    /// `store.redis.leases`: a threshold above zero (checks per second of one key on one node)
+    /// and a fraction of N in (0, 1].
+    fn leases(&mut self, raw: &RawLeases) -> Option<drl_redis::LeaseConfig> {
+        let mut config = drl_redis::LeaseConfig::default();
+        let mut ok = true;
+        if let Some(threshold) = &raw.threshold {
+            if threshold.value.is_finite() && threshold.value > 0.0 {
+                config.threshold = threshold.value;
+            } else {
+                self.error(
+                    threshold.referenced,
+                    format_args!(
+                        "leases.threshold must be a number of checks per second above 0, got {}",
+                        threshold.value
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if let Some(fraction) = &raw.max_fraction {
+            if fraction.value > 0.0 && fraction.value <= 1.0 {
+                config.max_fraction = fraction.value;
+            } else {
+                self.error(
+                    fraction.referenced,
+                    format_args!(
+                        "leases.max_fraction must be more than 0 and at most 1 (a share of the \
+                         limit), got {}",
+                        fraction.value
+                    ),
+                );
+                ok = false;
             }
         }
         ok.then_some(config)

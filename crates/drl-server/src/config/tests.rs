@@ -424,3 +424,31 @@ fn normalize_endpoints_is_off_by_default_and_refuses_rules_it_would_never_match(
     assert!(n.strip_query && n.lowercase && !n.merge_slashes);
     assert!(!errors("normalize_endpoints: {strip_queries: true}\n").is_empty());
 }
+
+#[test]
+fn leases_are_off_by_default_and_read_and_checked_with_their_place() {
+    let redis = |extra: &str| {
+        format!("store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n{extra}")
+    };
+    let store = |yaml: &str| match Config::from_yaml("drl.yaml", yaml).unwrap().store {
+        StoreConfig::Redis(redis) => redis,
+        StoreConfig::Memory => panic!("not redis"),
+    };
+    assert_eq!(store(&redis("")).leases, None);
+    assert_eq!(
+        store(&redis("    leases: {}\n")).leases,
+        Some(drl_redis::LeaseConfig::default())
+    );
+    let leases = store(&redis(
+        "    leases:\n      threshold: 200\n      max_fraction: 0.05\n",
+    ))
+    .leases
+    .expect("leases");
+    assert_eq!((leases.threshold, leases.max_fraction), (200.0, 0.05));
+    let message = error_at(&redis("    leases:\n      max_fraction: 1.5\n"), 6, 21);
+    assert!(message.contains("at most 1"), "{message}");
+    let message = error_at(&redis("    leases:\n      threshold: 0\n"), 6, 18);
+    assert!(message.contains("above 0"), "{message}");
+    let errors = errors(&redis("    leases:\n      treshold: 5\n"));
+    assert_eq!(errors[0].0, 6, "{errors:?}");
+}
