@@ -16,7 +16,12 @@
 #   scripts/bench.sh redis    the Redis side alone: every algorithm's script next to the sorted-set
 #                             log (scripts/bench/redis-scripts.sh), then wrk and native batches
 #                             through one node on a cluster against it (scripts/bench/redis-path.sh);
-#                             tables in target/bench-scripts/ and target/bench/redis-path/
+#                             tables in target/bench-scripts/ and target/bench/redis-path/; then
+#                             one hot key through one node with and without leases
+#                             (scripts/bench/hotkey.sh, target/bench/hotkey/)
+#   scripts/bench.sh peers    drl next to Kuadrant Limitador on Envoy's RateLimitService, built
+#                             from LIMITADOR_GIT or LIMITADOR_SRC (skipped without them):
+#                             throughput, CPU per call, over-admission (scripts/bench/peers.sh)
 #
 # Options after the sub-command go to it: --quick (a smoke run, the docs left alone), --docs /
 # --no-docs, --note "TEXT"; `scripts/bench.sh SUB --help` lists them. On 2 shared cores compare
@@ -26,7 +31,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 sub="${1:-all}"
 case "$sub" in
-  -h|--help|help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help|help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) sub=all ;;
   *) shift ;;
 esac
@@ -35,14 +40,17 @@ case "$sub" in
   all) exec "$here/bench/suite.sh" "$@" ;;
   core) exec "$here/bench/core.sh" "$@" ;;
   server) exec "$here/bench/server.sh" "$@" ;;
+  peers) exec "$here/bench/peers.sh" "$@" ;;
   redis)
     quick=()
     for arg in "$@"; do [ "$arg" = --quick ] && quick=(--quick); done
     "$here/bench/redis-scripts.sh" "$@"
     if [ ${#quick[@]} -gt 0 ]; then
-      exec "$here/bench/redis-path.sh" --runs 1 --duration 3
+      "$here/bench/redis-path.sh" --runs 1 --duration 3
+      exec "$here/bench/hotkey.sh" --runs 1
     fi
-    exec "$here/bench/redis-path.sh"
+    "$here/bench/redis-path.sh"
+    exec "$here/bench/hotkey.sh"
     ;;
-  *) echo "unknown sub-command: $sub (all, core, server, redis; see --help)" >&2; exit 2 ;;
+  *) echo "unknown sub-command: $sub (all, core, server, redis, peers; see --help)" >&2; exit 2 ;;
 esac

@@ -4,6 +4,10 @@
 # straight from redis-benchmark on the same cluster, and what a decision costs.
 #
 #   [DRL=path/to/drl] scripts/bench/redis-path.sh [--runs N] [--duration S] [--out DIR]
+#       [--singles] [--perf]
+#
+# --singles skips the native batches (a quicker look at HTTP singles); --perf records a call-graph
+# profile of the node during each wrk run (perf record -g, in DIR/perf-MODE-ROUND.data).
 #
 # Each round runs, one after another on the same cluster (alternated, so a busy machine weighs
 # on all alike): the sorted-set log from redis-benchmark (EVALSHA of ZREMRANGEBYSCORE, ZCARD,
@@ -21,12 +25,16 @@ cd "$(dirname "$0")/../.."
 runs=3
 duration=10
 out=target/bench-redis
+singles=0
+perf=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--duration S] [--out DIR]" >&2; exit 2 ;;
+    --singles) singles=1; shift ;;
+    --perf) perf=1; shift ;;
+    *) echo "usage: $0 [--runs N] [--duration S] [--out DIR] [--singles] [--perf]" >&2; exit 2 ;;
   esac
 done
 for tool in redis-server redis-cli redis-benchmark wrk python3; do
@@ -78,6 +86,11 @@ spread() {
   for m in $masters; do counts="$counts $(redis-cli -p "${m##*:}" dbsize)"; done
   echo "$counts" | python3 -c 'import sys; c=[int(x) for x in sys.stdin.read().split()]; m=sum(c)/len(c); print("%.3f" % (max(c)/m if m else 0))'
 }
+# A store counter of the node's /metrics (0 if absent).
+store_event() {
+  curl -sf "http://127.0.0.1:$http_port/metrics" |
+    awk -v e="event=\"$1\"" '$1 ~ /^drl_store_events_total/ && index($1, e) {print $2; f=1} END {if (!f) print 0}'
+}
 flush() {
   local m
   for m in $masters; do redis-cli -p "${m##*:}" flushall >/dev/null; done
@@ -86,16 +99,8 @@ flush() {
 # The baseline every Redis comparison uses: scripts/baselines/zset-sliding-log.lua.
 cp scripts/baselines/zset-sliding-log.lua "$out/zset.lua"
 for m in $masters; do sha=$(redis-cli -p "${m##*:}" -x script load < "$out/zset.lua"); done
-cat > "$out/check.lua" <<'EOF'
--- POST /v1/check for one of 100 000 users, drawn uniformly.
-math.randomseed(os.time())
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-request = function()
-  local body = '{"user_id":"u' .. math.random(1, 100000) .. '","endpoint":"/api"}'
-  return wrk.format(nil, "/v1/check", nil, body)
-end
-EOF
+# wrk's requests: POST /v1/check for one of 100 000 users, drawn uniformly.
+cp scripts/bench/wrk-check.lua "$out/check.lua"
 for consistency in fast strict; do
   cat > "$out/$consistency.yaml" <<EOF
 store:
@@ -130,8 +135,8 @@ stop_server() {
 }
 
 rows="$out/runs.tsv"
-printf 'round\twhat\tdecisions_per_s\tredis_cpu_us_per_decision\tnode_cpu_us_per_decision\tspread\terrors\n' > "$rows"
-row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" | tee -a "$rows" >&2; }
+printf 'round\twhat\tdecisions_per_s\tredis_cpu_us_per_decision\tnode_cpu_us_per_decision\tspread\terrors\tchecks_per_call\n' > "$rows"
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" | tee -a "$rows" >&2; }
 
 for round in $(seq "$runs"); do
   # The baseline: 64 clients, 100 000 random keys, calls sized for about $duration seconds.
@@ -145,22 +150,36 @@ for round in $(seq "$runs"); do
   rps=$(echo "$csv" | cut -d, -f2 | tr -d '"')
   calls=$((40000 * duration))
   row "$round" zset "$rps" "$(echo "($r1 - $r0) * 1000000 / $calls" | bc -l | xargs printf '%.2f')" \
-    - - 0
+    - - 0 -
   for consistency in fast strict; do
     flush
     start_server "$consistency"
     sleep 1
+    c0=$(store_event batch_calls); k0=$(store_event batch_checks)
+    perf_pid=""
+    if [ "$perf" = 1 ]; then
+      perf record -g -o "$out/perf-$consistency-$round.data" -p "$server_pid" \
+        -- sleep "$duration" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
     r0=$(redis_cpu); n0=$(proc_cpu "$server_pid")
     wrk -t 2 -c 64 -d "${duration}s" -s "$out/check.lua" "http://127.0.0.1:$http_port" \
       > "$out/wrk-$consistency-$round.txt"
     r1=$(redis_cpu); n1=$(proc_cpu "$server_pid")
+    [ -n "$perf_pid" ] && wait "$perf_pid"
+    c1=$(store_event batch_calls); k1=$(store_event batch_checks)
     total=$(awk '/requests in/ {print $1}' "$out/wrk-$consistency-$round.txt")
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out/wrk-$consistency-$round.txt")
     non2xx=$(awk '/Non-2xx/ {print $NF}' "$out/wrk-$consistency-$round.txt")
     row "$round" "http-$consistency" "$rps" \
       "$(echo "($r1 - $r0) * 1000000 / $total" | bc -l | xargs printf '%.2f')" \
       "$(echo "($n1 - $n0) * 1000000 / $total" | bc -l | xargs printf '%.2f')" \
-      "$(spread)" "${non2xx:-0}"
+      "$(spread)" "${non2xx:-0}" \
+      "$(echo "($k1 - $k0) / ($c1 - $c0 + 0.000001)" | bc -l | xargs printf '%.2f')"
+    if [ "$singles" = 1 ]; then
+      stop_server
+      continue
+    fi
     flush
     r0=$(redis_cpu); n0=$(proc_cpu "$server_pid")
     "$drl" bench --target native --server "http://127.0.0.1:$grpc_port" --concurrency 16 \
@@ -173,7 +192,7 @@ print(r["decisions"], r["decisions_per_s"], r["errors"])' "$out/native-$consiste
     row "$round" "batch100-$consistency" "$rate" \
       "$(echo "($r1 - $r0) * 1000000 / $decisions" | bc -l | xargs printf '%.2f')" \
       "$(echo "($n1 - $n0) * 1000000 / $decisions" | bc -l | xargs printf '%.2f')" \
-      "$(spread)" "$errors"
+      "$(spread)" "$errors" -
     stop_server
   done
 done
@@ -186,11 +205,12 @@ def med(what, field):
     vals = [float(r[field]) for r in rows if r["what"] == what and r[field] not in ("-", "")]
     return statistics.median(vals) if vals else float("nan")
 whats = ["zset", "http-fast", "http-strict", "batch100-fast", "batch100-strict"]
-print("| run | decisions/s | Redis CPU µs/decision | node CPU µs/decision | keys max/mean |")
-print("|---|---|---|---|---|")
+print("| run | decisions/s | Redis CPU µs/decision | node CPU µs/decision | keys max/mean | checks per call |")
+print("|---|---|---|---|---|---|")
 for w in whats:
     print(f"| {w} | {med(w, 'decisions_per_s'):,.0f} | {med(w, 'redis_cpu_us_per_decision'):.2f} | "
-          f"{med(w, 'node_cpu_us_per_decision'):.2f} | {med(w, 'spread'):.3f} |")
+          f"{med(w, 'node_cpu_us_per_decision'):.2f} | {med(w, 'spread'):.3f} | "
+          f"{med(w, 'checks_per_call'):.2f} |")
 z = med("zset", "decisions_per_s")
 zc = med("zset", "redis_cpu_us_per_decision")
 print()

@@ -11,6 +11,8 @@ sub-command wrote into its generated section of docs/benchmarks.md.
       one `drl bench ... --json` with the CPU time of the server and of the bench sampled.
   report.py server report --machine machine.env --runs DIR
       the server section from the run files.
+  report.py peers body|h2load|merge|report ...
+      drl next to Kuadrant Limitador (scripts/bench/peers.sh); see report_peers.py.
   report.py splice SECTION DOCS
       puts SECTION (a file that opens with its `<!-- NAME:begin ... -->` marker) in place of the
       section of that name in DOCS, or appends it.
@@ -40,6 +42,9 @@ def main():
     elif command == "server":
         import report_server
         report_server.main(rest)
+    elif command == "peers":
+        import report_peers
+        report_peers.main(rest)
     else:
         sys.exit(__doc__)
 
