@@ -2,7 +2,8 @@
 # drl's Redis scripts alone, straight from redis-benchmark, next to the textbook sorted-set
 # sliding log (TIME, ZREMRANGEBYSCORE, ZCARD, ZADD, PEXPIRE): limit 100 per 60 s, 64 clients,
 # random keys, one call in flight per client. Each algorithm's single-check script, and the
-# sliding window through the many-checks call (16 checks per call, per-master batching's unit).
+# sliding window through the many-checks call (16 checks per call, per-master batching's unit),
+# on random keys and on one hot key (a call's one-hit checks of one key are decided as one).
 #
 #   scripts/bench/redis-scripts.sh [--quick] [--rounds R] [--cluster-port PORT] [--out DIR]
 #
@@ -129,6 +130,13 @@ command_for() {
       for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
       # In cluster mode every check of a call shares the client's {tag}: one node serves them.
       echo "$line" ;;
+    many_hot)
+      # One hot key: every check of a call on one key, limit 1 000 000 a minute (never reached):
+      # the one-hit checks of a key that many.lua decides as one.
+      if [ "$2" = single ]; then key='{hot}'; else key='{tag}:hot'; fi
+      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' 1 w 1000000 60000000000 1000000000 61 0" i
+      for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
+      echo "$line" ;;
     *) echo "EVALSHA ${sha[$script]} 1 'drl:${letter[$script]}$key' ${args[$script]}" ;;
   esac
 }
@@ -152,7 +160,7 @@ run() { # TARGET PORT SCRIPT ROUND
   after=$(cpu_sum "$port")
   rps=$(echo "$line" | cut -d, -f2 | tr -d '"')
   per=1
-  [ "$script" = many ] && per=$batch
+  case "$script" in many*) per=$batch ;; esac
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$script" "$round" "$rps" "$per" \
     "$(echo "($after - $before) * 1000000 / ($calls * $per)" | bc -l)" >> "$out/scripts.tsv"
   printf '  %-8s %-15s round %s: %9.0f calls/s\n' "$target" "$script" "$round" "$rps" >&2
@@ -163,7 +171,7 @@ for round in $(seq "$rounds"); do
   for target in single cluster; do
     port=$single_port
     [ "$target" = cluster ] && port=$cluster_port
-    for script in zset sliding_window sliding_log fixed_window token_bucket many; do
+    for script in zset sliding_window sliding_log fixed_window token_bucket many many_hot; do
       run "$target" "$port" "$script" "$round"
     done
   done
@@ -186,6 +194,7 @@ names = {
     "fixed_window": "drl fixed_window",
     "token_bucket": "drl token_bucket",
     "many": f"drl sliding_window, {batch} checks per call",
+    "many_hot": f"drl sliding_window, {batch} checks of one hot key per call",
 }
 med = statistics.median
 for target in ("single", "cluster"):

@@ -10,26 +10,96 @@
 -- cannot serve, the error's text as a plain string ("Script attempted to access a non local key
 -- in a cluster node"; not an error reply, which clients raise for the whole call), and that
 -- check did nothing.
+--
+-- Checks of one hit on one key (a hot key's checks, which a node sends together) are decided
+-- as one: when every check of that key in the call asks one hit under one policy of a window
+-- (sliding or fixed), the first k that fit are admitted in one step (the key is read and written
+-- once, not k times) and the rest are denied as the next one-hit check would be. The replies are
+-- those of k separate checks: an admitted check's remaining counts down in arrival order, and the
+-- windows answer every admission of one instant with the same reset and refund token. Other
+-- keys (mixed hits or policies, a token bucket, a log) are checked one by one.
 local steps = {w = sliding_window, l = sliding_log, f = fixed_window, t = token_bucket}
+local whole = {w = true, f = true}
 local s0, n0 = clock(ARGV[1])
 local policies = {}
 local count = tonumber(ARGV[2])
 for p = 1, count do
   local a = 3 + (p - 1) * 6
   policies[p] = {steps[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-    {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}}
+    {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}, whole[ARGV[a]]}
 end
-local out = {}
 local first = 3 + count * 6
-for i = 1, math.floor((#ARGV - first + 1) / 3) do
+local checks = math.floor((#ARGV - first + 1) / 3)
+
+-- Which keys come more than once, each time with one hit under one policy: key -> how many.
+local seen, units = {}, nil
+for i = 1, checks do
   local a = first + (i - 1) * 3
-  local policy = policies[tonumber(ARGV[a + 1])]
-  local allowed, remaining, reset, retry, never, token = policy[1](ARGV[a], s0, n0,
-    tonumber(ARGV[a + 2]), policy[2], policy[3], policy[4], false)
-  if allowed == nil then
-    out[i] = remaining.err
+  local key, p = ARGV[a], ARGV[a + 1]
+  local before = seen[key]
+  if ARGV[a + 2] ~= '1' then
+    seen[key] = false
+  elseif before == nil then
+    seen[key] = p
+  elseif before == p then
+    units = units or {}
+    units[key] = (units[key] or 1) + 1
   else
-    out[i] = reply(allowed, remaining, reset, retry, never, token)
+    seen[key] = false
+  end
+end
+
+-- The replies of `k` one-hit checks of `key` under `policy`, in order.
+local function decide_units(key, policy, k)
+  local step, limit, window, params = policy[1], policy[2], policy[3], policy[4]
+  local allowed, remaining, reset, retry, never, token = step(key, s0, n0, k, limit, window,
+    params, false)
+  local out = {next = 0}
+  if allowed == nil then
+    for j = 1, k do out[j] = remaining.err end
+    return out
+  end
+  local fit = k
+  if not allowed then
+    -- Not all of them: as many as fit (the denial's remaining), admitted at once.
+    fit = math.max(math.min(remaining, k), 0)
+    if fit > 0 then
+      allowed, remaining, reset, retry, never, token = step(key, s0, n0, fit, limit, window,
+        params, false)
+      if not allowed then fit = 0 end
+    end
+  end
+  for j = 1, fit do out[j] = reply(true, remaining + fit - j, reset, retry, never, token) end
+  if fit < k then
+    local denied = reply(step(key, s0, n0, 1, limit, window, params, true))
+    for j = fit + 1, k do out[j] = denied end
+  end
+  return out
+end
+
+local out = {}
+local grouped = {}
+for i = 1, checks do
+  local a = first + (i - 1) * 3
+  local key = ARGV[a]
+  local policy = policies[tonumber(ARGV[a + 1])]
+  local k = units and policy[5] and seen[key] and units[key]
+  if k then
+    local group = grouped[key]
+    if group == nil then
+      group = decide_units(key, policy, k)
+      grouped[key] = group
+    end
+    group.next = group.next + 1
+    out[i] = group[group.next]
+  else
+    local allowed, remaining, reset, retry, never, token = policy[1](key, s0, n0,
+      tonumber(ARGV[a + 2]), policy[2], policy[3], policy[4], false)
+    if allowed == nil then
+      out[i] = remaining.err
+    else
+      out[i] = reply(allowed, remaining, reset, retry, never, token)
+    end
   end
 end
 return out
