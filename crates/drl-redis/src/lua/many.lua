@@ -12,21 +12,25 @@
 -- check did nothing.
 --
 -- Checks of one hit on one key (a hot key's checks, which a node sends together) are decided
--- as one: when every check of that key in the call asks one hit under one policy of a window
--- (sliding or fixed), the first k that fit are admitted in one step (the key is read and written
--- once, not k times) and the rest are denied as the next one-hit check would be. The replies are
--- those of k separate checks: an admitted check's remaining counts down in arrival order, and the
--- windows answer every admission of one instant with the same reset and refund token. Other
--- keys (mixed hits or policies, a token bucket, a log) are checked one by one.
+-- as one: when every check of that key in the call asks one hit under one policy (a sliding or
+-- fixed window, a token bucket), the first k that fit are admitted in one step (the key is read
+-- and written once, not k times) and the rest are denied as the next one-hit check would be. The
+-- replies are those of k separate checks: an admitted check's remaining counts down in arrival
+-- order; the windows answer every admission of one instant with the same reset, the token bucket
+-- with a reset one emission interval later per admission; the refund token is the same. Other
+-- keys (mixed hits or policies, a sliding log) are checked one by one.
 local steps = {w = sliding_window, l = sliding_log, f = fixed_window, t = token_bucket}
-local whole = {w = true, f = true}
+-- Per algorithm decided as one: how much later each admission's reset is (ns), from its params.
+local later = {w = function() return 0 end, f = function() return 0 end,
+  t = function(params) return tonumber(params[1]) end}
 local s0, n0 = clock(ARGV[1])
 local policies = {}
 local count = tonumber(ARGV[2])
 for p = 1, count do
   local a = 3 + (p - 1) * 6
   policies[p] = {steps[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-    {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}, whole[ARGV[a]]}
+    {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}}
+  if later[ARGV[a]] then policies[p][5] = later[ARGV[a]](policies[p][4]) end
 end
 local first = 3 + count * 6
 local checks = math.floor((#ARGV - first + 1) / 3)
@@ -69,7 +73,9 @@ local function decide_units(key, policy, k)
       if not allowed then fit = 0 end
     end
   end
-  for j = 1, fit do out[j] = reply(true, remaining + fit - j, reset, retry, never, token) end
+  for j = 1, fit do
+    out[j] = reply(true, remaining + fit - j, reset - (fit - j) * policy[5], retry, never, token)
+  end
   if fit < k then
     local denied = reply(step(key, s0, n0, 1, limit, window, params, true))
     for j = fit + 1, k do out[j] = denied end
