@@ -309,7 +309,9 @@ pub(crate) enum ManyError {
     Other(String),
 }
 
-/// Reads the reply of [`Scripts::call_many`]: one result per check, given each check's N.
+/// Reads the reply of [`Scripts::call_many`]: one result per check, given each check's N. The
+/// reply is flat: six elements per check, the first of them the error's text for a check that
+/// got none.
 pub(crate) fn parse_many(
     value: &Value,
     limits: &[u32],
@@ -317,17 +319,17 @@ pub(crate) fn parse_many(
     let Value::Array(items) = value else {
         return Err(ReplyError(format!("expected an array, got {value:?}")));
     };
-    if items.len() != limits.len() {
+    if items.len() != FIELDS * limits.len() {
         return Err(ReplyError(format!(
-            "{} replies for {} checks",
+            "{} reply elements for {} checks",
             items.len(),
             limits.len()
         )));
     }
     items
-        .iter()
+        .chunks_exact(FIELDS)
         .zip(limits)
-        .map(|(item, &limit)| match item {
+        .map(|(fields, &limit)| match &fields[0] {
             Value::BulkString(text) => {
                 let text = String::from_utf8_lossy(text).into_owned();
                 Ok(Err(if text.contains("non local key") {
@@ -336,10 +338,13 @@ pub(crate) fn parse_many(
                     ManyError::Other(text)
                 }))
             }
-            other => parse_reply(other, limit).map(Ok),
+            _ => parse_fields(fields, limit).map(Ok),
         })
         .collect()
 }
+
+/// The fields of a check's reply.
+const FIELDS: usize = 6;
 
 /// Reads `{allowed, remaining, reset_after_ns, retry_after_ns, never, token}`, rounding the durations
 /// up to whole milliseconds exactly as `Decision::new` does.
@@ -347,6 +352,11 @@ pub(crate) fn parse_reply(value: &Value, limit: u32) -> Result<Reply, ReplyError
     let Value::Array(items) = value else {
         return Err(ReplyError(format!("expected an array, got {value:?}")));
     };
+    parse_fields(items, limit)
+}
+
+/// [`parse_reply`] of the reply's elements (at least the six fields; a lease's follow).
+fn parse_fields(items: &[Value], limit: u32) -> Result<Reply, ReplyError> {
     let int = |i: usize| -> Result<u64, ReplyError> {
         match items.get(i) {
             Some(Value::Int(v)) if *v >= 0 => Ok(*v as u64),
