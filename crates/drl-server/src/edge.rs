@@ -178,8 +178,12 @@ fn builder(api: Api, limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     match api {
         Api::Http => builder,
-        // gRPC is HTTP/2 only (as tonic's server is by default).
-        Api::Grpc => builder.http2_only(),
+        // gRPC is HTTP/2 only (as tonic's server is by default), and its answers carry no
+        // `date` header (as tonic's do not): one header less to build and encode per call.
+        Api::Grpc => {
+            builder.http2().auto_date_header(false);
+            builder.http2_only()
+        }
     }
 }
 

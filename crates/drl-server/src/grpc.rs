@@ -69,6 +69,8 @@ pub async fn serve<S: Store>(
         }
     });
     let routes = Routes {
+        should_rate_limit: Arc::new(api.clone()),
+        max_message_bytes: limits.max_message_bytes,
         native: RateLimiterServer::new(api.clone())
             .max_decoding_message_size(limits.max_message_bytes),
         envoy: RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
@@ -82,8 +84,12 @@ pub async fn serve<S: Store>(
 
 /// The three services by the first segment of the path: one prefix comparison per call, where a
 /// general router would match patterns, collect path parameters and clone a boxed service. A
-/// path of no service is answered UNIMPLEMENTED, as tonic's router does.
+/// path of no service is answered UNIMPLEMENTED, as tonic's router does. Envoy's
+/// `ShouldRateLimit` without compression is served by [`crate::unary`], not tonic.
 struct Routes<S, H> {
+    /// Behind one `Arc`: the routes are cloned for every call, a node is several `Arc`s.
+    should_rate_limit: Arc<GrpcApi<S>>,
+    max_message_bytes: usize,
     native: RateLimiterServer<GrpcApi<S>>,
     envoy: RateLimitServiceServer<GrpcApi<S>>,
     health: H,
@@ -92,6 +98,8 @@ struct Routes<S, H> {
 impl<S, H: Clone> Clone for Routes<S, H> {
     fn clone(&self) -> Self {
         Self {
+            should_rate_limit: Arc::clone(&self.should_rate_limit),
+            max_message_bytes: self.max_message_bytes,
             native: self.native.clone(),
             envoy: self.envoy.clone(),
             health: self.health.clone(),
@@ -117,7 +125,7 @@ where
             Error = std::convert::Infallible,
             Future = RouteFuture,
         > + NamedService,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = axum::http::Response<tonic::body::Body>;
@@ -133,15 +141,31 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let service = request
+        let route = request
             .uri()
             .path()
             .strip_prefix('/')
-            .and_then(|path| path.split_once('/'))
-            .map(|(service, _)| service);
-        match service {
+            .and_then(|path| path.split_once('/'));
+        match route.map(|(service, _)| service) {
             Some(name) if name == <RateLimitServiceServer<GrpcApi<S>> as NamedService>::NAME => {
-                self.envoy.call(request)
+                let identity = request
+                    .headers()
+                    .get("grpc-encoding")
+                    .is_none_or(|e| e == "identity");
+                if identity && route.is_some_and(|(_, method)| method == "ShouldRateLimit") {
+                    let api = Arc::clone(&self.should_rate_limit);
+                    let max = self.max_message_bytes;
+                    Box::pin(async move {
+                        Ok(
+                            match api.unary_should_rate_limit(request.into_body(), max).await {
+                                Ok(response) => response,
+                                Err(status) => status.into_http(),
+                            },
+                        )
+                    })
+                } else {
+                    self.envoy.call(request)
+                }
             }
             Some(name) if name == <RateLimiterServer<GrpcApi<S>> as NamedService>::NAME => {
                 self.native.call(request)
@@ -377,14 +401,35 @@ impl<S: Store> RateLimitService for GrpcApi<S> {
         &self,
         request: Request<rls::RateLimitRequest>,
     ) -> Result<Response<rls::RateLimitResponse>, Status> {
+        Ok(Response::new(self.envoy(request.into_inner()).await?))
+    }
+}
+
+impl<S: Store> GrpcApi<S> {
+    /// `ShouldRateLimit`, whichever way it came in.
+    async fn envoy(
+        &self,
+        request: rls::RateLimitRequest,
+    ) -> Result<rls::RateLimitResponse, GrpcError> {
         let _place = self.admit()?;
-        let request = EnvoyRequest::from(request.into_inner());
-        let outcome = self
-            .0
-            .check_envoy(&request)
-            .await
-            .map_err(GrpcError::from)?;
-        Ok(Response::new(proto_response(&outcome)))
+        let request = EnvoyRequest::from(request);
+        let outcome = self.0.check_envoy(&request).await?;
+        Ok(proto_response(&outcome))
+    }
+
+    /// `ShouldRateLimit` read, decided and answered by [`crate::unary`].
+    async fn unary_should_rate_limit<B>(
+        &self,
+        body: B,
+        max_message_bytes: usize,
+    ) -> Result<axum::http::Response<tonic::body::Body>, Status>
+    where
+        B: hyper::body::Body<Data = axum::body::Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let message = crate::unary::read_message(body, max_message_bytes).await?;
+        let request = crate::unary::decode::<rls::RateLimitRequest>(message)?;
+        Ok(crate::unary::ok(&self.envoy(request).await?))
     }
 }
 

@@ -28,6 +28,7 @@ mod coalesce;
 pub mod config;
 pub mod edge;
 mod envoy;
+mod unary;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
