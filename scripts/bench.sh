@@ -19,6 +19,10 @@
 #                             tables in target/bench-scripts/ and target/bench/redis-path/; then
 #                             one hot key through one node with and without leases
 #                             (scripts/bench/hotkey.sh, target/bench/hotkey/)
+#   scripts/bench.sh edge     the node's front doors on the memory store: HTTP /v1/check against
+#                             the loopback ceiling (scripts/bench/http-ceiling.sh) and the Envoy
+#                             API's p99 at half its maximum (scripts/bench/envoy-latency.sh);
+#                             tables on stdout, raw rows in target/bench/
 #   scripts/bench.sh peers    drl next to Kuadrant Limitador on Envoy's RateLimitService, built
 #                             from LIMITADOR_GIT or LIMITADOR_SRC (skipped without them):
 #                             throughput, CPU per call, over-admission (scripts/bench/peers.sh)
@@ -31,7 +35,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 sub="${1:-all}"
 case "$sub" in
-  -h|--help|help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help|help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) sub=all ;;
   *) shift ;;
 esac
@@ -41,6 +45,14 @@ case "$sub" in
   core) exec "$here/bench/core.sh" "$@" ;;
   server) exec "$here/bench/server.sh" "$@" ;;
   peers) exec "$here/bench/peers.sh" "$@" ;;
+  edge)
+    if [ "${1:-}" = --quick ]; then
+      "$here/bench/http-ceiling.sh" 1 2
+      exec "$here/bench/envoy-latency.sh" 1 3
+    fi
+    "$here/bench/http-ceiling.sh"
+    exec "$here/bench/envoy-latency.sh"
+    ;;
   redis)
     quick=()
     for arg in "$@"; do [ "$arg" = --quick ] && quick=(--quick); done
@@ -52,5 +64,5 @@ case "$sub" in
     "$here/bench/redis-path.sh"
     exec "$here/bench/hotkey.sh"
     ;;
-  *) echo "unknown sub-command: $sub (all, core, server, redis, peers; see --help)" >&2; exit 2 ;;
+  *) echo "unknown sub-command: $sub (all, core, server, redis, edge, peers; see --help)" >&2; exit 2 ;;
 esac

@@ -1,5 +1,19 @@
 # Shared by the benchmark scripts (sourced, not run): what each of them needs the same way.
 
+# need TOOL...: stops with a message unless every TOOL is on the PATH.
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is needed" >&2; exit 1; }
+  done
+}
+
+# release_drl: sets drl to $DRL, or to the release build (target/release/drl, built if missing).
+release_drl() {
+  drl=${DRL:-${CARGO_TARGET_DIR:-target}/release/drl}
+  [ -x "$drl" ] || cargo build --release --locked -p drl
+}
+
 # start_drl NAME: `$drl serve` with $out/NAME.yaml on free loopback ports, its log in
 # $out/NAME.log; sets server_pid, HTTP and GRPC (host:port) once the node has logged both.
 start_drl() {

@@ -29,11 +29,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--duration S] [--out DIR]" >&2; exit 2 ;;
   esac
 done
-for tool in redis-server redis-cli python3; do
-  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
-drl=${DRL:-target/release/drl}
-[ -x "$drl" ] || cargo build --release --locked -p drl
+need redis-server redis-cli python3
+release_drl
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 

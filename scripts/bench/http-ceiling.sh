@@ -18,15 +18,12 @@ cd "$(dirname "$0")/../.."
 
 rounds=${1:-3}
 duration=${2:-5}
-for tool in redis-server redis-benchmark wrk python3; do
-  command -v "$tool" > /dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+need redis-server redis-benchmark wrk python3
 target="${CARGO_TARGET_DIR:-target}"
 out="$target/bench/http-ceiling"
 rm -rf "$out"
 mkdir -p "$out"
-drl="${DRL:-$target/release/drl}"
-[ -x "$drl" ] || cargo build --release --locked -p drl
+release_drl
 
 server_pid="" redis_pid=""
 cleanup() {

@@ -21,6 +21,8 @@
 # redis-benchmark, wrk, python3 and a release build of drl (built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 runs=3
 duration=10
@@ -37,12 +39,9 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--duration S] [--out DIR] [--singles] [--perf]" >&2; exit 2 ;;
   esac
 done
-for tool in redis-server redis-cli redis-benchmark wrk python3; do
-  command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+need redis-server redis-cli redis-benchmark wrk python3
 # DRL=path: another build of drl (e.g. to compare two versions on one cluster).
-drl=${DRL:-target/release/drl}
-[ -x "$drl" ] || cargo build --release --locked -p drl
+release_drl
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 port=${BENCH_PATH_PORT:-17500}
@@ -127,11 +126,6 @@ start_server() {
   done
   echo "drl serve did not become ready" >&2
   exit 1
-}
-stop_server() {
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
 }
 
 rows="$out/runs.tsv"

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
+mod fleet;
+
 use drl_testkit::redis as support;
 
 use std::path::Path;
@@ -13,8 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drl_client::{Client, ClientError};
-use drl_testkit::process::DrlProcess;
+use drl_client::ClientError;
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
 
@@ -43,17 +44,7 @@ fn a_leased_hot_key_survives_a_kill_and_a_reload_without_breaking_the_limit() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("drl.yaml");
     write_config(&config, &cluster, N as u32);
-    let mut nodes: Vec<DrlProcess> = (0..3).map(|_| DrlProcess::start(DRL, &config)).collect();
-    let clients: Arc<Vec<Client>> = Arc::new(
-        nodes
-            .iter()
-            .map(|n| {
-                Client::new(&n.url)
-                    .unwrap()
-                    .with_timeout(Duration::from_secs(10))
-            })
-            .collect(),
-    );
+    let (mut nodes, clients) = fleet::start(DRL, &config, 3);
     let dead: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
     let seen: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers, not only #[test] functions, may unwrap.
 
+mod fleet;
+
 use drl_testkit::redis as support;
 
 use std::io::{Read, Write};
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drl_client::{Client, ClientError};
+use drl_client::ClientError;
 use drl_testkit::process::DrlProcess;
 
 const DRL: &str = env!("CARGO_BIN_EXE_drl");
@@ -182,17 +184,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
              - endpoint: /ledger\n    limit: 10000\n    window: 1h\n    algorithm: sliding_log\n"
         ),
     );
-    let mut nodes: Vec<DrlProcess> = (0..3).map(|_| DrlProcess::start(DRL, &config)).collect();
-    let clients: Arc<Vec<Client>> = Arc::new(
-        nodes
-            .iter()
-            .map(|n| {
-                Client::new(&n.url)
-                    .unwrap()
-                    .with_timeout(Duration::from_secs(10))
-            })
-            .collect(),
-    );
+    let (mut nodes, clients) = fleet::start(DRL, &config, 3);
     let users = ["alpha", "bravo"];
     let ledgers = ["ledger-alpha", "ledger-bravo"];
     let dead: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());

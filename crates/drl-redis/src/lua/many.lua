@@ -5,7 +5,7 @@
 -- ARGV[1] test time or ''; ARGV[2] the number P of distinct policies; then 6 per policy: the
 -- algorithm's letter (w, l, f, t), N, T in ns, and three parameters; then 3 per check: its key,
 -- its policy's number (1 to P) and hits. A policy is read once per call, however many checks
--- share it.
+-- share it, and its parameters are turned into numbers once (those that are numbers).
 -- Reply: one flat array, 6 elements per check, in order: the single script's reply, or, for a
 -- key this node cannot serve, the error's text as a plain string ("Script attempted to access a
 -- non local key in a cluster node"; not an error reply, which clients raise for the whole call)
@@ -30,7 +30,8 @@ local count = tonumber(ARGV[2])
 for p = 1, count do
   local a = 3 + (p - 1) * 6
   policies[p] = {steps[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-    {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}}
+    {tonumber(ARGV[a + 3]) or ARGV[a + 3], tonumber(ARGV[a + 4]) or ARGV[a + 4],
+      tonumber(ARGV[a + 5]) or ARGV[a + 5]}}
   if later[ARGV[a]] then policies[p][5] = later[ARGV[a]](policies[p][4]) end
 end
 local first = 3 + count * 6
