@@ -48,11 +48,7 @@ fn a_leased_hot_key_survives_a_kill_and_a_reload_without_breaking_the_limit() {
     let dead: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
     let seen: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = fleet::runtime();
     let in_runtime = runtime.enter();
     let mut tasks = tokio::task::JoinSet::new();
     // 12 connections, each a check every 4 ms at most: up to 3 000 a second, 30 N.

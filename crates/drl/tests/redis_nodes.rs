@@ -194,11 +194,7 @@ fn killing_a_node_under_load_loses_or_doubles_nothing_the_store_did_not_record()
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let seen_ledger: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = fleet::runtime();
     let in_runtime = runtime.enter();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..6_usize {

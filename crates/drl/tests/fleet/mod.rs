@@ -20,3 +20,12 @@ pub(crate) fn start(binary: &str, config: &Path, n: usize) -> (Vec<DrlProcess>, 
         .collect();
     (nodes, Arc::new(clients))
 }
+
+/// The clients' runtime: two workers, timers and I/O.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("a runtime: {e}"))
+}
