@@ -125,8 +125,9 @@ command_for() {
   case "$script" in
     zset) echo "EVALSHA ${sha[zset]} 1 'rl:$key' 60000 100 __rand_int__" ;;
     many)
-      # One policy (w, N, T, its parameters), then per check: key, policy number 1, hits 1.
-      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' 1 w 100 60000000000 1000000000 61 0" i
+      # No repeated key (''), one policy (w, N, T, its parameters), then per check: key,
+      # policy number 1, hits 1.
+      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' '' 1 w 100 60000000000 1000000000 61 0" i
       for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
       # In cluster mode every check of a call shares the client's {tag}: one node serves them.
       echo "$line" ;;
@@ -134,7 +135,7 @@ command_for() {
       # One hot key: every check of a call on one key, limit 1 000 000 a minute (never reached):
       # the one-hit checks of a key that many.lua decides as one.
       if [ "$2" = single ]; then key='{hot}'; else key='{tag}:hot'; fi
-      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' 1 w 1000000 60000000000 1000000000 61 0" i
+      local line="EVALSHA ${sha[many]} 1 'drl:W$key' '' r 1 w 1000000 60000000000 1000000000 61 0" i
       for i in $(seq "$batch"); do line="$line 'drl:W$key' 1 1"; done
       echo "$line" ;;
     *) echo "EVALSHA ${sha[$script]} 1 'drl:${letter[$script]}$key' ${args[$script]}" ;;

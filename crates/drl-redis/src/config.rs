@@ -69,6 +69,10 @@ pub struct RedisConfig {
     pub tls: Option<RedisTls>,
     /// Leases of hot keys (`store.redis.leases`, docs/hot-keys.md); `None`: off.
     pub leases: Option<LeaseConfig>,
+    /// Read an older drl's state (hashes under lower-case letters) when a counter's key is made,
+    /// so windows keep running across an upgrade from that layout (`store.redis.read_old_keys`,
+    /// docs/redis.md "Upgrading"). Off by default: it costs each new key one more read.
+    pub read_old_keys: bool,
 }
 
 /// `store.redis.leases`: when a node answers a hot key's checks from a slice of its window held
@@ -133,6 +137,7 @@ impl RedisConfig {
             deny_cache_capacity: DEFAULT_DENY_CACHE,
             tls: None,
             leases: None,
+            read_old_keys: false,
         }
     }
 }

@@ -16,8 +16,9 @@
 //! sets its expiry), so a check costs the script call, `TIME`, a GET and at most a SET, whatever
 //! the precision. Every script declares Redis 7 flags (`#!lua`): Redis refuses a call before it
 //! runs when it could not write, so a check is never cut between two writes. Older `drl`
-//! versions kept hashes under lower-case letters (`keys`): a script whose key is missing reads
-//! that state once, so an upgrade keeps running windows (docs/redis.md, "Upgrading").
+//! versions kept hashes under lower-case letters (`keys`): with `store.redis.read_old_keys`, a
+//! script whose key is missing reads that state once, so an upgrade keeps running windows
+//! (docs/redis.md, "Upgrading"); without it (the default) a new key costs no such read.
 //!
 //! [`Scripts::call_many`] carries many independent checks, for keys of any slots one master
 //! serves, in one call (`allow-cross-slot-keys`): one round trip for all the checks in flight
@@ -52,6 +53,8 @@ pub(crate) struct Scripts {
     refund: Script,
     many: Script,
     lease: Script,
+    /// Whether a missing key is first read from an older drl's key (the clock argument's 'o').
+    read_old_keys: bool,
 }
 
 /// A counter in an all-or-nothing call: its key, policy and hits.
@@ -72,7 +75,9 @@ pub(crate) struct Refund {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// The scripts; `read_old_keys`: read an older drl's state when a key is made
+    /// (`store.redis.read_old_keys`).
+    pub(crate) fn new(read_old_keys: bool) -> Self {
         let single = |body: &str, step: &str| {
             let trailer = include_str!("lua/single.lua").replace("STEP", step);
             Script::new(&format!("#!lua\n{PRELUDE}\n{body}\n{trailer}"))
@@ -92,7 +97,21 @@ impl Scripts {
             refund: every("", include_str!("lua/refund.lua")),
             many: every(" flags=allow-cross-slot-keys", include_str!("lua/many.lua")),
             lease: every("", include_str!("lua/lease.lua")),
+            read_old_keys,
         }
+    }
+
+    /// Every script's first argument: the clock ('' for the server's, or the test time in ns),
+    /// after 'o' when older keys are read.
+    fn clock(&self, test_now_ns: Option<u64>) -> String {
+        let mut arg = String::new();
+        if self.read_old_keys {
+            arg.push('o');
+        }
+        if let Some(t) = test_now_ns {
+            arg.push_str(&t.to_string());
+        }
+        arg
     }
 
     /// Every script, for preloading with SCRIPT LOAD.
@@ -130,7 +149,7 @@ impl Scripts {
         let script = self.script(policy);
         let mut call = redis::cmd("EVALSHA");
         call.arg(script.get_hash()).arg(1).arg(key);
-        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
+        call.arg(self.clock(test_now_ns));
         call.arg(hits)
             .arg(policy.requests())
             .arg(policy.window_ns())
@@ -151,7 +170,7 @@ impl Scripts {
         for part in parts {
             call.arg(part.key);
         }
-        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()))
+        call.arg(self.clock(test_now_ns))
             .arg(if commit { "commit" } else { "trial" });
         for part in parts {
             let (letter, params) = params(part.policy);
@@ -183,10 +202,18 @@ impl Scripts {
                 })
             })
             .collect();
+        // Whether a key comes more than once: only then does the script look for checks to
+        // decide as one.
+        let repeats = checks.len() > 1 && {
+            let mut keys: Vec<&[u8]> = checks.iter().map(|c| c.key).collect();
+            keys.sort_unstable();
+            keys.windows(2).any(|pair| pair[0] == pair[1])
+        };
         let mut call = redis::cmd("EVALSHA");
         call.arg(self.many.get_hash()).arg(1);
         call.arg(checks.first().map_or(&b""[..], |c| c.key));
-        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()));
+        call.arg(self.clock(test_now_ns));
+        call.arg(if repeats { "r" } else { "" });
         call.arg(policies.len());
         for policy in policies {
             let (letter, params) = params(policy);
@@ -215,7 +242,7 @@ impl Scripts {
         let (letter, params) = params(policy);
         let mut call = redis::cmd("EVALSHA");
         call.arg(self.lease.get_hash()).arg(1).arg(key);
-        call.arg(test_now_ns.map_or_else(String::new, |t| t.to_string()))
+        call.arg(self.clock(test_now_ns))
             .arg(letter)
             .arg(want)
             .arg(policy.requests())
@@ -498,7 +525,7 @@ mod tests {
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        load(&mut conn, &Scripts::new()).await;
+        load(&mut conn, &Scripts::new(false)).await;
         conn
     }
 
@@ -509,7 +536,7 @@ mod tests {
         many: &mut redis::aio::MultiplexedConnection,
         identities: &[Vec<u8>],
     ) -> usize {
-        let scripts = Scripts::new();
+        let scripts = Scripts::new(false);
         let policies = policies();
         let key = |prefix: &str, i: usize, p: usize| {
             let id = [prefix.as_bytes(), &identities[i]].concat();
@@ -640,7 +667,7 @@ mod tests {
         // A key of master 1 in a call sent to master 0: that check alone is refused, and
         // nothing is written for it anywhere; the others decide as usual.
         let stranger = on(1).next().expect("an identity of master 1");
-        let scripts = Scripts::new();
+        let scripts = Scripts::new(false);
         let policy = &policies[0];
         let names = [
             key_for(b"x:local", &identities[0], policy.algorithm()).name,
@@ -678,7 +705,7 @@ mod tests {
     async fn an_older_versions_state_is_read_once() {
         let redis = Redis::start();
         let mut conn = connect(&redis.url()).await;
-        let scripts = Scripts::new();
+        let scripts = Scripts::new(true);
         let policies = policies();
         let now = T0 + 500_000_000;
         let old = |key: &[u8]| {
@@ -747,6 +774,79 @@ mod tests {
                 "{policy:?}: the old admissions count"
             );
         }
+
+        // Without `read_old_keys` (the default) a new key starts empty: the old keys, still
+        // there, are not read.
+        let unaware = Scripts::new(false);
+        for (key, policy) in [(&w, window), (&f, fixed), (&t, bucket)] {
+            let _: () = redis::cmd("DEL")
+                .arg(&key[..])
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+            let value = eval(&mut conn, &unaware.call(key, policy, 1, Some(now))).await;
+            let reply = parse_reply(&value, policy.requests()).expect("reply");
+            assert!(reply.decision.allowed, "{policy:?}");
+            assert_eq!(
+                reply.decision.remaining,
+                policy.requests() - 1,
+                "{policy:?}: the old state is not read"
+            );
+        }
+    }
+
+    /// A sliding window's counts are 1, 2 or 4 bytes by N; when a reload moves N across a width
+    /// with the same buckets, the counts are repacked, not merged: each admission still leaves
+    /// the window with its own bucket.
+    #[tokio::test]
+    async fn a_change_of_count_width_keeps_the_buckets() {
+        let redis = Redis::start();
+        let mut conn = connect(&redis.url()).await;
+        let scripts = Scripts::new(false);
+        let per = |n| {
+            Policy::per(
+                n,
+                Duration::from_secs(10),
+                Algorithm::SlidingWindow { precision: 10 },
+            )
+            .expect("policy")
+        };
+        let key = key_for(b"u", b"e", per(200).algorithm()).name;
+        let len = |conn: &mut redis::aio::MultiplexedConnection| {
+            let key = key.clone();
+            let mut conn = conn.clone();
+            async move {
+                let n: usize = redis::cmd("STRLEN")
+                    .arg(&key[..])
+                    .query_async(&mut conn)
+                    .await
+                    .expect("strlen");
+                n
+            }
+        };
+        let at = |s: u64| T0 + s * SEC + SEC / 2;
+        // (second, N, hits, remaining after, state length: 33 + 11 counts of 1, 2 or 4 bytes)
+        let steps = [
+            (0, 200, 150, 50, 44),
+            (2, 300, 100, 50, 55),
+            (3, 255, 1, 4, 44),
+            (4, 70_000, 10, 70_000 - 261, 77),
+            // 11.5 s: the bucket of 0.5 s (150) has left; had a change merged the buckets into
+            // one, all 261 would still count.
+            (11, 200, 1, 200 - 112, 44),
+        ];
+        for (second, n, hits, remaining, bytes) in steps {
+            let policy = per(n);
+            let value = eval(
+                &mut conn,
+                &scripts.call(&key, &policy, hits, Some(at(second))),
+            )
+            .await;
+            let reply = parse_reply(&value, policy.requests()).expect("reply");
+            assert!(reply.decision.allowed, "{second} s, N = {n}");
+            assert_eq!(reply.decision.remaining, remaining, "{second} s, N = {n}");
+            assert_eq!(len(&mut conn).await, bytes, "{second} s, N = {n}");
+        }
     }
 
     /// A lease grants all that fits (fewer near the limit, none at it), counts every granted
@@ -756,7 +856,7 @@ mod tests {
     async fn a_lease_grants_what_fits_and_counts_it_at_once() {
         let redis = Redis::start();
         let mut conn = connect(&redis.url()).await;
-        let scripts = Scripts::new();
+        let scripts = Scripts::new(false);
         let per = |n, secs, algorithm| {
             Policy::per(n, Duration::from_secs(secs), algorithm).expect("policy")
         };

@@ -143,7 +143,7 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 connector: Arc::new(connector),
-                scripts: Scripts::new(),
+                scripts: Scripts::new(config.read_old_keys),
                 consistency: config.consistency,
                 on_error: config.on_error,
                 timeout: config.timeout,

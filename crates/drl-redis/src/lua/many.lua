@@ -2,7 +2,9 @@
 -- allow-cross-slot-keys flag): each is the single script's check, in order, at one instant, so
 -- two checks of one key see each other as two calls would.
 -- KEYS[1] the first check's key (a call must declare keys of one slot: it routes the call);
--- ARGV[1] test time or ''; ARGV[2] the number P of distinct policies; then 6 per policy: the
+-- ARGV[1] the clock (prelude); ARGV[2] 'r' when some key comes more than once in the call (the
+-- node knows; a call without repeats skips looking for them), else ''; ARGV[3] the number P of
+-- distinct policies; then 6 per policy: the
 -- algorithm's letter (w, l, f, t), N, T in ns, and three parameters; then 3 per check: its key,
 -- its policy's number (1 to P) and hits. A policy is read once per call, however many checks
 -- share it, and its parameters are turned into numbers once (those that are numbers).
@@ -26,20 +28,20 @@ local later = {w = function() return 0 end, f = function() return 0 end,
   t = function(params) return tonumber(params[1]) end}
 local s0, n0 = clock(ARGV[1])
 local policies = {}
-local count = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
 for p = 1, count do
-  local a = 3 + (p - 1) * 6
+  local a = 4 + (p - 1) * 6
   policies[p] = {steps[ARGV[a]], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
     {tonumber(ARGV[a + 3]) or ARGV[a + 3], tonumber(ARGV[a + 4]) or ARGV[a + 4],
       tonumber(ARGV[a + 5]) or ARGV[a + 5]}}
   if later[ARGV[a]] then policies[p][5] = later[ARGV[a]](policies[p][4]) end
 end
-local first = 3 + count * 6
+local first = 4 + count * 6
 local checks = math.floor((#ARGV - first + 1) / 3)
 
 -- Which keys come more than once, each time with one hit under one policy: key -> how many.
 local seen, units = {}, nil
-for i = 1, checks do
+for i = 1, ARGV[2] == 'r' and checks or 0 do
   local a = first + (i - 1) * 3
   local key, p = ARGV[a], ARGV[a + 1]
   local before = seen[key]

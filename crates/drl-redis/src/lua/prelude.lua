@@ -14,17 +14,26 @@
 -- whole, before it runs, when it could not write (out of memory, a read-only replica), instead
 -- of failing between two writes.
 --
--- A single check: KEYS[1] the counter; ARGV[1] '' (read the server clock, production) or a
--- decimal time in ns (test vectors only); ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; ARGV[5..7]
+-- ARGV[1] of every script is its clock: '' (read the server clock, production) or a decimal
+-- time in ns (test vectors only), prefixed by 'o' when a key not yet made is to be read from an
+-- older drl's key first (`store.redis.read_old_keys`, while upgrading; see `legacy`).
+--
+-- A single check: KEYS[1] the counter; ARGV[1] the clock; ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; ARGV[5..7]
 -- the algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never,
 -- token}.
 local E9 = 1000000000
 -- A test time was given: expiries are then set in the server's real time, which the test's
 -- clock does not follow, so they are made long enough to outlast the test.
 local TEST_CLOCK = false
+-- Whether `legacy` names older keys (the clock argument's 'o').
+local READ_OLD = false
 
 -- The time of this check as (s, n): the server clock unless a test time is given.
 local function clock(arg)
+  if arg ~= nil and string.byte(arg, 1) == 111 then
+    READ_OLD = true
+    arg = string.sub(arg, 2)
+  end
   if arg ~= nil and arg ~= '' then
     TEST_CLOCK = true
     local len = #arg
@@ -100,8 +109,10 @@ local function read_state(key)
 end
 
 -- The key of an older drl's state of the same counter: its letter in lower case (`drl:W{...`
--- was `drl:w{...`), or nil for a key that has none.
+-- was `drl:w{...`), or nil for a key that has none, and when the node does not read old keys
+-- (a deployment that never ran the older layout: each new key then costs one read less).
 local function legacy(key)
+  if not READ_OLD then return nil end
   local letter = string.sub(key, 5, 5)
   if string.sub(key, 1, 4) ~= 'drl:' or letter == string.lower(letter) then return nil end
   return 'drl:' .. string.lower(letter) .. string.sub(key, 6)

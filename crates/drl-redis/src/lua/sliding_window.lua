@@ -5,7 +5,9 @@
 -- slot, only until enough has left to say when to retry).
 -- params: bucket width g (ns), ring slots, T mod g (strings).
 -- State: one string, a 33-byte header (g, slots, count width, newest bucket, bucket of the
--- newest admission or -1, total; SW_HEAD) and `slots` counts of 2 bytes (N ≤ 65 535) or 4.
+-- newest admission or -1, total; SW_HEAD) and `slots` counts of 1 byte (N ≤ 255), 2 (N ≤
+-- 65 535) or 4: Lua hashes every byte of every string it makes (the state read, the state
+-- written), so a smaller state is a cheaper check as well as a smaller key.
 -- Refund token: the bucket the hits went into.
 local SW_HEAD = '<dI4BddI4'
 local SW_HEAD_LEN = 33
@@ -68,7 +70,8 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   local slots = tonumber(params[2])
   local rem = tonumber(params[3])
   local width, cell, most = 2, '<I2', 65535
-  if limit > 65535 then width, cell, most = 4, '<I4', 4294967295 end
+  if limit <= 255 then width, cell, most = 1, '<I1', 255
+  elseif limit > 65535 then width, cell, most = 4, '<I4', 4294967295 end
 
   local ring, err = read_state(key)
   if err then return nil, err end
@@ -80,9 +83,19 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
   if exists then
     local sg, sslots, swidth
     sg, sslots, swidth, newest, idle, total = struct.unpack(SW_HEAD, ring)
-    if sg ~= g or sslots ~= slots or swidth ~= width then
-      held, from_newest, from_g = total, newest, sg
+    local fits = sg == g and sslots == slots
+    if fits and swidth ~= width then
+      -- N changed across a count width (255, 65 535): the same buckets, repacked, if every
+      -- count fits the new width (an admission then keeps a slot within N).
+      local old = {struct.unpack('<' .. string.rep('I' .. swidth, slots), ring, SW_HEAD_LEN + 1)}
+      local counts = {}
+      for p = 0, slots - 1 do
+        if old[p + 1] > most then fits = false end
+        counts[p] = old[p + 1]
+      end
+      if fits then ring, rewrite = sw_ring(counts, slots, width, cell), true end
     end
+    if not fits then held, from_newest, from_g = total, newest, sg end
   else
     -- An older drl kept this counter in a hash under the lower-case letter (a field per bucket,
     -- 'g'/'s' the geometry, 'n' the newest bucket, 'i' the newest admission's): read once, when
@@ -216,7 +229,7 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     -- whole window), read in ring order from the oldest slot of the span; emptied slots count 0.
     local counts = {}
     if ring ~= nil then
-      counts = {struct.unpack('<' .. string.rep(width == 2 and 'I2' or 'I4', slots), ring,
+      counts = {struct.unpack('<' .. string.rep('I' .. width, slots), ring,
         SW_HEAD_LEN + 1)}
     end
     local p = here - span

@@ -14,7 +14,7 @@ local function take_back(key, alg, hits, token, s0, n0, window)
     local floor = newest - slots
     if s0 then floor = math.max(floor, (divmod(s0, n0, g)) - slots) end
     if bucket and bucket <= newest and bucket > floor then
-      local cell = width == 2 and '<I2' or '<I4'
+      local cell = '<I' .. width
       local at = SW_HEAD_LEN + math.fmod(bucket, slots) * width
       local c = struct.unpack(cell, raw, at + 1)
       local taken = math.min(c, hits)

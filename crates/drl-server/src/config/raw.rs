@@ -134,6 +134,8 @@ pub(crate) struct RawRedis {
     pub(crate) timeout: Option<Text>,
     pub(crate) tls: Option<Spanned<RawRedisTls>>,
     pub(crate) leases: Option<Spanned<RawLeases>>,
+    /// Read an older drl's keys when a counter's key is made (while upgrading).
+    pub(crate) read_old_keys: Option<bool>,
 }
 
 /// `store.redis.leases:` — hot keys answered from slices of their window (docs/hot-keys.md).

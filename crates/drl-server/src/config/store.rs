@@ -86,6 +86,7 @@ impl Validator<'_> {
         }
         let mut config = drl_redis::RedisConfig::new(urls);
         config.cluster = cluster;
+        config.read_old_keys = redis.read_old_keys.unwrap_or(false);
         if let Some(value) = &redis.consistency {
             match drl_redis::Consistency::from_name(&value.value) {
                 Some(c) => config.consistency = c,

@@ -452,3 +452,19 @@ fn leases_are_off_by_default_and_read_and_checked_with_their_place() {
     let errors = errors(&redis("    leases:\n      treshold: 5\n"));
     assert_eq!(errors[0].0, 6, "{errors:?}");
 }
+
+#[test]
+fn old_keys_are_read_only_when_asked() {
+    let redis = |extra: &str| {
+        format!("store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n{extra}")
+    };
+    let store = |yaml: &str| match Config::from_yaml("drl.yaml", yaml).unwrap().store {
+        StoreConfig::Redis(redis) => redis,
+        StoreConfig::Memory => panic!("not redis"),
+    };
+    assert!(!store(&redis("")).read_old_keys);
+    assert!(store(&redis("    read_old_keys: true\n")).read_old_keys);
+    assert!(!store(&redis("    read_old_keys: false\n")).read_old_keys);
+    let errors = errors(&redis("    read_old_keys: sometimes\n"));
+    assert_eq!(errors[0].0, 5, "{errors:?}");
+}
