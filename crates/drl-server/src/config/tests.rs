@@ -425,15 +425,21 @@ fn normalize_endpoints_is_off_by_default_and_refuses_rules_it_would_never_match(
     assert!(!errors("normalize_endpoints: {strip_queries: true}\n").is_empty());
 }
 
-#[test]
-fn leases_are_off_by_default_and_read_and_checked_with_their_place() {
-    let redis = |extra: &str| {
-        format!("store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n{extra}")
-    };
-    let store = |yaml: &str| match Config::from_yaml("drl.yaml", yaml).unwrap().store {
+/// A config with `store.redis` on one URL and `extra` (indented four spaces) under it.
+fn redis(extra: &str) -> String {
+    format!("store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n{extra}")
+}
+
+/// The Redis store settings of `yaml`.
+fn store(yaml: &str) -> drl_redis::RedisConfig {
+    match Config::from_yaml("drl.yaml", yaml).unwrap().store {
         StoreConfig::Redis(redis) => redis,
         StoreConfig::Memory => panic!("not redis"),
-    };
+    }
+}
+
+#[test]
+fn leases_are_off_by_default_and_read_and_checked_with_their_place() {
     assert_eq!(store(&redis("")).leases, None);
     assert_eq!(
         store(&redis("    leases: {}\n")).leases,
@@ -455,13 +461,6 @@ fn leases_are_off_by_default_and_read_and_checked_with_their_place() {
 
 #[test]
 fn old_keys_are_read_only_when_asked() {
-    let redis = |extra: &str| {
-        format!("store:\n  kind: redis\n  redis:\n    urls: [\"redis://h:1\"]\n{extra}")
-    };
-    let store = |yaml: &str| match Config::from_yaml("drl.yaml", yaml).unwrap().store {
-        StoreConfig::Redis(redis) => redis,
-        StoreConfig::Memory => panic!("not redis"),
-    };
     assert!(!store(&redis("")).read_old_keys);
     assert!(store(&redis("    read_old_keys: true\n")).read_old_keys);
     assert!(!store(&redis("    read_old_keys: false\n")).read_old_keys);
