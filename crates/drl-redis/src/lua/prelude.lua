@@ -18,8 +18,8 @@
 -- time in ns (test vectors only), prefixed by 'o' when a key not yet made is to be read from an
 -- older drl's key first (`store.redis.read_old_keys`, while upgrading; see `legacy`).
 --
--- A single check: KEYS[1] the counter; ARGV[1] the clock; ARGV[2] hits; ARGV[3] N; ARGV[4] T in ns; ARGV[5..7]
--- the algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never,
+-- A single check: KEYS[1] the counter; ARGV[1] the clock; ARGV[2] hits; ARGV[3] N; ARGV[4] T
+-- in ns; ARGV[5..7] the algorithm's parameters. Reply: {allowed, remaining, reset_after_ns, retry_after_ns, never,
 -- token}.
 local E9 = 1000000000
 -- A test time was given: expiries are then set in the server's real time, which the test's

@@ -58,6 +58,11 @@ local function sw_body(ring, here, cleared, slots, width, mine)
     .. string.sub(after, 1, (slots + from - here - 1) * width) .. string.rep(zero, -from)
 end
 
+-- Every count of the state string `ring`, in ring order: counts[p + 1] is position p's.
+local function sw_counts(ring, slots, width)
+  return {struct.unpack('<' .. string.rep('I' .. width, slots), ring, SW_HEAD_LEN + 1)}
+end
+
 -- A ring (with a header to be replaced) holding `counts` (bucket -> count) and nothing else.
 local function sw_ring(counts, slots, width, cell)
   local parts = {string.rep('\0', SW_HEAD_LEN)}
@@ -87,7 +92,7 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     if fits and swidth ~= width then
       -- N changed across a count width (255, 65 535): the same buckets, repacked, if every
       -- count fits the new width (an admission then keeps a slot within N).
-      local old = {struct.unpack('<' .. string.rep('I' .. swidth, slots), ring, SW_HEAD_LEN + 1)}
+      local old = sw_counts(ring, slots, swidth)
       local counts = {}
       for p = 0, slots - 1 do
         if old[p + 1] > most then fits = false end
@@ -229,8 +234,7 @@ local function sliding_window(key, s0, n0, hits, limit, window, params, dry)
     -- whole window), read in ring order from the oldest slot of the span; emptied slots count 0.
     local counts = {}
     if ring ~= nil then
-      counts = {struct.unpack('<' .. string.rep('I' .. width, slots), ring,
-        SW_HEAD_LEN + 1)}
+      counts = sw_counts(ring, slots, width)
     end
     local p = here - span
     if p < 0 then p = p + slots end
