@@ -54,7 +54,7 @@ up() {
     echo "port $PROM_PORT is in use" >&2
     exit 1
   fi
-  local drl=${DRL_BIN:-target/release/drl}
+  local drl=${DRL_BIN:-${CARGO_TARGET_DIR:-target}/release/drl}
   [ -n "${DRL_BIN:-}" ] || cargo build --release --locked --quiet -p drl --bin drl
   scripts/redis-cluster.sh up
   mkdir -p "$DIR"

@@ -55,7 +55,8 @@ fi
 
 if [ -z "${DRL_BIN:-}" ]; then
   cargo build --locked --quiet -p drl --bin drl
-  export DRL_BIN=$PWD/target/debug/drl
+  # Where cargo put it: CARGO_TARGET_DIR when set (relative to here), else target/.
+  export DRL_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/drl")
 fi
 
 # No __pycache__ in the source tree.
