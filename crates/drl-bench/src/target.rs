@@ -6,7 +6,9 @@
 //! - [`Target::Native`]: `drl.v1.RateLimiter/Check` with a batch of checks: one decision each.
 //! - [`Target::Http`]: `POST /v1/check`: 200 allowed, 429 denied.
 //!
-//! gRPC workers share a few HTTP/2 connections (channels), each multiplexing many calls; HTTP
+//! gRPC workers share a few HTTP/2 connections, each multiplexing many calls (the native
+//! workers through tonic channels, the Envoy workers on the `h2` crate directly: the leaner
+//! path, for the single-decision calls whose client cost is most of a generator's CPU); HTTP
 //! workers have one keep-alive HTTP/1.1 connection each (HTTP/1.1 has one request in flight
 //! per connection).
 
@@ -22,18 +24,18 @@ use drl_proto::envoy::service::ratelimit::v3 as rls;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONTENT_TYPE, HOST, TE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use native::rate_limiter_client::RateLimiterClient;
 use rls::rate_limit_response::Code as EnvoyCode;
-use rls::rate_limit_service_client::RateLimitServiceClient;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::BenchError;
 use super::keys::{ENDPOINT, user_id};
 use drl_proto::json::CheckRequest;
+use prost::Message;
 
 /// The domain of the Envoy requests: the built-in domain of the native (user, endpoint) pairs,
 /// so that the node's native rules decide them.
@@ -121,13 +123,17 @@ impl Callers {
     ) -> Result<Self, BenchError> {
         Ok(match target {
             Target::Envoy => {
-                let channels = channels(server, connections).await?;
+                let (addr, uri) = HttpServer::parse(server)?.grpc_uri(SHOULD_RATE_LIMIT)?;
+                let mut senders = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    senders.push(h2_connect(&addr).await.map_err(BenchError::Connect)?);
+                }
                 Self::Envoy(
                     (0..workers)
                         .map(|i| EnvoyCaller {
-                            client: RateLimitServiceClient::new(
-                                channels[i % channels.len()].clone(),
-                            ),
+                            sender: Some(senders[i % senders.len()].clone()),
+                            addr: addr.clone(),
+                            uri: uri.clone(),
                             domain: domain.to_owned(),
                         })
                         .collect(),
@@ -178,12 +184,25 @@ async fn channels(server: &str, connections: usize) -> Result<Vec<Channel>, Benc
     Ok(channels)
 }
 
-/// A worker of the Envoy API.
+/// A worker of the Envoy API. It speaks gRPC straight on the `h2` crate (the HTTP/2 that tonic
+/// and hyper use underneath), without tonic's channel: a generator sharing the machine with the
+/// server under test should spend as little of it as it can (see docs/benchmarks.md).
 #[derive(Debug)]
 pub struct EnvoyCaller {
-    client: RateLimitServiceClient<Channel>,
+    /// The connection this worker shares with others; after a failure, one of its own.
+    sender: Option<h2::client::SendRequest<Bytes>>,
+    /// `host:port` to reconnect to.
+    addr: String,
+    /// `ShouldRateLimit` on the server.
+    uri: Uri,
     domain: String,
 }
+
+/// The method a [`EnvoyCaller`] calls.
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// Largest gRPC answer an Envoy worker reads.
+const MAX_GRPC_MESSAGE: usize = 64 * 1024;
 
 /// The request for key `key`: one descriptor (user_id, endpoint) in `domain` (the bench's
 /// default: [`ENVOY_DOMAIN`]).
@@ -207,6 +226,138 @@ pub fn envoy_request(domain: &str, key: u64, hits: u32) -> rls::RateLimitRequest
     }
 }
 
+/// An HTTP/2 connection to `addr`, its I/O driven by a task of its own.
+async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    let (sender, connection) = h2::client::handshake(stream)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: HTTP/2 handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("bench connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Why a gRPC exchange has no decision.
+enum GrpcFailure {
+    /// The server answered with an error (a gRPC status, an HTTP status, a malformed message).
+    Refused(String),
+    /// No answer: the connection failed.
+    Lost(String),
+}
+
+/// The gRPC status of an answer, from its trailers (or its headers, for a trailers-only
+/// answer); `Ok` for status 0.
+fn grpc_status(headers: &hyper::HeaderMap) -> Option<Result<(), String>> {
+    let code = headers.get("grpc-status")?;
+    let code = code.to_str().ok().and_then(|c| c.parse::<i32>().ok());
+    Some(match code {
+        Some(0) => Ok(()),
+        Some(code) => {
+            let message = headers
+                .get("grpc-message")
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                .unwrap_or_default();
+            Err(format!("gRPC {:?}: {message}", tonic::Code::from_i32(code)))
+        }
+        None => Err(format!("an unreadable grpc-status {code:?}")),
+    })
+}
+
+impl EnvoyCaller {
+    /// One `ShouldRateLimit` exchange; on a failure of the connection it is dropped, and the
+    /// next call makes a new one.
+    async fn exchange(&mut self, key: u64, hits: u32) -> Result<EnvoyCode, GrpcFailure> {
+        let sender = match &self.sender {
+            Some(sender) => sender.clone(),
+            None => {
+                let sender = h2_connect(&self.addr).await.map_err(GrpcFailure::Lost)?;
+                self.sender = Some(sender.clone());
+                sender
+            }
+        };
+        let result = self.try_exchange(sender, key, hits).await;
+        if let Err(GrpcFailure::Lost(_)) = result {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn try_exchange(
+        &self,
+        sender: h2::client::SendRequest<Bytes>,
+        key: u64,
+        hits: u32,
+    ) -> Result<EnvoyCode, GrpcFailure> {
+        let lost = |e: h2::Error| GrpcFailure::Lost(format!("connection lost: {e}"));
+        let refused = GrpcFailure::Refused;
+        let message = envoy_request(&self.domain, key, hits);
+        let mut frame = Vec::with_capacity(5 + message.encoded_len());
+        frame.push(0); // not compressed
+        frame.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+        message
+            .encode(&mut frame)
+            .map_err(|e| refused(format!("cannot encode the request: {e}")))?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .body(())
+            .map_err(|e| refused(format!("cannot build the request: {e}")))?;
+        let mut sender = sender.ready().await.map_err(lost)?;
+        let (response, mut stream) = sender.send_request(request, false).map_err(lost)?;
+        stream.send_data(Bytes::from(frame), true).map_err(lost)?;
+        let (head, mut body) = response.await.map_err(lost)?.into_parts();
+        if head.status != StatusCode::OK {
+            return Err(refused(format!("HTTP {} for a gRPC call", head.status)));
+        }
+        if let Some(status) = grpc_status(&head.headers) {
+            // A trailers-only answer: no message.
+            status.map_err(refused)?;
+            return Err(refused("a gRPC answer without a message".into()));
+        }
+        let mut answer = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(lost)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if answer.len() + chunk.len() > MAX_GRPC_MESSAGE {
+                return Err(refused(format!("an answer over {MAX_GRPC_MESSAGE} bytes")));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(lost)?.unwrap_or_default();
+        grpc_status(&trailers)
+            .unwrap_or_else(|| Err("a gRPC answer without grpc-status".into()))
+            .map_err(refused)?;
+        let message = match answer.as_slice() {
+            [0, length @ ..] if length.len() >= 4 => {
+                let (length, message) = length.split_at(4);
+                let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+                (message.len() == length as usize).then_some(message)
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            refused(format!(
+                "a malformed gRPC message of {} bytes",
+                answer.len()
+            ))
+        })?;
+        let response = rls::RateLimitResponse::decode(message)
+            .map_err(|e| refused(format!("cannot decode the answer: {e}")))?;
+        Ok(response.overall_code())
+    }
+}
+
 impl Caller for EnvoyCaller {
     async fn call(&mut self, keys: &[u64], hits: u32) -> Outcome {
         let mut outcome = Outcome {
@@ -214,23 +365,21 @@ impl Caller for EnvoyCaller {
             ..Outcome::default()
         };
         for &key in keys {
-            match self
-                .client
-                .should_rate_limit(envoy_request(&self.domain, key, hits))
-                .await
-            {
-                Ok(response) => match response.into_inner().overall_code() {
-                    EnvoyCode::Ok => outcome.allowed += 1,
-                    EnvoyCode::OverLimit => outcome.denied += 1,
-                    EnvoyCode::Unknown => {
-                        outcome.errors += 1;
-                        outcome.error = Some("overall_code UNKNOWN".into());
-                    }
-                },
-                Err(status) => {
+            match self.exchange(key, hits).await {
+                Ok(EnvoyCode::Ok) => outcome.allowed += 1,
+                Ok(EnvoyCode::OverLimit) => outcome.denied += 1,
+                Ok(EnvoyCode::Unknown) => {
+                    outcome.errors += 1;
+                    outcome.error = Some("overall_code UNKNOWN".into());
+                }
+                Err(GrpcFailure::Refused(e)) => {
+                    outcome.errors += 1;
+                    outcome.error = Some(e);
+                }
+                Err(GrpcFailure::Lost(e)) => {
                     outcome.errors += 1;
                     outcome.answered = false;
-                    outcome.error = Some(status_message(&status));
+                    outcome.error = Some(e);
                 }
             }
         }
@@ -332,6 +481,17 @@ impl HttpServer {
             authority: authority.as_str().to_owned(),
             path: format!("{}/v1/check", uri.path().trim_end_matches('/')),
         })
+    }
+
+    /// The address to connect to and the URI of the gRPC method `path` on this server.
+    fn grpc_uri(self, path: &str) -> Result<(String, Uri), BenchError> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.as_str())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| BenchError::Invalid(format!("invalid server URL: {e}")))?;
+        Ok((self.addr, uri))
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use drl_bench::{self as bench, BenchOptions, KeyDistribution, Length, Progress, Report, Target};
@@ -327,4 +328,62 @@ async fn an_unreachable_server_is_a_clear_error() {
     options.server = Some("https://example.com".into());
     let error = bench::run(&options, Progress::Quiet).await.unwrap_err();
     assert!(error.to_string().contains("invalid server URL"), "{error}");
+}
+
+/// A gRPC server on a loopback port that refuses every call with `UNAVAILABLE` (a trailers-only
+/// answer) and closes each connection after its third call. Counts the connections it accepted.
+async fn refusing_grpc_server() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::clone(&connections);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                for _ in 0..3 {
+                    let Some(Ok((_, mut respond))) = connection.accept().await else {
+                        return;
+                    };
+                    let answer = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .header("grpc-message", "resting")
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(answer, true);
+                }
+                // Flush the third answer, then drop the connection.
+                let _ = tokio::time::timeout(Duration::from_millis(50), connection.accept()).await;
+            });
+        }
+    });
+    (addr, connections, task)
+}
+
+/// A refused Envoy call is an error that names the gRPC status, and a lost connection is
+/// replaced: the run goes on to its end with every call accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_envoy_calls_are_errors_and_a_lost_connection_is_replaced() {
+    let (addr, connections, server) = refusing_grpc_server().await;
+    let mut options = BenchOptions::new(Target::Envoy);
+    options.server = Some(format!("http://{addr}"));
+    options.concurrency = 1;
+    options.connections = Some(1);
+    options.length = Length::Requests(10);
+    let report = run(&options).await;
+    assert_adds_up(&report, 10, 1);
+    assert_eq!(report.errors, 10, "{report:?}");
+    let error = report.first_error.clone().unwrap();
+    assert!(error.contains("Unavailable: resting"), "{error}");
+    // At most four calls a connection (three answered, then one lost as it closes): ten calls
+    // need at least three connections.
+    assert!(connections.load(Ordering::Relaxed) >= 3, "{report:?}");
+    server.abort();
 }
