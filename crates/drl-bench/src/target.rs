@@ -315,7 +315,10 @@ impl EnvoyCaller {
             .map_err(|e| refused(format!("cannot build the request: {e}")))?;
         let mut sender = sender.ready().await.map_err(lost)?;
         let (response, mut stream) = sender.send_request(request, false).map_err(lost)?;
-        stream.send_data(Bytes::from(frame), true).map_err(lost)?;
+        // A server may answer before it has read the request (a trailers-only refusal), after
+        // which the request's data cannot be sent ("inactive stream"): the answer still counts,
+        // so a failed send is judged by the response.
+        let _ = stream.send_data(Bytes::from(frame), true);
         let (head, mut body) = response.await.map_err(lost)?.into_parts();
         if head.status != StatusCode::OK {
             return Err(refused(format!("HTTP {} for a gRPC call", head.status)));
