@@ -317,6 +317,7 @@ async fn drive<C: Caller>(
     progress: Progress,
 ) -> Result<Report, BenchError> {
     let workers = callers.len();
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let schedule = options.rate.map(Schedule::new);
     let total = match (options.length, schedule) {
@@ -387,6 +388,9 @@ async fn drive<C: Caller>(
         }
     }
     let elapsed = start.elapsed();
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(reporter) = reporter {
         reporter.abort();
         let _ = reporter.await;
@@ -404,7 +408,28 @@ async fn drive<C: Caller>(
     for stats in &stats {
         total.add(&stats.lock().unwrap_or_else(PoisonError::into_inner));
     }
-    Ok(Report::new(options, elapsed, &total))
+    Ok(Report::new(options, elapsed, cpu, &total))
+}
+
+/// This process's CPU time so far (user + system, all threads), from `/proc/self/stat`; `None`
+/// where there is no such file.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of_stat(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in `USER_HZ` ticks: 100 a
+/// second on every Linux platform (the kernel ABI's, whatever the kernel's tick rate).
+fn cpu_of_stat(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses:
+    // count from the last ')', after which field 3 comes first.
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(14 - 3);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    let (utime, stime) = (ticks()?, ticks()?);
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// One worker: takes the next request, sends it, records its outcome, until the run ends.
@@ -628,6 +653,10 @@ pub struct Report {
     pub first_error: Option<String>,
     /// With `--admission-window`: the most admissions in any interval of that length.
     pub admissions: Option<Admissions>,
+    /// The generator's own CPU time (user + system, this process, connecting excluded) per
+    /// request: what the load took from a machine it shares with the server. `None` where
+    /// `/proc/self/stat` cannot be read. Resolution 10 ms over the run.
+    pub generator_cpu_us_per_request: Option<f64>,
 }
 
 /// The over-admission check of a run against a limit of N per `window_s`: how many admitted
@@ -741,7 +770,12 @@ impl Latency {
 }
 
 impl Report {
-    fn new(options: &BenchOptions, elapsed: Duration, stats: &WorkerStats) -> Self {
+    fn new(
+        options: &BenchOptions,
+        elapsed: Duration,
+        cpu: Option<Duration>,
+        stats: &WorkerStats,
+    ) -> Self {
         let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
         let decisions = stats.allowed + stats.denied + stats.errors;
         Self {
@@ -778,6 +812,9 @@ impl Report {
             admissions: options
                 .admission_window
                 .map(|w| Admissions::of(w, &stats.admissions, stats.admissions_dropped)),
+            generator_cpu_us_per_request: cpu
+                .filter(|_| stats.requests > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / stats.requests as f64),
         }
     }
 
@@ -878,6 +915,12 @@ impl fmt::Display for Report {
                 a.window_s, a.most_by_answer, a.most_proven, a.admitted
             )?;
         }
+        if let Some(cpu) = self.generator_cpu_us_per_request {
+            writeln!(
+                f,
+                "  generator   {cpu:.1} µs of CPU per request (this process)"
+            )?;
+        }
         if let Some(e) = &self.first_error {
             writeln!(f, "  first error {e}")?;
         }
@@ -888,6 +931,19 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_a_stat_line_whatever_the_command_name() {
+        // Fields 14 and 15 (utime 250, stime 30 ticks) after a name with spaces and ')'.
+        let stat = "4242 (drl (bench) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0";
+        assert_eq!(cpu_of_stat(stat), Some(Duration::from_millis(2_800)));
+        assert_eq!(cpu_of_stat("4242 (drl) S 1"), None);
+        assert_eq!(cpu_of_stat("no parenthesis"), None);
+        // On Linux this process's own line reads.
+        if cfg!(target_os = "linux") {
+            assert!(process_cpu().is_some());
+        }
+    }
 
     #[test]
     fn admissions_count_answers_and_proven_spans_per_window() {

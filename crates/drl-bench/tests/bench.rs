@@ -187,6 +187,11 @@ async fn an_open_loop_sends_its_requests_and_reports_json() {
         json["latency_us"]["max"].as_f64().unwrap()
     );
     assert!(json["first_error"].is_null());
+    // The generator's CPU per request, from its own /proc/self/stat (this test process also
+    // runs the node, and ticks are 10 ms: only that it is reported is asserted).
+    if cfg!(target_os = "linux") {
+        assert!(json["generator_cpu_us_per_request"].as_f64().unwrap() >= 0.0);
+    }
     node.stop().await;
 }
 
