@@ -226,8 +226,8 @@ pub fn envoy_request(domain: &str, key: u64, hits: u32) -> rls::RateLimitRequest
     }
 }
 
-/// An HTTP/2 connection to `addr`, its I/O driven by a task of its own.
-async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+/// A TCP connection to `addr` (within [`CONNECT_TIMEOUT`]), with `TCP_NODELAY`.
+async fn tcp_connect(addr: &str) -> Result<TcpStream, String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
@@ -235,6 +235,12 @@ async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String
     stream
         .set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    Ok(stream)
+}
+
+/// An HTTP/2 connection to `addr`, its I/O driven by a task of its own.
+async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let stream = tcp_connect(addr).await?;
     let (sender, connection) = h2::client::handshake(stream)
         .await
         .map_err(|e| format!("cannot connect to {addr}: HTTP/2 handshake failed: {e}"))?;
@@ -509,13 +515,7 @@ pub struct HttpCaller {
 impl HttpCaller {
     async fn connect(&mut self) -> Result<(), String> {
         let addr = &self.server.addr;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let stream = tcp_connect(addr).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
