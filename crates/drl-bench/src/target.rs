@@ -34,6 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::BenchError;
 use super::keys::{ENDPOINT, user_id};
+use drl_proto::codec;
 use drl_proto::json::CheckRequest;
 use prost::Message;
 
@@ -261,21 +262,18 @@ enum GrpcFailure {
 }
 
 /// The gRPC status of an answer, from its trailers (or its headers, for a trailers-only
-/// answer); `Ok` for status 0.
+/// answer); `Ok` for status 0. (Not `tonic::Status::from_header_map`, which copies the whole
+/// header map on every call and panics on a malformed `grpc-status-details-bin`.)
 fn grpc_status(headers: &hyper::HeaderMap) -> Option<Result<(), String>> {
-    let code = headers.get("grpc-status")?;
-    let code = code.to_str().ok().and_then(|c| c.parse::<i32>().ok());
-    Some(match code {
-        Some(0) => Ok(()),
-        Some(code) => {
-            let message = headers
-                .get("grpc-message")
-                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
-                .unwrap_or_default();
-            Err(format!("gRPC {:?}: {message}", tonic::Code::from_i32(code)))
-        }
-        None => Err(format!("an unreadable grpc-status {code:?}")),
-    })
+    let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    if code == tonic::Code::Ok {
+        return Some(Ok(()));
+    }
+    let message = headers
+        .get("grpc-message")
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Some(Err(status_message(&tonic::Status::new(code, message))))
 }
 
 impl EnvoyCaller {
@@ -305,13 +303,7 @@ impl EnvoyCaller {
     ) -> Result<EnvoyCode, GrpcFailure> {
         let lost = |e: h2::Error| GrpcFailure::Lost(format!("connection lost: {e}"));
         let refused = GrpcFailure::Refused;
-        let message = envoy_request(&self.domain, key, hits);
-        let mut frame = Vec::with_capacity(5 + message.encoded_len());
-        frame.push(0); // not compressed
-        frame.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
-        message
-            .encode(&mut frame)
-            .map_err(|e| refused(format!("cannot encode the request: {e}")))?;
+        let frame = codec::frame(&envoy_request(&self.domain, key, hits));
         let request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
@@ -347,15 +339,7 @@ impl EnvoyCaller {
         grpc_status(&trailers)
             .unwrap_or_else(|| Err("a gRPC answer without grpc-status".into()))
             .map_err(refused)?;
-        let message = match answer.as_slice() {
-            [0, length @ ..] if length.len() >= 4 => {
-                let (length, message) = length.split_at(4);
-                let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
-                (message.len() == length as usize).then_some(message)
-            }
-            _ => None,
-        }
-        .ok_or_else(|| {
+        let message = codec::unframe(&answer).ok_or_else(|| {
             refused(format!(
                 "a malformed gRPC message of {} bytes",
                 answer.len()

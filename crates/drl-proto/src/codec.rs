@@ -8,6 +8,32 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
+/// gRPC's length prefix of a message: the compressed flag and the message's length, big-endian.
+pub const MESSAGE_PREFIX: usize = 5;
+
+/// `message` as one uncompressed gRPC message: its [`MESSAGE_PREFIX`], then its bytes, in one
+/// buffer of the exact size (what a unary call's body carries).
+pub fn frame<M: Message>(message: &M) -> Vec<u8> {
+    let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(MESSAGE_PREFIX + len);
+    buf.push(0);
+    // A message of these APIs is far below 4 GiB.
+    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    message
+        .encode(&mut buf)
+        .unwrap_or_else(|_| unreachable!("the buffer has room for encoded_len bytes"));
+    buf
+}
+
+/// The message of a body that holds exactly one uncompressed gRPC message, or `None` for
+/// anything else (compressed, truncated, or with bytes after it).
+pub fn unframe(body: &[u8]) -> Option<&[u8]> {
+    let ([0, length @ ..], message) = body.split_first_chunk::<MESSAGE_PREFIX>()? else {
+        return None;
+    };
+    (message.len() == u32::from_be_bytes(*length) as usize).then_some(message)
+}
+
 /// [`ProstCodec`] with decode failures as INVALID_ARGUMENT.
 #[derive(Debug, Clone)]
 pub struct StrictCodec<T, U>(ProstCodec<T, U>);
@@ -60,5 +86,40 @@ impl<D: Decoder<Error = Status>> Decoder for StrictDecoder<D> {
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drl::v1 as native;
+
+    #[test]
+    fn a_framed_message_unframes_to_itself_and_nothing_else_does() {
+        let message = native::Check {
+            user_id: "alice".into(),
+            endpoint: "/api".into(),
+            hits: Some(3),
+        };
+        let framed = frame(&message);
+        assert_eq!(framed[0], 0);
+        assert_eq!(framed.len(), MESSAGE_PREFIX + message.encoded_len());
+        let inner = unframe(&framed).unwrap();
+        assert_eq!(native::Check::decode(inner).unwrap(), message);
+        // An empty message is a prefix alone.
+        assert_eq!(
+            unframe(&frame(&native::CheckRequest::default())),
+            Some(&[][..])
+        );
+
+        let mut compressed = framed.clone();
+        compressed[0] = 1;
+        assert_eq!(unframe(&compressed), None);
+        assert_eq!(unframe(&framed[..framed.len() - 1]), None, "truncated");
+        let mut longer = framed.clone();
+        longer.push(0);
+        assert_eq!(unframe(&longer), None, "bytes after the message");
+        assert_eq!(unframe(&framed[..4]), None, "no whole prefix");
+        assert_eq!(unframe(&[]), None);
     }
 }

@@ -26,7 +26,7 @@ use prost::Message;
 use tonic::Status;
 
 /// gRPC's length prefix: the compressed flag and the message's length, big-endian.
-const PREFIX: usize = 5;
+const PREFIX: usize = drl_proto::codec::MESSAGE_PREFIX;
 
 /// The one message of a unary call's request body, checked as tonic checks it.
 pub(crate) async fn read_message<B>(body: B, max_message_bytes: usize) -> Result<Bytes, Status>
@@ -118,16 +118,8 @@ pub(crate) fn decode<M: Message + Default>(message: Bytes) -> Result<M, Status> 
 
 /// The response of a unary call that succeeded: `message`, then the `grpc-status: 0` trailers.
 pub(crate) fn ok<M: Message>(message: &M) -> Response<tonic::body::Body> {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(PREFIX + len);
-    buf.push(0);
-    // A message this API builds is far below 4 GiB.
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    message
-        .encode(&mut buf)
-        .unwrap_or_else(|_| unreachable!("the buffer has room for encoded_len bytes"));
     let mut response = Response::new(tonic::body::Body::new(Unary {
-        data: Some(Bytes::from(buf)),
+        data: Some(Bytes::from(drl_proto::codec::frame(message))),
         done: false,
     }));
     response.headers_mut().insert(
