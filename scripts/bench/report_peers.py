@@ -186,9 +186,12 @@ def report(out_dir, note):
             p()
         for line in ratios(parts["keys"]):
             p(f"- {line}")
-        generator = [f"{NAMES[server]} {fmt(median([(r.get('bench') or {}).get('generator_cpu_us_per_request') for r in rows]))}"
-                     for server, rows in ((s, parts["keys"].get(s)) for s in SERVERS)
-                     if rows and any((r.get("bench") or {}).get("generator_cpu_us_per_request") is not None for r in rows)]
+        generator = []
+        for server in SERVERS:
+            cpu = median([(r.get("bench") or {}).get("generator_cpu_us_per_request")
+                          for r in parts["keys"].get(server, [])])
+            if cpu is not None:
+                generator.append(f"{NAMES[server]} {fmt(cpu)}")
         if generator:
             p(f"- the generator's own CPU per call (`drl bench`, on the same cores), median: {'; '.join(generator)} µs")
         p()
