@@ -218,6 +218,7 @@ impl Bans {
                 rule: b"offenses",
                 limit: 0,
                 values: &values,
+                prefix: None,
             },
             policy: &policy.offenses,
             hits: 1,

@@ -104,6 +104,7 @@ impl OwnedKey {
             rule: &self.rule,
             limit: self.limit,
             values: &values,
+            prefix: None,
         })
     }
 

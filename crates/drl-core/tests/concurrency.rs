@@ -454,6 +454,7 @@ fn a_reading_from_before_a_sweep_counts_as_the_sweeps_time() {
                     rule: b"default",
                     limit: 0,
                     values: &["u", "/e"],
+                    prefix: None,
                 },
                 policy: &policy,
                 hits: 3,

@@ -45,6 +45,7 @@ fn key<'a>(id: &'a Identity, values: &'a mut Vec<&'a str>) -> CounterKey<'a> {
         rule: RULES[id.1],
         limit: id.2,
         values,
+        prefix: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn key<'a>(limit: u16, values: &'a [&'a str]) -> CounterKey<'a> {
         rule: b"rule",
         limit,
         values,
+        prefix: None,
     }
 }
 

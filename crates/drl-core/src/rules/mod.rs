@@ -41,7 +41,7 @@ use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
 use crate::endpoint::EndpointNormalization;
 use crate::error::RuleError;
-use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, USER_KEY};
+use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, RulePrefix, USER_KEY};
 use crate::policy::Policy;
 
 mod tree;
@@ -203,6 +203,8 @@ pub enum Matching {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     id: Box<[u8]>,
+    /// `id`'s share of its counters' fingerprints, hashed once.
+    prefix: RulePrefix,
     label: Arc<str>,
     level: Option<RuleLevel>,
     action: Action,
@@ -219,6 +221,11 @@ impl Target {
     /// injectively. Part of every counter key of the rule.
     pub fn id(&self) -> &[u8] {
         &self.id
+    }
+
+    /// The [`RulePrefix`] of [`Target::id`], for its counters' keys.
+    pub fn rule_prefix(&self) -> &RulePrefix {
+        &self.prefix
     }
 
     /// A bounded metric label: the level name for native rules; the domain and path (`key`,
@@ -264,6 +271,7 @@ impl Target {
             id.push(entry.key, LevelMatch::Any);
         }
         Self {
+            prefix: RulePrefix::of(&id.bytes),
             id: id.bytes.into(),
             // Not the keys: they come from the request, and labels must stay bounded.
             label: format!("{domain}.override").into(),

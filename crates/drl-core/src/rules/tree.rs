@@ -5,7 +5,7 @@ use super::{
     Action, DescriptorRule, Entry, Map, Matching, RequestLimits, Rule, Target, check_limits,
 };
 use crate::error::{CheckError, RuleError};
-use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, USER_KEY, validate_id};
+use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, RulePrefix, USER_KEY, validate_id};
 
 /// A domain's rule tree.
 #[derive(Debug, Clone)]
@@ -225,6 +225,7 @@ pub(super) fn insert_native(native: &mut Domain, rule: &Rule) -> Result<(), Rule
     }
     let level = rule.level();
     node.target = Some(Target {
+        prefix: RulePrefix::of(&id.bytes),
         id: id.bytes.into(),
         label: level.name().into(),
         level: Some(level),
@@ -330,6 +331,7 @@ pub(super) fn insert_descriptor(
             check_limits(&|| selector_of(domain, path), limits)?;
         }
         child.target = Some(Target {
+            prefix: RulePrefix::of(&id.bytes),
             id: id.bytes.clone().into(),
             label: selector_of(domain, path).into(),
             level: None,
