@@ -280,6 +280,10 @@ impl Fingerprinter {
     /// encoding's header as two words, the domain, then each value after its length.
     #[inline]
     pub fn fingerprint(&self, key: &CounterKey<'_>) -> u128 {
+        debug_assert!(
+            key.prefix.is_none_or(|p| *p == RulePrefix::of(key.rule)),
+            "a key's RulePrefix must be its own rule's"
+        );
         let mut sip = match key.prefix {
             Some(prefix) if self.prefixes => SipHash13 {
                 v: prefix.v,
