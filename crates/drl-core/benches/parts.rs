@@ -78,10 +78,7 @@ fn per_call(c: &mut Criterion) {
     let builtin = Rules::builtin();
     let target = builtin.lookup(user, endpoint);
     // As the limiter builds it: with the rule's prefix, hashed when the rules were made.
-    let key = CounterKey {
-        prefix: Some(target.rule_prefix()),
-        ..CounterKey::new("drl", target.id(), 0, &values)
-    };
+    let key = target.counter_key("drl", 0, &values);
     g.bench_function("hash/drl_fingerprint_siphash13_128", |b| {
         b.iter(|| fingerprints.fingerprint(black_box(&key)))
     });

@@ -57,7 +57,7 @@ pub struct CounterKey<'a> {
     /// The request's value at each level of the rule.
     pub values: &'a [&'a str],
     /// `rule`'s share of the fingerprint, hashed once when the rule was made
-    /// ([`Target::rule_prefix`](crate::rules::Target::rule_prefix)); `None` hashes `rule` on
+    /// ([`Target::counter_key`](crate::rules::Target::counter_key)); `None` hashes `rule` on
     /// every fingerprint, to the same result. Not part of the identity.
     pub prefix: Option<&'a RulePrefix>,
 }
@@ -276,7 +276,7 @@ impl Fingerprinter {
     }
 
     /// The 128-bit fingerprint of `key`: SipHash-1-3 of an injective encoding of its fields,
-    /// streamed without building it: the rule ([`absorb_rule`], or its [`RulePrefix`]), the
+    /// streamed without building it: the rule (its bytes, or its [`RulePrefix`]), the
     /// encoding's header as two words, the domain, then each value after its length.
     #[inline]
     pub fn fingerprint(&self, key: &CounterKey<'_>) -> u128 {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::abuse::Ban;
 use crate::decision::Decision;
 use crate::error::CheckError;
-use crate::key::{CounterKey, validate_id};
+use crate::key::validate_id;
 use crate::policy::Policy;
 use crate::rules::{Action, RuleLevel, Rules, Target};
 use crate::store::{Store, StoreRequest};
@@ -151,13 +151,7 @@ impl<S: Store> Limiter<S> {
         match target.action() {
             Action::Limit(limits) if limits.len() == 1 && !target.shadow_mode() => {
                 Some(StoreRequest {
-                    key: CounterKey {
-                        domain: &self.inner.domain,
-                        rule: target.id(),
-                        limit: 0,
-                        values,
-                        prefix: Some(target.rule_prefix()),
-                    },
+                    key: target.counter_key(&self.inner.domain, 0, values),
                     policy: &limits[0],
                     hits,
                     now_ns,
@@ -182,13 +176,7 @@ impl<S: Store> Limiter<S> {
     ) -> Vec<StoreRequest<'a>> {
         (0..limits.len())
             .map(|i| StoreRequest {
-                key: CounterKey {
-                    domain,
-                    rule: target.id(),
-                    limit: i as u16,
-                    values,
-                    prefix: Some(target.rule_prefix()),
-                },
+                key: target.counter_key(domain, i as u16, values),
                 policy: &limits[i],
                 hits,
                 now_ns,

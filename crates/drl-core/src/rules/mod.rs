@@ -41,7 +41,7 @@ use crate::adaptive::{BackendSettings, scale};
 use crate::algorithm::Algorithm;
 use crate::endpoint::EndpointNormalization;
 use crate::error::RuleError;
-use crate::key::{ENDPOINT_KEY, NATIVE_DOMAIN, RulePrefix, USER_KEY};
+use crate::key::{CounterKey, ENDPOINT_KEY, NATIVE_DOMAIN, RulePrefix, USER_KEY};
 use crate::policy::Policy;
 
 mod tree;
@@ -199,12 +199,27 @@ pub enum Matching {
     MostSpecific,
 }
 
+/// A rule's identity ([`Target::id`]) and its share of its counters' fingerprints, derived from
+/// it once, here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleId {
+    bytes: Box<[u8]>,
+    prefix: RulePrefix,
+}
+
+impl RuleId {
+    fn new(bytes: &[u8]) -> Self {
+        Self {
+            bytes: bytes.into(),
+            prefix: RulePrefix::of(bytes),
+        }
+    }
+}
+
 /// A matched rule: its identity, what it does, and how to report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    id: Box<[u8]>,
-    /// `id`'s share of its counters' fingerprints, hashed once.
-    prefix: RulePrefix,
+    id: RuleId,
     label: Arc<str>,
     level: Option<RuleLevel>,
     action: Action,
@@ -220,12 +235,21 @@ impl Target {
     /// The rule's identity: its path in the tree (keys, and how each level matched), encoded
     /// injectively. Part of every counter key of the rule.
     pub fn id(&self) -> &[u8] {
-        &self.id
+        &self.id.bytes
     }
 
-    /// The [`RulePrefix`] of [`Target::id`], for its counters' keys.
-    pub fn rule_prefix(&self) -> &RulePrefix {
-        &self.prefix
+    /// The key of this rule's counter `limit` (index into its limits) for `values`, in
+    /// `domain`, with the rule's [`RulePrefix`].
+    pub fn counter_key<'a>(
+        &'a self,
+        domain: &'a str,
+        limit: u16,
+        values: &'a [&'a str],
+    ) -> CounterKey<'a> {
+        CounterKey {
+            prefix: Some(&self.id.prefix),
+            ..CounterKey::new(domain, &self.id.bytes, limit, values)
+        }
     }
 
     /// A bounded metric label: the level name for native rules; the domain and path (`key`,
@@ -271,8 +295,7 @@ impl Target {
             id.push(entry.key, LevelMatch::Any);
         }
         Self {
-            prefix: RulePrefix::of(&id.bytes),
-            id: id.bytes.into(),
+            id: RuleId::new(&id.bytes),
             // Not the keys: they come from the request, and labels must stay bounded.
             label: format!("{domain}.override").into(),
             level: None,

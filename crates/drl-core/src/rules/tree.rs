@@ -2,10 +2,10 @@
 //! any-value branch, walked most specific first; and how rules are inserted into it.
 
 use super::{
-    Action, DescriptorRule, Entry, Map, Matching, RequestLimits, Rule, Target, check_limits,
+    Action, DescriptorRule, Entry, Map, Matching, RequestLimits, Rule, RuleId, Target, check_limits,
 };
 use crate::error::{CheckError, RuleError};
-use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, RulePrefix, USER_KEY, validate_id};
+use crate::key::{ENDPOINT_KEY, MAX_ID_LEN, USER_KEY, validate_id};
 
 /// A domain's rule tree.
 #[derive(Debug, Clone)]
@@ -225,8 +225,7 @@ pub(super) fn insert_native(native: &mut Domain, rule: &Rule) -> Result<(), Rule
     }
     let level = rule.level();
     node.target = Some(Target {
-        prefix: RulePrefix::of(&id.bytes),
-        id: id.bytes.into(),
+        id: RuleId::new(&id.bytes),
         label: level.name().into(),
         level: Some(level),
         action: Action::Limit(rule.limits.clone()),
@@ -331,8 +330,7 @@ pub(super) fn insert_descriptor(
             check_limits(&|| selector_of(domain, path), limits)?;
         }
         child.target = Some(Target {
-            prefix: RulePrefix::of(&id.bytes),
-            id: id.bytes.clone().into(),
+            id: RuleId::new(&id.bytes),
             label: selector_of(domain, path).into(),
             level: None,
             action: action.clone(),
