@@ -240,6 +240,7 @@ impl Target {
 
     /// The key of this rule's counter `limit` (index into its limits) for `values`, in
     /// `domain`, with the rule's [`RulePrefix`].
+    #[inline]
     pub fn counter_key<'a>(
         &'a self,
         domain: &'a str,
