@@ -1,29 +1,33 @@
-//! The in-memory store: a lock-free concurrent map from a key's 128-bit fingerprint to a cell
-//! holding its algorithm state.
+//! The in-memory store: a sharded hash table from a key's 128-bit fingerprint to its algorithm
+//! state, stored inline.
 //!
-//! - **Lookup** is lock-free ([`papaya`]: readers never block, and the table resizes
-//!   incrementally, so a growing key set causes no latency spike).
-//! - **Each key** has its own small mutex around its state: checks of one key are serialised and
-//!   exact, checks of different keys never contend. The critical section is a few dozen
-//!   instructions and touches only the key's own cache lines.
-//! - **Repeated denials skip the lock, and the map.** When a check of at most one hit is denied,
-//!   the algorithm also tells the exact time before which not even one hit can be admitted. The
-//!   cell publishes it in an atomic, and the checking thread remembers it in a small per-thread
-//!   memo, with the key's identity; until then the same key is answered from either without
-//!   locking (a client hammering a full key costs a cheap hash, a comparison of its identity and
-//!   a thread-local read: not even the fingerprint). Both are tied to the rules epoch, so a
-//!   rules change voids them (see [`MemoryStore::rules_changed`](Store::rules_changed)).
+//! - **Shards.** Each algorithm's table is split into [`SHARDS`] shards by the fingerprint's top
+//!   bits, each an open-addressing table (linear probing) behind its own mutex. A check locks one
+//!   shard, finds its key's slot and steps the state in place: one lock, one unlock, and the key's
+//!   fingerprint and state in one slot (56 bytes for the default sliding window), so a check of a
+//!   key out of cache costs one miss for its slot, not one for the table's metadata, one for an
+//!   entry pointer and one for the entry. Checks of one key are serialised and exact; checks of
+//!   keys in different shards never contend.
+//! - **Growth** happens one shard at a time, under its lock: a shard grows by half when it is
+//!   4/5 full, so only the checks of that shard wait, for a copy of its slots (a 1/1024th of the
+//!   keys). The load factor stays between 0.53 and 0.8.
+//! - **Repeated denials skip the table.** When a check of at most one hit is denied, the algorithm
+//!   also tells the exact time before which not even one hit can be admitted; the checking thread
+//!   remembers it in a small per-thread memo, with the key's identity, and until then the same
+//!   key is answered from it without locking anything (a client hammering a full key costs a
+//!   cheap hash, a comparison of its identity and a thread-local read: not even the fingerprint).
+//!   Entries are tied to the rules epoch, so a rules change voids them (see
+//!   [`MemoryStore::rules_changed`](Store::rules_changed)).
 //! - **Reclamation** is a sweep, run by the [`Limiter`](crate::Limiter)'s background thread (or by
-//!   hand): a cell whose every admission has aged out ([`LimitState::idle_at`]) is
-//!   indistinguishable from a fresh one and is removed, so memory follows the active key set. A
-//!   check that raced with the sweep and finds its cell retired looks the key up again.
-//! - Each algorithm has its own table, so a cell is exactly as large as its state (a
-//!   default-precision sliding window's entry, fingerprint and cell, is one 72-byte allocation).
+//!   hand): a key whose every admission has aged out ([`LimitState::idle_at`]) is
+//!   indistinguishable from a fresh one and is removed (backward-shift deletion, no tombstones),
+//!   and a shard under a quarter full shrinks, so memory follows the active key set.
+//! - Each algorithm has its own table, so a slot is exactly as large as its state.
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::algorithm::{
     Algorithm, FixedWindow, LimitState, SlidingLog, SlidingWindow, StepDecision, TokenBucket,
@@ -33,25 +37,19 @@ use crate::key::{CounterKey, Fingerprinter};
 use crate::policy::Policy;
 use crate::store::{Store, StoreError, StoreRequest};
 
-/// The lock-free in-memory store.
+/// The in-memory store.
 #[derive(Debug)]
 pub struct MemoryStore {
     /// Distinguishes stores in the per-thread denial memo.
     id: u64,
     fingerprints: Fingerprinter,
-    epochs: Epochs,
+    /// The rules epoch, bumped by every rules change: a memo entry answers only requests of the
+    /// epoch it was made under.
+    epoch: AtomicU64,
     windows: Table<SlidingWindow>,
     logs: Table<SlidingLog>,
     fixed: Table<FixedWindow>,
     buckets: Table<TokenBucket>,
-}
-
-/// Rules epochs: `current` is bumped when a rules change starts, `settled` catches up once every
-/// cached denial of the old rules is gone.
-#[derive(Debug, Default)]
-struct Epochs {
-    current: AtomicU64,
-    settled: AtomicU64,
 }
 
 /// Store ids: unique per process, never reused.
@@ -62,7 +60,7 @@ impl Default for MemoryStore {
         Self {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             fingerprints: Fingerprinter::new(),
-            epochs: Epochs::default(),
+            epoch: AtomicU64::new(0),
             windows: Table::default(),
             logs: Table::default(),
             fixed: Table::default(),
@@ -80,65 +78,63 @@ impl MemoryStore {
     /// Checks and counts synchronously: the embedded fast path.
     #[inline]
     pub fn check_now(&self, request: &StoreRequest<'_>) -> Decision {
-        match self.answer(request, true) {
+        match self.answer(request) {
             Answer::Decided(decision) => decision,
             Answer::Denied(denial) => denial.decision(request.policy.requests(), request.now_ns),
-            // Only `admit_now` asks for answers without times.
-            Answer::Refused => Decision::new(false, request.policy.requests(), 0, 0, 0),
         }
     }
 
-    /// [`MemoryStore::check_now`] reduced to "admitted?": a cached denial answers without
+    /// [`MemoryStore::check_now`] reduced to "admitted?": a remembered denial answers without
     /// computing retry and reset times (the `check_and_increment` path).
     #[inline]
     pub fn admit_now(&self, request: &StoreRequest<'_>) -> bool {
-        match self.answer(request, false) {
+        match self.answer(request) {
             Answer::Decided(decision) => decision.allowed,
-            Answer::Denied(_) | Answer::Refused => false,
+            Answer::Denied(_) => false,
         }
     }
 
-    /// The answer to `request`; `timed`: a cached denial must come with its retry and reset
-    /// times ([`Answer::Denied`], not [`Answer::Refused`]).
+    /// The answer to `request`: from this thread's memo of denials, or from the key's state.
     #[inline]
-    fn answer(&self, request: &StoreRequest<'_>, timed: bool) -> Answer {
+    fn answer(&self, request: &StoreRequest<'_>) -> Answer {
         // The memo is looked up before the fingerprint is computed: a hammered key is answered
         // for the cost of a cheap hash and a comparison of its identity.
         if request.hits <= 1
-            && let Some(answer) = memo_lookup(self.id, request, timed)
+            && let Some(denial) = memo_lookup(self.id, request)
         {
-            return answer;
+            return Answer::Denied(denial);
         }
         let id = Fingerprint::from(self.fingerprints.fingerprint(&request.key));
-        let (answer, denial) = match request.policy.algorithm() {
-            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epochs, timed),
-            Algorithm::SlidingLog => self.logs.check(id, request, &self.epochs, timed),
-            Algorithm::FixedWindow => self.fixed.check(id, request, &self.epochs, timed),
-            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epochs, timed),
+        let (decision, denial) = match request.policy.algorithm() {
+            Algorithm::SlidingWindow { .. } => self.windows.check(id, request, &self.epoch),
+            Algorithm::SlidingLog => self.logs.check(id, request, &self.epoch),
+            Algorithm::FixedWindow => self.fixed.check(id, request, &self.epoch),
+            Algorithm::TokenBucket { .. } => self.buckets.check(id, request, &self.epoch),
         };
         if let Some(denial) = denial {
             memo_insert(self.id, &request.key, request.rules_epoch, denial);
         }
-        answer
+        Answer::Decided(decision)
     }
 
-    /// [`Store::check_all`], synchronously: the cells of all keys are locked in fingerprint
-    /// order (so two such checks cannot deadlock, and single-key checks lock one cell only),
-    /// each algorithm is stepped on a copy of its state, and the copies replace the states only
-    /// if every step admitted. Under the locks no other check can see or change any of the
-    /// counters in between: the whole is one atomic step.
+    /// [`Store::check_all`], synchronously: the shards of all keys are locked in (table, shard)
+    /// order, each once (so two such checks cannot deadlock, and single-key checks lock one
+    /// shard only), each algorithm is stepped on a copy of its state, and the copies replace the
+    /// states only if every step admitted. Under the locks no other check can see or change any
+    /// of the counters in between: the whole is one atomic step.
     pub fn check_all_now(&self, requests: &[StoreRequest<'_>]) -> Vec<Decision> {
         match requests {
             [] => return Vec::new(),
             [one] => return vec![self.check_now(one)],
             _ => {}
         }
-        let ids: Vec<u128> = requests
+        let ids: Vec<Fingerprint> = requests
             .iter()
-            .map(|r| self.fingerprints.fingerprint(&r.key))
+            .map(|r| Fingerprint::from(self.fingerprints.fingerprint(&r.key)))
             .collect();
+        let lock_order = |i: usize| (table_index(requests[i].policy), ids[i].shard(), ids[i]);
         let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_unstable_by_key(|&i| ids[i]);
+        order.sort_unstable_by_key(|&i| lock_order(i));
         // One entry per distinct counter, in lock order, with the hits of all its requests.
         let mut counters: Vec<(usize, u32)> = Vec::with_capacity(requests.len());
         let mut counter_of = vec![0; requests.len()];
@@ -151,63 +147,32 @@ impl MemoryStore {
             }
             counter_of[i] = counters.len() - 1;
         }
-        let guards = (
-            self.windows.map.guard(),
-            self.logs.map.guard(),
-            self.fixed.map.guard(),
-            self.buckets.map.guard(),
-        );
-        let steps = loop {
-            let mut held: Vec<Box<dyn Held + '_>> = Vec::with_capacity(counters.len());
-            for &(first, _) in &counters {
-                let (id, policy) = (Fingerprint::from(ids[first]), requests[first].policy);
-                held.push(match policy.algorithm() {
-                    Algorithm::SlidingWindow { .. } => self.windows.hold(id, policy, &guards.0),
-                    Algorithm::SlidingLog => self.logs.hold(id, policy, &guards.1),
-                    Algorithm::FixedWindow => self.fixed.hold(id, policy, &guards.2),
-                    Algorithm::TokenBucket { .. } => self.buckets.hold(id, policy, &guards.3),
+        // Each shard is locked when its first counter comes, and every lock is held until the
+        // end: a state read under a lock cannot change before the commit.
+        let mut locked: Vec<Box<dyn Trials + '_>> = Vec::new();
+        let mut last_locked = None;
+        let mut steps: Vec<StepDecision> = Vec::with_capacity(counters.len());
+        for &(first, hits) in &counters {
+            let (r, id) = (&requests[first], ids[first]);
+            let (table, shard) = (table_index(r.policy), id.shard());
+            if last_locked != Some((table, shard)) {
+                locked.push(match r.policy.algorithm() {
+                    Algorithm::SlidingWindow { .. } => self.windows.lock_for_trials(shard),
+                    Algorithm::SlidingLog => self.logs.lock_for_trials(shard),
+                    Algorithm::FixedWindow => self.fixed.lock_for_trials(shard),
+                    Algorithm::TokenBucket { .. } => self.buckets.lock_for_trials(shard),
                 });
+                last_locked = Some((table, shard));
             }
-            if held.iter().any(|h| h.retired()) {
-                // Swept under us: drop every lock, make sure the retired cells are gone, and
-                // start again with fresh ones.
-                let retired: Vec<usize> = (0..held.len()).filter(|&c| held[c].retired()).collect();
-                drop(held);
-                for c in retired {
-                    let (first, _) = counters[c];
-                    let id = Fingerprint::from(ids[first]);
-                    match requests[first].policy.algorithm() {
-                        Algorithm::SlidingWindow { .. } => self.windows.forget(id, &guards.0),
-                        Algorithm::SlidingLog => self.logs.forget(id, &guards.1),
-                        Algorithm::FixedWindow => self.fixed.forget(id, &guards.2),
-                        Algorithm::TokenBucket { .. } => self.buckets.forget(id, &guards.3),
-                    }
-                }
-                continue;
+            let current = locked.len() - 1;
+            steps.push(locked[current].trial(id, r.policy, r.now_ns, hits));
+        }
+        if steps.iter().all(|s| s.decision.allowed) {
+            for shard in &mut locked {
+                shard.commit();
             }
-            let steps: Vec<StepDecision> = held
-                .iter_mut()
-                .zip(&counters)
-                .map(|(h, &(first, hits))| {
-                    let r = &requests[first];
-                    h.trial(r.policy, r.now_ns, hits)
-                })
-                .collect();
-            let admitted = steps.iter().all(|s| s.decision.allowed);
-            for ((h, step), &(first, hits)) in held.iter_mut().zip(&steps).zip(&counters) {
-                if admitted {
-                    if hits > 0 {
-                        h.commit();
-                    }
-                } else if !step.decision.allowed
-                    && hits <= 1
-                    && self.epochs.current.load(Ordering::SeqCst) == requests[first].rules_epoch
-                {
-                    h.publish_denial(step.retry_at_ns);
-                }
-            }
-            break steps;
-        };
+        }
+        drop(locked);
         counter_of.iter().map(|&c| steps[c].decision).collect()
     }
 
@@ -221,12 +186,22 @@ impl MemoryStore {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.windows.map.len() + self.logs.map.len() + self.fixed.map.len() + self.buckets.map.len()
+        self.windows.len() + self.logs.len() + self.fixed.len() + self.buckets.len()
     }
 
     /// No key held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The position of a policy's table in the lock order of [`MemoryStore::check_all_now`].
+fn table_index(policy: &Policy) -> u8 {
+    match policy.algorithm() {
+        Algorithm::SlidingWindow { .. } => 0,
+        Algorithm::SlidingLog => 1,
+        Algorithm::FixedWindow => 2,
+        Algorithm::TokenBucket { .. } => 3,
     }
 }
 
@@ -246,50 +221,32 @@ impl Store for MemoryStore {
     }
 
     fn rules_epoch(&self) -> u64 {
-        self.epochs.current.load(Ordering::SeqCst)
+        self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Voids every cached denial. The epoch is bumped first, so a check still deciding under the
-    /// old rules (it read the old epoch) does not publish its denial: it compares epochs under
-    /// the cell's lock, and the clearing walk takes each cell's lock too, so either the walk
-    /// clears what it published or it sees the new epoch. Cells answer from their cached denial
-    /// only once `settled` has caught up, i.e. after the walk; the per-thread memo only answers
-    /// requests of the epoch its entry was made under.
+    /// Voids every remembered denial: memo entries answer only requests of the epoch they were
+    /// made under, and a check still deciding under the old rules (it read the old epoch)
+    /// remembers its denial only if the epoch has not moved when it decides.
     fn rules_changed(&self) {
-        let epoch = self.epochs.current.fetch_add(1, Ordering::SeqCst) + 1;
-        self.windows.forget_denials();
-        self.logs.forget_denials();
-        self.fixed.forget_denials();
-        self.buckets.forget_denials();
-        self.epochs.settled.fetch_max(epoch, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-/// A check's outcome: decided by the algorithm, or a cached denial (its decision derived only if
-/// the caller wants one).
+/// A check's outcome: decided by the algorithm, or a remembered denial (its decision derived
+/// only if the caller wants one).
 #[derive(Debug, Clone, Copy)]
 enum Answer {
     Decided(Decision),
     Denied(Denial),
-    /// A cached denial, answered without its times (for a caller that wants only "admitted?").
-    Refused,
 }
 
-/// A denial that may be answered without the key's lock until `until`.
+/// A denial that may be answered without the key's state until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Denial {
     /// Before this time not even one hit can be admitted (absent a rules change).
     until: u64,
     /// The key's [`LimitState::idle_at`], for the answer's `reset_after`.
     idle_at: u64,
-}
-
-/// A denial to remember in the per-thread memo: the key's `idle_at` is known when the check
-/// read the state (under its lock), not when it answered from the cell's cached `until` alone.
-#[derive(Debug, Clone, Copy)]
-struct Remembered {
-    until: u64,
-    idle_at: Option<u64>,
 }
 
 impl Denial {
@@ -314,7 +271,7 @@ const MEMO_SLOTS: usize = 64;
 struct MemoEntry {
     store: u64,
     epoch: u64,
-    denial: Remembered,
+    denial: Denial,
     /// The counter's [`CounterKey::encode`]: an entry answers only a key that encodes exactly
     /// so, so the slot's hash needs no resistance to collisions (a collision only evicts).
     identity: Box<[u8]>,
@@ -325,7 +282,7 @@ const NO_ENTRY: Option<MemoEntry> = None;
 
 thread_local! {
     /// Keys this thread saw denied, so a client hammering one key is answered without
-    /// fingerprinting it or touching the shared map at all.
+    /// fingerprinting it or touching the shared table at all.
     static MEMO: RefCell<[Option<MemoEntry>; MEMO_SLOTS]> =
         const { RefCell::new([NO_ENTRY; MEMO_SLOTS]) };
     /// The latest `until` of any entry this thread put in [`MEMO`]: from then on no entry can
@@ -341,10 +298,9 @@ fn memo_slot(key: &CounterKey<'_>) -> usize {
     (hash as usize) % MEMO_SLOTS
 }
 
-/// The memo's answer for `request`: [`Answer::Denied`] (with times) or, unless `timed`,
-/// [`Answer::Refused`].
+/// The memo's denial for `request`, if this thread remembers one that still holds.
 #[inline]
-fn memo_lookup(store: u64, request: &StoreRequest<'_>, timed: bool) -> Option<Answer> {
+fn memo_lookup(store: u64, request: &StoreRequest<'_>) -> Option<Denial> {
     if request.now_ns >= MEMO_UNTIL.get() {
         return None;
     }
@@ -356,40 +312,23 @@ fn memo_lookup(store: u64, request: &StoreRequest<'_>, timed: bool) -> Option<An
             && entry.epoch == request.rules_epoch
             && request.now_ns < entry.denial.until
             && request.key.encodes_as(&entry.identity))
-        .then_some(())?;
-        match (entry.denial.idle_at, timed) {
-            (Some(idle_at), _) => Some(Answer::Denied(Denial {
-                until: entry.denial.until,
-                idle_at,
-            })),
-            (None, false) => Some(Answer::Refused),
-            (None, true) => None,
-        }
+        .then_some(entry.denial)
     })
 }
 
-fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Remembered) {
+fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Denial) {
     let slot = memo_slot(key);
     MEMO_UNTIL.set(MEMO_UNTIL.get().max(denial.until));
     MEMO.with(|memo| {
         if let Ok(mut memo) = memo.try_borrow_mut() {
-            let entry = &mut memo[slot];
-            match entry {
+            match &mut memo[slot] {
                 // The same key again (its previous denial ran out): keep its identity.
                 Some(e) if key.encodes_as(&e.identity) => {
-                    // A denial answered from the cell's `until` alone keeps the `idle_at` this
-                    // entry already knew for the same denial.
-                    let known = e.denial.idle_at.filter(|_| {
-                        e.store == store && e.epoch == epoch && e.denial.until == denial.until
-                    });
                     e.store = store;
                     e.epoch = epoch;
-                    e.denial = Remembered {
-                        until: denial.until,
-                        idle_at: denial.idle_at.or(known),
-                    };
+                    e.denial = denial;
                 }
-                _ => {
+                entry => {
                     *entry = Some(MemoEntry {
                         store,
                         epoch,
@@ -402,72 +341,55 @@ fn memo_insert(store: u64, key: &CounterKey<'_>, epoch: u64, denial: Remembered)
     });
 }
 
-/// A locked cell of any algorithm, for the all-or-nothing check.
-trait Held {
-    /// The sweep removed this cell before we locked it.
-    fn retired(&self) -> bool;
-    /// Steps a copy of the state; [`Held::commit`] makes the copy the state.
-    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision;
-    fn commit(&mut self);
-    /// Caches a denial of at most one hit, as the single-key check does.
-    fn publish_denial(&self, until: u64);
-}
-
-struct HeldCell<'g, S> {
-    cell: &'g Cell<S>,
-    state: MutexGuard<'g, S>,
-    trial: Option<S>,
-    swept_at: u64,
-}
-
-impl<S: LimitState> Held for HeldCell<'_, S> {
-    fn retired(&self) -> bool {
-        self.cell.denied_until.load(Ordering::Relaxed) == RETIRED
-    }
-
-    fn trial(&mut self, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
-        let mut trial = self.state.clone();
-        let step = trial.step(policy, now_ns.max(self.swept_at), hits);
-        self.trial = Some(trial);
-        step
-    }
-
-    fn commit(&mut self) {
-        if let Some(trial) = self.trial.take() {
-            *self.state = trial;
-        }
-    }
-
-    fn publish_denial(&self, until: u64) {
-        self.cell.denied_until.store(until, Ordering::Release);
-    }
-}
+/// Shards per table (a power of two): enough that two threads' checks of different keys
+/// rarely meet on a lock and that a shard's growth copies a 1/1024th of the keys; the
+/// shards' heads take 64 KiB per table.
+pub const SHARDS: usize = 1 << SHARD_BITS;
+const SHARD_BITS: u32 = 10;
 
 /// One algorithm's keys.
 #[derive(Debug)]
 struct Table<S> {
-    map: papaya::HashMap<Fingerprint, Cell<S>, FingerprintHash>,
-    /// `now` of the latest sweep. A check that finds its cell swept uses at least this time for
-    /// the fresh cell, so a clock reading taken before the sweep cannot see state the sweep
-    /// already judged expired.
+    shards: Box<[Shard<S>]>,
+    /// `now` of the latest sweep. A check reads it under its shard's lock and decides at this
+    /// time at least, so a clock reading taken before the sweep cannot see a fresh state where
+    /// the sweep removed one it judged expired at its later time.
     swept_at: AtomicU64,
 }
 
 impl<S> Default for Table<S> {
     fn default() -> Self {
         Self {
-            map: papaya::HashMap::builder().hasher(FingerprintHash).build(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             swept_at: AtomicU64::new(0),
         }
     }
 }
 
-/// `denied_until` of a cell the sweep has removed.
-const RETIRED: u64 = u64::MAX;
+/// A shard: its slots behind their lock, alone on its cache line (two threads locking
+/// neighbouring shards do not take the line from each other).
+#[derive(Debug)]
+#[repr(align(64))]
+struct Shard<S>(Mutex<Slots<S>>);
 
-/// A key's 128-bit fingerprint as the map's key: two words, aligned to 8 bytes (a `u128` is
-/// aligned to 16, which would round the map's entry, fingerprint and cell, up to a multiple of 16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl<S> Default for Shard<S> {
+    fn default() -> Self {
+        Self(Mutex::new(Slots::default()))
+    }
+}
+
+impl<S> Shard<S> {
+    /// The slots are plain data and no code under the lock can leave them half-updated (a
+    /// panic under it could only be an allocation failure, which aborts); a panic elsewhere
+    /// while holding it must not wedge the shard.
+    fn lock(&self) -> MutexGuard<'_, Slots<S>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A key's 128-bit fingerprint as the table's key: two words, aligned to 8 bytes (a `u128` is
+/// aligned to 16, which would round a slot up to a multiple of 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Fingerprint([u64; 2]);
 
 impl From<u128> for Fingerprint {
@@ -476,229 +398,242 @@ impl From<u128> for Fingerprint {
     }
 }
 
-impl std::hash::Hash for Fingerprint {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a uniform keyed hash: its low half is the slot's hash (see
-        // `FingerprintHash`). Only the low half: SipHash's 128-bit output finishes it three rounds
-        // before the high half, so the table's loads can start while the high half is computed
-        // (it is only needed to compare the entry).
-        state.write_u64(self.0[0]);
+impl Fingerprint {
+    /// The shard: the top bits of the low half. The low half is a uniform keyed hash, and the
+    /// first SipHash finishes (three rounds before the high half, which is needed only to
+    /// compare the slot), so the shard's lock and slot loads can start early.
+    #[inline]
+    fn shard(self) -> usize {
+        (self.0[0] >> (64 - SHARD_BITS)) as usize
+    }
+
+    /// The slot a probe for this key starts at, in a shard of `len` slots: the low half's other
+    /// bits, scaled to `len` (no division, any `len`).
+    #[inline]
+    fn home(self, len: usize) -> usize {
+        (((self.0[0] << SHARD_BITS) as u128 * len as u128) >> 64) as usize
     }
 }
 
-/// One key: its algorithm state behind a mutex, and its cached denial, read without the lock.
-///
-/// The map's entry (fingerprint and cell) is one allocation: 72 bytes for the default sliding
-/// window (16 + 8 + a 48-byte mutex around the 40-byte state), which glibc serves from an 80-byte
-/// chunk. The state's `idle_at` is not mirrored in an atomic: that took the entry to 80 bytes and
-/// a 96-byte chunk (16 bytes more per key).
+/// A key and its state.
 #[derive(Debug)]
-struct Cell<S> {
-    /// While `now < denied_until`, not even one hit can be admitted (nothing can change that but
-    /// a rules change, which clears it): such checks are answered without the lock. Written
-    /// under the lock when a check of at most one hit is denied; 0 when no denial is cached;
-    /// [`RETIRED`] once the sweep has judged the cell idle and removed it.
-    denied_until: AtomicU64,
-    state: Mutex<S>,
+struct Slot<S> {
+    id: Fingerprint,
+    state: S,
 }
 
-impl<S> Cell<S> {
-    fn new(state: S) -> Self {
+/// A shard's open-addressing table with linear probing; at most 4/5 full, so every probe
+/// ends at an empty slot.
+#[derive(Debug)]
+struct Slots<S> {
+    slots: Box<[Option<Slot<S>>]>,
+    len: usize,
+}
+
+impl<S> Default for Slots<S> {
+    fn default() -> Self {
         Self {
-            denied_until: AtomicU64::new(0),
-            state: Mutex::new(state),
+            slots: Box::new([]),
+            len: 0,
+        }
+    }
+}
+
+/// The fewest slots a shard allocates.
+const MIN_SLOTS: usize = 8;
+
+impl<S> Slots<S> {
+    /// The slot holding `id`, or the empty slot where it would go. The table must not be
+    /// empty.
+    #[inline]
+    fn position(&self, id: Fingerprint) -> usize {
+        let len = self.slots.len();
+        let mut i = id.home(len);
+        loop {
+            match &self.slots[i] {
+                Some(slot) if slot.id != id => i = if i + 1 == len { 0 } else { i + 1 },
+                _ => return i,
+            }
         }
     }
 
-    /// The state is plain data and no code under the lock can leave it half-updated; a panic
-    /// elsewhere while holding it must not wedge the key.
-    fn lock(&self) -> MutexGuard<'_, S> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The state of `id`, if it has one.
+    #[inline]
+    fn get_mut(&mut self, id: Fingerprint) -> Option<&mut S> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.position(id);
+        self.slots[i].as_mut().map(|slot| &mut slot.state)
+    }
+
+    /// The state of `id`, created by `fresh` if it has none.
+    #[inline]
+    fn get_or_insert_with(&mut self, id: Fingerprint, fresh: impl FnOnce() -> S) -> &mut S {
+        if self.slots.is_empty() {
+            self.resize(MIN_SLOTS);
+        }
+        let mut i = self.position(id);
+        if self.slots[i].is_none() {
+            if (self.len + 1) * 5 > self.slots.len() * 4 {
+                self.resize(self.slots.len() + self.slots.len() / 2);
+                i = self.position(id);
+            }
+            self.len += 1;
+        }
+        &mut self.slots[i]
+            .get_or_insert_with(|| Slot { id, state: fresh() })
+            .state
+    }
+
+    /// Moves every key into a new table of `len` slots (more than the keys held).
+    fn resize(&mut self, len: usize) {
+        let new = (0..len).map(|_| None).collect();
+        let old = std::mem::replace(&mut self.slots, new);
+        for slot in old.into_vec().into_iter().flatten() {
+            let i = self.position(slot.id);
+            self.slots[i] = Some(slot);
+        }
+    }
+
+    /// Removes the keys `keep` refuses; returns how many. Each removal shifts the rest of its
+    /// probe run back (no tombstones), and a table left under a quarter full shrinks.
+    fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) -> usize {
+        let before = self.len;
+        let mut i = 0;
+        while i < self.slots.len() {
+            match &self.slots[i] {
+                // Slot `i` now holds what the shift moved back into it: look at it again.
+                Some(slot) if !keep(&slot.state) => self.remove_at(i),
+                _ => i += 1,
+            }
+        }
+        if self.len == 0 {
+            self.slots = Box::new([]);
+        } else if self.len * 4 < self.slots.len() && self.slots.len() > MIN_SLOTS {
+            self.resize((self.len * 2).max(MIN_SLOTS));
+        }
+        before - self.len
+    }
+
+    /// Empties slot `hole` and moves back every later key of its probe run that may sit there
+    /// (its probe passes through the hole), so every probe still finds its key.
+    fn remove_at(&mut self, mut hole: usize) {
+        self.slots[hole] = None;
+        self.len -= 1;
+        let len = self.slots.len();
+        let mut j = hole;
+        loop {
+            j = if j + 1 == len { 0 } else { j + 1 };
+            let Some(slot) = &self.slots[j] else { return };
+            // Distances walked backwards from `j`: to the key's home, and to the hole.
+            let from_home = (j + len - slot.id.home(len)) % len;
+            let from_hole = (j + len - hole) % len;
+            if from_home >= from_hole {
+                self.slots.swap(hole, j);
+                hole = j;
+            }
+        }
     }
 }
 
 impl<S: LimitState> Table<S> {
-    /// The check, and the denial it may be remembered by. A cached denial is answered without
-    /// the lock unless the answer must be `timed` (its reset time is the state's `idle_at`).
+    fn shard(&self, id: Fingerprint) -> &Shard<S> {
+        &self.shards[id.shard()]
+    }
+
+    /// The check, and the denial the thread may remember it by.
     #[inline]
     fn check(
         &self,
         id: Fingerprint,
         request: &StoreRequest<'_>,
-        epochs: &Epochs,
-        timed: bool,
-    ) -> (Answer, Option<Remembered>) {
+        epoch: &AtomicU64,
+    ) -> (Decision, Option<Denial>) {
         let (policy, hits) = (request.policy, request.hits);
-        let map = self.map.pin();
-        let mut now = request.now_ns;
-        loop {
-            let cell = match map.get(&id) {
-                Some(cell) => cell,
-                // A read of a key never seen needs no cell.
-                None if hits == 0 => {
-                    let decision = S::fresh(policy).check(policy, now, 0);
-                    return (Answer::Decided(decision), None);
-                }
-                // `try_insert`, unlike `get_or_insert_with`, helps finish a pending resize of
-                // the table; without that, lookups walk a chain of old tables until a sweep.
-                None => match map.try_insert(id, Cell::new(S::fresh(policy))) {
-                    Ok(cell) => cell,
-                    Err(occupied) => occupied.current,
-                },
-            };
-
-            let cached = |until: u64, now: u64| {
-                hits <= 1
-                    && now < until
-                    && until != RETIRED
-                    && epochs.settled.load(Ordering::SeqCst) == request.rules_epoch
-            };
-            let until = cell.denied_until.load(Ordering::Acquire);
-            if !timed && cached(until, now) {
-                let denial = Remembered {
-                    until,
-                    idle_at: None,
-                };
-                return (Answer::Refused, Some(denial));
+        let mut slots = self.shard(id).lock();
+        let now = request.now_ns.max(self.swept_at.load(Ordering::Relaxed));
+        let state = if hits == 0 {
+            match slots.get_mut(id) {
+                Some(state) => state,
+                // A read of a key never seen needs no slot.
+                None => return (S::fresh(policy).check(policy, now, 0), None),
             }
-
-            // Loaded after the lookup, so it covers any sweep that removed an earlier cell of
-            // this key, whether we find the key missing, re-created, or retired under us.
-            now = now.max(self.swept_at.load(Ordering::Acquire));
-            let mut state = cell.lock();
-            if cell.denied_until.load(Ordering::Relaxed) == RETIRED {
-                drop(state);
-                // Swept under us: make sure it is gone, then start again from a fresh cell.
-                let _ = map.remove_if(&id, |_, v| std::ptr::eq(v, cell));
-                continue;
-            }
-            // A cached denial, with its times: a denial changes no state, so the state's
-            // `idle_at` is the one it was decided with.
-            let until = cell.denied_until.load(Ordering::Relaxed);
-            if cached(until, now) {
-                let idle_at = state.idle_at();
-                let denial = Denial { until, idle_at };
-                let remembered = Remembered {
-                    until,
-                    idle_at: Some(idle_at),
-                };
-                return (Answer::Denied(denial), Some(remembered));
-            }
-            let step = state.step(policy, now, hits);
-            let mut denial = None;
-            if !step.decision.allowed
-                && hits <= 1
-                && epochs.current.load(Ordering::SeqCst) == request.rules_epoch
-            {
-                // Published only if decided under the current rules (see `rules_changed`).
-                cell.denied_until.store(step.retry_at_ns, Ordering::Release);
-                denial = Some(Remembered {
-                    until: step.retry_at_ns,
-                    idle_at: Some(state.idle_at()),
-                });
-            }
-            return (Answer::Decided(step.decision), denial);
-        }
+        } else {
+            slots.get_or_insert_with(id, || S::fresh(policy))
+        };
+        let step = state.step(policy, now, hits);
+        // Remembered only if decided under the current rules (see `rules_changed`).
+        let denial = (!step.decision.allowed
+            && hits <= 1
+            && epoch.load(Ordering::SeqCst) == request.rules_epoch)
+            .then(|| Denial {
+                until: step.retry_at_ns,
+                idle_at: state.idle_at(),
+            });
+        (step.decision, denial)
     }
 
     fn sweep(&self, now_ns: u64) -> usize {
-        self.swept_at.fetch_max(now_ns, Ordering::AcqRel);
-        let map = self.map.pin();
-        let before = map.len();
-        map.retain(|_, cell| {
-            // The state's `idle_at` is read under its lock (a cell mirrors no copy of it, to
-            // keep the entry small); a cell in use right now is not idle.
-            let state = match cell.state.try_lock() {
-                Ok(guard) => guard,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                // In use right now, so not idle.
-                Err(TryLockError::WouldBlock) => return true,
-            };
-            if state.idle_at() <= now_ns {
-                cell.denied_until.store(RETIRED, Ordering::Release);
-                false
-            } else {
-                true
-            }
-        });
-        before.saturating_sub(map.len())
+        // Before any shard is locked: a check that finds a key gone decides at this time.
+        self.swept_at.fetch_max(now_ns, Ordering::Relaxed);
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().retain(|state| state.idle_at() > now_ns))
+            .sum()
     }
 
-    /// The cell of `id`, created fresh if missing, locked (for [`MemoryStore::check_all_now`]).
-    fn hold<'g>(
-        &'g self,
-        id: Fingerprint,
-        policy: &Policy,
-        guard: &'g papaya::LocalGuard<'g>,
-    ) -> Box<dyn Held + 'g> {
-        let cell = match self.map.get(&id, guard) {
-            Some(cell) => cell,
-            None => match self.map.try_insert(id, Cell::new(S::fresh(policy)), guard) {
-                Ok(cell) => cell,
-                Err(occupied) => occupied.current,
-            },
-        };
-        // Loaded after the lookup, as in `check`.
-        let swept_at = self.swept_at.load(Ordering::Acquire);
-        Box::new(HeldCell {
-            cell,
-            state: cell.lock(),
-            trial: None,
-            swept_at,
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len).sum()
+    }
+
+    /// Locks `shard` for the trials of [`MemoryStore::check_all_now`].
+    fn lock_for_trials(&self, shard: usize) -> Box<dyn Trials + '_> {
+        let slots = self.shards[shard].lock();
+        Box::new(ShardTrials {
+            swept_at: self.swept_at.load(Ordering::Relaxed),
+            slots,
+            trials: Vec::new(),
         })
     }
+}
 
-    /// Removes `id` if its cell was retired by the sweep.
-    fn forget(&self, id: Fingerprint, guard: &papaya::LocalGuard<'_>) {
-        let _ = self.map.remove_if(
-            &id,
-            |_, v| v.denied_until.load(Ordering::Relaxed) == RETIRED,
-            guard,
-        );
-    }
+/// A locked shard of any algorithm's table, for the all-or-nothing check.
+trait Trials {
+    /// Steps a copy of the state of `id` (a fresh one if it has none); [`Trials::commit`]
+    /// makes the copies of the counted ones the states.
+    fn trial(&mut self, id: Fingerprint, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision;
+    fn commit(&mut self);
+}
 
-    /// Drops every cached denial, each under its cell's lock (see `rules_changed`).
-    fn forget_denials(&self) {
-        for (_, cell) in self.map.pin().iter() {
-            let _state = cell.lock();
-            let _ = cell
-                .denied_until
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
-                    (d != RETIRED && d != 0).then_some(0)
-                });
+struct ShardTrials<'a, S> {
+    slots: MutexGuard<'a, Slots<S>>,
+    swept_at: u64,
+    /// The stepped copies of the counters that count hits.
+    trials: Vec<(Fingerprint, S)>,
+}
+
+impl<S: LimitState> Trials for ShardTrials<'_, S> {
+    fn trial(&mut self, id: Fingerprint, policy: &Policy, now_ns: u64, hits: u32) -> StepDecision {
+        let mut state = match self.slots.get_mut(id) {
+            Some(state) => state.clone(),
+            None => S::fresh(policy),
+        };
+        let step = state.step(policy, now_ns.max(self.swept_at), hits);
+        if hits > 0 {
+            self.trials.push((id, state));
         }
+        step
     }
-}
 
-/// Map keys are already uniform keyed hashes: fold them instead of hashing them again.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FingerprintHash;
-
-impl BuildHasher for FingerprintHash {
-    type Hasher = FingerprintHasher;
-    fn build_hasher(&self) -> FingerprintHasher {
-        FingerprintHasher(0)
-    }
-}
-
-/// The hasher of [`FingerprintHash`].
-#[derive(Debug)]
-pub struct FingerprintHasher(u64);
-
-impl Hasher for FingerprintHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached if the key type changes; FNV-1a keeps it correct, if slower.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    fn commit(&mut self) {
+        for (id, trial) in self.trials.drain(..) {
+            match self.slots.get_mut(id) {
+                Some(state) => *state = trial,
+                None => {
+                    self.slots.get_or_insert_with(id, || trial);
+                }
+            }
         }
     }
 }
@@ -728,6 +663,70 @@ mod tests {
             now_ns,
             rules_epoch: 0,
         }
+    }
+
+    /// Fingerprints for table tests: `home_bits` picks the low half's bits below the shard's,
+    /// so many keys can be made to share a home slot (long probe runs, runs that wrap).
+    fn id(home_bits: u64, n: u64) -> Fingerprint {
+        Fingerprint([home_bits >> SHARD_BITS, n])
+    }
+
+    #[test]
+    fn a_shard_finds_every_key_through_growth_removals_and_shrinking() {
+        let mut slots = Slots::<u64>::default();
+        // Spread keys, and clusters sharing one home: at the start, in the middle, and at the
+        // very end of the table (their runs wrap to slot 0).
+        let mut ids: Vec<Fingerprint> = (0..2_000u64)
+            .map(|n| id(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n))
+            .collect();
+        for (home, tag) in [(0, 1 << 40), (u64::MAX / 2, 2 << 40), (u64::MAX, 3 << 40)] {
+            ids.extend((0..50).map(|n| id(home, tag + n)));
+        }
+        for (n, &k) in ids.iter().enumerate() {
+            *slots.get_or_insert_with(k, || 0) = n as u64;
+            assert!(slots.len * 5 <= slots.slots.len() * 4);
+        }
+        assert_eq!(slots.len, ids.len());
+        for round in 0..3u64 {
+            // Remove a third of what is left (by value), then every key is where a probe
+            // finds it, and only the kept ones are.
+            let removed = slots.retain(|&v| v % 3 != round);
+            let kept: Vec<usize> = (0..ids.len())
+                .filter(|&n| (0..=round).all(|r| n as u64 % 3 != r))
+                .collect();
+            assert_eq!(slots.len, kept.len(), "round {round}, removed {removed}");
+            for (n, &k) in ids.iter().enumerate() {
+                let want = kept.contains(&n).then_some(n as u64);
+                assert_eq!(slots.get_mut(k).copied(), want, "key {n}, round {round}");
+            }
+        }
+        assert_eq!(slots.len, 0);
+        assert!(slots.slots.is_empty(), "an empty shard frees its slots");
+    }
+
+    #[test]
+    fn a_shard_shrinks_when_a_sweep_leaves_it_under_a_quarter_full() {
+        let mut slots = Slots::<u64>::default();
+        for n in 0..1_000u64 {
+            slots.get_or_insert_with(id(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n), || n);
+        }
+        let grown = slots.slots.len();
+        assert_eq!(slots.retain(|&v| v < 100), 900);
+        assert!(
+            slots.slots.len() < grown / 4,
+            "{} slots for 100 keys",
+            slots.slots.len()
+        );
+        for n in 0..100u64 {
+            let k = id(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n);
+            assert_eq!(slots.get_mut(k).copied(), Some(n));
+        }
+    }
+
+    #[test]
+    fn a_default_sliding_window_slot_is_its_fingerprint_and_state() {
+        // 16 bytes of fingerprint and the 40-byte state; an empty slot costs no extra byte.
+        assert_eq!(std::mem::size_of::<Option<Slot<SlidingWindow>>>(), 56);
     }
 
     #[test]
