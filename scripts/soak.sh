@@ -23,9 +23,8 @@
 # load. The run passes if no request failed, and within the wait after the load: the node's RSS
 # is at most baseline + tolerance, the tolerance being --tolerance-mib (default 16 MiB: threads'
 # stacks and the allocator's working memory) plus --tolerance-pct (default 25%) of the growth
-# from baseline to peak (what stays after every key is gone is mostly the memory store's hash
-# table, which keeps the slots of the peak key set: papaya shrinks a table only when inserts
-# resize it; see docs/soak.md), and for Redis the key count is
+# from baseline to peak (what stays after every key is gone is mostly what the allocator keeps
+# of the memory store's freed slot arrays; see docs/soak.md), and for Redis the key count is
 # back to the baseline and used_memory is at most baseline + 4 MiB. The wait is bounded: memory
 # is polled, not waited for by a fixed sleep, so a pass ends as soon as it is shown. A run whose
 # load did not raise the node's RSS by at least twice the tolerance proves nothing about

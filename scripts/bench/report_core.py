@@ -41,11 +41,8 @@ PARTS = [
     ("parts/step/sliding_window_admit", "algorithm step: sliding window, admit"),
     ("parts/step/sliding_window_deny", "algorithm step: sliding window, deny (key full; repeats are then answered from the denial cache)"),
     ("parts/step/token_bucket_admit", "algorithm step: token bucket (GCRA, as governor), admit"),
-    ("parts_100k_keys/memory_store_check_now/before_first_sweep",
-     "100k keys: `MemoryStore::check_now` right after the inserts"),
-    ("parts_100k_keys/memory_store_check_now/after_sweep",
-     "100k keys: `MemoryStore::check_now` after one sweep"),
-    ("parts_100k_keys/papaya_get_and_lock", "100k keys: papaya `get` + cell lock alone"),
+    ("parts_100k_keys/memory_store_check_now",
+     "100k keys: `MemoryStore::check_now` (fingerprint, shard lock, slot, step), shuffled order"),
 ]
 
 

@@ -117,7 +117,7 @@ fn parent(keys: usize) -> ExitCode {
     println!(
         "Keys: {keys} distinct (user, endpoint) pairs, 1 hit each. RSS values are above the \
          baseline taken before the first insert. Sweep times are per key held; the first sweep \
-         of drl's store also completes the map's pending resizes. For governor the sweep is \
+         of drl's store also shrinks the shards it leaves under a quarter full. For governor the sweep is \
          `retain_recent()`. State sizes: `SlidingWindow` {} B, `FixedWindow` {} B, \
          `TokenBucket` {} B, `SlidingLog` {} B (+ its timestamps), governor `InMemoryState` {} B.",
         size_of::<SlidingWindow>(),
@@ -210,7 +210,7 @@ fn measure_drl(policy: Policy, keys: usize) -> Option<Measured> {
     let baseline_kib = rss_kib()?;
     insert(0);
     let inserted_kib = rss_kib()?;
-    // What the background sweeper does first; it also completes the map's pending resizes.
+    // What the background sweeper does first.
     let begin = Instant::now();
     assert_eq!(limiter.sweep(), 0);
     let first_sweep = begin.elapsed();

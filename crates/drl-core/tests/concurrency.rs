@@ -303,6 +303,47 @@ fn hundreds_of_keys_count_exactly() {
     assert_eq!(limiter.store().len(), KEYS);
 }
 
+#[test]
+fn tens_of_thousands_of_keys_count_exactly_while_the_table_grows() {
+    // Enough keys that every shard of the store's table grows several times while the threads
+    // check: every key is first seen during the run, by all threads at once, each in its own
+    // order.
+    const KEYS: usize = 20_000;
+    const LIMIT: u64 = 3;
+    const ATTEMPTS: usize = 2;
+    let clock = ManualClock::new(SEC);
+    let policy = Policy::per(LIMIT, Duration::from_secs(60), Algorithm::default()).unwrap();
+    let limiter = limiter(Rules::only_default(policy), &clock);
+    let users: Vec<String> = (0..KEYS).map(|i| format!("u{i}")).collect();
+    let admitted: Vec<AtomicU64> = (0..KEYS).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (limiter, users, admitted) = (&limiter, &users, &admitted);
+            s.spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 + t as u64);
+                let mut order: Vec<usize> = (0..KEYS).flat_map(|k| [k; ATTEMPTS]).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                }
+                for k in order {
+                    if limiter.check_and_increment(&users[k], "/e") {
+                        admitted[k].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    for (k, n) in admitted.iter().enumerate() {
+        assert_eq!(n.load(Ordering::Relaxed), LIMIT, "key {k}");
+    }
+    assert_eq!(limiter.store().len(), KEYS);
+    // A minute later every key is idle: the sweep removes them all, and they start afresh.
+    clock.advance(Duration::from_secs(62));
+    assert_eq!(limiter.sweep(), KEYS);
+    assert!(limiter.store().is_empty());
+    assert!(limiter.check_and_increment(&users[0], "/e"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sweeping while checking.
 

@@ -383,7 +383,7 @@ impl<S: Store> Limiter<S> {
             adaptive.base.scaled(&factors)
         };
         // Order matters: rules, then generation (threads' caches refresh), then the store
-        // (cached denials dropped). See `MemoryStore` for why a denial decided under the old
+        // (remembered denials voided). See `MemoryStore` for why a denial decided under the old
         // rules cannot survive this.
         self.inner.rules.store(Arc::new(rules));
         self.inner.rules_generation.fetch_add(1, Ordering::SeqCst);
