@@ -17,8 +17,8 @@
 #     the Envoy load;
 #  2. the key-count series on the memory store: for 1k, 100k, 1M, 10M keys a fresh node; fill it
 #     with exactly K keys (sequential), measure decisions/s and p99 over the K keys (native batches
-#     of 100, uniform), read RSS; wait until every key's window has passed and the sweeper has
-#     run, read RSS; insert K new keys, read RSS;
+#     of 100, uniform), reading RSS after each; wait until every key's window has passed and the
+#     sweeper has run, read RSS; insert K new keys, read RSS;
 #  3. a local Redis Cluster (scripts/redis-cluster.sh: 3 masters, 1 replica each) and a `drl serve`
 #     on it in `consistency: fast`, then one in `strict`: the Envoy API and native batches of 100;
 #  4. the baselines on the same cluster: redis-benchmark running drl's own sliding-window script
@@ -185,6 +185,10 @@ for keys in $series; do
   scenario "$name" series "native Check, batches of 100, 8 workers, $keys keys" \
     --target native --batch 100 --concurrency 8 --server "http://$GRPC" --keys "$keys"
   t1=$(date +%s.%N)
+  # The K keys are still live (W outlasts fill and measure) and none was inserted for the
+  # measure's duration: what the table's growth freed during the fill has been returned by now
+  # (mimalloc purges a freed range after 1 s; the node asks it to collect every second).
+  rss_live=$(rss_kib "$server_pid")
   say "$keys keys: waiting for the windows to pass (${window} s) and the sweep"
   sleep $((window + 3))
   # The sweeper runs every 2 s and a sweep of millions of keys takes seconds; mimalloc returns
@@ -205,8 +209,8 @@ for keys in $series; do
   rss_refill=$(rss_kib "$server_pid")
   load_s=$(echo "$t1 - $t0" | bc -l)
   fill_s=$(echo "$t_fill - $t0" | bc -l)
-  printf 'keys=%s\nwindow_s=%s\nfill_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
-    "$keys" "$window" "$fill_s" "$load_s" "$rss0" "$rss_load" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
+  printf 'keys=%s\nwindow_s=%s\nfill_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_live_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
+    "$keys" "$window" "$fill_s" "$load_s" "$rss0" "$rss_load" "$rss_live" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
   cat "$out/series/$name.env" >&2
   stop_server
 done
