@@ -17,7 +17,7 @@
 #     the Envoy load;
 #  2. the key-count series on the memory store: for 1k, 100k, 1M, 10M keys a fresh node; fill it
 #     with exactly K keys (sequential), measure decisions/s and p99 over the K keys (native batches
-#     of 100, uniform), reading RSS after each; wait until every key's window has passed and the
+#     of 100, uniform), reading RSS after the fill, 3 s later and after the measure; wait until every key's window has passed and the
 #     sweeper has run, read RSS; insert K new keys, read RSS;
 #  3. a local Redis Cluster (scripts/redis-cluster.sh: 3 masters, 1 replica each) and a `drl serve`
 #     on it in `consistency: fast`, then one in `strict`: the Envoy API and native batches of 100;
@@ -182,12 +182,15 @@ for keys in $series; do
     > "$out/series/$name-fill.json"
   rss_load=$(rss_kib "$server_pid")
   t_fill=$(date +%s.%N)
+  # The same K keys, once the allocator has returned what the table's growth freed during the
+  # fill (mimalloc purges a freed range after 1 s; the node asks it to collect every second).
+  sleep 3
+  rss_settled=$(rss_kib "$server_pid")
   scenario "$name" series "native Check, batches of 100, 8 workers, $keys keys" \
     --target native --batch 100 --concurrency 8 --server "http://$GRPC" --keys "$keys"
   t1=$(date +%s.%N)
-  # The K keys are still live (W outlasts fill and measure) and none was inserted for the
-  # measure's duration: what the table's growth freed during the fill has been returned by now
-  # (mimalloc purges a freed range after 1 s; the node asks it to collect every second).
+  # Still the K keys (W outlasts fill and measure), now with the measure's admissions: a key
+  # with admissions in more than 4 buckets holds a ring.
   rss_live=$(rss_kib "$server_pid")
   say "$keys keys: waiting for the windows to pass (${window} s) and the sweep"
   sleep $((window + 3))
@@ -209,8 +212,8 @@ for keys in $series; do
   rss_refill=$(rss_kib "$server_pid")
   load_s=$(echo "$t1 - $t0" | bc -l)
   fill_s=$(echo "$t_fill - $t0" | bc -l)
-  printf 'keys=%s\nwindow_s=%s\nfill_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_live_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
-    "$keys" "$window" "$fill_s" "$load_s" "$rss0" "$rss_load" "$rss_live" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
+  printf 'keys=%s\nwindow_s=%s\nfill_s=%s\nload_s=%s\nrss_start_kib=%s\nrss_load_kib=%s\nrss_settled_kib=%s\nrss_live_kib=%s\nrss_expired_kib=%s\nrss_refill_kib=%s\n' \
+    "$keys" "$window" "$fill_s" "$load_s" "$rss0" "$rss_load" "$rss_settled" "$rss_live" "$rss_expired" "$rss_refill" > "$out/series/$name.env"
   cat "$out/series/$name.env" >&2
   stop_server
 done
