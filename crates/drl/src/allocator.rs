@@ -62,6 +62,25 @@ mod ffi {
     }
 }
 
+/// Collects the calling thread's mimalloc heap if it has not for [`COLLECT_INTERVAL`]: run by
+/// every Tokio worker when it parks. A block freed by another thread (the memory store's sweeper
+/// frees the slot arrays the workers allocated as the table grew) waits in its page's
+/// cross-thread list until the page's own thread collects; a worker left idle after a load never
+/// did, so the pages stayed resident. Costs a clock reading per park.
+pub(crate) fn collect_if_due() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    if LAST
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= COLLECT_INTERVAL)
+    {
+        LAST.set(Some(now));
+        ffi::mi_collect(false);
+    }
+}
+
 /// Lets the node return freed memory: huge pages off (unless [`ALLOW_THP_ENV`] is `1`) and the
 /// collector thread started; it runs until the process exits. Without it (if no thread can be
 /// started) the node works as before and keeps freed memory for reuse.

@@ -248,8 +248,21 @@ enum ConfigCommand {
     Validate { file: PathBuf },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(allocator::collect_if_due)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("drl: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     // Usage errors exit 2 (clap's default), which `check` also uses for "no decision".
     let cli = Cli::parse();
     let log_format = match &cli.command {
