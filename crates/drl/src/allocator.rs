@@ -66,7 +66,9 @@ mod ffi {
 /// every Tokio worker when it parks. A block freed by another thread (the memory store's sweeper
 /// frees the slot arrays the workers allocated as the table grew) waits in its page's
 /// cross-thread list until the page's own thread collects; a worker left idle after a load never
-/// did, so the pages stayed resident. Costs a clock reading per park.
+/// did, so the pages stayed resident. An idle node still parks every second: its housekeeping
+/// task (`drl_server`, once a second) wakes a worker, which collects when it parks again. Costs
+/// a clock reading per park.
 pub(crate) fn collect_if_due() {
     thread_local! {
         static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };

@@ -10,7 +10,8 @@
 //!   keys in different shards never contend.
 //! - **Growth** happens one shard at a time, under its lock: a shard grows by half when it is
 //!   4/5 full, so only the checks of that shard wait, for a copy of its slots (a 1/1024th of the
-//!   keys). The load factor stays between 0.53 and 0.8.
+//!   keys). A grown shard is 0.53 full, and it grows again at 0.8; a sweep that leaves a
+//!   shard under 0.25 full shrinks it to 0.5.
 //! - **Repeated denials skip the table.** When a check of at most one hit is denied, the algorithm
 //!   also tells the exact time before which not even one hit can be admitted; the checking thread
 //!   remembers it in a small per-thread memo, with the key's identity, and until then the same
