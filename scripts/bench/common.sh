@@ -14,6 +14,12 @@ release_drl() {
   [ -x "$drl" ] || cargo build --release --locked -p drl
 }
 
+# rss_kib PID: the process's resident set (VmRSS) in KiB.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # start_drl NAME: `$drl serve` with $out/NAME.yaml on free loopback ports, its log in
 # $out/NAME.log; sets server_pid, HTTP and GRPC (host:port) once the node has logged both.
 start_drl() {

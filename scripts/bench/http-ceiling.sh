@@ -50,7 +50,6 @@ start_drl node
 cp scripts/bench/wrk-check.lua "$out/check.lua"
 
 # cpu_ticks PID: user + system clock ticks of PID so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 ping_n=$((duration * 60000))
 

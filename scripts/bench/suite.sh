@@ -117,9 +117,6 @@ scenario() {
   printf '%s\t%s\t%s\n' "$name" "$group" "$title" >> "$out/runs/runs.list"
 }
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 say "machine"
 {
   machine_facts

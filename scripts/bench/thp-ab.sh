@@ -23,7 +23,7 @@ for round in $(seq "$rounds"); do
     "$drl" bench --target native --batch 100 --concurrency 8 --server "http://$GRPC" \
       --keys "$keys" --sequential --requests $(((keys + 99) / 100)) --timeout 30s --json > /dev/null
     sleep 3
-    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status")
+    rss=$(rss_kib "$server_pid")
     "$drl" bench --duration 10s --target native --batch 100 --concurrency 8 \
       --server "http://$GRPC" --keys "$keys" --json > "$out/run.json"
     python3 - "$out/run.json" "$round" "$thp" "$rss" <<'EOF'
