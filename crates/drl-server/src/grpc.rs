@@ -333,6 +333,13 @@ impl<S: Store> RateLimiter for GrpcApi<S> {
         // Items of one (user_id, endpoint), i.e. of one counter, are decided one after another
         // in order; different counters concurrently, so a networked store gets them together
         // (the Redis store decides each master's share in one script call).
+        // First the batch's memory, all at once (a memory store's slots; see
+        // `Limiter::prefetch`), so its checks do not wait for it one after another.
+        self.0.limiter.prefetch(
+            checks
+                .iter()
+                .map(|check| (check.user_id.as_str(), check.endpoint.as_str())),
+        );
         let mut lanes: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
         for (i, check) in checks.iter().enumerate() {
             lanes

@@ -620,6 +620,19 @@ mod tests {
     }
 
     #[test]
+    fn a_prefetch_decides_and_counts_nothing() {
+        let clock = ManualClock::new(0);
+        let l = limiter(&clock);
+        l.prefetch([("alice", "/a"), ("", "/a"), ("bob", "/b")]);
+        assert!(l.store().is_empty(), "a prefetch creates no counter");
+        assert!(l.check_and_increment("alice", "/a"));
+        l.prefetch([("alice", "/a"), ("alice", "/a")]);
+        assert!(l.check_and_increment("alice", "/a"));
+        assert!(!l.check_and_increment("alice", "/a"));
+        assert_eq!(l.store().len(), 1);
+    }
+
+    #[test]
     fn rules_change_at_run_time() {
         let clock = ManualClock::new(0);
         let l = limiter(&clock);

@@ -27,7 +27,8 @@
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::algorithm::{
@@ -36,7 +37,7 @@ use crate::algorithm::{
 use crate::decision::Decision;
 use crate::key::{CounterKey, Fingerprinter};
 use crate::policy::Policy;
-use crate::store::{Store, StoreError, StoreRequest};
+use crate::store::{Prefetch, Store, StoreError, StoreRequest};
 
 /// The in-memory store.
 #[derive(Debug)]
@@ -221,6 +222,17 @@ impl Store for MemoryStore {
         std::future::ready(Ok(self.check_all_now(requests)))
     }
 
+    /// The slot where a probe for the key starts, found without its shard's lock.
+    fn prefetch(&self, request: &StoreRequest<'_>, lines: &mut Prefetch) {
+        let id = Fingerprint::from(self.fingerprints.fingerprint(&request.key));
+        match request.policy.algorithm() {
+            Algorithm::SlidingWindow { .. } => self.windows.shard(id).prefetch(id, lines),
+            Algorithm::SlidingLog => self.logs.shard(id).prefetch(id, lines),
+            Algorithm::FixedWindow => self.fixed.shard(id).prefetch(id, lines),
+            Algorithm::TokenBucket { .. } => self.buckets.shard(id).prefetch(id, lines),
+        }
+    }
+
     fn rules_epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
@@ -367,15 +379,27 @@ impl<S> Default for Table<S> {
     }
 }
 
-/// A shard: its slots behind their lock, alone on its cache line (two threads locking
-/// neighbouring shards do not take the line from each other).
+/// A shard: its slots behind their lock, and where they are for [`Store::prefetch`]; alone on
+/// its cache line (two threads locking neighbouring shards do not take the line from each other).
 #[derive(Debug)]
 #[repr(align(64))]
-struct Shard<S>(Mutex<Slots<S>>);
+struct Shard<S> {
+    slots: Mutex<Slots<S>>,
+    /// The first slot and how many there are, as of the last unlock ([`ShardGuard`] publishes
+    /// them): read without the lock, only to compute an address to prefetch. A stale pair (a
+    /// check growing the shard meanwhile) points the prefetch at a line no check will read, or
+    /// at freed memory, which a prefetch may do: it costs a wasted load and nothing else.
+    first: AtomicPtr<Option<Slot<S>>>,
+    len: AtomicUsize,
+}
 
 impl<S> Default for Shard<S> {
     fn default() -> Self {
-        Self(Mutex::new(Slots::default()))
+        Self {
+            slots: Mutex::new(Slots::default()),
+            first: AtomicPtr::new(std::ptr::null_mut()),
+            len: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -383,8 +407,63 @@ impl<S> Shard<S> {
     /// The slots are plain data and no code under the lock can leave them half-updated (a
     /// panic under it could only be an allocation failure, which aborts); a panic elsewhere
     /// while holding it must not wedge the shard.
-    fn lock(&self) -> MutexGuard<'_, Slots<S>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> ShardGuard<'_, S> {
+        ShardGuard {
+            shard: self,
+            slots: self.slots.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Adds the lines of the slot where a probe for `id` starts (the key's slot, or the one
+    /// before it in its probe run), without the lock.
+    #[inline]
+    fn prefetch(&self, id: Fingerprint, lines: &mut Prefetch) {
+        let len = self.len.load(Ordering::Relaxed);
+        if len > 0 {
+            lines.add(
+                self.first
+                    .load(Ordering::Relaxed)
+                    .cast_const()
+                    .wrapping_add(id.home(len)),
+            );
+        }
+    }
+}
+
+/// A locked shard. When it unlocks it publishes where the slots are (a check may have grown
+/// the shard, a sweep shrunk it).
+struct ShardGuard<'a, S> {
+    shard: &'a Shard<S>,
+    slots: MutexGuard<'a, Slots<S>>,
+}
+
+impl<S> Deref for ShardGuard<'_, S> {
+    type Target = Slots<S>;
+
+    fn deref(&self) -> &Slots<S> {
+        &self.slots
+    }
+}
+
+impl<S> DerefMut for ShardGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut Slots<S> {
+        &mut self.slots
+    }
+}
+
+impl<S> Drop for ShardGuard<'_, S> {
+    /// Runs before the lock is released (fields drop after `drop`), so the pair is written
+    /// by the lock's holder only; the loads first keep the common case (nothing moved) free of
+    /// stores.
+    fn drop(&mut self) {
+        let slots = &mut self.slots.slots;
+        let (first, len) = (slots.as_mut_ptr(), slots.len());
+        if self.shard.len.load(Ordering::Relaxed) != len {
+            self.shard.len.store(len, Ordering::Relaxed);
+        }
+        if self.shard.first.load(Ordering::Relaxed) != first {
+            self.shard.first.store(first, Ordering::Relaxed);
+        }
     }
 }
 
@@ -608,7 +687,7 @@ trait Trials {
 }
 
 struct ShardTrials<'a, S> {
-    slots: MutexGuard<'a, Slots<S>>,
+    slots: ShardGuard<'a, S>,
     swept_at: u64,
     /// The stepped copies of the counters that count hits.
     trials: Vec<(Fingerprint, S)>,
@@ -722,6 +801,41 @@ mod tests {
             let k = id(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n);
             assert_eq!(slots.get_mut(k).copied(), Some(n));
         }
+    }
+
+    /// Where [`Store::prefetch`] points for each key: the slot its probe starts at in the
+    /// shard's current array, through the growths of a fill and the shrinking of a sweep (the
+    /// guard publishes both).
+    #[test]
+    fn a_prefetch_points_at_the_keys_home_slot_through_growth_and_shrinking() {
+        let store = MemoryStore::new();
+        let p = Policy::per(2, Duration::from_secs(10), Algorithm::default()).unwrap();
+        let users: Vec<String> = (0..20_000).map(|i| format!("u{i}")).collect();
+        let mut lines = Prefetch::new();
+        store.prefetch(&request(&p, "u0", SEC, 1), &mut lines);
+        assert!(lines.is_empty(), "an empty shard has no slot to point at");
+        let homes_are_prefetched = |keys: &[String]| {
+            for user in keys {
+                let request = request(&p, user, SEC, 1);
+                let mut lines = Prefetch::new();
+                store.prefetch(&request, &mut lines);
+                let id = Fingerprint::from(store.fingerprints.fingerprint(&request.key));
+                let shard = store.windows.shard(id).lock();
+                let slots = &shard.slots.slots;
+                let home: *const Option<Slot<SlidingWindow>> = &slots[id.home(slots.len())];
+                assert_eq!(lines.lines()[0], home.cast::<u8>(), "{user}");
+            }
+        };
+        for user in &users {
+            assert!(store.check_now(&request(&p, user, SEC, 1)).allowed);
+        }
+        homes_are_prefetched(&users);
+        // Keys checked again later outlive the sweep; the rest go and their shards shrink.
+        for user in &users[..1_000] {
+            assert!(store.check_now(&request(&p, user, 9 * SEC, 1)).allowed);
+        }
+        assert_eq!(store.sweep(12 * SEC), 19_000);
+        homes_are_prefetched(&users[..1_000]);
     }
 
     #[test]

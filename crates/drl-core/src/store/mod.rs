@@ -6,6 +6,7 @@
 //! and offers the same step synchronously for embedded use.
 
 pub mod memory;
+mod prefetch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::key::CounterKey;
 use crate::policy::Policy;
 
 pub use memory::MemoryStore;
+pub use prefetch::Prefetch;
 
 /// One check as a store sees it.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +65,14 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         requests: &'a [StoreRequest<'a>],
     ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send + 'a;
+
+    /// Adds to `lines` the memory a check of `request` will read first, for a batch that asks
+    /// for all its checks' memory before deciding any ([`Prefetch`]). Changes nothing, and
+    /// `request.now_ns`, `hits` and `rules_epoch` do not matter. A store in process adds its
+    /// slot for the key; networked stores add nothing (the default).
+    fn prefetch(&self, request: &StoreRequest<'_>, lines: &mut Prefetch) {
+        let _ = (request, lines);
+    }
 
     /// Whether the store can answer now (what `GET /readyz` reports). Stores in process always
     /// can; networked ones ask their server.
