@@ -385,3 +385,53 @@ async fn shared_ban_ends_are_on_redis_time() {
         "{retry:?}"
     );
 }
+
+/// A native batch on a networked store: its keys decided concurrently (the path a memory store,
+/// which answers at once, does not take), the items of each key one after another in batch
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_on_redis_keeps_each_keys_order() {
+    use drl_proto::drl::v1 as native;
+    use drl_redis::{Consistency, RedisStore};
+    use drl_server::{Metrics, Node};
+    use drl_testkit::node::TestNode;
+    use std::sync::Arc;
+
+    let redis = Redis::start();
+    let mut config = RedisConfig::new(vec![redis.url()]);
+    config.consistency = Consistency::Fast;
+    config.timeout = Duration::from_secs(2);
+    let per_minute = Policy::per(3, Duration::from_secs(60), Algorithm::default()).unwrap();
+    let limiter = Limiter::builder(Rules::only_default(per_minute))
+        .sweep_interval(None)
+        .build_with_store(RedisStore::new(&config).unwrap());
+    let node = TestNode::start(Node::new(limiter, Arc::new(Metrics::new()))).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let users = ["alice", "bob", "carol"];
+    let checks = (0..15)
+        .map(|i| native::Check {
+            user_id: users[i % 3].into(),
+            endpoint: "/a".into(),
+            hits: None,
+        })
+        .collect();
+    let batch = native::rate_limiter_client::RateLimiterClient::new(channel)
+        .check(native::CheckRequest { checks })
+        .await
+        .unwrap()
+        .into_inner();
+    for (i, result) in batch.results.iter().enumerate() {
+        let Some(native::check_result::Outcome::Decision(d)) = &result.outcome else {
+            panic!("item {i}: {result:?}");
+        };
+        assert_eq!(d.allowed, i < 9, "item {i} ({})", users[i % 3]);
+        if d.allowed {
+            assert_eq!(d.remaining, 2 - (i / 3) as u32, "item {i}");
+        }
+    }
+    node.stop().await;
+}

@@ -208,6 +208,8 @@ fn table_index(policy: &Policy) -> u8 {
 }
 
 impl Store for MemoryStore {
+    const ANSWERS_AT_ONCE: bool = true;
+
     fn check<'a>(
         &'a self,
         request: StoreRequest<'a>,

@@ -50,6 +50,12 @@ pub enum StoreError {
 /// Runs an algorithm step atomically for one key: concurrent checks of one key are serialised,
 /// checks of different keys proceed in parallel.
 pub trait Store: Send + Sync + 'static {
+    /// Whether [`Store::check`] and [`Store::check_all`] answer at once (their futures are ready
+    /// when made, as a store in process answers). A caller with several checks then runs them
+    /// one after another instead of concurrently, which would only add the cost of polling a
+    /// set of futures. Networked stores keep the default, `false`.
+    const ANSWERS_AT_ONCE: bool = false;
+
     /// Decides and, when admitted, counts `request.hits` for `request.key`.
     fn check<'a>(
         &'a self,
