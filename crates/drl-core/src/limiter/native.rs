@@ -52,7 +52,7 @@ impl<S: Store> Limiter<S> {
     /// Asks for the memory the checks of these pairs will read, all at once, and returns
     /// without waiting for it: call it with a batch's pairs, then check them, and the batch
     /// waits for its keys' memory once rather than once per key ([`Prefetch`]; with the
-    /// memory store and millions of keys, a fifth more decisions per second). Decides and
+    /// memory store and millions of keys, a quarter more decisions per second). Decides and
     /// counts nothing; a pair that is invalid, or whose rule has no single enforced limit, is
     /// skipped.
     pub fn prefetch<'p>(&self, pairs: impl IntoIterator<Item = (&'p str, &'p str)>) {
