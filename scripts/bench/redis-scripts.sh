@@ -59,12 +59,17 @@ own_cluster=0
 cluster_dir="$single_dir/cluster"
 cleanup() {
   if [ -f "$single_dir/redis.pid" ]; then
-    kill "$(cat "$single_dir/redis.pid")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$single_dir/redis.pid")
+    kill "$pid" 2>/dev/null || true
+    # Until it has exited: a server shutting down still writes its log into the directory,
+    # which made the removal below fail ("Directory not empty") and with it the whole suite.
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   if [ "$own_cluster" = 1 ]; then
     BASE_PORT=$cluster_port REPLICAS=1 DRL_CLUSTER_DIR="$cluster_dir" scripts/redis-cluster.sh down >/dev/null || true
   fi
-  rm -rf "$single_dir"
+  rm -rf "$single_dir" || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
