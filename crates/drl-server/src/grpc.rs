@@ -330,16 +330,16 @@ impl<S: Store> RateLimiter for GrpcApi<S> {
         if checks.len() > MAX_BATCH {
             return Err(GrpcError::TooManyItems(checks.len()).into());
         }
-        // First the batch's memory, all at once (a memory store's slots; see
-        // `Limiter::prefetch`), so its checks do not wait for it one after another.
-        self.0.limiter.prefetch(
-            checks
-                .iter()
-                .map(|check| (check.user_id.as_str(), check.endpoint.as_str())),
-        );
         if S::ANSWERS_AT_ONCE {
-            // The items in order, one after another: the store does not wait for anything, so
+            // A store in process. First the batch's memory, all at once (the keys' slots; see
+            // `Limiter::prefetch`), so its checks do not wait for it one after another. Then
+            // the items in order, one after another: the store does not wait for anything, so
             // running them concurrently would only add the cost of polling a set of futures.
+            self.0.limiter.prefetch(
+                checks
+                    .iter()
+                    .map(|check| (check.user_id.as_str(), check.endpoint.as_str())),
+            );
             let mut results = Vec::with_capacity(checks.len());
             for check in &checks {
                 results.push(self.item(check).await);
