@@ -20,6 +20,12 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # cpu_ticks PID: the process's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# memory_config NAME LIMIT WINDOW: $out/NAME.yaml, a memory-store node whose every pair has the
+# default LIMIT per WINDOW (e.g. 60000 90s).
+memory_config() {
+  printf 'store:\n  kind: memory\ndefault:\n  limit: %s\n  window: %s\n' "$2" "$3" > "$out/$1.yaml"
+}
+
 # start_drl NAME: `$drl serve` with $out/NAME.yaml on free loopback ports, its log in
 # $out/NAME.log; sets server_pid, HTTP and GRPC (host:port) once the node has logged both.
 start_drl() {

@@ -49,7 +49,7 @@ start_drl node
 # wrk's requests: POST /v1/check for one of 100 000 users, drawn uniformly.
 cp scripts/bench/wrk-check.lua "$out/check.lua"
 
-# cpu_ticks PID: user + system clock ticks of PID so far.
+# cpu_ticks (common.sh) counts clock ticks: CLK_TCK of them a second.
 hz=$(getconf CLK_TCK)
 ping_n=$((duration * 60000))
 

@@ -17,8 +17,8 @@
 #     the Envoy load;
 #  2. the key-count series on the memory store: for 1k, 100k, 1M, 10M keys a fresh node; fill it
 #     with exactly K keys (sequential), measure decisions/s and p99 over the K keys (native batches
-#     of 100, uniform), reading RSS after the fill, 3 s later and after the measure; wait until every key's window has passed and the
-#     sweeper has run, read RSS; insert K new keys, read RSS;
+#     of 100, uniform), reading RSS after the fill, 3 s later and after the measure; wait until
+#     every key's window has passed and the sweeper has run, read RSS; insert K new keys, read RSS;
 #  3. a local Redis Cluster (scripts/redis-cluster.sh: 3 masters, 1 replica each) and a `drl serve`
 #     on it in `consistency: fast`, then one in `strict`: the Envoy API and native batches of 100;
 #  4. the baselines on the same cluster: redis-benchmark running drl's own sliding-window script
@@ -103,9 +103,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-memory_config() { # NAME LIMIT WINDOW
-  printf 'store:\n  kind: memory\ndefault:\n  limit: %s\n  window: %s\n' "$2" "$3" > "$out/$1.yaml"
-}
 
 # scenario NAME GROUP "TITLE" BENCH-ARGS...: one timed `drl bench` run with CPU sampling.
 scenario() {

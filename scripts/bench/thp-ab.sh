@@ -15,7 +15,7 @@ keys="${1:-10000000}"
 rounds="${2:-2}"
 out="$(mktemp -d)"
 trap 'stop_server; rm -rf "$out"' EXIT
-printf 'store:\n  kind: memory\ndefault:\n  limit: 60000\n  window: 90s\n' > "$out/thp.yaml"
+memory_config thp 60000 90s
 
 for round in $(seq "$rounds"); do
   for thp in 0 1; do
