@@ -856,6 +856,13 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_head_is_one_cache_line() {
+        // Its lock, slots and the published pair for prefetching, alone on a 64-byte line.
+        assert_eq!(std::mem::size_of::<Shard<SlidingWindow>>(), 64);
+        assert_eq!(std::mem::align_of::<Shard<SlidingWindow>>(), 64);
+    }
+
+    #[test]
     fn every_algorithm_keeps_keys_apart_and_counts() {
         for algorithm in [
             Algorithm::default(),
