@@ -7,6 +7,8 @@
 //! - it takes a place in the [`Gate`]'s connection budget *before* its TLS handshake (a
 //!   connection over the budget is closed at once), and holds it until it is closed;
 //! - its TLS handshake must finish within [`EdgeLimits::header_read_timeout`];
+//! - on the HTTP listener, its plain HTTP/1.1 checks are answered without hyper while they
+//!   come (`h1.rs`, with the same timeouts and answers); from its first other request on,
 //! - it is served by hyper (HTTP/1.1 and cleartext HTTP/2 on the HTTP listener, HTTP/2 only
 //!   on the gRPC one) with an HTTP/1.1 header read timeout ([`EdgeLimits::header_read_timeout`],
 //!   counted from when the connection is ready for a request: accepted, or its previous
@@ -49,6 +51,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use crate::coalesce::Coalesce;
+use crate::h1::{self, Checks, Rewind};
 use crate::limits::{EdgeLimits, Gate};
 use crate::metrics::Metrics;
 use crate::tls::{Api, ServerTls};
@@ -76,13 +79,15 @@ impl StdError for BodyTimedOut {}
 /// offers the ALPN protocol of `api`) until `shutdown` completes; then stops accepting, closes
 /// the connections that never sent a request, and returns once the others have answered their
 /// requests in progress and closed. Dropping the future drops every connection.
-pub(crate) async fn serve<Svc, B>(
+#[allow(clippy::too_many_arguments)] // one listener's every part, each from its caller
+pub(crate) async fn serve<Svc, B, C>(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     api: Api,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     service: Svc,
+    checks: Option<Arc<C>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -93,6 +98,7 @@ where
     Svc::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    C: Checks,
 {
     let limits = *gate.limits();
     let builder = builder(api, &limits);
@@ -123,6 +129,7 @@ where
         let connection = Connection {
             builder: builder.clone(),
             service: service.clone(),
+            checks: checks.clone(),
             limits,
             api,
             stopped: stopped.clone(),
@@ -188,15 +195,17 @@ fn builder(api: Api, limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What a connection's task needs.
-struct Connection<Svc> {
+struct Connection<Svc, C> {
     builder: auto::Builder<TokioExecutor>,
     service: Svc,
+    /// The checks answered without hyper (`h1.rs`), on the HTTP listener's connections.
+    checks: Option<Arc<C>>,
     limits: EdgeLimits,
     api: Api,
     stopped: watch::Receiver<bool>,
 }
 
-impl<Svc, B> Connection<Svc>
+impl<Svc, B, C> Connection<Svc, C>
 where
     Svc: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -205,13 +214,25 @@ where
     Svc::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    C: Checks,
 {
-    /// Serves the connection until it closes, is found idle, or the server stops.
+    /// Serves the connection until it closes, is found idle, or the server stops: its plain
+    /// checks without hyper while they come (`h1.rs`), then with hyper.
     async fn run<Io>(self, io: Io)
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
+        let mut stop = std::pin::pin!(stop_signal(self.stopped));
+        let io = match &self.checks {
+            Some(checks) => {
+                match h1::serve(io, &**checks, &self.limits, &activity, stop.as_mut()).await {
+                    Some(io) => io,
+                    None => return,
+                }
+            }
+            None => Rewind::new(io),
+        };
         let hyper_service = {
             let activity = Arc::clone(&activity);
             let service = self.service;
@@ -247,7 +268,7 @@ where
                 return;
             }
             () = activity.idle(first_request, self.limits.idle_timeout) => {}
-            () = stop_signal(self.stopped) => {}
+            () = stop.as_mut() => {}
         }
         if !activity.served() {
             // Never sent a request: nothing to answer, nothing to say goodbye to.
@@ -268,7 +289,7 @@ async fn stop_signal(mut stopped: watch::Receiver<bool>) {
 /// The requests of one connection: how many are in progress, whether there ever was one, and
 /// since when none is.
 #[derive(Debug)]
-struct Activity(Mutex<ActivityState>);
+pub(crate) struct Activity(Mutex<ActivityState>);
 
 #[derive(Debug)]
 struct ActivityState {
@@ -291,7 +312,7 @@ impl Activity {
     }
 
     /// A request begins; it ends when the guard is dropped (with its response body).
-    fn begin(self: &Arc<Self>) -> InProgress {
+    pub(crate) fn begin(self: &Arc<Self>) -> InProgress {
         let mut state = self.state();
         state.in_progress += 1;
         state.served = true;
@@ -326,7 +347,7 @@ impl Activity {
 
 /// A request in progress on its connection ([`Activity::begin`]).
 #[derive(Debug)]
-struct InProgress(Arc<Activity>);
+pub(crate) struct InProgress(Arc<Activity>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {

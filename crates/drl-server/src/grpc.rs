@@ -76,8 +76,18 @@ pub async fn serve<S: Store>(
         envoy: RateLimitServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes),
         health: health_service,
     };
-    let served =
-        crate::edge::serve(listener, tls, Api::Grpc, gate, metrics, routes, shutdown).await;
+    let no_checks: Option<Arc<crate::h1::NoChecks>> = None;
+    let served = crate::edge::serve(
+        listener,
+        tls,
+        Api::Grpc,
+        gate,
+        metrics,
+        routes,
+        no_checks,
+        shutdown,
+    )
+    .await;
     follower.abort();
     served
 }

@@ -59,6 +59,7 @@ use thiserror::Error;
 use crate::config::ConfigError;
 use crate::edge::BodyTimedOut;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
+use crate::h1;
 use crate::limits::Gate;
 use crate::metrics::{self, Metrics, Shed};
 use crate::node::Node;
@@ -381,29 +382,36 @@ async fn json_object<T: serde::de::DeserializeOwned>(
     body: Body,
     max: usize,
 ) -> Result<T, ApiError> {
-    require_json(headers)?;
+    require_json(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))?;
     let body = read_body(body, max).await?;
+    parse_object(&body)
+}
+
+/// `body` as a JSON object of type `T` ([`json_object`]).
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(ApiError::NotAnObject);
     }
-    Ok(serde_json::from_slice(&body)?)
+    Ok(serde_json::from_slice(body)?)
 }
 
-/// Accepts `application/json`, with or without parameters such as `charset`.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
+/// Accepts a `Content-Type` of `application/json`, with or without parameters such as
+/// `charset`. A value that is not visible ASCII is refused, as `HeaderValue::to_str` refuses it.
+fn require_json(value: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(value) = value else {
         return Err(ApiError::ContentType("(none)".to_owned()));
     };
-    let essence = value
-        .to_str()
+    let visible = value.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    let essence = std::str::from_utf8(value)
         .ok()
+        .filter(|_| visible)
         .and_then(|v| v.split(';').next())
         .map(str::trim);
     match essence {
         Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
         _ => Err(ApiError::ContentType(format!(
             "{:?}",
-            String::from_utf8_lossy(value.as_bytes())
+            String::from_utf8_lossy(value)
         ))),
     }
 }
@@ -468,6 +476,70 @@ fn decision_response(decision: Decision) -> Response {
         headers.insert(HeaderName::from_static(name), value.into());
     }
     response
+}
+
+/// `POST /v1/check` as [`h1`] answers it without hyper, for a node's HTTP listener: the steps
+/// of [`enforce_limits`] once the body is in (an in-flight place), then of [`check`], with the
+/// same answers in the same bytes.
+#[derive(Debug)]
+pub(crate) struct CheckRoute<S>(Arc<Node<S>>);
+
+impl<S> CheckRoute<S> {
+    pub(crate) fn new(node: Node<S>) -> Arc<Self> {
+        Arc::new(Self(Arc::new(node)))
+    }
+}
+
+impl<S: Store> h1::Checks for CheckRoute<S> {
+    async fn answer(&self, content_type: Option<&[u8]>, body: &[u8], out: h1::Out<'_>) {
+        let node = &*self.0;
+        let _in_flight = node.metrics.request_started();
+        match decide_whole(node, content_type, body).await {
+            Ok(decision) => write_decision(decision, out),
+            Err(e) => out.response(e.into_response()).await,
+        }
+    }
+}
+
+/// The decision on a check whose body is in, as [`enforce_limits`] and [`check`] make it.
+async fn decide_whole<S: Store>(
+    node: &Node<S>,
+    content_type: Option<&[u8]>,
+    body: &[u8],
+) -> Result<Decision, ApiError> {
+    let Some(_place) = node.gate.admit() else {
+        node.metrics.shed(Shed::InFlight);
+        return Err(ApiError::Overloaded(node.gate.limits().max_in_flight));
+    };
+    require_json(content_type)?;
+    let request: CheckRequest = parse_object(body)?;
+    let hits = checked_hits(request.hits)?;
+    Ok(node
+        .decide(&request.user_id, &request.endpoint, hits)
+        .await?)
+}
+
+/// [`decision_response`] in the bytes hyper writes for it.
+fn write_decision(decision: Decision, mut out: h1::Out<'_>) {
+    out.status(if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    });
+    out.header("content-type", b"application/json");
+    let mut number = itoa::Buffer::new();
+    for (name, value) in decision.header_fields() {
+        out.header(name, number.format(value).as_bytes());
+    }
+    // The body is at most 130 bytes (every number at its largest).
+    let mut body = [0u8; 256];
+    let mut cursor = std::io::Cursor::new(&mut body[..]);
+    let written = serde_json::to_writer(&mut cursor, &CheckResponse::from(decision));
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    match written {
+        Ok(()) => out.body(&body[..len]),
+        Err(_) => out.body(&serde_json::to_vec(&CheckResponse::from(decision)).unwrap_or_default()),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -610,7 +682,7 @@ async fn put_block<S: Store>(
     let request: BlockRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BlockRequest::default()
     } else {
-        require_json(&headers)?;
+        require_json(headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))?;
         serde_json::from_slice(&body)?
     };
     let duration = match &request.duration {

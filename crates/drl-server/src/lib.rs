@@ -28,6 +28,7 @@ mod coalesce;
 pub mod config;
 pub mod edge;
 mod envoy;
+mod h1;
 mod unary;
 
 #[cfg(feature = "fuzzing")]
@@ -68,15 +69,26 @@ pub async fn serve<S: Store>(
 ) -> std::io::Result<()> {
     let node = node.into();
     let gate = Arc::clone(&node.gate);
-    serve_routes(listener, node.clone(), http::router(node), gate, shutdown).await
+    let checks = Some(http::CheckRoute::new(node.clone()));
+    serve_routes(
+        listener,
+        node.clone(),
+        http::router(node),
+        checks,
+        gate,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves `routes` of `node` on `listener` over HTTP, as [`serve`] does, its connections
-/// counted in `gate`.
+/// counted in `gate`; with `checks`, the checks that come plainly over HTTP/1.1 are answered
+/// without hyper (`h1.rs`).
 async fn serve_routes<S: Store>(
     listener: TcpListener,
     node: Node<S>,
     routes: axum::Router,
+    checks: Option<Arc<http::CheckRoute<S>>>,
     gate: Arc<Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -87,6 +99,7 @@ async fn serve_routes<S: Store>(
         gate,
         node.metrics,
         routes,
+        checks,
         shutdown,
     )
     .await
@@ -155,6 +168,7 @@ pub async fn serve_listeners<S: Store>(
                 admin,
                 admin_node,
                 routes,
+                None,
                 gate,
                 stop_signal(stopped.clone()),
             );
@@ -167,6 +181,7 @@ pub async fn serve_listeners<S: Store>(
         http,
         node.clone(),
         public_routes,
+        Some(http::CheckRoute::new(node.clone())),
         Arc::clone(&node.gate),
         stop_signal(stopped.clone()),
     );
