@@ -8,6 +8,9 @@
 //! - [`http_check`], [`http_envoy_json`], [`http_admin`]: request bodies through the real axum
 //!   router ([`crate::http::router`]) of a node on the memory store, in process: never a 5xx,
 //!   every answer's body is the JSON its status promises.
+//! - [`http1_stream`]: bytes as all a client sends on one HTTP/1.1 connection, served twice by
+//!   fresh nodes: with the plain checks answered without hyper (`h1.rs`), and by hyper alone;
+//!   both write the same bytes, their `date` headers aside.
 //! - [`grpc_native`], [`grpc_envoy`]: protobuf messages through the tonic services, their
 //!   [`StrictCodec`](drl_proto::codec::StrictCodec) and the request validation: OK or
 //!   INVALID_ARGUMENT, one result per item asked.
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use drl_core::{Limiter, ManualClock};
+use drl_core::{Limiter, ManualClock, Rules};
 use drl_proto::drl::v1 as native;
 use drl_proto::envoy::service::ratelimit::v3 as rls;
 use http_body_util::{BodyExt, Full};
@@ -332,6 +335,111 @@ pub fn http_check(data: &[u8]) {
             "{status}"
         );
     }
+}
+
+/// Fuzz target `http1_stream`: the input as all a client sends on one HTTP/1.1 connection of
+/// the HTTP listener (then it closes its side), served twice, each time by a fresh node with
+/// the fuzzed node's rules and a clock at 0: once with the plain checks answered without hyper
+/// (`h1.rs`), once by hyper alone. Both must write the same bytes, `date` headers aside.
+pub fn http1_stream(data: &[u8]) {
+    let (with_h1, hyper_only) = FuzzedNode::with(|node| {
+        let rules = node.state.limiter.rules();
+        node.runtime.block_on(async {
+            (
+                serve_stream(data, Rules::clone(&rules), true).await,
+                serve_stream(data, Rules::clone(&rules), false).await,
+            )
+        })
+    });
+    let (with_h1, hyper_only) = (without_dates(&with_h1), without_dates(&hyper_only));
+    assert!(
+        with_h1 == hyper_only,
+        "answered without hyper:\n{}\nby hyper:\n{}",
+        String::from_utf8_lossy(&with_h1),
+        String::from_utf8_lossy(&hyper_only)
+    );
+}
+
+/// What a fresh node writes on a connection on which `data` is sent, then the client's side
+/// closed.
+async fn serve_stream(data: &[u8], rules: Rules, h1: bool) -> Vec<u8> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limiter = Limiter::builder(rules)
+        .clock(ManualClock::new(0))
+        .sweep_interval(None)
+        .build();
+    let node = Node::from(limiter);
+    let limits = *node.gate.limits();
+    let checks = h1.then(|| crate::http::CheckRoute::new(node.clone()));
+    let router = crate::http::router(node);
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let connection = tokio::spawn(crate::edge::serve_one(
+        server,
+        crate::tls::Api::Http,
+        limits,
+        router,
+        checks,
+    ));
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let read = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let read = Arc::clone(&read);
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                written.extend_from_slice(&buf[..n]);
+                read.fetch_add(n, Ordering::Relaxed);
+            }
+            written
+        })
+    };
+    let exchange = async {
+        // The server may close before it has read everything: what it did not read is lost.
+        let _ = to_server.write_all(data).await;
+        // Then the server is let answer all it can before the client closes its side: a
+        // connection closed while requests are still buffered is answered as far as hyper had
+        // got when it saw the end (it stops there), which depends on when it reads.
+        let (mut seen, mut still) = (0, 0);
+        while still < 64 {
+            tokio::task::yield_now().await;
+            let now = read.load(Ordering::Relaxed);
+            (seen, still) = if now == seen {
+                (seen, still + 1)
+            } else {
+                (now, 0)
+            };
+        }
+        let _ = to_server.shutdown().await;
+        reader.await
+    };
+    let written = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(written)) => written,
+        Ok(Err(e)) => panic!("the reader failed: {e}"),
+        Err(_) => panic!("the connection did not end (h1: {h1})"),
+    };
+    connection.abort();
+    written
+}
+
+/// `bytes` with the value of every `date:` header line replaced by `*`.
+fn without_dates(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(8).position(|w| w == b"\r\ndate: ") {
+        out.extend_from_slice(&rest[..at + 8]);
+        out.push(b'*');
+        rest = &rest[at + 8..];
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Fuzz target `http_envoy_json`: the input as the body of `POST /json`.

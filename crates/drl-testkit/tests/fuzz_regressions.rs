@@ -40,6 +40,11 @@ fn http_check() {
 }
 
 #[test]
+fn http1_stream() {
+    replay("http1_stream", drl_server::fuzzing::http1_stream);
+}
+
+#[test]
 fn http_envoy_json() {
     replay("http_envoy_json", drl_server::fuzzing::http_envoy_json);
 }
