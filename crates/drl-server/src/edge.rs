@@ -267,6 +267,14 @@ where
             }
             None => Rewind::new(io),
         };
+        // A connection whose checks were answered is HTTP/1.1: hyper takes it up as it would in
+        // the middle of one (its first read brings what is buffered and what has arrived),
+        // not as a new connection whose first bytes it reads apart to tell the version.
+        let builder = if self.api == Api::Http && activity.served() {
+            self.builder.http1_only()
+        } else {
+            self.builder
+        };
         let hyper_service = {
             let activity = Arc::clone(&activity);
             let service = self.service;
@@ -289,7 +297,7 @@ where
             Api::Http => self.limits.header_read_timeout,
             Api::Grpc => self.limits.idle_timeout,
         };
-        let connection = self.builder.serve_connection(
+        let connection = builder.serve_connection(
             TokioIo::new(Coalesce::new(io, self.api == Api::Grpc)),
             hyper_service,
         );

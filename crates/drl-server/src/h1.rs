@@ -405,6 +405,12 @@ impl<Io: AsyncRead + Unpin> AsyncRead for Rewind<Io> {
         let n = self.prefix.len().min(buf.remaining());
         buf.put_slice(&self.prefix[..n]);
         self.prefix = self.prefix.slice(n..);
+        // Then what the connection has now: the read brings what one read of it would have
+        // brought without the handover (hyper's parser decides when to parse a head by what
+        // each read added). An error is met again by the next read.
+        if self.prefix.is_empty() && buf.remaining() > 0 {
+            let _ = Pin::new(&mut self.io).poll_read(cx, buf);
+        }
         Poll::Ready(Ok(()))
     }
 }
