@@ -347,12 +347,27 @@ async fn check<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: CheckRequest = json_object(&headers, body, state.max_body()).await?;
+    // Already read whole by `enforce_limits`: this takes it as it is.
+    let body = read_body(body, state.max_body()).await?;
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    Ok(decision_response(
+        decide_check(&state, content_type, &body).await?,
+    ))
+}
+
+/// The decision on a check whose body is in: a JSON body ([`json_object`]'s checks), its hits
+/// in range, then the node's decision. The route's and [`CheckRoute`]'s one path.
+async fn decide_check<S: Store>(
+    node: &Node<S>,
+    content_type: Option<&[u8]>,
+    body: &[u8],
+) -> Result<Decision, ApiError> {
+    require_json(content_type)?;
+    let request: CheckRequest = parse_object(body)?;
     let hits = checked_hits(request.hits)?;
-    let decision = state
+    Ok(node
         .decide(&request.user_id, &request.endpoint, hits)
-        .await?;
-    Ok(decision_response(decision))
+        .await?)
 }
 
 /// `POST /json`: an Envoy `RateLimitRequest` as JSON → 200 (OK) or 429 (OVER_LIMIT), with the
@@ -501,7 +516,8 @@ impl<S: Store> h1::Checks for CheckRoute<S> {
     }
 }
 
-/// The decision on a check whose body is in, as [`enforce_limits`] and [`check`] make it.
+/// The decision on a check whose body is in, as [`enforce_limits`] (an in-flight place) and
+/// [`check`] make it.
 async fn decide_whole<S: Store>(
     node: &Node<S>,
     content_type: Option<&[u8]>,
@@ -511,12 +527,7 @@ async fn decide_whole<S: Store>(
         node.metrics.shed(Shed::InFlight);
         return Err(ApiError::Overloaded(node.gate.limits().max_in_flight));
     };
-    require_json(content_type)?;
-    let request: CheckRequest = parse_object(body)?;
-    let hits = checked_hits(request.hits)?;
-    Ok(node
-        .decide(&request.user_id, &request.endpoint, hits)
-        .await?)
+    decide_check(node, content_type, body).await
 }
 
 /// [`decision_response`] in the bytes hyper writes for it.
