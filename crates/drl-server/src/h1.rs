@@ -91,11 +91,21 @@ where
     let wait = limits.header_read_timeout.min(limits.idle_timeout);
     let mut deadline = Instant::now() + wait;
     let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+    // How much of the unanswered bytes was parsed and found an unfinished head: they are parsed
+    // again only once a read may have brought the head's end, as hyper does (a head sent a byte
+    // at a time would otherwise be parsed once per byte).
+    let mut unfinished: Option<usize> = None;
     loop {
         // Every whole request in the buffer, answered in order.
         let mut in_progress = None;
         let next = loop {
-            match parse(&buf[start..end], limits) {
+            let pending = &buf[start..end];
+            let parsed = match unfinished {
+                Some(parsed) if !head_may_end(pending, parsed) => Parsed::Partial,
+                _ => parse(pending, limits),
+            };
+            unfinished = (parsed == Parsed::Partial).then_some(pending.len());
+            match parsed {
                 Parsed::Check {
                     len,
                     content_type,
@@ -269,6 +279,21 @@ fn parse(bytes: &[u8], limits: &EdgeLimits) -> Parsed {
         body: head_len..len,
         close: connection == Some(true),
     }
+}
+
+/// Whether `bytes`, of which the first `parsed` were found an unfinished head, may now hold the
+/// head's end (an empty line, `\r\n` or `\n` terminated), looking from just before the new
+/// bytes: hyper's test before it parses again.
+fn head_may_end(bytes: &[u8], parsed: usize) -> bool {
+    let from = parsed.saturating_sub(3);
+    bytes[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, pair)| match pair {
+            b"\n\n" => true,
+            b"\n\r" => bytes.get(from + i + 2) == Some(&b'\n'),
+            _ => false,
+        })
 }
 
 /// A `Content-Length` value: digits only, as hyper reads it.
@@ -500,6 +525,23 @@ mod tests {
         for cut in [0, 1, 10, head_end] {
             assert_eq!(parsed(&request[..cut]), Parsed::Partial, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn an_unfinished_head_is_parsed_again_only_once_its_end_may_be_in() {
+        let head = b"POST /v1/check HTTP/1.1\r\nhost: x\r\n\r\n";
+        // Parsed up to each point, then the rest arrived: the end is seen whatever the cut
+        // (also when the cut splits "\r\n\r\n"), and not before it is in.
+        for parsed in 0..head.len() {
+            assert!(head_may_end(head, parsed), "parsed up to {parsed}");
+            assert!(!head_may_end(
+                &head[..head.len() - 1],
+                parsed.min(head.len() - 1)
+            ));
+        }
+        assert!(head_may_end(b"GET / HTTP/1.1\n\n", 5));
+        assert!(head_may_end(b"GET / HTTP/1.1\r\n\n", 5));
+        assert!(!head_may_end(b"GET / HTTP/1.1\r\nhost: x\r\n", 0));
     }
 
     #[test]
