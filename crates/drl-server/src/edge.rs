@@ -169,40 +169,6 @@ where
     Ok(())
 }
 
-/// Serves `io` as [`serve`] serves a connection it accepted on a listener of `api` (without
-/// TLS, a connection budget or a stop signal), until it closes: for the fuzz target that
-/// compares the checks answered without hyper with hyper's answers (`fuzzing.rs`).
-#[cfg(feature = "fuzzing")]
-pub(crate) async fn serve_one<Svc, B, C, Io>(
-    io: Io,
-    api: Api,
-    limits: EdgeLimits,
-    service: Svc,
-    checks: Option<Arc<C>>,
-) where
-    Svc: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    Svc::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    C: Checks,
-    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Kept until the connection ends: a dropped sender reads as a stop.
-    let (_stop, stopped) = watch::channel(false);
-    let connection = Connection {
-        builder: builder(api, &limits),
-        service,
-        checks,
-        limits,
-        api,
-        stopped,
-    };
-    connection.run(io).await;
-}
-
 /// The hyper server of one listener.
 fn builder(api: Api, limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -229,7 +195,7 @@ fn builder(api: Api, limits: &EdgeLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// What a connection's task needs.
-struct Connection<Svc, C> {
+pub(crate) struct Connection<Svc, C> {
     builder: auto::Builder<TokioExecutor>,
     service: Svc,
     /// The checks answered without hyper (`h1.rs`), on the HTTP listener's connections.
@@ -250,6 +216,32 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     C: Checks,
 {
+    /// Serves `io` as [`serve`] serves a connection it accepted on a listener of `api` (without
+    /// TLS, a connection budget or a stop signal), until it closes: for the fuzz target that
+    /// compares the checks answered without hyper with hyper's answers (`fuzzing.rs`).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) async fn serve_one<Io>(
+        io: Io,
+        api: Api,
+        limits: EdgeLimits,
+        service: Svc,
+        checks: Option<Arc<C>>,
+    ) where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Kept until the connection ends: a dropped sender reads as a stop.
+        let (_stop, stopped) = watch::channel(false);
+        let connection = Self {
+            builder: builder(api, &limits),
+            service,
+            checks,
+            limits,
+            api,
+            stopped,
+        };
+        connection.run(io).await;
+    }
+
     /// Serves the connection until it closes, is found idle, or the server stops: its plain
     /// checks without hyper while they come (`h1.rs`), then with hyper.
     async fn run<Io>(self, io: Io)

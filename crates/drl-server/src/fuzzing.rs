@@ -375,7 +375,7 @@ async fn serve_stream(data: &[u8], rules: Rules, h1: bool) -> Vec<u8> {
     let checks = h1.then(|| crate::http::CheckRoute::new(node.clone()));
     let router = crate::http::router(node);
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let connection = tokio::spawn(crate::edge::serve_one(
+    let connection = tokio::spawn(crate::edge::Connection::serve_one(
         server,
         crate::tls::Api::Http,
         limits,
