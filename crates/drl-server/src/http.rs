@@ -60,7 +60,7 @@ use crate::config::ConfigError;
 use crate::edge::BodyTimedOut;
 use crate::envoy::{EnvoyError, EnvoyRequest, json_response};
 use crate::h1;
-use crate::limits::Gate;
+use crate::limits::{Gate, Place};
 use crate::metrics::{self, Metrics, Shed};
 use crate::node::Node;
 use drl_proto::json::{
@@ -197,11 +197,19 @@ async fn enforce_limits(State(edge): State<Arc<Edge>>, request: Request, next: N
         Err(e) => return e.into_response(),
     };
     let request = Request::from_parts(parts, Body::from(body));
-    let Some(_place) = gate.admit() else {
-        metrics.shed(Shed::InFlight);
-        return ApiError::Overloaded(limits.max_in_flight).into_response();
+    let _place = match admit(gate, metrics) {
+        Ok(place) => place,
+        Err(e) => return e.into_response(),
     };
     next.run(request).await
+}
+
+/// A place among the requests in flight, or the request is shed: counted, and answered 503.
+fn admit<'g>(gate: &'g Gate, metrics: &Metrics) -> Result<Place<'g>, ApiError> {
+    gate.admit().ok_or_else(|| {
+        metrics.shed(Shed::InFlight);
+        ApiError::Overloaded(gate.limits().max_in_flight)
+    })
 }
 
 /// A request the API cannot answer normally.
@@ -523,10 +531,7 @@ async fn decide_whole<S: Store>(
     content_type: Option<&[u8]>,
     body: &[u8],
 ) -> Result<Decision, ApiError> {
-    let Some(_place) = node.gate.admit() else {
-        node.metrics.shed(Shed::InFlight);
-        return Err(ApiError::Overloaded(node.gate.limits().max_in_flight));
-    };
+    let _place = admit(&node.gate, &node.metrics)?;
     decide_check(node, content_type, body).await
 }
 
