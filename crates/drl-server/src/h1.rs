@@ -107,20 +107,19 @@ where
             unfinished = (parsed == Parsed::Partial).then_some(pending.len());
             match parsed {
                 Parsed::Check {
-                    len,
                     content_type,
                     body,
                     close,
                 } => {
                     in_progress.get_or_insert_with(|| activity.begin());
-                    let request = &buf[start..start + len];
+                    let request = &buf[start..start + body.end];
                     let content_type = content_type.map(|r| &request[r]);
                     let out = Out {
                         buf: &mut out,
                         close,
                     };
+                    start += body.end;
                     checks.answer(content_type, &request[body], out).await;
-                    start += len;
                     if close {
                         break Next::Close;
                     }
@@ -143,16 +142,14 @@ where
             return None;
         }
         if next == Next::Hyper {
-            let prefix = Bytes::copy_from_slice(&buf[start..end]);
-            return Some(Rewind { prefix, io });
+            return Some(Rewind::after(&buf[start..end], io));
         }
         if start == end {
             (start, end) = (0, 0);
         } else if end == buf.len() {
             if start == 0 {
                 // A request larger than the buffer: hyper's.
-                let prefix = Bytes::copy_from_slice(&buf[..end]);
-                return Some(Rewind { prefix, io });
+                return Some(Rewind::after(&buf[..end], io));
             }
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
@@ -164,10 +161,7 @@ where
                 read = io.read(&mut buf[end..]) => match read {
                     Ok(0) if start == end => return None,
                     // Closed within a request: hyper says what it says of that.
-                    Ok(0) => {
-                        let prefix = Bytes::copy_from_slice(&buf[start..end]);
-                        return Some(Rewind { prefix, io });
-                    }
+                    Ok(0) => return Some(Rewind::after(&buf[start..end], io)),
                     Ok(n) => {
                         end += n;
                         break;
@@ -200,10 +194,9 @@ enum Next {
 /// What the buffer holds at its start.
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
-    /// A whole `POST /v1/check` answered here, `len` bytes with its body; the ranges are within
-    /// those bytes. `close`: it asked to close the connection.
+    /// A whole `POST /v1/check` answered here, ending with its body; the ranges are from the
+    /// request's first byte. `close`: it asked to close the connection.
     Check {
-        len: usize,
         content_type: Option<Range<usize>>,
         body: Range<usize>,
         close: bool,
@@ -274,7 +267,6 @@ fn parse(bytes: &[u8], limits: &EdgeLimits) -> Parsed {
         return Parsed::Other;
     }
     Parsed::Check {
-        len,
         content_type,
         body: head_len..len,
         close: connection == Some(true),
@@ -350,12 +342,7 @@ impl Out<'_> {
         if self.close {
             self.header("connection", b"close");
         }
-        DATE.with_borrow_mut(|date| {
-            let date = date.now();
-            self.buf.extend_from_slice(b"date: ");
-            self.buf.extend_from_slice(date);
-            self.buf.extend_from_slice(b"\r\n");
-        });
+        DATE.with_borrow_mut(|date| self.header("date", date.now()));
         self.buf.extend_from_slice(b"\r\n");
         self.buf.extend_from_slice(body);
     }
@@ -411,8 +398,13 @@ pub(crate) struct Rewind<Io> {
 impl<Io> Rewind<Io> {
     /// `io` with nothing in front.
     pub(crate) fn new(io: Io) -> Self {
+        Self::after(&[], io)
+    }
+
+    /// `io` with `read`, the bytes read from it and not answered, in front.
+    fn after(read: &[u8], io: Io) -> Self {
         Self {
-            prefix: Bytes::new(),
+            prefix: Bytes::copy_from_slice(read),
             io,
         }
     }
@@ -491,7 +483,6 @@ mod tests {
         let body = r#"{"user_id":"u","endpoint":"/e"}"#;
         let request = check("", body);
         let Parsed::Check {
-            len,
             content_type,
             body: at,
             close,
@@ -499,13 +490,13 @@ mod tests {
         else {
             panic!("{:?}", parsed(&request));
         };
-        assert_eq!(len, request.len());
+        assert_eq!(at.end, request.len());
         assert_eq!(&request[content_type.unwrap()], "application/json");
         assert_eq!(&request[at], body);
         assert!(!close);
         // Followed by the next request: only the first is taken.
         let two = format!("{request}{request}");
-        assert!(matches!(parsed(&two), Parsed::Check { len: l, .. } if l == request.len()));
+        assert!(matches!(parsed(&two), Parsed::Check { body, .. } if body.end == request.len()));
         // Asking to close, in any case; keep-alive is the default said aloud.
         for (header, close) in [
             ("Connection: Close\r\n", true),
